@@ -1,0 +1,172 @@
+"""Hand-written backpropagation through time.
+
+The backward sweep is its own ``lax.scan`` running from the last step to the first. Per
+step only the recurrent part is computed: the cell's hand-written gate backward and
+``d_z_h @ w_h^T``, the one product the previous step waits for. The weight gradients
+``d_w_x = X^T dZ_x``, ``d_w_h = H_prev^T dZ_h`` and ``d_xs = dZ_x w_x^T`` do not feed the
+recurrence, so they are done after the loop as single products over all T*B rows.
+
+Truncation (``truncate=k``): the gradient from each step's output flows back through at
+most k steps, that step and the k-1 before it, as in the classic numpy tutorials. Since the
+backward of a step is linear in the cotangent, we keep k cotangent *slots*, one per age
+(steps already travelled); all slots go through a step together (the slot axis broadcasts
+against the gate residuals), then shift one age up, and the slot that has travelled k steps
+is dropped. Cost: k times the per-step recurrent work; the weight products are unchanged.
+The cotangent on the final carry counts as an output of the last step.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from rnn_jax.cells.base import Cell, hidden_of, recurrent_backward, weight_backward, with_hidden
+from rnn_jax.checks import check_carry
+from rnn_jax.sequence import (
+    flip_valid,
+    keep_where,
+    prepare,
+    scan_forward,
+    to_layout,
+    zero_where_invalid,
+)
+
+
+def bptt(
+    cell,
+    params,
+    xs,
+    d_hs,
+    carry=None,
+    *,
+    d_carry=None,
+    lengths=None,
+    reverse: bool = False,
+    time_major: bool = False,
+    truncate: int | None = None,
+):
+    """Gradients of ``L`` through ``unroll`` by hand-written BPTT.
+
+    Args:
+      xs: ``(B, T, I)`` (``(T, B, I)`` if ``time_major``).
+      d_hs: dL/dhs, same layout, ``(B, T, H)``.
+      carry: initial carry (None: zeros).
+      d_carry: dL/d(final carry) (None: zeros).
+      lengths, reverse, time_major: as in ``rj.unroll``.
+      truncate: None for full BPTT, else k >= 1 (see module docstring).
+
+    Returns:
+      ``(d_params, d_xs, d_carry0)``: same structures as ``params``, ``xs``, ``carry``.
+    """
+    prep = prepare(cell, params, xs, carry, lengths, time_major=time_major)
+    _check_truncate(truncate)
+    hs_shape = prep.xs.shape[:2] + (prep.hidden_size,)
+    d_hs_tm = d_hs if time_major else jnp.swapaxes(d_hs, 0, 1)
+    if getattr(d_hs, "ndim", 0) != 3 or d_hs_tm.shape != hs_shape or d_hs.dtype != xs.dtype:
+        want = hs_shape if time_major else (hs_shape[1], hs_shape[0], hs_shape[2])
+        raise ValueError(
+            f"d_hs must be {want} {xs.dtype} like unroll's hs, got "
+            f"{getattr(d_hs, 'shape', None)} {getattr(d_hs, 'dtype', None)}"
+        )
+    batch_size = hs_shape[1]
+    if d_carry is None:
+        d_carry = jax.tree.map(jnp.zeros_like, prep.carry)
+    else:
+        d_carry = check_carry(
+            prep.cell, d_carry, batch_size, prep.hidden_size, xs.dtype, name="d_carry"
+        )
+    xs_tm = flip_valid(prep.xs, prep.lengths) if reverse else prep.xs
+    d_hs_tm = flip_valid(d_hs_tm, prep.lengths) if reverse else d_hs_tm
+    _, hs, gates = scan_forward(prep.cell, params, xs_tm, prep.carry, prep.valid, keep_gates=True)
+    d_params, d_xs, d_carry0 = backward_sweep(
+        prep.cell, params, xs_tm, prep.carry, hs, gates, d_hs_tm, d_carry, prep.valid, truncate
+    )
+    d_xs = flip_valid(d_xs, prep.lengths) if reverse else d_xs
+    return d_params, to_layout(d_xs, time_major), d_carry0
+
+
+def _check_truncate(truncate):
+    if truncate is not None and (not isinstance(truncate, int) or truncate < 1):
+        raise ValueError(f"truncate must be None (full BPTT) or an int >= 1, got {truncate!r}")
+
+
+def backward_sweep(
+    cell: Cell, params, xs, carry0, hs, gates, d_hs, d_final, valid, truncate, *, unroll=1
+):
+    """The reverse scan plus the after-loop weight products (all time-major).
+
+    ``xs (T, B, I)``, ``hs (T, B, H)`` and ``gates`` from ``scan_forward(keep_gates=True)``;
+    ``d_hs (T, B, H)``; ``d_final`` the cotangent of the final carry.
+    """
+    num_steps, batch_size = xs.shape[:2]
+    # k > T never drops anything, so it is full BPTT; k == T still drops at carry0.
+    slots = None if truncate is None or truncate > num_steps else truncate
+    state = d_final
+    if slots is not None:
+        state = jax.tree.map(lambda a: jnp.zeros((slots, *a.shape), a.dtype).at[0].set(a), d_final)
+
+    def body(state, inputs):
+        gates_t, d_h_t, valid_t = inputs
+        d_h_in = hidden_of(state) + (d_h_t if slots is None else _in_first_slot(d_h_t, slots))
+        d_zx, d_zh, d_prev = recurrent_backward(
+            params, gates_t, with_hidden(state, d_h_in), cell.pointwise_backward
+        )
+        if slots is not None:
+            d_zx, d_zh = d_zx.sum(0), d_zh.sum(0)
+            d_prev = jax.tree.map(_age_one_step, d_prev)
+        d_prev = keep_where(valid_t, d_prev, state)
+        return d_prev, (zero_where_invalid(valid_t, d_zx), zero_where_invalid(valid_t, d_zh))
+
+    state, (d_zx, d_zh) = jax.lax.scan(
+        body, state, (gates, d_hs, valid), reverse=True, unroll=unroll
+    )
+    d_carry0 = state if slots is None else jax.tree.map(lambda a: a.sum(0), state)
+    h_prev = jnp.concatenate([hidden_of(carry0)[None], hs[:-1]], axis=0)
+    rows = num_steps * batch_size
+    d_params, d_xs = weight_backward(
+        params,
+        xs.reshape(rows, -1),
+        h_prev.reshape(rows, -1),
+        d_zx.reshape(rows, -1),
+        d_zh.reshape(rows, -1),
+    )
+    return d_params, d_xs.reshape(xs.shape), d_carry0
+
+
+def _in_first_slot(d_h, slots):
+    """``(B, H) -> (slots, B, H)`` with ``d_h`` in slot 0 (age 0), zeros elsewhere."""
+    return jnp.zeros((slots, *d_h.shape), d_h.dtype).at[0].set(d_h)
+
+
+def _age_one_step(slotted):
+    """Shift slots one age up; the oldest (it has now travelled k steps) is dropped."""
+    return jnp.concatenate([jnp.zeros_like(slotted[:1]), slotted[:-1]], axis=0)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 5, 6))
+def manual_scan(cell: Cell, params, xs, carry0, valid, truncate, unroll):
+    """``scan_forward`` whose VJP is the hand-written ``backward_sweep``.
+
+    Time-major ``xs (T, B, I)``; returns ``(final_carry, hs (T, B, H))``.
+    """
+    final, hs, _ = scan_forward(cell, params, xs, carry0, valid, unroll=unroll)
+    return final, hs
+
+
+def _manual_scan_fwd(cell, params, xs, carry0, valid, truncate, unroll):
+    final, hs, gates = scan_forward(cell, params, xs, carry0, valid, unroll=unroll, keep_gates=True)
+    return (final, hs), (params, xs, carry0, valid, hs, gates)
+
+
+def _manual_scan_bwd(cell, truncate, unroll, residuals, cotangents):
+    params, xs, carry0, valid, hs, gates = residuals
+    d_final, d_hs = cotangents
+    d_params, d_xs, d_carry0 = backward_sweep(
+        cell, params, xs, carry0, hs, gates, d_hs, d_final, valid, truncate, unroll=unroll
+    )
+    return d_params, d_xs, d_carry0, None
+
+
+manual_scan.defvjp(_manual_scan_fwd, _manual_scan_bwd)

@@ -1,0 +1,1 @@
+"""The recurrent cells: one module each, sharing ``base``."""

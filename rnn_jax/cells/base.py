@@ -1,0 +1,152 @@
+"""What every cell shares.
+
+A cell here is two fused matrix products followed by element-wise gate math::
+
+    z_x = x @ w_x + b_x           (B, G*H)   the input path
+    z_h = h @ w_h [+ b_h]         (B, G*H)   the recurrent path
+    carry', residuals = pointwise(z_x, z_h, carry)
+
+Only ``pointwise`` (and its hand-written backward) differs between Elman, LSTM and GRU;
+the projections, their backward, the carry helpers and the ``step`` / ``step_forward`` /
+``step_backward`` functions are written once, here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Params = dict[str, Array]
+
+
+class LSTMCarry(NamedTuple):
+    """The LSTM state: hidden ``h`` and cell ``c``, each ``(B, H)``."""
+
+    h: Array
+    c: Array
+
+
+Carry = Array | LSTMCarry
+
+
+class StepResiduals(NamedTuple):
+    """What one forward step keeps for its backward: input, previous carry, gate values."""
+
+    x: Array  # (B, I)
+    carry: Any  # the carry the step read
+    gates: Any  # cell-specific, from ``pointwise``
+
+
+def hidden_of(carry: Carry) -> Array:
+    """The hidden state ``h`` (B, H) inside any carry."""
+    return carry.h if isinstance(carry, LSTMCarry) else carry
+
+
+def with_hidden(carry: Carry, h: Array) -> Carry:
+    """``carry`` with its hidden state replaced by ``h``."""
+    return carry._replace(h=h) if isinstance(carry, LSTMCarry) else h
+
+
+def bias_names(params: Params) -> tuple[str, ...]:
+    return ("b",) if "b" in params else ("b_x", "b_h")
+
+
+def input_projection(params: Params, x: Array) -> Array:
+    """``(..., I) -> (..., G*H)``: ``x @ w_x`` plus the input-side bias."""
+    bias = params["b"] if "b" in params else params["b_x"]
+    return x @ params["w_x"] + bias
+
+
+def hidden_projection(params: Params, h: Array) -> Array:
+    """``(..., H) -> (..., G*H)``: ``h @ w_h`` plus the recurrent-side bias, if the cell has one."""
+    z_h = h @ params["w_h"]
+    return z_h + params["b_h"] if "b_h" in params else z_h
+
+
+def weight_backward(params: Params, x: Array, h_prev: Array, d_zx: Array, d_zh: Array):
+    """Backward of the two projections, for any number of rows.
+
+    x ``(N, I)``, h_prev ``(N, H)``, d_zx and d_zh ``(N, G*H)`` ->
+    ``(d_params, d_x (N, I))`` with ``d_w_x = x^T d_zx``, ``d_w_h = h_prev^T d_zh`` and the
+    bias gradients the column sums. Called once per step by ``step_backward`` and once per
+    *sequence* (rows = T*B) by BPTT, where it turns T small products into one large one.
+    """
+    d_params = {"w_x": x.T @ d_zx, "w_h": h_prev.T @ d_zh}
+    if "b" in params:
+        d_params["b"] = d_zx.sum(0)
+    else:
+        d_params["b_x"] = d_zx.sum(0)
+        d_params["b_h"] = d_zh.sum(0)
+    return d_params, d_zx @ params["w_x"].T
+
+
+def recurrent_backward(params: Params, gates, d_carry: Carry, pointwise_backward):
+    """The part of a step's backward that the previous step waits for.
+
+    ``d_carry`` may carry extra leading axes (BPTT's truncation slots); the gate residuals
+    broadcast against them. Returns ``(d_zx, d_zh, d_carry_prev)``.
+    """
+    d_zx, d_zh, d_prev = pointwise_backward(gates, d_carry)
+    d_h_prev = hidden_of(d_prev) + d_zh @ params["w_h"].T
+    return d_zx, d_zh, with_hidden(d_prev, d_h_prev)
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """A recurrent cell as a record of pure functions (hashable, so it can be a static arg).
+
+    ``pointwise(z_x, z_h, carry) -> (carry', gates)``: the element-wise gate math.
+    ``pointwise_backward(gates, d_carry') -> (d_zx, d_zh, d_carry_direct)``: its hand-written
+    VJP, where ``d_carry_direct`` is the part of ``d_carry`` that skips ``w_h``.
+    """
+
+    name: str
+    num_gates: int
+    init: Callable[..., Params]
+    pointwise: Callable
+    pointwise_backward: Callable
+    biases: tuple[str, ...] = ("b",)
+    has_cell_state: bool = False
+
+    def zero_carry(self, batch_size: int, hidden_size: int, dtype=jnp.float32) -> Carry:
+        """Zeros: ``(B, H)``, or ``LSTMCarry`` of two ``(B, H)``."""
+        h = jnp.zeros((batch_size, hidden_size), dtype)
+        return LSTMCarry(h, jnp.zeros_like(h)) if self.has_cell_state else h
+
+    def step_forward(self, params: Params, carry: Carry, x: Array):
+        """One step that also returns what its backward needs: ``(carry', h', StepResiduals)``."""
+        z_x = input_projection(params, x)
+        z_h = hidden_projection(params, hidden_of(carry))
+        new_carry, gates = self.pointwise(z_x, z_h, carry)
+        return new_carry, hidden_of(new_carry), StepResiduals(x, carry, gates)
+
+    def step(self, params: Params, carry: Carry, x: Array):
+        """``(params, carry (B, H)|LSTMCarry, x (B, I)) -> (carry', h' (B, H))``, pure."""
+        new_carry, h, _ = self.step_forward(params, carry, x)
+        return new_carry, h
+
+    def step_backward(self, params: Params, residuals: StepResiduals, d_h: Array, d_carry=None):
+        """Hand-written VJP of ``step``.
+
+        ``d_h`` (B, H) is dL/dh' from the step's output, ``d_carry`` dL/dcarry' from the next
+        step (None: zero). Returns ``(d_params, d_x (B, I), d_carry_prev)``.
+        """
+        if d_carry is None:
+            d_carry = jax.tree.map(jnp.zeros_like, residuals.carry)
+        d_carry = with_hidden(d_carry, hidden_of(d_carry) + d_h)
+        d_zx, d_zh, d_prev = recurrent_backward(
+            params, residuals.gates, d_carry, self.pointwise_backward
+        )
+        h_prev = hidden_of(residuals.carry)
+        d_params, d_x = weight_backward(params, residuals.x, h_prev, d_zx, d_zh)
+        return d_params, d_x, d_prev
+
+
+def split_gates(z: Array, num_gates: int) -> list[Array]:
+    """``(..., G*H) -> G x (..., H)``, gate order as stored."""
+    return jnp.split(z, num_gates, axis=-1)

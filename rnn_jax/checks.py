@@ -1,0 +1,118 @@
+"""Input validation shared by ``unroll``, ``bptt`` and the layers.
+
+Everything here looks only at shapes, dtypes and (when concrete) values, so it runs at trace
+time, before any compute, and raises ``ValueError``/``TypeError`` naming what was expected
+and what arrived, instead of letting XLA fail later with a shape error deep in a scan.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rnn_jax.cells.base import Cell, LSTMCarry, bias_names
+
+
+def as_cell(cell) -> Cell:
+    """Accept a ``Cell`` or a cell module (``rj.lstm``) and return the ``Cell``."""
+    if isinstance(cell, Cell):
+        return cell
+    found = getattr(cell, "cell", None)
+    if isinstance(found, Cell):
+        return found
+    raise TypeError(f"expected a cell such as rj.lstm or rj.simple.relu, got {cell!r}")
+
+
+def check_params(cell: Cell, params) -> tuple[int, int]:
+    """Validate a cell's parameter dict; return ``(input_size, hidden_size)``."""
+    if not isinstance(params, dict):
+        raise TypeError(f"{cell.name} params must be a dict of arrays, got {type(params).__name__}")
+    expected = {"w_x", "w_h", *cell.biases}
+    if set(params) != expected:
+        raise ValueError(
+            f"{cell.name} params must have keys {sorted(expected)}, got {sorted(params)}"
+        )
+    w_x, w_h = params["w_x"], params["w_h"]
+    if w_x.ndim != 2 or w_h.ndim != 2:
+        raise ValueError(f"{cell.name} w_x and w_h must be 2-D, got {w_x.shape} and {w_h.shape}")
+    hidden_size = w_h.shape[0]
+    width = cell.num_gates * hidden_size
+    if w_h.shape != (hidden_size, width) or w_x.shape[1] != width:
+        raise ValueError(
+            f"{cell.name} with {cell.num_gates} gate(s) expects w_x (I, {width}) and "
+            f"w_h ({hidden_size}, {width}); got w_x {w_x.shape}, w_h {w_h.shape}"
+        )
+    for name in bias_names(params):
+        if params[name].shape != (width,):
+            raise ValueError(f"{cell.name} {name} must be ({width},), got {params[name].shape}")
+    dtypes = {str(v.dtype) for v in params.values()}
+    if len(dtypes) != 1:
+        raise TypeError(f"{cell.name} params must share one dtype, got {sorted(dtypes)}")
+    return w_x.shape[0], hidden_size
+
+
+def check_sequence(xs, input_size: int, dtype, *, time_major: bool, name="xs"):
+    """``xs`` must be a float array ``(B, T, I)`` (``(T, B, I)`` time-major) of ``dtype``."""
+    layout = "(time, batch, input_size)" if time_major else "(batch, time, input_size)"
+    if not hasattr(xs, "ndim") or xs.ndim != 3:
+        shape = getattr(xs, "shape", type(xs).__name__)
+        raise ValueError(f"{name} must be 3-D {layout}, got shape {shape}")
+    if not jnp.issubdtype(xs.dtype, jnp.floating):
+        raise TypeError(f"{name} must be a floating-point array, got dtype {xs.dtype}")
+    if xs.shape[-1] != input_size:
+        raise ValueError(
+            f"{name} has {xs.shape[-1]} features in its last axis but the cell's w_x expects "
+            f"input_size={input_size}"
+        )
+    if xs.dtype != dtype:
+        raise TypeError(
+            f"{name} dtype {xs.dtype} does not match the params dtype {dtype}; cast one of them "
+            f"(e.g. xs.astype(params['w_x'].dtype))"
+        )
+
+
+def check_carry(cell: Cell, carry, batch_size: int, hidden_size: int, dtype, name="carry"):
+    """Carry must be ``(B, H)`` or, for the LSTM, ``LSTMCarry(h (B, H), c (B, H))``."""
+    expected = (batch_size, hidden_size)
+    if cell.has_cell_state:
+        if not (isinstance(carry, tuple) and len(carry) == 2):
+            raise TypeError(
+                f"{cell.name} {name} must be LSTMCarry(h, c) of two {expected} arrays, "
+                f"got {type(carry).__name__}"
+            )
+        carry = LSTMCarry(*carry)
+        parts = {"h": carry.h, "c": carry.c}
+    else:
+        if isinstance(carry, tuple) or not hasattr(carry, "shape"):
+            raise TypeError(
+                f"{cell.name} {name} must be one {expected} array, got {type(carry).__name__}"
+            )
+        parts = {"h": carry}
+    for part, value in parts.items():
+        if value.shape != expected:
+            raise ValueError(f"{cell.name} {name}.{part} must be {expected}, got {value.shape}")
+        if value.dtype != dtype:
+            raise TypeError(
+                f"{cell.name} {name}.{part} dtype {value.dtype} != params dtype {dtype}"
+            )
+    return carry
+
+
+def check_lengths(lengths, batch_size: int, num_steps: int):
+    """``lengths`` must be integers ``(B,)`` in ``[0, T]`` (values checked when concrete)."""
+    if lengths is None:
+        return None
+    lengths = jnp.asarray(lengths) if not isinstance(lengths, jax.Array) else lengths
+    if lengths.shape != (batch_size,):
+        raise ValueError(f"lengths must have shape ({batch_size},), got {lengths.shape}")
+    if not jnp.issubdtype(lengths.dtype, jnp.integer):
+        raise TypeError(f"lengths must be integers, got dtype {lengths.dtype}")
+    if not isinstance(lengths, jax.core.Tracer):
+        values = np.asarray(lengths)
+        if values.size and (values.min() < 0 or values.max() > num_steps):
+            raise ValueError(
+                f"lengths must lie in [0, {num_steps}] (the sequence length), got min "
+                f"{values.min()} and max {values.max()}"
+            )
+    return lengths.astype(jnp.int32)

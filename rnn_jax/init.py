@@ -1,0 +1,86 @@
+"""Weight initialisers for the fused-gate parameter layout.
+
+Every cell stores ``w_x: (I, G*H)``, ``w_h: (H, G*H)`` with the G gates side by side,
+so initialisers that care about per-gate structure (orthogonal) work block by block.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+INITIALIZERS = ("default", "torch")
+
+
+def glorot_uniform(key, shape, dtype=jnp.float32):
+    """Glorot/Xavier uniform over the whole fused kernel, as Keras does for ``kernel``."""
+    return jax.nn.initializers.glorot_uniform()(key, shape, dtype)
+
+
+def orthogonal_blocks(key, hidden_size: int, num_gates: int, dtype=jnp.float32):
+    """``(H, G*H)``: one orthogonal ``(H, H)`` block per gate.
+
+    Per-gate blocks keep each gate's recurrent map norm-preserving, which a single
+    orthogonal ``(H, G*H)`` matrix (Keras' choice) does not.
+    """
+    keys = jax.random.split(key, num_gates)
+    blocks = [jax.nn.initializers.orthogonal()(k, (hidden_size, hidden_size), dtype) for k in keys]
+    return jnp.concatenate(blocks, axis=1)
+
+
+def uniform(key, shape, bound: float, dtype=jnp.float32):
+    """U(-bound, bound), PyTorch's RNN default with ``bound = 1/sqrt(H)``."""
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def fused_params(
+    key,
+    input_size: int,
+    hidden_size: int,
+    num_gates: int,
+    bias_names: tuple[str, ...],
+    *,
+    initializer: str = "default",
+    dtype=jnp.float32,
+) -> dict:
+    """Parameters ``{"w_x": (I, G*H), "w_h": (H, G*H), <bias>: (G*H,) ...}``.
+
+    ``"default"``: Glorot-uniform ``w_x``, per-gate orthogonal ``w_h``, zero biases.
+    ``"torch"``: every entry U(±1/sqrt(H)); a bias that PyTorch splits in two
+    (``b = b_ih + b_hh``) is drawn as the sum of two such draws, so its distribution
+    matches ``nn.LSTM``/``nn.RNN`` exactly.
+    """
+    if initializer not in INITIALIZERS:
+        raise ValueError(f"initializer must be one of {INITIALIZERS}, got {initializer!r}")
+    if input_size < 1 or hidden_size < 1:
+        raise ValueError(
+            f"input_size and hidden_size must be >= 1, got input_size={input_size}, "
+            f"hidden_size={hidden_size}"
+        )
+    width = num_gates * hidden_size
+    k_x, k_h, *k_b = jax.random.split(key, 2 + 2 * len(bias_names))
+    if initializer == "default":
+        params = {
+            "w_x": glorot_uniform(k_x, (input_size, width), dtype),
+            "w_h": orthogonal_blocks(k_h, hidden_size, num_gates, dtype),
+        }
+        params.update({name: jnp.zeros((width,), dtype) for name in bias_names})
+        return params
+    bound = 1.0 / math.sqrt(hidden_size)
+    params = {
+        "w_x": uniform(k_x, (input_size, width), bound, dtype),
+        "w_h": uniform(k_h, (hidden_size, width), bound, dtype),
+    }
+    # A single fused bias stands for PyTorch's b_ih + b_hh; split biases map one to one.
+    per_bias = 2 if bias_names == ("b",) else 1
+    for i, name in enumerate(bias_names):
+        draws = [uniform(k_b[2 * i + j], (width,), bound, dtype) for j in range(per_bias)]
+        params[name] = sum(draws[1:], draws[0])
+    return params
+
+
+def set_gate_bias(bias, gate: int, hidden_size: int, value: float):
+    """Return ``bias`` with gate ``gate``'s slice ``[gate*H:(gate+1)*H]`` set to ``value``."""
+    return bias.at[gate * hidden_size : (gate + 1) * hidden_size].set(value)

@@ -1,0 +1,58 @@
+"""``unroll``: run a cell over a sequence with ``jax.lax.scan``."""
+
+from __future__ import annotations
+
+from rnn_jax.bptt import _check_truncate, manual_scan
+from rnn_jax.sequence import flip_valid, prepare, scan_forward, to_layout
+
+GRADIENTS = ("autodiff", "manual")
+
+
+def unroll(
+    cell,
+    params,
+    xs,
+    carry=None,
+    *,
+    lengths=None,
+    reverse: bool = False,
+    time_major: bool = False,
+    unroll: int = 1,
+    gradient: str = "autodiff",
+    truncate: int | None = None,
+):
+    """Run ``cell`` over ``xs``; returns ``(final_carry, hs)``.
+
+    Args:
+      cell: ``rj.simple``, ``rj.lstm``, ``rj.gru`` (or a ``Cell`` such as ``rj.simple.relu``).
+      params: the cell's parameter dict.
+      xs: ``(B, T, I)``, or ``(T, B, I)`` with ``time_major=True``.
+      carry: initial carry, ``(B, H)`` or ``LSTMCarry``; None means zeros.
+      lengths: optional ``(B,)`` ints in ``[0, T]``. Outputs past a row's length are zero and
+        its final carry is the carry after its last valid step.
+      reverse: read each sequence backwards (only its valid prefix when ``lengths`` is given).
+        Outputs stay aligned with the inputs: ``hs[:, t]`` is the state right after reading
+        ``xs[:, t]``; the final carry is the state after reading position 0.
+      unroll: ``lax.scan`` unroll factor.
+      gradient: ``"autodiff"``, or ``"manual"`` for the same forward whose gradient is the
+        hand-written BPTT (``jax.custom_vjp``).
+      truncate: with ``gradient="manual"``, truncated BPTT (see ``rj.bptt``).
+
+    Returns:
+      ``(final_carry, hs)`` with ``hs (B, T, H)`` (``(T, B, H)`` if time-major).
+    """
+    if gradient not in GRADIENTS:
+        raise ValueError(f"gradient must be one of {GRADIENTS}, got {gradient!r}")
+    if truncate is not None and gradient != "manual":
+        raise ValueError("truncate=k needs gradient='manual' (autodiff gives full BPTT)")
+    _check_truncate(truncate)
+    if not isinstance(unroll, int) or unroll < 1:
+        raise ValueError(f"unroll must be an int >= 1, got {unroll!r}")
+    prep = prepare(cell, params, xs, carry, lengths, time_major=time_major)
+    xs_tm = flip_valid(prep.xs, prep.lengths) if reverse else prep.xs
+    if gradient == "manual":
+        final, hs = manual_scan(prep.cell, params, xs_tm, prep.carry, prep.valid, truncate, unroll)
+    else:
+        final, hs, _ = scan_forward(prep.cell, params, xs_tm, prep.carry, prep.valid, unroll=unroll)
+    hs = flip_valid(hs, prep.lengths) if reverse else hs
+    return final, to_layout(hs, time_major)
