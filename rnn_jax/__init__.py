@@ -8,6 +8,29 @@ hand-written backward through time.
 from rnn_jax.bptt import bptt
 from rnn_jax.cells import gru, lstm, simple
 from rnn_jax.cells.base import Cell, LSTMCarry
+from rnn_jax.layers import (
+    bidirectional,
+    init_bidirectional,
+    init_stack,
+    output_size,
+    unroll_stack,
+)
 from rnn_jax.scan import unroll
+from rnn_jax.summary import count_params, summary
 
-__all__ = ["Cell", "LSTMCarry", "bptt", "gru", "lstm", "simple", "unroll"]
+__all__ = [
+    "Cell",
+    "LSTMCarry",
+    "bidirectional",
+    "bptt",
+    "count_params",
+    "gru",
+    "init_bidirectional",
+    "init_stack",
+    "lstm",
+    "output_size",
+    "simple",
+    "summary",
+    "unroll",
+    "unroll_stack",
+]

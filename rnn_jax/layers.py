@@ -1,0 +1,146 @@
+"""Layers over cells: bidirectional layers and multi-layer stacks.
+
+Parameters stay plain pytrees: a bidirectional layer is ``{"fwd": p, "bwd": p}``, a stack
+is a list of layer params (each a cell's dict or a bidirectional dict).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from rnn_jax.checks import as_cell
+from rnn_jax.scan import unroll
+
+MERGES = {
+    "concat": lambda f, b: jnp.concatenate([f, b], axis=-1),
+    "sum": lambda f, b: f + b,
+    "mean": lambda f, b: (f + b) / 2,
+    "mul": lambda f, b: f * b,
+}
+
+
+def _merge_fn(merge: str):
+    if merge not in MERGES:
+        raise ValueError(f"merge must be one of {sorted(MERGES)}, got {merge!r}")
+    return MERGES[merge]
+
+
+def output_size(hidden_size: int, *, bidirectional: bool, merge: str = "concat") -> int:
+    """Feature size of a layer's outputs."""
+    _merge_fn(merge)
+    return 2 * hidden_size if bidirectional and merge == "concat" else hidden_size
+
+
+def is_bidirectional(layer_params) -> bool:
+    return isinstance(layer_params, dict) and set(layer_params) == {"fwd", "bwd"}
+
+
+def init_bidirectional(cell, key, input_size: int, hidden_size: int, **init_kwargs) -> dict:
+    """``{"fwd": params, "bwd": params}``, two independent cells."""
+    cell = as_cell(cell)
+    k_fwd, k_bwd = jax.random.split(key)
+    return {
+        "fwd": cell.init(k_fwd, input_size, hidden_size, **init_kwargs),
+        "bwd": cell.init(k_bwd, input_size, hidden_size, **init_kwargs),
+    }
+
+
+def bidirectional(cell, params, xs, carry=None, *, lengths=None, merge="concat", **unroll_kwargs):
+    """Run a forward and a backward cell over ``xs`` and merge their outputs.
+
+    ``carry``: None or ``(carry_fwd, carry_bwd)``. With ``lengths`` the backward cell reads
+    each valid prefix backwards, as PyTorch's bidirectional RNN on a packed batch.
+    Returns ``((final_fwd, final_bwd), hs)``; ``hs`` is ``(B, T, 2H)`` for ``"concat"``,
+    ``(B, T, H)`` otherwise; both halves aligned with the input positions.
+    """
+    merge_fn = _merge_fn(merge)
+    if not is_bidirectional(params):
+        raise ValueError(f"bidirectional params must be {{'fwd', 'bwd'}}, got keys {_keys(params)}")
+    carry_fwd, carry_bwd = (None, None) if carry is None else carry
+    final_fwd, hs_fwd = unroll(cell, params["fwd"], xs, carry_fwd, lengths=lengths, **unroll_kwargs)
+    final_bwd, hs_bwd = unroll(
+        cell, params["bwd"], xs, carry_bwd, lengths=lengths, reverse=True, **unroll_kwargs
+    )
+    return (final_fwd, final_bwd), merge_fn(hs_fwd, hs_bwd)
+
+
+def init_stack(
+    cell,
+    key,
+    input_size: int,
+    hidden_size: int,
+    num_layers: int = 1,
+    *,
+    bidirectional: bool = False,
+    merge: str = "concat",
+    **init_kwargs,
+) -> list:
+    """A list of ``num_layers`` layer params; layer l > 0 reads layer l-1's outputs."""
+    if num_layers < 1:
+        raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+    cell = as_cell(cell)
+    layers = []
+    for layer_key in jax.random.split(key, num_layers):
+        if bidirectional:
+            layers.append(
+                init_bidirectional(cell, layer_key, input_size, hidden_size, **init_kwargs)
+            )
+        else:
+            layers.append(cell.init(layer_key, input_size, hidden_size, **init_kwargs))
+        input_size = output_size(hidden_size, bidirectional=bidirectional, merge=merge)
+    return layers
+
+
+def _init_one(cell, key, input_size, hidden_size, **init_kwargs):
+    return cell.init(key, input_size, hidden_size, **init_kwargs)
+
+
+def unroll_stack(
+    cell,
+    params: list,
+    xs,
+    carry=None,
+    *,
+    lengths=None,
+    time_major: bool = False,
+    merge: str = "concat",
+    dropout: float = 0.0,
+    key=None,
+    **unroll_kwargs,
+):
+    """Run a stack of layers; returns ``(final_carries, hs)`` of the last layer.
+
+    ``carry``: None or a list with one entry per layer (a pair for bidirectional layers).
+    ``dropout``: rate of inverted dropout on the outputs between layers (not after the
+    last). It is applied only when ``key`` is given, so evaluation simply passes no key.
+    """
+    if not isinstance(params, (list, tuple)) or not params:
+        raise TypeError(f"stack params must be a non-empty list of layer params, got {params!r}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    carries = [None] * len(params) if carry is None else list(carry)
+    if len(carries) != len(params):
+        raise ValueError(f"carry has {len(carries)} entries for {len(params)} layers")
+    keys = [None] * len(params) if key is None else list(jax.random.split(key, len(params)))
+    finals = []
+    hs = xs
+    for index, (layer, layer_carry) in enumerate(zip(params, carries, strict=True)):
+        if index > 0 and dropout > 0.0 and keys[index] is not None:
+            hs = _dropout(keys[index], hs, dropout)
+        kwargs = dict(lengths=lengths, time_major=time_major, **unroll_kwargs)
+        if is_bidirectional(layer):
+            final, hs = bidirectional(cell, layer, hs, layer_carry, merge=merge, **kwargs)
+        else:
+            final, hs = unroll(cell, layer, hs, layer_carry, **kwargs)
+        finals.append(final)
+    return finals, hs
+
+
+def _dropout(key, values, rate: float):
+    keep = jax.random.bernoulli(key, 1.0 - rate, values.shape)
+    return jnp.where(keep, values / (1.0 - rate), 0).astype(values.dtype)
+
+
+def _keys(params):
+    return sorted(params) if isinstance(params, dict) else type(params).__name__

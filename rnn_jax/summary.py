@@ -1,0 +1,36 @@
+"""Parameter counting and a Keras-like summary table for any params pytree."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+
+def count_params(params) -> int:
+    """Total number of scalars in a params pytree (``simple.init(key, 10, 3)`` -> 42)."""
+    return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(params))
+
+
+def summary(params) -> str:
+    """A table of every leaf: path, shape, dtype, count; then the total."""
+    rows = [
+        (jax.tree_util.keystr(path), str(tuple(leaf.shape)), str(leaf.dtype), int(np.size(leaf)))
+        for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
+    ]
+    headers = ("parameter", "shape", "dtype", "count")
+    widths = [max(len(headers[i]), *(len(str(r[i])) for r in rows)) for i in range(4)]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
+    rule = "-" * len(line)
+    body = [
+        "  ".join(
+            str(c).rjust(w) if i == 3 else str(c).ljust(w)
+            for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        )
+        for r in rows
+    ]
+    total = f"Total params: {count_params(params):,}"
+    return "\n".join([rule, line, rule, *body, rule, total])
+
+
+def _cell(value, width: int, numeric: bool) -> str:
+    return str(value).rjust(width) if numeric else str(value).ljust(width)
