@@ -1,0 +1,146 @@
+"""Models as ``(init_fn, apply_fn)`` pairs of pure functions, in the style of ``stax``.
+
+init_fn, apply_fn = classifier(rj.lstm, hidden_size=128, num_classes=10)
+params = init_fn(key, input_size=28)
+logits = apply_fn(params, images)            # images (B, T=28, I=28) -> (B, 10)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from rnn_jax.cells.base import hidden_of
+from rnn_jax.checks import as_cell
+from rnn_jax.layers import MERGES, init_stack, output_size, unroll_stack
+
+
+class Model(NamedTuple):
+    init: Callable
+    apply: Callable
+
+
+def dense_init(key, in_size: int, out_size: int, dtype=jnp.float32) -> dict:
+    """``{"w": (in, out) Glorot-uniform, "b": (out,) zeros}``."""
+    w = jax.nn.initializers.glorot_uniform()(key, (in_size, out_size), dtype)
+    return {"w": w, "b": jnp.zeros((out_size,), dtype)}
+
+
+def dense(params: dict, x: jax.Array) -> jax.Array:
+    return x @ params["w"] + params["b"]
+
+
+def last_hidden(final_carry, merge: str) -> jax.Array:
+    """``(B, H_out)``: the last layer's state after its last valid step; for a bidirectional
+    layer both directions' final states (the backward one has read position 0), merged."""
+    # A bidirectional layer's final carry is a plain pair of carries; an LSTMCarry is a
+    # NamedTuple, so the exact type tells them apart.
+    if type(final_carry) is tuple:
+        return MERGES[merge](hidden_of(final_carry[0]), hidden_of(final_carry[1]))
+    return hidden_of(final_carry)
+
+
+def classifier(
+    cell,
+    hidden_size: int,
+    num_classes: int,
+    *,
+    num_layers: int = 1,
+    bidirectional: bool = False,
+    merge: str = "concat",
+    dropout: float = 0.0,
+    gradient: str = "autodiff",
+    **init_kwargs,
+) -> Model:
+    """Recurrent layer(s) -> dense readout of the last valid hidden state.
+
+    ``init_fn(key, input_size, dtype=float32) -> {"rnn": [...], "readout": {"w", "b"}}``
+    ``apply_fn(params, xs (B, T, I), *, lengths=None, key=None) -> logits (B, num_classes)``;
+    ``key`` turns on dropout between layers (training); evaluation passes none.
+    """
+    cell = as_cell(cell)
+
+    def init_fn(key, input_size: int, dtype=jnp.float32):
+        k_rnn, k_out = jax.random.split(key)
+        rnn = init_stack(
+            cell, k_rnn, input_size, hidden_size, num_layers,
+            bidirectional=bidirectional, merge=merge, dtype=dtype, **init_kwargs,
+        )  # fmt: skip
+        width = output_size(hidden_size, bidirectional=bidirectional, merge=merge)
+        return {"rnn": rnn, "readout": dense_init(k_out, width, num_classes, dtype)}
+
+    def apply_fn(params, xs, *, lengths=None, key=None):
+        finals, _ = unroll_stack(
+            cell, params["rnn"], xs, lengths=lengths, merge=merge,
+            dropout=dropout, key=key, gradient=gradient,
+        )  # fmt: skip
+        return dense(params["readout"], last_hidden(finals[-1], merge))
+
+    return Model(init_fn, apply_fn)
+
+
+def language_model(
+    cell,
+    vocab_size: int,
+    hidden_size: int,
+    *,
+    num_layers: int = 1,
+    embed_size: int | None = None,
+    dropout: float = 0.0,
+    gradient: str = "autodiff",
+    **init_kwargs,
+) -> Model:
+    """Tokens -> embedding (one-hot when ``embed_size`` is None) -> recurrent layer(s) ->
+    a softmax over the vocabulary at every step (``yhat<t> = softmax(W_ya a<t> + b_y)``).
+
+    ``init_fn(key, dtype=float32) -> {"embed": (V, E)?, "rnn": [...], "readout": ...}``
+    ``apply_fn(params, tokens (B, T) int, carry=None, *, key=None, **unroll_kwargs)
+    -> (logits (B, T, V), final_carries)``; pass ``final_carries`` back as ``carry`` to
+    continue a stream (truncated BPTT over consecutive chunks, sampling).
+    """
+    cell = as_cell(cell)
+
+    def init_fn(key, dtype=jnp.float32):
+        k_embed, k_rnn, k_out = jax.random.split(key, 3)
+        params = {}
+        input_size = vocab_size
+        if embed_size is not None:
+            params["embed"] = jax.random.normal(k_embed, (vocab_size, embed_size), dtype) * 0.1
+            input_size = embed_size
+        params["rnn"] = init_stack(
+            cell, k_rnn, input_size, hidden_size, num_layers, dtype=dtype, **init_kwargs
+        )
+        params["readout"] = dense_init(k_out, hidden_size, vocab_size, dtype)
+        return params
+
+    def apply_fn(params, tokens, carry=None, *, key=None, **unroll_kwargs):
+        tokens = _check_tokens(tokens, vocab_size)
+        dtype = params["readout"]["w"].dtype
+        if "embed" in params:
+            xs = params["embed"][tokens]
+        else:
+            xs = jax.nn.one_hot(tokens, vocab_size, dtype=dtype)
+        finals, hs = unroll_stack(
+            cell, params["rnn"], xs, carry, dropout=dropout, key=key,
+            gradient=unroll_kwargs.pop("gradient", gradient), **unroll_kwargs,
+        )  # fmt: skip
+        return dense(params["readout"], hs), finals
+
+    return Model(init_fn, apply_fn)
+
+
+def _check_tokens(tokens, vocab_size: int):
+    # Values can't be range-checked under jit; jnp indexing would clamp silently, so callers
+    # encode with a Vocab that rejects unknown characters.
+    if getattr(tokens, "ndim", None) != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
+        raise ValueError(
+            f"tokens must be an integer array (batch, time), got "
+            f"{getattr(tokens, 'shape', type(tokens).__name__)} {getattr(tokens, 'dtype', '')}"
+        )
+    return tokens
+
+
+__all__ = ["Model", "classifier", "dense", "dense_init", "language_model"]
