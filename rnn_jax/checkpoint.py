@@ -1,0 +1,275 @@
+"""Save and restore any pytree (a TrainState included), atomically, without pickle.
+
+A checkpoint is one file, ``<directory>/checkpoint_<step:08d>.msgpack``: a msgpack
+map holding
+
+* ``"format"``: ``"rnn_jax.checkpoint"``, and ``"version"``: 1,
+* ``"step"``: the step it was saved at,
+* ``"metadata"``: the user's metadata as a JSON string (config, vocabulary, ...),
+* ``"state"``: the pytree, serialised by ``flax.serialization.to_bytes``,
+* ``"sha256"``: the hex digest of ``"state"``, so silent corruption is caught.
+
+One file per checkpoint makes the write atomic: it goes to a hidden temp file in
+the same directory, is fsynced, then ``os.replace``-d onto its final name. A crash
+at any point leaves either the old set of checkpoints or the new one, never a
+half-written file under a checkpoint name; leftover temp files start with ``.``
+and are ignored by :func:`latest_checkpoint`.
+
+Typed PRNG keys (``jax.random.key``) are stored as their raw key data and
+re-wrapped with the target's key implementation on restore.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from typing import Any
+
+import flax.serialization
+import jax
+import msgpack
+import numpy as np
+
+PyTree = Any
+
+FORMAT = "rnn_jax.checkpoint"
+VERSION = 1
+_NAME = re.compile(r"^checkpoint_(\d+)\.msgpack$")
+
+__all__ = [
+    "CheckpointError",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "read_metadata",
+    "restore_checkpoint",
+    "save_checkpoint",
+]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is corrupt or does not match the restore target."""
+
+
+def _checkpoint_name(step: int) -> str:
+    return f"checkpoint_{step:08d}.msgpack"
+
+
+def _is_key(x: Any) -> bool:
+    return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def _unwrap_keys(tree: PyTree) -> PyTree:
+    # msgpack cannot encode key dtypes; their uint32 data is the whole content.
+    return jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, tree)
+
+
+def _fsync_dir(directory: str) -> None:
+    # Makes the rename itself durable; not every platform can open a directory.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def list_checkpoints(directory: str | os.PathLike) -> list[tuple[int, str]]:
+    """``(step, path)`` of every complete checkpoint in ``directory``, oldest first."""
+    directory = os.fspath(directory)
+    if not os.path.isdir(directory):
+        return []
+    found = []
+    for name in os.listdir(directory):
+        match = _NAME.match(name)
+        if match:
+            found.append((int(match.group(1)), os.path.join(directory, name)))
+    return sorted(found)
+
+
+def latest_checkpoint(directory: str | os.PathLike) -> str | None:
+    """Path of the highest-step checkpoint in ``directory``, or None if there is none."""
+    found = list_checkpoints(directory)
+    return found[-1][1] if found else None
+
+
+def save_checkpoint(
+    directory: str | os.PathLike,
+    state: PyTree,
+    *,
+    step: int,
+    metadata: dict | None = None,
+    keep: int | None = 3,
+) -> str:
+    """Writes ``state`` and ``metadata`` atomically; returns the checkpoint's path.
+
+    Args:
+      directory: created if missing.
+      state: any pytree of arrays (fetched to the host here).
+      step: the training step, used in the file name and returned as
+        ``metadata["step"]`` by :func:`restore_checkpoint`.
+      metadata: JSON-serialisable dict (config, vocabulary, ...); must not use
+        the key ``"step"``.
+      keep: keep only the ``keep`` highest-step checkpoints (None keeps all).
+        Pruning happens after the new file is in place.
+    """
+    step = int(step)
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step}")
+    if keep is not None and keep < 1:
+        raise ValueError(f"keep must be >= 1 or None, got {keep}")
+    metadata = dict(metadata or {})
+    if "step" in metadata:
+        raise ValueError("metadata must not contain 'step': it is recorded from the step argument")
+    # Fails here, before anything is written, if metadata is not plain JSON.
+    metadata_json = json.dumps(metadata, sort_keys=True)
+
+    state_bytes = flax.serialization.to_bytes(_unwrap_keys(state))
+    payload = msgpack.packb(
+        {
+            "format": FORMAT,
+            "version": VERSION,
+            "step": step,
+            "metadata": metadata_json,
+            "sha256": hashlib.sha256(state_bytes).hexdigest(),
+            "state": state_bytes,
+        },
+        use_bin_type=True,
+    )
+
+    directory = os.fspath(directory)
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, _checkpoint_name(step))
+    # Same directory as the target, so os.replace is a rename within one file
+    # system (atomic); the leading "." keeps it out of list_checkpoints.
+    fd, tmp = tempfile.mkstemp(prefix=f".{_checkpoint_name(step)}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        # Best effort; a leftover temp file is harmless (ignored by readers).
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(directory)
+
+    if keep is not None:
+        for _, old in list_checkpoints(directory)[:-keep]:
+            os.unlink(old)
+    return path
+
+
+def _read(path: str) -> tuple[dict, bytes]:
+    """Returns (header with metadata decoded, state bytes); CheckpointError if corrupt."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no checkpoint file at {path}")
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        record = msgpack.unpackb(raw, raw=False)
+    except Exception as e:  # msgpack raises several unrelated types on bad input
+        raise CheckpointError(f"corrupt checkpoint {path}: not valid msgpack ({e})") from e
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an rnn_jax checkpoint")
+    if record.get("version") != VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint format version {record.get('version')}, "
+            f"this rnn_jax reads version {VERSION}"
+        )
+    state_bytes = record.get("state")
+    if not isinstance(state_bytes, bytes) or hashlib.sha256(state_bytes).hexdigest() != record.get(
+        "sha256"
+    ):
+        raise CheckpointError(f"corrupt checkpoint {path}: state checksum mismatch")
+    try:
+        metadata = json.loads(record["metadata"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"corrupt checkpoint {path}: bad metadata ({e})") from e
+    metadata["step"] = int(record["step"])
+    return metadata, state_bytes
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """The metadata of a checkpoint (with ``"step"``), without restoring the state."""
+    return _read(os.fspath(path))[0]
+
+
+def _compare(target: Any, restored: Any, where: str, problems: list[str]) -> None:
+    """Collects structure/shape/dtype differences between two flax state dicts."""
+    if isinstance(target, dict):
+        if not isinstance(restored, dict):
+            problems.append(f"{where or '<root>'}: target has a container, checkpoint has a leaf")
+            return
+        t_keys, r_keys = set(map(str, target)), set(map(str, restored))
+        for key in sorted(t_keys - r_keys):
+            problems.append(f"{where}/{key}: in target, missing from checkpoint")
+        for key in sorted(r_keys - t_keys):
+            problems.append(f"{where}/{key}: in checkpoint, not in target")
+        for key in sorted(t_keys & r_keys):
+            _compare(target[key], restored[key], f"{where}/{key}", problems)
+        return
+    if isinstance(restored, dict) and restored:
+        problems.append(f"{where}: target has a leaf, checkpoint has a container")
+        return
+    if hasattr(target, "shape") and hasattr(target, "dtype"):
+        t_shape, t_dtype = tuple(target.shape), np.dtype(target.dtype)
+        r_shape, r_dtype = tuple(np.shape(restored)), np.asarray(restored).dtype
+        if t_shape != r_shape:
+            problems.append(f"{where}: shape {r_shape} in checkpoint, {t_shape} in target")
+        elif t_dtype != r_dtype:
+            problems.append(f"{where}: dtype {r_dtype} in checkpoint, {t_dtype} in target")
+
+
+def restore_checkpoint(path: str | os.PathLike, target: PyTree) -> tuple[PyTree, dict]:
+    """Restores a checkpoint into the structure of ``target``.
+
+    Args:
+      path: a checkpoint file (e.g. from :func:`latest_checkpoint`).
+      target: a pytree with the same structure, shapes and dtypes as the saved
+        one (e.g. a freshly created TrainState); its values are not used. Leaves
+        that are jax arrays give the restored leaves their sharding (so a
+        replicated target restores replicated).
+
+    Returns:
+      ``(state, metadata)``; ``metadata`` is the saved dict plus ``"step"``.
+
+    Raises:
+      FileNotFoundError: no file at ``path``.
+      CheckpointError (a ValueError): corrupt file, or a structure, shape or
+        dtype mismatch with ``target`` (every mismatching path is named).
+    """
+    path = os.fspath(path)
+    metadata, state_bytes = _read(path)
+    plain_target = _unwrap_keys(target)
+    try:
+        restored_dict = flax.serialization.msgpack_restore(state_bytes)
+    except Exception as e:
+        raise CheckpointError(f"corrupt checkpoint {path}: state not readable ({e})") from e
+    problems: list[str] = []
+    _compare(flax.serialization.to_state_dict(plain_target), restored_dict, "", problems)
+    if problems:
+        raise CheckpointError(
+            f"checkpoint {path} does not match the target:\n  " + "\n  ".join(problems)
+        )
+    restored = flax.serialization.from_state_dict(plain_target, restored_dict)
+
+    def place(t: Any, r: Any) -> Any:
+        if _is_key(t):
+            r = jax.random.wrap_key_data(np.asarray(r), impl=jax.random.key_impl(t))
+            return jax.device_put(r, t.sharding)
+        if isinstance(t, jax.Array):
+            return jax.device_put(np.asarray(r), t.sharding)
+        return r
+
+    return jax.tree.map(place, target, restored), metadata

@@ -1,0 +1,481 @@
+"""Model-agnostic training utilities: train state, jitted train step, evaluation.
+
+Nothing here knows about recurrent cells. Every function takes a loss or metric
+function over an arbitrary parameter pytree, so the same step drives an RNN
+classifier, a language model or the toy MLP in the tests.
+
+Conventions
+-----------
+* ``loss_fn(params, batch, rng) -> (loss, aux)``: ``loss`` is a scalar (a *mean*
+  over the batch, so the learning rate does not depend on the batch size) and
+  ``aux`` a dict of scalar metrics (may be empty).
+* ``batch`` is any pytree of arrays whose leading axis is the batch axis.
+* ``metric_fn(params, batch) -> dict`` returns per-batch *sums* over the valid
+  examples plus a ``"count"`` entry (the number of valid examples), see
+  :func:`evaluate`.
+* Padded batches (so that the last, partial batch has the same shape as the
+  others and jit does not recompile) carry a ``"mask"`` entry of shape
+  ``(batch,)``: 1 for real examples, 0 for padding. :func:`pad_batch` makes
+  them; :func:`example_mask` reads the mask (all ones when there is none).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from .checkpoint import save_checkpoint
+
+PyTree = Any
+Batch = Any
+Metrics = dict[str, jax.Array]
+LossFn = Callable[[PyTree, Batch, jax.Array], tuple[jax.Array, Mapping[str, jax.Array]]]
+MetricFn = Callable[[PyTree, Batch], Mapping[str, jax.Array]]
+
+DATA_AXIS = "data"
+
+__all__ = [
+    "DATA_AXIS",
+    "TrainState",
+    "accuracy",
+    "check_finite",
+    "create_train_state",
+    "default_optimizer",
+    "evaluate",
+    "example_mask",
+    "make_mesh",
+    "make_train_step",
+    "pad_batch",
+    "replicate",
+    "shard_batch",
+    "softmax_cross_entropy",
+    "train_loop",
+]
+
+
+# --------------------------------------------------------------------------- state
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a training run needs to continue bit-exactly; a pytree.
+
+    Attributes:
+      params: the model parameters, any pytree of arrays.
+      opt_state: the optax optimizer state for ``params``.
+      step: int32 scalar array, the number of updates applied so far.
+      rng: a ``jax.random`` key (typed, from ``jax.random.key``, or a raw
+        ``uint32[2]`` from ``jax.random.PRNGKey``). Each train step splits it,
+        so dropout and other randomness depend on the state alone.
+    """
+
+    params: PyTree
+    opt_state: optax.OptState
+    step: jax.Array
+    rng: jax.Array
+
+    @classmethod
+    def create(
+        cls, params: PyTree, optimizer: optax.GradientTransformation, rng: jax.Array
+    ) -> TrainState:
+        """Builds the state at step 0.
+
+        The parameters are copied: train steps donate the state's buffers, and
+        the copy keeps the caller's ``params`` arrays valid after the first step.
+        """
+        params = jax.tree.map(jnp.array, params)  # jnp.array copies
+        return cls(
+            params=params,
+            opt_state=optimizer.init(params),
+            step=jnp.zeros((), jnp.int32),
+            rng=jnp.array(rng),
+        )
+
+
+def create_train_state(
+    params: PyTree, optimizer: optax.GradientTransformation, rng: jax.Array
+) -> TrainState:
+    """Same as :meth:`TrainState.create`."""
+    return TrainState.create(params, optimizer, rng)
+
+
+# ----------------------------------------------------------------------- optimizer
+
+
+def default_optimizer(
+    learning_rate: float | optax.Schedule = 1e-3,
+    *,
+    clip_norm: float | None = None,
+    clip_value: float | None = None,
+) -> optax.GradientTransformation:
+    """RMSProp, the project default (as the TensorFlow seed notebook), with clipping.
+
+    Args:
+      learning_rate: step size or optax schedule.
+      clip_norm: if set, gradients are rescaled so their global L2 norm is at
+        most ``clip_norm`` (``optax.clip_by_global_norm``).
+      clip_value: if set, each gradient element is clipped to
+        ``[-clip_value, clip_value]`` (``optax.clip``), as ``np.clip(d, -1, 1)``
+        in the numpy seeds.
+
+    Element-wise clipping runs first, then the global-norm clipping, so the
+    global bound holds for what RMSProp sees. Note RMSProp divides by a running
+    RMS, so clipping matters less for the first update than for the ones after a
+    gradient spike (which would otherwise inflate the running RMS).
+
+    ``optax.rmsprop`` defaults (decay 0.9, eps 1e-8 inside the sqrt, second
+    moment initialised to 0) differ slightly from TF1's ``RMSPropOptimizer``
+    (eps 1e-10, second moment initialised to 1).
+    """
+    parts: list[optax.GradientTransformation] = []
+    if clip_value is not None:
+        if clip_value <= 0:
+            raise ValueError(f"clip_value must be positive, got {clip_value}")
+        parts.append(optax.clip(clip_value))
+    if clip_norm is not None:
+        if clip_norm <= 0:
+            raise ValueError(f"clip_norm must be positive, got {clip_norm}")
+        parts.append(optax.clip_by_global_norm(clip_norm))
+    parts.append(optax.rmsprop(learning_rate))
+    return optax.chain(*parts)
+
+
+# ------------------------------------------------------------------ data parallel
+
+
+def make_mesh(num_devices: int | None = None) -> Mesh:
+    """A 1-D mesh with axis ``"data"`` over the first ``num_devices`` devices.
+
+    Axis type is Auto (sharding propagated by the compiler), which is what
+    ``in_shardings``/``out_shardings`` in :func:`make_train_step` expect.
+    """
+    devices = jax.devices()
+    if num_devices is None:
+        num_devices = len(devices)
+    if not 1 <= num_devices <= len(devices):
+        raise ValueError(f"num_devices={num_devices} but {len(devices)} devices are available")
+    return Mesh(np.asarray(devices[:num_devices]), (DATA_AXIS,))
+
+
+def _data_size(mesh: Mesh) -> int:
+    if DATA_AXIS not in mesh.shape:
+        raise ValueError(f"mesh needs a {DATA_AXIS!r} axis, has {tuple(mesh.shape)}")
+    return mesh.shape[DATA_AXIS]
+
+
+def _check_divisible(batch: Batch, mesh: Mesh) -> None:
+    """Raises ValueError unless every leaf's leading axis splits evenly over devices."""
+    n = _data_size(mesh)
+    for path, leaf in jax.tree_util.tree_flatten_with_path(batch)[0]:
+        shape = np.shape(leaf)
+        if not shape:
+            raise ValueError(
+                f"batch leaf {jax.tree_util.keystr(path)} is a scalar; every batch leaf "
+                "needs a leading batch axis to be sharded"
+            )
+        if shape[0] % n:
+            raise ValueError(
+                f"batch size {shape[0]} (leaf {jax.tree_util.keystr(path)}) is not "
+                f"divisible by the {n} devices of the mesh's {DATA_AXIS!r} axis"
+            )
+
+
+def shard_batch(batch: Batch, mesh: Mesh) -> Batch:
+    """Places ``batch`` with its leading axis split over the mesh's ``"data"`` axis."""
+    _check_divisible(batch, mesh)
+    return jax.device_put(batch, NamedSharding(mesh, P(DATA_AXIS)))
+
+
+def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
+    """Places a full copy of ``tree`` on every device of ``mesh``."""
+    return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+# ------------------------------------------------------------------------ training
+
+
+def make_train_step(
+    loss_fn: LossFn,
+    optimizer: optax.GradientTransformation,
+    *,
+    mesh: Mesh | None = None,
+    donate: bool = True,
+) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+    """Builds a jitted ``train_step(state, batch) -> (new_state, metrics)``.
+
+    Args:
+      loss_fn: ``loss_fn(params, batch, rng) -> (loss, aux)``, ``loss`` a scalar
+        mean over the batch, ``aux`` a dict of scalar metrics.
+      optimizer: the optax transformation whose state is ``state.opt_state``.
+      mesh: if given (a mesh with a ``"data"`` axis, see :func:`make_mesh`), the
+        state is replicated on every device and the batch split along axis 0;
+        the compiler inserts the gradient all-reduce. Batch sizes that do not
+        divide by the number of devices raise ValueError before any compute.
+      donate: donate the input state's buffers (``donate_argnums=0``) so the
+        update happens in place. The passed-in state must not be used again;
+        use the returned one.
+
+    Returns:
+      ``train_step``. ``metrics`` holds ``"loss"``, the ``aux`` entries and
+      ``"grad_norm"`` (global L2 norm of the raw, unclipped gradient).
+    """
+
+    def step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+        # Split rather than reuse: new_state.rng differs from state.rng, so the
+        # randomness of step t is a function of the state at step t alone.
+        rng, step_rng = jax.random.split(state.rng)
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, batch, step_rng
+        )
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        reserved = {"loss", "grad_norm"} & set(aux)
+        if reserved:
+            raise ValueError(f"loss_fn aux metrics must not use the reserved keys {reserved}")
+        metrics = {"loss": loss, **aux, "grad_norm": optax.tree.norm(grads)}
+        new_state = state.replace(params=params, opt_state=opt_state, step=state.step + 1, rng=rng)
+        return new_state, metrics
+
+    donate_argnums = (0,) if donate else ()
+    if mesh is None:
+        return jax.jit(step, donate_argnums=donate_argnums)
+
+    replicated = NamedSharding(mesh, P())
+    data = NamedSharding(mesh, P(DATA_AXIS))
+    jitted = jax.jit(
+        step,
+        in_shardings=(replicated, data),
+        out_shardings=(replicated, replicated),
+        donate_argnums=donate_argnums,
+    )
+
+    def sharded_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+        # Checked here because jit's own error (IndivisibleError) does not say
+        # which leaf or how many devices in user terms.
+        _check_divisible(batch, mesh)
+        return jitted(state, batch)
+
+    return sharded_step
+
+
+def check_finite(metrics: Mapping[str, Any], step: int | jax.Array) -> None:
+    """Raises FloatingPointError if the loss (or any other metric) is NaN or inf.
+
+    Call it after each step, before saving a checkpoint, so that a diverged
+    run stops with the last good checkpoint on disk. Fetches the metrics to the
+    host (a device sync).
+    """
+    host = jax.device_get(dict(metrics))
+    names = ["loss"] + [k for k in host if k != "loss"] if "loss" in host else list(host)
+    for name in names:
+        value = np.asarray(host[name])
+        if not np.all(np.isfinite(value)):
+            shown = value.item() if value.size == 1 else value
+            raise FloatingPointError(
+                f"non-finite {name} {shown} at step {int(step)}: training diverged "
+                "(lower the learning rate or clip gradients); the last checkpoint "
+                "saved before this step is the last good one"
+            )
+
+
+def train_loop(
+    train_step: Callable[[TrainState, Batch], tuple[TrainState, Metrics]],
+    state: TrainState,
+    batches: Iterable[Batch] | Callable[[int], Batch],
+    *,
+    num_steps: int,
+    checkpoint_dir: str | None = None,
+    checkpoint_every: int = 0,
+    keep: int | None = 3,
+    metadata: dict | None = None,
+    callback: Callable[[int, dict[str, float]], None] | None = None,
+) -> tuple[TrainState, list[dict[str, float]]]:
+    """Runs ``train_step`` until ``state.step == num_steps``, checkpointing.
+
+    Args:
+      train_step: from :func:`make_train_step`.
+      state: the state to start from (fresh, or restored from a checkpoint).
+      batches: either ``batch_fn(step) -> batch``, which makes resuming exact
+        (the batch of step ``t`` is the same whether or not the run was
+        interrupted), or an iterable yielding the batches from ``state.step`` on
+        (the loop stops early if it runs out).
+      num_steps: the total step count to reach (not the number of new steps).
+      checkpoint_dir: where :func:`rnn_jax.checkpoint.save_checkpoint` writes.
+      checkpoint_every: save every this many steps (and at the end); 0 saves
+        only at the end. Ignored without ``checkpoint_dir``.
+      keep: how many checkpoints to keep.
+      metadata: JSON-serialisable dict stored with each checkpoint.
+      callback: called as ``callback(step, metrics)`` after each good step.
+
+    Returns:
+      ``(state, history)``, history a list of per-step host metrics dicts.
+
+    Raises:
+      FloatingPointError: on a non-finite metric (see :func:`check_finite`). No
+        checkpoint is written for that step or later, so the newest on disk is
+        the last good one.
+    """
+    if checkpoint_every < 0:
+        raise ValueError(f"checkpoint_every must be >= 0, got {checkpoint_every}")
+    iterator = None if callable(batches) else iter(batches)
+    history: list[dict[str, float]] = []
+    step = int(state.step)
+    last_saved = step  # nothing new to save unless a step runs
+
+    def save(state: TrainState, step: int) -> None:
+        save_checkpoint(checkpoint_dir, state, step=step, metadata=metadata, keep=keep)
+
+    while step < num_steps:
+        if iterator is None:
+            batch = batches(step)
+        else:
+            batch = next(iterator, None)
+            if batch is None:
+                break
+        state, metrics = train_step(state, batch)
+        step += 1
+        host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        check_finite(host, step)
+        history.append(host)
+        if callback is not None:
+            callback(step, host)
+        if checkpoint_dir is not None and checkpoint_every and step % checkpoint_every == 0:
+            save(state, step)
+            last_saved = step
+    if checkpoint_dir is not None and last_saved != step:
+        save(state, step)
+    return state, history
+
+
+# ---------------------------------------------------------------------- evaluation
+
+
+def example_mask(batch: Mapping[str, Any], batch_size: int | None = None) -> jax.Array:
+    """The per-example validity mask of a batch dict, shape ``(batch,)``, float32.
+
+    ``batch["mask"]`` if present (see :func:`pad_batch`), otherwise all ones; the
+    size is taken from ``batch_size`` or the first leaf's leading axis.
+    """
+    if "mask" in batch:
+        return jnp.asarray(batch["mask"], jnp.float32)
+    if batch_size is None:
+        batch_size = jax.tree.leaves(batch)[0].shape[0]
+    return jnp.ones((batch_size,), jnp.float32)
+
+
+def pad_batch(batch: Mapping[str, Any], batch_size: int) -> dict[str, np.ndarray]:
+    """Pads every leaf of a dict batch to ``batch_size`` rows and adds ``"mask"``.
+
+    Padding rows repeat the first example (so they are valid inputs, e.g. valid
+    label indices) and get mask 0. A batch that already has a mask keeps it
+    (its padding extended with zeros). Returns numpy arrays.
+
+    Args:
+      batch: dict of arrays with a common leading size ``n <= batch_size``.
+      batch_size: the fixed size to pad to.
+    """
+    batch = {k: np.asarray(v) for k, v in batch.items()}
+    sizes = {k: v.shape[0] for k, v in batch.items()}
+    n = next(iter(sizes.values()))
+    if any(s != n for s in sizes.values()):
+        raise ValueError(f"batch leaves have different leading sizes: {sizes}")
+    if n > batch_size:
+        raise ValueError(f"batch has {n} examples, more than batch_size={batch_size}")
+    if n == 0:
+        raise ValueError("cannot pad an empty batch")
+    mask = batch.pop("mask", np.ones((n,), np.float32)).astype(np.float32)
+    pad = batch_size - n
+    out = {k: np.concatenate([v, np.repeat(v[:1], pad, axis=0)]) for k, v in batch.items()}
+    out["mask"] = np.concatenate([mask, np.zeros((pad,), np.float32)])
+    return out
+
+
+def evaluate(
+    metric_fn: MetricFn,
+    params: PyTree,
+    batches: Iterable[Batch],
+    *,
+    mesh: Mesh | None = None,
+) -> dict[str, float]:
+    """Means of ``metric_fn``'s sums over a whole split.
+
+    Args:
+      metric_fn: ``metric_fn(params, batch) -> {"count": n_valid, name: sum, ...}``
+        where each ``sum`` is summed over the batch's *valid* examples (weight
+        the per-example values by :func:`example_mask`) and ``count`` is the
+        number of valid examples (``example_mask(batch).sum()``). It is jitted
+        here.
+      params: the parameters.
+      batches: iterable of batches covering the split exactly once; the final
+        batch may be smaller, or padded with a ``"mask"`` (:func:`pad_batch`).
+      mesh: optionally split each batch over the mesh's ``"data"`` axis.
+
+    Returns:
+      ``{name: total_sum / total_count, ..., "count": total_count}`` as Python
+      floats. Sums are accumulated in float64 on the host, so no precision is
+      lost over a large split.
+    """
+    fn = jax.jit(metric_fn)
+    if mesh is not None:
+        params = replicate(params, mesh)
+    # Keep device results and fetch them at the end: no host sync per batch.
+    results = []
+    for batch in batches:
+        if mesh is not None:
+            batch = shard_batch(batch, mesh)
+        out = fn(params, batch)
+        if "count" not in out:
+            raise KeyError(f"metric_fn must return a 'count' entry, got keys {sorted(out)}")
+        results.append(out)
+    if not results:
+        raise ValueError("evaluate got no batches")
+    host = jax.device_get(results)
+    totals = {k: math.fsum(float(np.asarray(r[k], np.float64)) for r in host) for k in host[0]}
+    count = totals.pop("count")
+    if count <= 0:
+        raise ValueError(f"evaluate saw {count} valid examples")
+    return {**{k: v / count for k, v in totals.items()}, "count": count}
+
+
+# -------------------------------------------------------------------------- losses
+
+
+def _masked_mean(values: jax.Array, mask: jax.Array | None) -> jax.Array:
+    if mask is None:
+        return jnp.mean(values)
+    mask = jnp.asarray(mask, values.dtype)
+    # max(.., 1): an all-padding batch gives 0, not NaN.
+    return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def softmax_cross_entropy(
+    logits: jax.Array, labels: jax.Array, mask: jax.Array | None = None
+) -> jax.Array:
+    """Mean cross-entropy of integer labels.
+
+    Args:
+      logits: ``(..., num_classes)``, e.g. ``(batch, C)`` or ``(batch, time, C)``.
+      labels: integer ``(...)`` matching ``logits.shape[:-1]``.
+      mask: optional ``(...)`` weights (1 valid, 0 padding).
+
+    Returns:
+      scalar: the mean over valid positions (the seeds summed without a mean,
+      which ties the effective learning rate to the batch size).
+    """
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    return _masked_mean(ce, mask)
+
+
+def accuracy(logits: jax.Array, labels: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+    """Fraction of valid positions where ``argmax(logits, -1) == labels``; scalar."""
+    correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+    return _masked_mean(correct, mask)
