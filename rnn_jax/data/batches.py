@@ -1,0 +1,138 @@
+"""Minibatches as a pure function of (seed, step), so a resumed run sees bit-identical batches.
+
+Training batches: each epoch is a fresh permutation drawn from ``np.random.default_rng([seed,
+epoch])``; step ``s`` takes slice ``s % steps_per_epoch`` of epoch ``s // steps_per_epoch``'s
+permutation. The last ``num_examples % batch_size`` examples of each permutation are dropped
+(different ones every epoch), so every training batch has the same shape and jit compiles once.
+
+Evaluation batches: the whole split in order, the last batch zero-padded to ``batch_size`` and
+reported with its number of valid rows, so eval also runs one compiled shape and nothing is
+dropped: weight per-example results by ``np.arange(batch_size) < num_valid``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+__all__ = [
+    "steps_per_epoch",
+    "batch_permutation",
+    "batch_indices",
+    "iterate_batches",
+    "eval_batches",
+]
+
+
+def _check_sizes(num_examples: int, batch_size: int) -> None:
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if num_examples <= 0:
+        raise ValueError(f"num_examples must be positive, got {num_examples}")
+    if batch_size > num_examples:
+        raise ValueError(
+            f"batch_size ({batch_size}) is larger than num_examples ({num_examples}): "
+            f"not even one full batch per epoch"
+        )
+
+
+def _num_examples(arrays: Sequence[np.ndarray]) -> int:
+    """Common leading dimension of ``arrays``; ValueError when they disagree or none given."""
+    if isinstance(arrays, np.ndarray) or len(arrays) == 0:
+        raise ValueError("arrays must be a non-empty tuple of arrays, e.g. (images, labels)")
+    shapes = [np.shape(a) for a in arrays]
+    if any(len(s) == 0 for s in shapes):
+        raise ValueError(f"arrays must have a leading example dimension, got shapes {shapes}")
+    sizes = [s[0] for s in shapes]
+    if len(set(sizes)) != 1:
+        raise ValueError(f"arrays must share their leading (example) dimension, got {sizes}")
+    return sizes[0]
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+    """Full batches per epoch (the remainder is dropped)."""
+    _check_sizes(num_examples, batch_size)
+    return num_examples // batch_size
+
+
+def batch_indices(seed: int, num_examples: int, batch_size: int, step: int) -> np.ndarray:
+    """Example indices of training batch ``step``: int64 array of shape (batch_size,).
+
+    Pure: the same (seed, num_examples, batch_size, step) always gives the same indices, with no
+    state to save in a checkpoint beyond ``step``. Within an epoch no index repeats.
+    """
+    if step < 0:
+        raise ValueError(f"step must be non-negative, got {step}")
+    epoch, within = divmod(step, steps_per_epoch(num_examples, batch_size))
+    perm = batch_permutation(seed, num_examples, epoch)
+    return perm[within * batch_size : (within + 1) * batch_size]
+
+
+def iterate_batches(
+    arrays: Sequence[np.ndarray],
+    batch_size: int,
+    seed: int,
+    start_step: int = 0,
+    num_steps: int | None = None,
+) -> Iterator[tuple[np.ndarray, ...]]:
+    """Yield shuffled training batches ``(a[idx] for a in arrays)``, each (batch_size, ...).
+
+    Steps ``start_step, start_step + 1, ...``; ``num_steps=None`` runs forever. Batch ``k``
+    equals what ``batch_indices(seed, N, batch_size, start_step + k)`` selects, so resuming from
+    a checkpointed step continues the exact sequence. Each yielded array is a fresh copy (fancy
+    indexing), never a view of the inputs.
+    """
+    n = _num_examples(arrays)
+    per_epoch = steps_per_epoch(n, batch_size)
+    if start_step < 0:
+        raise ValueError(f"start_step must be non-negative, got {start_step}")
+    if num_steps is not None and num_steps < 0:
+        raise ValueError(f"num_steps must be non-negative or None, got {num_steps}")
+    step = start_step
+    perm, perm_epoch = None, None
+    while num_steps is None or step < start_step + num_steps:
+        epoch, within = divmod(step, per_epoch)
+        if epoch != perm_epoch:  # one permutation per epoch, not per step
+            perm = batch_permutation(seed, n, epoch)
+            perm_epoch = epoch
+        idx = perm[within * batch_size : (within + 1) * batch_size]
+        yield tuple(np.asarray(a)[idx] for a in arrays)
+        step += 1
+
+
+def batch_permutation(seed: int, num_examples: int, epoch: int) -> np.ndarray:
+    """Epoch ``epoch``'s permutation of ``range(num_examples)``: int64 (num_examples,)."""
+    if seed < 0 or epoch < 0:  # default_rng rejects negative entropy anyway; say which
+        raise ValueError(f"seed and epoch must be non-negative, got {seed}, {epoch}")
+    # Seeding with [seed, epoch] gives independent, reproducible streams per epoch without
+    # replaying earlier epochs' draws, so resuming at any step costs one permutation.
+    return np.random.default_rng([seed, epoch]).permutation(num_examples)
+
+
+def eval_batches(
+    arrays: Sequence[np.ndarray], batch_size: int
+) -> Iterator[tuple[tuple[np.ndarray, ...], int]]:
+    """Yield ``(batch_arrays, num_valid)`` covering the whole split in order.
+
+    Every batch array has leading dimension ``batch_size``; the last batch is zero-padded past
+    ``num_valid`` rows (so one jit-compiled shape serves all batches). Rows ``[:num_valid]`` are
+    real examples; mask the rest, e.g. ``mask = np.arange(batch_size) < num_valid``.
+    Unlike training, batch_size may exceed the split size (one padded batch).
+    """
+    n = _num_examples(arrays)
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    arrays = [np.asarray(a) for a in arrays]
+    for start in range(0, n, batch_size):
+        num_valid = min(batch_size, n - start)
+        batch = []
+        for a in arrays:
+            chunk = a[start : start + num_valid]
+            if num_valid < batch_size:
+                pad = np.zeros((batch_size - num_valid, *a.shape[1:]), dtype=a.dtype)
+                chunk = np.concatenate([chunk, pad])
+            else:
+                chunk = chunk.copy()  # a copy, like the training batches: callers may mutate
+            batch.append(chunk)
+        yield tuple(batch), num_valid
