@@ -1,0 +1,314 @@
+"""Helpers shared by the experiment scripts (mnist_rows.py, char_lm.py, ...).
+
+Nothing here knows about a model or a dataset: run directories, atomic JSON writes, a
+metrics JSONL log that survives resuming, loss/accuracy curve plots (matplotlib, Agg
+backend, so no display is needed) and a tqdm progress bar.
+
+The scripts are run as files (``python experiments/mnist_rows.py``), so ``experiments/``
+is not a package; a script imports this module as a sibling::
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import common  # noqa: E402
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "MetricsLog",
+    "environment",
+    "jsonable",
+    "plot_curves",
+    "print_summary",
+    "progress",
+    "read_jsonl",
+    "setup_run_dir",
+    "write_bytes_atomic",
+    "write_json_atomic",
+]
+
+
+# ----------------------------------------------------------------------- atomic files
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Writes ``data`` to ``path`` via a temp file in the same folder and ``os.replace``.
+
+    A reader (or a crash) sees the old file or the new one, never half of one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return path
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` with numpy/JAX scalars and arrays turned into plain Python, recursively.
+
+    Non-finite floats become None: strict JSON has no NaN, and a NaN in a metrics file
+    should read as "missing", not break every JSON parser downstream.
+    """
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if hasattr(value, "tolist"):  # numpy / jax arrays and scalars
+        return jsonable(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int | None = 2) -> Path:
+    """Writes ``obj`` (made :func:`jsonable`) as JSON, atomically; returns the path."""
+    text = json.dumps(jsonable(obj), indent=indent, sort_keys=False, allow_nan=False)
+    return write_bytes_atomic(path, (text + "\n").encode())
+
+
+# ------------------------------------------------------------------------ run folders
+
+
+def setup_run_dir(out: str | os.PathLike, *, resume: bool, config: Mapping | None = None) -> Path:
+    """Creates the run folder and writes ``config.json`` into it.
+
+    A folder that already holds a ``config.json`` belongs to an earlier run: starting a
+    fresh run there would interleave two runs' metrics and checkpoints, so that is refused
+    unless ``resume`` is set. On resume the saved config must match ``config`` (a resumed
+    run with other hyperparameters is a different run); keys listed in
+    ``config["resumable_keys"]`` (e.g. the total step count) may differ.
+    """
+    run_dir = Path(out)
+    saved_path = run_dir / "config.json"
+    if saved_path.exists():
+        if not resume:
+            raise FileExistsError(
+                f"{run_dir} already holds a run; pass --resume to continue it, "
+                "or choose another --out"
+            )
+        if config is not None:
+            _check_same_config(json.loads(saved_path.read_text()), jsonable(config), saved_path)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if config is not None:
+        write_json_atomic(saved_path, config)
+    return run_dir
+
+
+def _check_same_config(saved: dict, new: dict, where: Path) -> None:
+    free = set(new.get("resumable_keys", [])) | {"resumable_keys"}
+    keys = (set(saved) | set(new)) - free
+    diff = {k: (saved.get(k), new.get(k)) for k in sorted(keys) if saved.get(k) != new.get(k)}
+    if diff:
+        shown = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
+        raise ValueError(f"--resume with settings that differ from {where}: {shown}")
+
+
+def environment() -> dict[str, Any]:
+    """Where a run ran: versions, devices, CPU count and git commit (for the summary)."""
+    import jax
+
+    info = {
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()],
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+    }
+    try:
+        root = Path(__file__).resolve().parents[1]
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
+        )
+        if commit.returncode == 0:
+            info["git_commit"] = commit.stdout.strip()
+    except OSError:
+        pass
+    return info
+
+
+# ------------------------------------------------------------------------- metrics log
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """The records of a JSONL file; a torn last line (a crash mid-write) is skipped."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+class MetricsLog:
+    """Append-only JSONL metrics, one record per line, flushed as written.
+
+    ``MetricsLog(path, resume_step=s)`` keeps only the records with ``step <= s``: the
+    steps after the checkpoint a run resumes from will be run (and logged) again, and
+    without this the file would hold them twice.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, resume_step: int | None = None):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        kept = read_jsonl(self.path) if resume_step is not None else []
+        kept = [r for r in kept if r.get("step", 0) <= (resume_step or 0)]
+        body = "".join(json.dumps(r, allow_nan=False) + "\n" for r in kept)
+        write_bytes_atomic(self.path, body.encode())
+        self._file = open(self.path, "a", encoding="utf-8")  # closed in close()
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        self._file.write(json.dumps(jsonable(record), allow_nan=False) + "\n")
+        self._file.flush()
+
+    def records(self) -> list[dict]:
+        self._file.flush()
+        return read_jsonl(self.path)
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> MetricsLog:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# ------------------------------------------------------------------------------ plots
+
+
+def plot_curves(
+    records: Iterable[Mapping[str, Any]],
+    path: str | os.PathLike,
+    panels: Sequence[Sequence[str]],
+    *,
+    x: str = "step",
+    titles: Sequence[str] | None = None,
+    log_y: Sequence[bool] | None = None,
+    smooth: int = 0,
+    suptitle: str | None = None,
+) -> Path:
+    """Plots metric curves from ``records`` into a PNG, one panel per group of keys.
+
+    Args:
+      records: dicts with an ``x`` entry; each key is plotted where present (so train
+        metrics logged every step and eval metrics logged every N steps share a plot).
+      path: the PNG to write (atomically).
+      panels: e.g. ``[["loss"], ["accuracy", "test_accuracy"]]``.
+      titles: optional title per panel (default: the keys joined).
+      log_y: optional per-panel log scale flags.
+      smooth: if > 1, noisy per-step series (more than ``4 * smooth`` points) also get a
+        moving average of this width drawn over them, so a trend is visible.
+      suptitle: figure title.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display on a server or in CI
+    import matplotlib.pyplot as plt
+
+    records = list(records)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    for i, (ax, keys) in enumerate(zip(axes[0], panels, strict=True)):
+        for key in keys:
+            xs, ys = _series(records, x, key)
+            if not xs:
+                continue
+            many = smooth > 1 and len(xs) > 4 * smooth
+            ax.plot(xs, ys, label=key, alpha=0.35 if many else 1.0, marker="" if many else ".")
+            if many:
+                ax.plot(xs[smooth - 1 :], _moving_average(ys, smooth), label=f"{key} (avg)")
+        ax.set_xlabel(x)
+        ax.set_title(titles[i] if titles else ", ".join(keys))
+        if log_y and log_y[i]:
+            ax.set_yscale("log")
+        ax.grid(True, alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def _series(records: list[Mapping], x: str, key: str) -> tuple[list, list]:
+    pairs = [
+        (r[x], r[key])
+        for r in records
+        if x in r and isinstance(r.get(key), (int, float)) and math.isfinite(r[key])
+    ]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def _moving_average(values: Sequence[float], width: int) -> list[float]:
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= width:
+            total -= values[i - width]
+        if i >= width - 1:
+            out.append(total / width)
+    return out
+
+
+# ----------------------------------------------------------------------- console output
+
+
+def progress(total: int, *, initial: int = 0, desc: str | None = None, enabled: bool = True):
+    """A tqdm bar over steps ``initial..total`` on stderr (stdout stays machine-readable).
+
+    ``enabled=False`` (``--no-progress``, tests) returns a bar that prints nothing but
+    still accepts ``update``/``set_postfix``/``close``.
+    """
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc=desc,
+        disable=not enabled,
+        file=sys.stderr,
+        dynamic_ncols=True,
+        mininterval=0.5,
+    )
+
+
+def print_summary(summary: Mapping[str, Any], file=None) -> str:
+    """Prints ``summary`` as one JSON line on stdout (for scripts to parse); returns it."""
+    line = json.dumps(jsonable(summary), allow_nan=False)
+    print(line, file=file or sys.stdout, flush=True)
+    return line
