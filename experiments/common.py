@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "ConfigMismatch",
     "MetricsLog",
     "environment",
     "jsonable",
@@ -50,6 +51,7 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; results are meant to be read by others
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -92,6 +94,10 @@ def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int | None =
 # ------------------------------------------------------------------------ run folders
 
 
+class ConfigMismatch(ValueError):
+    """``--resume`` was asked with settings other than the saved run's."""
+
+
 def setup_run_dir(out: str | os.PathLike, *, resume: bool, config: Mapping | None = None) -> Path:
     """Creates the run folder and writes ``config.json`` into it.
 
@@ -123,7 +129,7 @@ def _check_same_config(saved: dict, new: dict, where: Path) -> None:
     diff = {k: (saved.get(k), new.get(k)) for k in sorted(keys) if saved.get(k) != new.get(k)}
     if diff:
         shown = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
-        raise ValueError(f"--resume with settings that differ from {where}: {shown}")
+        raise ConfigMismatch(f"--resume with settings that differ from {where}: {shown}")
 
 
 def environment() -> dict[str, Any]:
@@ -138,6 +144,9 @@ def environment() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
     }
+    if hasattr(os, "getloadavg"):
+        # Timings on a shared machine mean little without knowing how busy it was.
+        info["load_avg_1_5_15min"] = [round(x, 2) for x in os.getloadavg()]
     try:
         root = Path(__file__).resolve().parents[1]
         commit = subprocess.run(

