@@ -1,0 +1,197 @@
+"""Flax NNX adapters: rnn_jax layers as ``nnx.Module`` s.
+
+The modules only *hold* the parameters (as ``nnx.Param``); the computation is the pure
+``rj.unroll_stack``, so an adapter gives exactly what the functional API gives on the same
+parameters, and anything built on it (``nnx.Optimizer``, ``nnx.jit``, ``nnx.grad``) sees
+plain NNX state. ``module.params`` returns the pure pytree, ``RNN.from_params`` wraps one.
+
+    model = rj.nnx.LSTM(input_size=8, hidden_size=32, num_layers=2, rngs=nnx.Rngs(0))
+    finals, hs = model(xs, lengths=lengths)        # xs (B, T, 8) -> hs (B, T, 32)
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from rnn_jax.cells import gru, lstm, simple
+from rnn_jax.cells.base import Cell
+from rnn_jax.checks import as_cell, check_params
+from rnn_jax.layers import _merge_fn, init_stack, is_bidirectional, unroll_stack
+
+__all__ = ["GRU", "LSTM", "RNN", "SimpleRNN"]
+
+
+class _CellParams(nnx.Module):
+    """One direction of one layer: each entry of the cell's dict as an ``nnx.Param``."""
+
+    def __init__(self, params: dict):
+        self.names = tuple(sorted(params))
+        for name in self.names:
+            setattr(self, name, nnx.Param(params[name]))
+
+    def pure(self) -> dict:
+        return {name: getattr(self, name)[...] for name in self.names}
+
+
+class _BiParams(nnx.Module):
+    def __init__(self, params: dict):
+        self.fwd = _CellParams(params["fwd"])
+        self.bwd = _CellParams(params["bwd"])
+
+    def pure(self) -> dict:
+        return {"fwd": self.fwd.pure(), "bwd": self.bwd.pure()}
+
+
+class RNN(nnx.Module):
+    """A stack of recurrent layers over any rnn_jax cell.
+
+    Args:
+      cell: ``rj.simple``, ``rj.simple.relu``, ``rj.lstm``, ``rj.gru``.
+      input_size, hidden_size: feature sizes I and H.
+      num_layers: layers in the stack; layer l > 0 reads layer l-1's outputs.
+      bidirectional: each layer runs both ways; outputs merged by ``merge``
+        (``"concat"`` -> 2H features, or ``"sum"``, ``"mean"``, ``"mul"``).
+      dropout: inverted-dropout rate between layers, applied while ``deterministic`` is
+        False (``model.train()``; ``model.eval()`` turns it off), with keys from the
+        ``"dropout"`` stream of ``rngs`` (or of the ``rngs`` given to ``__call__``).
+      time_major, unroll, gradient: passed to ``rj.unroll`` (``gradient="manual"`` uses
+        the hand-written BPTT).
+      rngs: ``nnx.Rngs``; ``params`` stream for the initial weights, ``dropout`` for masks.
+      dtype, initializer, **init_kwargs: passed to the cell's ``init``.
+    """
+
+    def __init__(
+        self,
+        cell,
+        input_size: int | None = None,
+        hidden_size: int | None = None,
+        *,
+        num_layers: int = 1,
+        bidirectional: bool = False,
+        merge: str = "concat",
+        dropout: float = 0.0,
+        time_major: bool = False,
+        unroll: int = 1,
+        gradient: str = "autodiff",
+        deterministic: bool = False,
+        rngs: nnx.Rngs | None = None,
+        params=None,
+        dtype=jnp.float32,
+        initializer: str = "default",
+        **init_kwargs,
+    ):
+        cell = as_cell(cell)
+        if params is None:
+            if input_size is None or hidden_size is None or rngs is None:
+                raise TypeError("RNN needs input_size, hidden_size and rngs (or params=...)")
+            params = init_stack(
+                cell, rngs.params(), input_size, hidden_size, num_layers,
+                bidirectional=bidirectional, merge=merge, dtype=dtype,
+                initializer=initializer, **init_kwargs,
+            )  # fmt: skip
+        layers = list(params) if isinstance(params, (list, tuple)) else [params]
+        self._setup(cell, layers, merge, dropout, time_major, unroll, gradient, deterministic)
+        # Like nnx.Dropout: a forked stream, so the module owns its dropout key state.
+        self.rngs = rngs["dropout"].fork() if rngs is not None else nnx.data(None)
+
+    @classmethod
+    def from_params(cls, cell, params, **kwargs) -> RNN:
+        """Wrap existing pure params (a stack from ``rj.init_stack``, ``interop.from_torch``,
+        ...; a single layer is taken as a stack of one) without re-initialising. ``kwargs``:
+        the constructor's options (merge, dropout, rngs, ...)."""
+        return RNN(cell, params=params, **kwargs)
+
+    def _setup(self, cell: Cell, layers, merge, dropout, time_major, unroll, gradient, det):
+        _merge_fn(merge)
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if not layers:
+            raise ValueError("an RNN needs at least one layer")
+        for layer in layers:
+            for part in (layer["fwd"], layer["bwd"]) if is_bidirectional(layer) else (layer,):
+                check_params(cell, part)
+        self.cell = nnx.static(cell)
+        self.layers = nnx.List(
+            [_BiParams(p) if is_bidirectional(p) else _CellParams(p) for p in layers]
+        )
+        self.merge = merge
+        self.dropout = dropout
+        self.time_major = time_major
+        self.unroll = unroll
+        self.gradient = gradient
+        self.deterministic = det
+
+    @property
+    def params(self) -> list:
+        """The parameters as the pure stack pytree that ``rj.unroll_stack`` takes."""
+        return [layer.pure() for layer in self.layers]
+
+    def __call__(
+        self,
+        xs: jax.Array,
+        *,
+        lengths: jax.Array | None = None,
+        carry=None,
+        deterministic: bool | None = None,
+        rngs: nnx.Rngs | jax.Array | None = None,
+    ):
+        """``xs (B, T, I)`` (``(T, B, I)`` time-major) -> ``(finals, hs)``.
+
+        ``finals``: one final carry per layer (a ``(fwd, bwd)`` pair for bidirectional
+        layers); ``hs``: the last layer's outputs ``(B, T, H or 2H)``. ``lengths``,
+        ``carry``: as in ``rj.unroll_stack``. ``deterministic``/``rngs`` override the
+        module's for this call (as ``nnx.Dropout``).
+        """
+        deterministic = self.deterministic if deterministic is None else deterministic
+        key = None
+        if self.dropout > 0.0 and not deterministic and len(self.layers) > 1:
+            key = self._dropout_key(rngs)
+        return unroll_stack(
+            self.cell, self.params, xs, carry, lengths=lengths, time_major=self.time_major,
+            merge=self.merge, dropout=self.dropout, key=key, unroll=self.unroll,
+            gradient=self.gradient,
+        )  # fmt: skip
+
+    def _dropout_key(self, rngs) -> jax.Array:
+        rngs = self.rngs if rngs is None else rngs
+        if rngs is None:
+            raise ValueError(
+                "dropout > 0 and deterministic is False, but no rngs: pass rngs=nnx.Rngs(...) "
+                "to the constructor or the call, or call model.eval() for inference"
+            )
+        if isinstance(rngs, nnx.Rngs):
+            return rngs.dropout()
+        if isinstance(rngs, nnx.RngStream):
+            return rngs()
+        return rngs
+
+    def set_view(self, deterministic: bool | None = None):
+        """Used by ``nnx.view`` (as ``nnx.Dropout``)."""
+        if deterministic is not None:
+            self.deterministic = deterministic
+
+
+class SimpleRNN(RNN):
+    """``RNN`` over the Elman cell; ``activation="relu"`` for ``rj.simple.relu``."""
+
+    def __init__(self, input_size: int, hidden_size: int, *, activation: str = "tanh", **kw):
+        if activation not in ("tanh", "relu"):
+            raise ValueError(f"activation must be 'tanh' or 'relu', got {activation!r}")
+        cell = simple.relu if activation == "relu" else simple.cell
+        super().__init__(cell, input_size, hidden_size, **kw)
+
+
+class LSTM(RNN):
+    """``RNN`` over ``rj.lstm`` (forget-gate bias 1.0 unless ``forget_bias`` says otherwise)."""
+
+    def __init__(self, input_size: int, hidden_size: int, **kw):
+        super().__init__(lstm.cell, input_size, hidden_size, **kw)
+
+
+class GRU(RNN):
+    """``RNN`` over ``rj.gru`` (reset gate after the matmul, as PyTorch)."""
+
+    def __init__(self, input_size: int, hidden_size: int, **kw):
+        super().__init__(gru.cell, input_size, hidden_size, **kw)
