@@ -1,0 +1,524 @@
+"""Benchmark rnn_jax against Flax, Equinox and PyTorch on the CPU.
+
+A *train step* is: forward over the sequence, softmax cross-entropy on a dense readout of the
+last hidden state (row-MNIST style classification, 10 classes), backward, RMSProp update.
+An *inference step* is the forward plus the readout. Every JAX step is one jitted function
+whose inputs are jit *arguments* (closed-over constants could be folded away by XLA).
+
+All implementations are compiled / warmed up first, then timed round-robin, one step of each
+in turn, so machine noise hits them alike. Reported: median and inter-quartile range (ms),
+ratio of each median to rnn_jax's (autodiff) in the same run, useful GFLOP/s (the matrix
+products only: forward ``2*B*T*(I+H)*G*H``, train 3x that), and peak memory:
+
+* JAX: ``compiled.memory_analysis().temp_size_in_bytes`` -- XLA's scratch buffers for the
+  step (activations kept for the backward, workspaces), excluding arguments and outputs.
+* PyTorch: bytes of the distinct tensors autograd saves for the backward (via
+  ``torch.autograd.graph.saved_tensors_hooks``), i.e. the activation memory; inference: 0.
+
+Usage::
+
+    python experiments/bench.py                              # mnist config, all cells
+    python experiments/bench.py --configs mnist,long,wide --cells lstm
+    python experiments/bench.py --config 16,8,4,8 --steps 3 --warmup 1 --out /tmp/res
+    python experiments/bench.py --quick                       # tiny smoke run
+
+Writes ``<out>/bench-<date>.json`` and ``.md`` (atomically).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+CONFIGS = {
+    "mnist": (128, 28, 28, 128),
+    "long": (32, 512, 64, 256),
+    "wide": (64, 64, 256, 1024),
+}
+QUICK_CONFIG = (4, 3, 5, 6)
+CELLS = ("simple", "lstm", "gru")
+MODES = ("train", "inference")
+NUM_GATES = {"simple": 1, "lstm": 4, "gru": 3}
+NUM_CLASSES = 10
+LEARNING_RATE = 1e-3
+BASELINE = "rnn_jax"
+IMPLS = ("rnn_jax", "rnn_jax-manual", "rnn_jax-bf16", "flax", "equinox", "torch")
+DEFAULT_IMPLS = ("rnn_jax", "rnn_jax-manual", "flax", "equinox", "torch")
+THREADS = 2
+
+
+@dataclass
+class Bench:
+    """One implementation ready to time: ``run()`` does one step and blocks until done."""
+
+    name: str
+    run: Callable[[], None]
+    memory_bytes: int | None = None
+    times: list[float] = field(default_factory=list)
+
+
+class Skip(Exception):
+    """An implementation cannot run here (missing package, unsupported cell)."""
+
+
+# ----------------------------------------------------------------------------- JAX helpers
+
+
+def _jax_loss_and_update(forward, params, x, y):
+    """Build the jitted train/inference functions shared by all JAX implementations.
+
+    ``forward(params, x (B, T, I)) -> h_last (B, H)``; params hold the RNN and a readout.
+    """
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    optimizer = optax.rmsprop(LEARNING_RATE)
+
+    def logits_fn(params, x):
+        h = forward(params["rnn"], x)
+        return h @ params["out"]["w"] + params["out"]["b"]
+
+    def loss_fn(params, x, y):
+        logits = logits_fn(params, x)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    @jax.jit
+    def train_step(params, opt_state, x, y):
+        loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    infer = jax.jit(lambda params, x: logits_fn(params, x))
+    return optimizer, train_step, infer, jnp
+
+
+def _readout(key, hidden_size):
+    import jax
+
+    return {
+        "w": jax.random.normal(key, (hidden_size, NUM_CLASSES)) / np.sqrt(hidden_size),
+        "b": np.zeros((NUM_CLASSES,), np.float32),
+    }
+
+
+def _jax_bench(name, forward, rnn_params, hidden_size, mode, x_np, y_np) -> Bench:
+    """Wrap ``forward`` as a timed jitted step; measures XLA's temp memory."""
+    import jax
+
+    params = {"rnn": rnn_params, "out": _readout(jax.random.key(1), hidden_size)}
+    optimizer, train_step, infer, jnp = _jax_loss_and_update(forward, params, x_np, y_np)
+    x, y = jnp.asarray(x_np), jnp.asarray(y_np)
+    if mode == "train":
+        state = {"params": params, "opt": optimizer.init(params)}
+        compiled = train_step.lower(state["params"], state["opt"], x, y).compile()
+
+        def run():
+            p, o, loss = compiled(state["params"], state["opt"], x, y)
+            loss.block_until_ready()
+            state["params"], state["opt"] = p, o
+
+    else:
+        compiled = infer.lower(params, x).compile()
+
+        def run():
+            compiled(params, x).block_until_ready()
+
+    return Bench(name, run, _xla_temp_bytes(compiled))
+
+
+def _xla_temp_bytes(compiled) -> int | None:
+    try:
+        return int(compiled.memory_analysis().temp_size_in_bytes)
+    except Exception:  # memory_analysis is best-effort on some backends
+        return None
+
+
+# ----------------------------------------------------------------------------- implementations
+
+
+def make_rnn_jax(cell, cfg, mode, x, y, *, gradient="autodiff", **unroll_options) -> Callable:
+    import jax
+
+    import rnn_jax as rj
+    from rnn_jax.cells.base import hidden_of
+
+    _, _, input_size, hidden_size = cfg
+    module = getattr(rj, cell)
+    rnn_params = module.init(jax.random.key(0), input_size, hidden_size)
+
+    def forward(p, xs):
+        carry, _ = rj.unroll(module, p, xs, gradient=gradient, **unroll_options)
+        return hidden_of(carry)
+
+    return lambda name: _jax_bench(name, forward, rnn_params, hidden_size, mode, x, y)
+
+
+def make_rnn_jax_bf16(cell, cfg, mode, x, y):
+    import inspect
+
+    import rnn_jax as rj
+
+    if "matmul_dtype" not in inspect.signature(rj.unroll).parameters:
+        raise Skip("rj.unroll has no matmul_dtype option")
+    import jax.numpy as jnp
+
+    return make_rnn_jax(cell, cfg, mode, x, y, matmul_dtype=jnp.bfloat16)
+
+
+def make_flax(cell, cfg, mode, x, y):
+    try:
+        import flax.linen as nn
+    except ImportError as e:
+        raise Skip(f"flax not importable: {e}") from e
+    import jax
+
+    _, _, input_size, hidden_size = cfg
+    flax_cell = {
+        "simple": nn.SimpleCell,
+        "lstm": nn.OptimizedLSTMCell,
+        "gru": nn.GRUCell,
+    }[cell](features=hidden_size)
+    layer = nn.RNN(flax_cell, return_carry=True)
+    rnn_params = layer.init(jax.random.key(0), x[:, :, :])["params"]
+
+    def forward(p, xs):
+        carry, _ = layer.apply({"params": p}, xs)
+        return carry[1] if cell == "lstm" else carry  # LSTM carry is (c, h)
+
+    return lambda name: _jax_bench(name, forward, rnn_params, hidden_size, mode, x, y)
+
+
+def make_equinox(cell, cfg, mode, x, y):
+    try:
+        import equinox as eqx
+    except ImportError as e:
+        raise Skip(f"equinox not importable: {e}") from e
+    if cell == "simple":
+        raise Skip("equinox has no Elman (tanh RNN) cell")
+    import jax
+    import jax.numpy as jnp
+
+    batch, _, input_size, hidden_size = cfg
+    eqx_cell = {"lstm": eqx.nn.LSTMCell, "gru": eqx.nn.GRUCell}[cell](
+        input_size, hidden_size, key=jax.random.key(0)
+    )
+    params, static = eqx.partition(eqx_cell, eqx.is_array)
+
+    def forward(p, xs):
+        module = eqx.combine(p, static)
+        step = jax.vmap(module)  # Equinox cells are unbatched
+        h0 = jnp.zeros((xs.shape[0], hidden_size), xs.dtype)
+        carry0 = (h0, h0) if cell == "lstm" else h0
+
+        def body(carry, x_t):
+            return step(x_t, carry), None
+
+        carry, _ = jax.lax.scan(body, carry0, jnp.swapaxes(xs, 0, 1))
+        return carry[0] if cell == "lstm" else carry
+
+    return lambda name: _jax_bench(name, forward, params, hidden_size, mode, x, y)
+
+
+def make_torch(cell, cfg, mode, x, y):
+    # OpenMP threads that spin after each op steal a core from the next implementation in
+    # the round-robin (torch measured 10x slower, JAX 1.5x); let them sleep instead.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    try:
+        import torch
+    except ImportError as e:
+        raise Skip(f"torch not importable: {e}") from e
+    torch.set_num_threads(THREADS)
+    # XLA flushes denormals; without this PyTorch crawls once gradients vanish (T=512: 5x).
+    torch.set_flush_denormal(True)
+    _, _, input_size, hidden_size = cfg
+    torch.manual_seed(0)
+    rnn = {"simple": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell](
+        input_size, hidden_size, batch_first=True
+    )
+    readout = torch.nn.Linear(hidden_size, NUM_CLASSES)
+    model_params = list(rnn.parameters()) + list(readout.parameters())
+    # optax.rmsprop defaults: decay 0.9, eps 1e-8 (torch's alpha, eps).
+    optimizer = torch.optim.RMSprop(model_params, lr=LEARNING_RATE, alpha=0.9, eps=1e-8)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y).long()
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def logits():
+        _, h_n = rnn(xt)
+        h_n = h_n[0] if cell == "lstm" else h_n
+        return readout(h_n[-1])
+
+    def train():
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(logits(), yt)
+        loss.backward()
+        optimizer.step()
+
+    def infer():
+        with torch.no_grad():
+            logits()
+
+    memory = _torch_saved_bytes(lambda: loss_fn(logits(), yt)) if mode == "train" else 0
+    return lambda name: Bench(name, train if mode == "train" else infer, memory)
+
+
+def _torch_saved_bytes(forward) -> int:
+    """Bytes of distinct tensors autograd saves during ``forward`` (its activation memory)."""
+    import torch
+
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = forward()
+    del loss
+    return sum(seen.values())
+
+
+MAKERS = {
+    "rnn_jax": make_rnn_jax,
+    "rnn_jax-manual": lambda *a: make_rnn_jax(*a, gradient="manual"),
+    "rnn_jax-bf16": make_rnn_jax_bf16,
+    "flax": make_flax,
+    "equinox": make_equinox,
+    "torch": make_torch,
+}
+
+
+# ----------------------------------------------------------------------------- timing
+
+
+def useful_flops(cell: str, cfg, mode: str) -> float:
+    """Matrix-product FLOPs of one step: forward ``2BT(I+H)GH``; train 3x (two backward GEMMs)."""
+    batch, steps, input_size, hidden_size = cfg
+    forward = 2.0 * batch * steps * (input_size + hidden_size) * NUM_GATES[cell] * hidden_size
+    return forward * (3 if mode == "train" else 1)
+
+
+def build(impls, cell, cfg, mode, warmup, log) -> list[Bench]:
+    """Make, compile and warm up every implementation; skipped ones are logged."""
+    batch, steps, input_size, _ = cfg
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, steps, input_size)).astype(np.float32)
+    y = rng.integers(0, NUM_CLASSES, batch).astype(np.int32)
+    benches = []
+    for name in impls:
+        try:
+            bench = MAKERS[name](cell, cfg, mode, x, y)(name)
+        except Skip as e:
+            log(f"  skip {name}: {e}")
+            continue
+        for _ in range(warmup):
+            bench.run()
+        benches.append(bench)
+    return benches
+
+
+def time_round_robin(benches: list[Bench], steps: int) -> None:
+    """One step of each implementation in turn, ``steps`` times (noise hits all alike)."""
+    for _ in range(steps):
+        for bench in benches:
+            start = time.perf_counter()
+            bench.run()
+            bench.times.append(time.perf_counter() - start)
+
+
+def summarise(benches, cell, cfg, mode) -> list[dict]:
+    flops = useful_flops(cell, cfg, mode)
+    medians = {b.name: float(np.median(b.times)) for b in benches}
+    base = medians.get(BASELINE)
+    rows = []
+    for b in benches:
+        q25, q50, q75 = np.percentile(b.times, [25, 50, 75])
+        rows.append(
+            {
+                "impl": b.name,
+                "cell": cell,
+                "mode": mode,
+                "config": dict(zip("BTIH", cfg, strict=True)),
+                "steps": len(b.times),
+                "median_ms": 1e3 * q50,
+                "q25_ms": 1e3 * q25,
+                "q75_ms": 1e3 * q75,
+                "iqr_ms": 1e3 * (q75 - q25),
+                "ratio_to_rnn_jax": None if base is None else medians[b.name] / base,
+                "gflops": flops / q50 / 1e9,
+                "peak_memory_bytes": b.memory_bytes,
+            }
+        )
+    return rows
+
+
+# ----------------------------------------------------------------------------- reporting
+
+
+def machine_info() -> dict:
+    import jax
+
+    def version(pkg):
+        try:
+            return importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+        model = next(
+            (ln.split(":", 1)[1].strip() for ln in lscpu.splitlines() if "Model name" in ln),
+            platform.processor(),
+        )
+    except OSError:
+        model = platform.processor()
+    return {
+        "date": dt.datetime.now().isoformat(timespec="seconds"),
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "threads": THREADS,
+        "python": platform.python_version(),
+        "jax_backend": jax.default_backend(),
+        "versions": {
+            p: version(p) for p in ("jax", "jaxlib", "flax", "equinox", "optax", "torch", "numpy")
+        },
+        "memory_measure": {
+            "jax": "compiled.memory_analysis().temp_size_in_bytes (XLA scratch, no args/outputs)",
+            "torch": "bytes of distinct tensors saved for backward (saved_tensors_hooks)",
+        },
+    }
+
+
+def to_markdown(report: dict) -> str:
+    info = report["machine"]
+    versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v)
+    lines = [
+        f"# rnn_jax benchmark, {info['date']}",
+        "",
+        f"{info['cpu']}, {info['cores']} cores, {info['threads']} threads, "
+        f"{info['jax_backend']}; {versions}.",
+        "Train step = forward + cross-entropy on a readout of the last state + backward + "
+        "RMSProp. Median of interleaved steps (IQR); ratio = median / rnn_jax's (autodiff) "
+        "median, so > 1 means slower than rnn_jax. GFLOP/s counts the matrix products only. "
+        "Memory: JAX = XLA temp buffers; torch = tensors saved for backward.",
+        "",
+        "| config B,T,I,H | cell | mode | impl | median ms (IQR) | ratio | GFLOP/s | peak MiB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["results"]:
+        c = r["config"]
+        ratio = "–" if r["ratio_to_rnn_jax"] is None else f"{r['ratio_to_rnn_jax']:.2f}"
+        mem = r["peak_memory_bytes"]
+        mem = "–" if mem is None else f"{mem / 2**20:.1f}"
+        lines.append(
+            f"| {c['B']},{c['T']},{c['I']},{c['H']} | {r['cell']} | {r['mode']} | {r['impl']} | "
+            f"{r['median_ms']:.2f} ({r['iqr_ms']:.2f}) | {ratio} | {r['gflops']:.0f} | {mem} |"
+        )
+    if report["skipped"]:
+        lines += ["", "Skipped: " + "; ".join(report["skipped"])]
+    return "\n".join(lines) + "\n"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write to a temporary file in the same folder, then rename (no half-written results)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument(
+        "--configs", default=None, help=f"comma list of {sorted(CONFIGS)} (default mnist)"
+    )
+    p.add_argument("--config", action="append", default=[], help="custom B,T,I,H (repeatable)")
+    p.add_argument("--cells", default=",".join(CELLS))
+    p.add_argument("--modes", default=",".join(MODES))
+    p.add_argument("--impls", default=",".join(DEFAULT_IMPLS), help=f"comma list of {IMPLS}")
+    p.add_argument("--steps", type=int, default=30, help="timed steps per implementation")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    p.add_argument("--name", default=None, help="file stem (default bench-<date>)")
+    p.add_argument("--quick", action="store_true", help="tiny config, 3 steps: a smoke run")
+    args = p.parse_args(argv)
+    if args.configs is None:  # a custom --config alone replaces the default
+        args.configs = "" if args.config else "mnist"
+    if args.quick:
+        args.configs, args.config = "", [",".join(map(str, QUICK_CONFIG))]
+        args.steps, args.warmup = 3, 1
+    return args
+
+
+def selected_configs(args) -> list[tuple[str, tuple[int, int, int, int]]]:
+    configs = [(n, CONFIGS[n]) for n in args.configs.split(",") if n]
+    for text in args.config:
+        values = tuple(int(v) for v in text.split(","))
+        if len(values) != 4:
+            raise SystemExit(f"--config wants B,T,I,H, got {text!r}")
+        configs.append((text, values))
+    return configs
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    impls = [i for i in args.impls.split(",") if i]
+    unknown = set(impls) - set(IMPLS)
+    if unknown:
+        raise SystemExit(f"unknown implementations {sorted(unknown)}; choose from {IMPLS}")
+    results, skipped = [], []
+
+    def log(msg):
+        print(msg, flush=True)
+        if msg.strip().startswith("skip"):
+            skipped.append(msg.strip()[5:])
+
+    for config_name, cfg in selected_configs(args):
+        for cell in args.cells.split(","):
+            for mode in args.modes.split(","):
+                log(f"{config_name} {cfg} {cell} {mode}")
+                benches = build(impls, cell, cfg, mode, args.warmup, log)
+                time_round_robin(benches, args.steps)
+                rows = summarise(benches, cell, cfg, mode)
+                for r in rows:
+                    ratio = r["ratio_to_rnn_jax"]
+                    log(
+                        f"  {r['impl']:16s} {r['median_ms']:9.2f} ms (IQR {r['iqr_ms']:.2f})"
+                        f"  x{ratio if ratio is None else round(ratio, 2)}"
+                    )
+                results += rows
+    report = {"machine": machine_info(), "args": vars(args), "results": results}
+    report["skipped"] = sorted(set(skipped))
+    stem = args.name or f"bench-{dt.date.today().isoformat()}"
+    out = Path(args.out)
+    write_atomic(out / f"{stem}.json", json.dumps(report, indent=1))
+    write_atomic(out / f"{stem}.md", to_markdown(report))
+    print(f"wrote {out / stem}.json and .md")
+    return report
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    main()

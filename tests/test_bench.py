@@ -1,0 +1,62 @@
+"""Smoke test for experiments/bench.py: it runs on a minuscule config and writes its reports.
+
+No timing assertions: only that the JSON and Markdown exist with the expected fields.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "experiments" / "bench.py"
+ROW_KEYS = {
+    "impl",
+    "cell",
+    "mode",
+    "config",
+    "steps",
+    "median_ms",
+    "iqr_ms",
+    "ratio_to_rnn_jax",
+    "gflops",
+    "peak_memory_bytes",
+}
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("bench", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench"] = module  # dataclasses look their module up while being defined
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_writes_json_and_markdown(tmp_path):
+    bench = load_bench()
+    argv = ["--config", "2,3,4,5", "--cells", "lstm", "--modes", "train,inference"]
+    argv += ["--impls", "rnn_jax,rnn_jax-manual", "--steps", "2", "--warmup", "1"]
+    bench.main(argv + ["--out", str(tmp_path), "--name", "smoke"])
+
+    report = json.loads((tmp_path / "smoke.json").read_text())
+    assert {"date", "cpu", "versions", "memory_measure"} <= set(report["machine"])
+    results = report["results"]
+    assert len(results) == 2 * 2  # modes x impls
+    for row in results:
+        assert ROW_KEYS <= set(row)
+        assert row["steps"] == 2 and row["median_ms"] > 0
+        assert row["config"] == {"B": 2, "T": 3, "I": 4, "H": 5}
+    baseline = [r for r in results if r["impl"] == "rnn_jax"]
+    assert all(r["ratio_to_rnn_jax"] == 1.0 for r in baseline)
+
+    markdown = (tmp_path / "smoke.md").read_text()
+    assert "| config B,T,I,H |" in markdown and "rnn_jax-manual" in markdown
+    assert not list(tmp_path.glob(".smoke*"))  # atomic writes leave no temporaries
+
+
+def test_useful_flops_counts_gates():
+    bench = load_bench()
+    cfg = (2, 3, 4, 5)
+    assert bench.useful_flops("lstm", cfg, "inference") == 2 * 2 * 3 * (4 + 5) * 4 * 5
+    assert bench.useful_flops("gru", cfg, "train") == 3 * 2 * 2 * 3 * (4 + 5) * 3 * 5
