@@ -1,0 +1,70 @@
+"""Shared fixtures and helpers for the cell / unroll / layer / interop / NNX tests.
+
+float64 tests run under ``jax.enable_x64(True)`` (the ``x64`` fixture, or the context
+manager directly inside hypothesis tests), which restores the flag afterwards, so no test
+module changes the precision of another.
+"""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import rnn_jax as rj
+from rnn_jax.cells.base import LSTMCarry
+
+# Every cell, by a short name used in test ids.
+CELLS = {
+    "simple": rj.simple.cell,
+    "relu": rj.simple.relu,
+    "lstm": rj.lstm.cell,
+    "gru": rj.gru.cell,
+}
+TOL64 = 1e-10
+
+
+@pytest.fixture
+def x64():
+    """Run the test with 64-bit JAX types; the previous setting comes back afterwards."""
+    with jax.enable_x64(True):
+        yield
+
+
+def random_params(rng, cell, input_size, hidden_size, dtype=np.float64, scale=0.5):
+    """The cell's parameter shapes filled with N(0, scale^2), biases included (zero biases
+    would hide a bias in the wrong slot)."""
+    shapes = jax.eval_shape(lambda: cell.init(jax.random.PRNGKey(0), input_size, hidden_size))
+    return {k: jnp.asarray(rng.normal(0, scale, v.shape), dtype) for k, v in shapes.items()}
+
+
+def random_stack(rng, cell, input_size, hidden_size, num_layers, *, bidirectional, merge="concat"):
+    """A stack like ``rj.init_stack``'s, with random float64 entries."""
+    layers = []
+    for _ in range(num_layers):
+        if bidirectional:
+            layer = {d: random_params(rng, cell, input_size, hidden_size) for d in ("fwd", "bwd")}
+        else:
+            layer = random_params(rng, cell, input_size, hidden_size)
+        layers.append(layer)
+        input_size = rj.output_size(hidden_size, bidirectional=bidirectional, merge=merge)
+    return layers
+
+
+def random_carry(rng, cell, batch_size, hidden_size, dtype=np.float64):
+    h = jnp.asarray(rng.normal(0, 0.5, (batch_size, hidden_size)), dtype)
+    if cell.has_cell_state:
+        return LSTMCarry(h, jnp.asarray(rng.normal(0, 1.0, (batch_size, hidden_size)), dtype))
+    return h
+
+
+def assert_close(actual, expected, tol=TOL64):
+    """Trees equal to ``tol`` absolute (and no relative slack)."""
+    chex.assert_trees_all_close(actual, expected, atol=tol, rtol=0)
+
+
+def max_abs_diff(a, b) -> float:
+    leaves = jax.tree.leaves(jax.tree.map(lambda x, y: jnp.max(jnp.abs(x - y)), a, b))
+    return float(max(leaves)) if leaves else 0.0
