@@ -59,6 +59,14 @@ def fused_params(
             f"input_size and hidden_size must be >= 1, got input_size={input_size}, "
             f"hidden_size={hidden_size}"
         )
+    # Draw in at least float32, then cast: the orthogonal initializer's QR has no bfloat16
+    # kernel. float64 draws stay float64 so W^T W = I holds to float64 round-off.
+    draw_dtype = jnp.promote_types(dtype, jnp.float32)
+    params = _draw(key, input_size, hidden_size, num_gates, bias_names, initializer, draw_dtype)
+    return {name: value.astype(dtype) for name, value in params.items()}
+
+
+def _draw(key, input_size, hidden_size, num_gates, bias_names, initializer, dtype):
     width = num_gates * hidden_size
     k_x, k_h, *k_b = jax.random.split(key, 2 + 2 * len(bias_names))
     if initializer == "default":
