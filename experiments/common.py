@@ -224,6 +224,7 @@ def plot_curves(
     x: str = "step",
     titles: Sequence[str] | None = None,
     log_y: Sequence[bool] | None = None,
+    zoom: Sequence[bool] | None = None,
     smooth: int = 0,
     suptitle: str | None = None,
 ) -> Path:
@@ -236,6 +237,8 @@ def plot_curves(
       panels: e.g. ``[["loss"], ["accuracy", "test_accuracy"]]``.
       titles: optional title per panel (default: the keys joined).
       log_y: optional per-panel log scale flags.
+      zoom: optional per-panel flags: fit the y-range to the last 90% of the x-range, so an
+        accuracy climbing from 0.1 to 0.99 shows its final per-mille differences.
       smooth: if > 1, noisy per-step series (more than ``4 * smooth`` points) also get a
         moving average of this width drawn over them, so a trend is visible.
       suptitle: figure title.
@@ -248,10 +251,12 @@ def plot_curves(
     records = list(records)
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
     for i, (ax, keys) in enumerate(zip(axes[0], panels, strict=True)):
+        shown = []
         for key in keys:
             xs, ys = _series(records, x, key)
             if not xs:
                 continue
+            shown.append((xs, ys))
             many = smooth > 1 and len(xs) > 4 * smooth
             ax.plot(xs, ys, label=key, alpha=0.35 if many else 1.0, marker="" if many else ".")
             if many:
@@ -260,6 +265,8 @@ def plot_curves(
         ax.set_title(titles[i] if titles else ", ".join(keys))
         if log_y and log_y[i]:
             ax.set_yscale("log")
+        if zoom and zoom[i] and shown:
+            _zoom(ax, shown)
         ax.grid(True, alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
@@ -281,6 +288,19 @@ def _series(records: list[Mapping], x: str, key: str) -> tuple[list, list]:
         if x in r and isinstance(r.get(key), (int, float)) and math.isfinite(r[key])
     ]
     return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def _zoom(ax, series: list[tuple[list, list]]) -> None:
+    """y-limits from the values in the last 90% of the x-range (the first steps' are off)."""
+    lo_x = min(xs[0] for xs, _ in series)
+    hi_x = max(xs[-1] for xs, _ in series)
+    cut = lo_x + 0.1 * (hi_x - lo_x)
+    tail = sorted(y for xs, ys in series for x, y in zip(xs, ys, strict=True) if x >= cut)
+    if not tail:
+        return
+    lo, hi = tail[len(tail) // 100], tail[-1]  # 1st percentile: ignore rare dips
+    pad = 0.05 * (hi - lo) or 0.01
+    ax.set_ylim(lo - pad, hi + pad)
 
 
 def _moving_average(values: Sequence[float], width: int) -> list[float]:

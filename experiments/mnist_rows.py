@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (a sibling file, see common.py)
 
 CELLS = ("simple", "lstm", "gru")
+SCHEDULES = ("constant", "cosine", "linear")
 NUM_CLASSES = 10
 EXIT_DIVERGED = 3
 # Settings that may change when a finished or interrupted run is resumed: more steps, and
@@ -74,6 +75,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=5000, help="total training steps")
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate")
     p.add_argument("--optimizer", choices=("rmsprop", "adam"), default="rmsprop")
+    p.add_argument(
+        "--lr-schedule",
+        choices=SCHEDULES,
+        default="constant",
+        help="cosine/linear: decay from --lr to 0 over --decay-steps (after the warm-up)",
+    )
+    p.add_argument("--warmup-steps", type=int, default=0, help="linear warm-up from 0 to --lr")
+    p.add_argument(
+        "--decay-steps",
+        type=int,
+        default=None,
+        help="length of the schedule including warm-up (default: --steps); fixed for the run, "
+        "so a resumed run with more --steps keeps the schedule it started with",
+    )
     p.add_argument(
         "--clip-norm", type=float, default=None, help="clip gradients to this global L2 norm"
     )
@@ -111,16 +126,21 @@ def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
     for name in positive:
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
-    for name in ("eval_every", "checkpoint_every", "val_size"):
+    for name in ("eval_every", "checkpoint_every", "val_size", "warmup_steps"):
         if getattr(args, name) < 0:
             parser.error(f"--{name.replace('_', '-')} must be >= 0")
     if not args.lr > 0:
         parser.error("--lr must be positive")
+    if args.decay_steps is not None and args.decay_steps <= args.warmup_steps:
+        parser.error("--decay-steps must exceed --warmup-steps")
 
 
 def config_of(args: argparse.Namespace) -> dict[str, Any]:
     """The run's settings as saved in config.json and every checkpoint."""
     config = {k: v for k, v in vars(args).items() if k not in ("out", "resume")}
+    if config["decay_steps"] is None and (args.lr_schedule != "constant" or args.warmup_steps):
+        # Resolved once and saved: resuming with a larger --steps must not stretch it.
+        config["decay_steps"] = max(args.steps, args.warmup_steps + 1)
     config["resumable_keys"] = RESUMABLE_KEYS + ["debug_nan_at_step"]
     return config
 
@@ -146,8 +166,9 @@ def build_model(config: dict):
         initializer=config["initializer"],
     )
     clip = {"clip_norm": config["clip_norm"], "clip_value": config["clip_value"]}
+    lr = learning_rate(config)
     if config["optimizer"] == "rmsprop":
-        optimizer = default_optimizer(config["lr"], **clip)
+        optimizer = default_optimizer(lr, **clip)
     else:
         # Same clipping as default_optimizer (element-wise, then global norm), Adam after.
         parts = []
@@ -155,8 +176,31 @@ def build_model(config: dict):
             parts.append(optax.clip(clip["clip_value"]))
         if clip["clip_norm"] is not None:
             parts.append(optax.clip_by_global_norm(clip["clip_norm"]))
-        optimizer = optax.chain(*parts, optax.adam(config["lr"]))
+        optimizer = optax.chain(*parts, optax.adam(lr))
     return model, optimizer
+
+
+def learning_rate(config: dict):
+    """``--lr`` as a float (constant) or an optax schedule of the optimizer's step count.
+
+    The optimizer counts its own steps in its (checkpointed) state, so a resumed run
+    continues the schedule where it stopped.
+    """
+    import optax
+
+    lr, warmup = config["lr"], config["warmup_steps"]
+    kind, total = config["lr_schedule"], config["decay_steps"]
+    if kind == "constant" and not warmup:
+        return lr
+    rest = total - warmup
+    decay = {
+        "constant": lambda: optax.constant_schedule(lr),
+        "cosine": lambda: optax.cosine_decay_schedule(lr, rest),
+        "linear": lambda: optax.linear_schedule(lr, 0.0, rest),
+    }[kind]()
+    if not warmup:
+        return decay
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), decay], [warmup])
 
 
 @functools.lru_cache(maxsize=2)
@@ -240,7 +284,8 @@ def make_fns(model):
 
 # Settings that change the model, the loss or the optimizer, i.e. the compiled functions.
 MODEL_KEYS = ("cell", "hidden_size", "layers", "bidirectional", "gradient", "initializer")
-MODEL_KEYS += ("optimizer", "lr", "clip_norm", "clip_value")
+MODEL_KEYS += ("optimizer", "lr", "clip_norm", "clip_value", "lr_schedule", "warmup_steps")
+MODEL_KEYS += ("decay_steps",)
 
 
 def _model_key(config: dict) -> str:
@@ -315,6 +360,7 @@ def plot(run_dir: Path, records: list[dict], config: dict) -> Path:
         [["loss"], ["accuracy", "val_accuracy", "test_accuracy"], ["grad_norm"]],
         titles=["training loss (batch)", "accuracy", "gradient norm (before clipping)"],
         log_y=[True, False, True],
+        zoom=[False, True, False],
         smooth=50,
         suptitle=title,
     )
@@ -333,6 +379,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     ckpt_dir = run_dir / "checkpoints"
 
     model, optimizer, metric_fn, train_step = _compiled(_model_key(config))
+    schedule = learning_rate(config)
     state = initial_state(model, optimizer, config)
     n_params = count_params(state.params)
     metadata = None
@@ -376,6 +423,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             step += 1
             check_finite(host, step)
             record = {"step": step, **host}
+            if callable(schedule):  # the rate this update used (optax counts from 0)
+                record["lr"] = float(schedule(step - 1))
             if args.eval_every and (step % args.eval_every == 0 or step == args.steps):
                 t0 = time.perf_counter()
                 record.update(evaluate_splits(metric_fn, state.params, eval_sets))
@@ -426,6 +475,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "batch_size": config["batch_size"],
         "optimizer": config["optimizer"],
         "lr": config["lr"],
+        "lr_schedule": config["lr_schedule"],
+        "warmup_steps": config["warmup_steps"],
+        "decay_steps": config["decay_steps"],
         "clip_norm": config["clip_norm"],
         "clip_value": config["clip_value"],
         "initializer": config["initializer"],

@@ -61,7 +61,11 @@ def test_plot_curves_writes_a_png(tmp_path):
     records += [{"step": 30, "test_accuracy": 0.9}, {"step": 59, "test_accuracy": 0.95}]
     records.append({"step": 60, "loss": float("nan")})  # skipped, not plotted
     path = common.plot_curves(
-        records, tmp_path / "curves.png", [["loss"], ["accuracy", "test_accuracy"]], smooth=5
+        records,
+        tmp_path / "curves.png",
+        [["loss"], ["accuracy", "test_accuracy"]],
+        smooth=5,
+        zoom=[False, True],
     )
     assert path.read_bytes()[:8] == PNG_MAGIC
     assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.png"]

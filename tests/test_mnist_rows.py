@@ -151,8 +151,10 @@ def test_outputs_metrics_png_and_summary(real_result):
 
 
 def test_resumed_run_ends_bit_for_bit_equal_to_an_uninterrupted_one(tmp_path):
-    # LSTM with the hand-written BPTT: the trickiest path (LSTMCarry, custom_vjp).
+    # LSTM with the hand-written BPTT: the trickiest path (LSTMCarry, custom_vjp); and a
+    # learning-rate schedule, whose position lives in the optimizer state.
     base = TINY + ["--cell", "lstm", "--gradient", "manual", "--checkpoint-every", "2"]
+    base += ["--lr-schedule", "cosine", "--warmup-steps", "2", "--decay-steps", "7"]
     full = base + ["--steps", "7", "--out", str(tmp_path / "full")]
     assert mnist_rows.main(full) == 0
 
