@@ -111,7 +111,7 @@ def backward_sweep(
         gates_t, d_h_t, valid_t = inputs
         d_h_in = hidden_of(state) + (d_h_t if slots is None else _in_first_slot(d_h_t, slots))
         d_zx, d_zh, d_prev = recurrent_backward(
-            params, gates_t, with_hidden(state, d_h_in), cell.pointwise_backward
+            params, gates_t, with_hidden(state, d_h_in), cell.pointwise_backward, cell.matmul_dtype
         )
         if slots is not None:
             d_zx, d_zh = d_zx.sum(0), d_zh.sum(0)
@@ -131,6 +131,7 @@ def backward_sweep(
         h_prev.reshape(rows, -1),
         d_zx.reshape(rows, -1),
         d_zh.reshape(rows, -1),
+        cell.matmul_dtype,
     )
     return d_params, d_xs.reshape(xs.shape), d_carry0
 

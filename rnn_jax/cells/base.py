@@ -56,19 +56,32 @@ def bias_names(params: Params) -> tuple[str, ...]:
     return ("b",) if "b" in params else ("b_x", "b_h")
 
 
-def input_projection(params: Params, x: Array) -> Array:
+def matmul(a: Array, b: Array, matmul_dtype=None) -> Array:
+    """``a @ b``; with ``matmul_dtype`` (e.g. ``"bfloat16"``) the operands are cast to it and
+    the product accumulates and returns in ``a``'s dtype (mixed precision: only the matrix
+    products run in low precision, carries and gate math stay in float32)."""
+    if matmul_dtype is None:
+        return a @ b
+    return jnp.matmul(
+        a.astype(matmul_dtype), b.astype(matmul_dtype), preferred_element_type=a.dtype
+    )
+
+
+def input_projection(params: Params, x: Array, matmul_dtype=None) -> Array:
     """``(..., I) -> (..., G*H)``: ``x @ w_x`` plus the input-side bias."""
     bias = params["b"] if "b" in params else params["b_x"]
-    return x @ params["w_x"] + bias
+    return matmul(x, params["w_x"], matmul_dtype) + bias
 
 
-def hidden_projection(params: Params, h: Array) -> Array:
+def hidden_projection(params: Params, h: Array, matmul_dtype=None) -> Array:
     """``(..., H) -> (..., G*H)``: ``h @ w_h`` plus the recurrent-side bias, if the cell has one."""
-    z_h = h @ params["w_h"]
+    z_h = matmul(h, params["w_h"], matmul_dtype)
     return z_h + params["b_h"] if "b_h" in params else z_h
 
 
-def weight_backward(params: Params, x: Array, h_prev: Array, d_zx: Array, d_zh: Array):
+def weight_backward(
+    params: Params, x: Array, h_prev: Array, d_zx: Array, d_zh: Array, matmul_dtype=None
+):
     """Backward of the two projections, for any number of rows.
 
     x ``(N, I)``, h_prev ``(N, H)``, d_zx and d_zh ``(N, G*H)`` ->
@@ -76,23 +89,28 @@ def weight_backward(params: Params, x: Array, h_prev: Array, d_zx: Array, d_zh: 
     bias gradients the column sums. Called once per step by ``step_backward`` and once per
     *sequence* (rows = T*B) by BPTT, where it turns T small products into one large one.
     """
-    d_params = {"w_x": x.T @ d_zx, "w_h": h_prev.T @ d_zh}
+    d_params = {
+        "w_x": matmul(x.T, d_zx, matmul_dtype),
+        "w_h": matmul(h_prev.T, d_zh, matmul_dtype),
+    }
     if "b" in params:
         d_params["b"] = d_zx.sum(0)
     else:
         d_params["b_x"] = d_zx.sum(0)
         d_params["b_h"] = d_zh.sum(0)
-    return d_params, d_zx @ params["w_x"].T
+    return d_params, matmul(d_zx, params["w_x"].T, matmul_dtype)
 
 
-def recurrent_backward(params: Params, gates, d_carry: Carry, pointwise_backward):
+def recurrent_backward(
+    params: Params, gates, d_carry: Carry, pointwise_backward, matmul_dtype=None
+):
     """The part of a step's backward that the previous step waits for.
 
     ``d_carry`` may carry extra leading axes (BPTT's truncation slots); the gate residuals
     broadcast against them. Returns ``(d_zx, d_zh, d_carry_prev)``.
     """
     d_zx, d_zh, d_prev = pointwise_backward(gates, d_carry)
-    d_h_prev = hidden_of(d_prev) + d_zh @ params["w_h"].T
+    d_h_prev = hidden_of(d_prev) + matmul(d_zh, params["w_h"].T, matmul_dtype)
     return d_zx, d_zh, with_hidden(d_prev, d_h_prev)
 
 
@@ -103,6 +121,8 @@ class Cell:
     ``pointwise(z_x, z_h, carry) -> (carry', gates)``: the element-wise gate math.
     ``pointwise_backward(gates, d_carry') -> (d_zx, d_zh, d_carry_direct)``: its hand-written
     VJP, where ``d_carry_direct`` is the part of ``d_carry`` that skips ``w_h``.
+    ``matmul_dtype``: None (products in the parameters' dtype) or a dtype name such as
+    ``"bfloat16"`` for mixed precision; ``rj.unroll(..., matmul_dtype=)`` sets it.
     """
 
     name: str
@@ -112,6 +132,7 @@ class Cell:
     pointwise_backward: Callable
     biases: tuple[str, ...] = ("b",)
     has_cell_state: bool = False
+    matmul_dtype: str | None = None
 
     def zero_carry(self, batch_size: int, hidden_size: int, dtype=jnp.float32) -> Carry:
         """Zeros: ``(B, H)``, or ``LSTMCarry`` of two ``(B, H)``."""
@@ -120,8 +141,8 @@ class Cell:
 
     def step_forward(self, params: Params, carry: Carry, x: Array):
         """One step that also returns what its backward needs: ``(carry', h', StepResiduals)``."""
-        z_x = input_projection(params, x)
-        z_h = hidden_projection(params, hidden_of(carry))
+        z_x = input_projection(params, x, self.matmul_dtype)
+        z_h = hidden_projection(params, hidden_of(carry), self.matmul_dtype)
         new_carry, gates = self.pointwise(z_x, z_h, carry)
         return new_carry, hidden_of(new_carry), StepResiduals(x, carry, gates)
 
@@ -140,10 +161,10 @@ class Cell:
             d_carry = jax.tree.map(jnp.zeros_like, residuals.carry)
         d_carry = with_hidden(d_carry, hidden_of(d_carry) + d_h)
         d_zx, d_zh, d_prev = recurrent_backward(
-            params, residuals.gates, d_carry, self.pointwise_backward
+            params, residuals.gates, d_carry, self.pointwise_backward, self.matmul_dtype
         )
         h_prev = hidden_of(residuals.carry)
-        d_params, d_x = weight_backward(params, residuals.x, h_prev, d_zx, d_zh)
+        d_params, d_x = weight_backward(params, residuals.x, h_prev, d_zx, d_zh, self.matmul_dtype)
         return d_params, d_x, d_prev
 
 
