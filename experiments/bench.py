@@ -55,7 +55,7 @@ NUM_GATES = {"simple": 1, "lstm": 4, "gru": 3}
 NUM_CLASSES = 10
 LEARNING_RATE = 1e-3
 BASELINE = "rnn_jax"
-IMPLS = ("rnn_jax", "rnn_jax-manual", "rnn_jax-bf16", "flax", "equinox", "torch")
+IMPLS = ("rnn_jax", "rnn_jax-manual", "rnn_jax-bf16", "rnn_jax-remat", "flax", "equinox", "torch")
 DEFAULT_IMPLS = ("rnn_jax", "rnn_jax-manual", "flax", "equinox", "torch")
 THREADS = 2
 
@@ -167,16 +167,25 @@ def make_rnn_jax(cell, cfg, mode, x, y, *, gradient="autodiff", **unroll_options
     return lambda name: _jax_bench(name, forward, rnn_params, hidden_size, mode, x, y)
 
 
-def make_rnn_jax_bf16(cell, cfg, mode, x, y):
+def _needs_unroll_option(name):
     import inspect
 
     import rnn_jax as rj
 
-    if "matmul_dtype" not in inspect.signature(rj.unroll).parameters:
-        raise Skip("rj.unroll has no matmul_dtype option")
+    if name not in inspect.signature(rj.unroll).parameters:
+        raise Skip(f"rj.unroll has no {name} option")
+
+
+def make_rnn_jax_bf16(cell, cfg, mode, x, y):
     import jax.numpy as jnp
 
+    _needs_unroll_option("matmul_dtype")
     return make_rnn_jax(cell, cfg, mode, x, y, matmul_dtype=jnp.bfloat16)
+
+
+def make_rnn_jax_remat(cell, cfg, mode, x, y):
+    _needs_unroll_option("remat")
+    return make_rnn_jax(cell, cfg, mode, x, y, remat="sqrt")
 
 
 def make_flax(cell, cfg, mode, x, y):
@@ -296,6 +305,7 @@ MAKERS = {
     "rnn_jax": make_rnn_jax,
     "rnn_jax-manual": lambda *a: make_rnn_jax(*a, gradient="manual"),
     "rnn_jax-bf16": make_rnn_jax_bf16,
+    "rnn_jax-remat": make_rnn_jax_remat,
     "flax": make_flax,
     "equinox": make_equinox,
     "torch": make_torch,
@@ -366,6 +376,34 @@ def summarise(benches, cell, cfg, mode) -> list[dict]:
     return rows
 
 
+def remat_memory(cell="lstm", batch=32, input_size=64, hidden_size=256, steps=(512, 4096)):
+    """XLA temp bytes of the rnn_jax train step with and without ``remat`` (no timing)."""
+    import jax
+
+    rows = []
+    for num_steps in steps:
+        cfg = (batch, num_steps, input_size, hidden_size)
+        x = np.zeros((batch, num_steps, input_size), np.float32)
+        y = np.zeros((batch,), np.int32)
+        base = None
+        for remat in (None, "sqrt", 64):
+            options = {} if remat is None else {"remat": remat}
+            # The factory compiles and measures without running a step.
+            mem = make_rnn_jax(cell, cfg, "train", x, y, **options)("rnn_jax").memory_bytes
+            base = base or mem
+            rows.append(
+                {
+                    "cell": cell,
+                    "config": dict(zip("BTIH", cfg, strict=True)),
+                    "remat": remat,
+                    "temp_bytes": mem,
+                    "fraction_of_no_remat": mem / base,
+                }
+            )
+        jax.clear_caches()
+    return rows
+
+
 # ----------------------------------------------------------------------------- reporting
 
 
@@ -428,6 +466,20 @@ def to_markdown(report: dict) -> str:
             f"| {c['B']},{c['T']},{c['I']},{c['H']} | {r['cell']} | {r['mode']} | {r['impl']} | "
             f"{r['median_ms']:.2f} ({r['iqr_ms']:.2f}) | {ratio} | {r['gflops']:.0f} | {mem} |"
         )
+    if report.get("remat_memory"):
+        lines += [
+            "",
+            "Memory-bounded BPTT: XLA temp bytes of the rnn_jax train step (autodiff).",
+            "",
+            "| cell | B,T,I,H | remat | temp MiB | fraction of no remat |",
+            "|---|---|---|---|---|",
+        ]
+        for r in report["remat_memory"]:
+            c = r["config"]
+            lines.append(
+                f"| {r['cell']} | {c['B']},{c['T']},{c['I']},{c['H']} | {r['remat']} | "
+                f"{r['temp_bytes'] / 2**20:.1f} | {r['fraction_of_no_remat']:.3f} |"
+            )
     if report["skipped"]:
         lines += ["", "Skipped: " + "; ".join(report["skipped"])]
     return "\n".join(lines) + "\n"
@@ -462,6 +514,11 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--out", default=str(Path(__file__).parent / "results"))
     p.add_argument("--name", default=None, help="file stem (default bench-<date>)")
+    p.add_argument(
+        "--remat-memory",
+        action="store_true",
+        help="also report remat memory (LSTM B=32 I=64 H=256, T=512 and 4096)",
+    )
     p.add_argument("--quick", action="store_true", help="tiny config, 3 steps: a smoke run")
     args = p.parse_args(argv)
     if args.configs is None:  # a custom --config alone replaces the default
@@ -511,6 +568,11 @@ def main(argv=None) -> dict:
                 results += rows
     report = {"machine": machine_info(), "args": vars(args), "results": results}
     report["skipped"] = sorted(set(skipped))
+    if args.remat_memory:
+        report["remat_memory"] = remat_memory()
+        for r in report["remat_memory"]:
+            mib = r["temp_bytes"] / 2**20
+            log(f"  remat {r['remat']!s:5s} T={r['config']['T']}: {mib:.1f} MiB")
     stem = args.name or f"bench-{dt.date.today().isoformat()}"
     out = Path(args.out)
     write_atomic(out / f"{stem}.json", json.dumps(report, indent=1))

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import jax.numpy as jnp
+
 from rnn_jax.bptt import _check_truncate, manual_scan
+from rnn_jax.remat import remat_scan_forward, segment_length
 from rnn_jax.sequence import flip_valid, prepare, scan_forward, to_layout
 
 GRADIENTS = ("autodiff", "manual")
@@ -20,6 +25,8 @@ def unroll(
     unroll: int = 1,
     gradient: str = "autodiff",
     truncate: int | None = None,
+    remat: int | str | None = None,
+    matmul_dtype=None,
 ):
     """Run ``cell`` over ``xs``; returns ``(final_carry, hs)``.
 
@@ -37,6 +44,13 @@ def unroll(
       gradient: ``"autodiff"``, or ``"manual"`` for the same forward whose gradient is the
         hand-written BPTT (``jax.custom_vjp``).
       truncate: with ``gradient="manual"``, truncated BPTT (see ``rj.bptt``).
+      remat: memory-bounded BPTT (autodiff only): an int k checkpoints every k steps and
+        recomputes each segment's forward in the backward, ``"sqrt"`` uses k = sqrt(T);
+        residual memory O(T/k + k) instead of O(T), for about one extra forward pass.
+        Same values and gradients. None: off.
+      matmul_dtype: e.g. ``jnp.bfloat16`` to run the matrix products (forward and the
+        hand-written backward) in that dtype with accumulation, carries, gate math and
+        outputs in the parameters' dtype. None: off (full precision).
 
     Returns:
       ``(final_carry, hs)`` with ``hs (B, T, H)`` (``(T, B, H)`` if time-major).
@@ -49,10 +63,21 @@ def unroll(
     if not isinstance(unroll, int) or unroll < 1:
         raise ValueError(f"unroll must be an int >= 1, got {unroll!r}")
     prep = prepare(cell, params, xs, carry, lengths, time_major=time_major)
+    segment = segment_length(remat, prep.xs.shape[0])
+    if segment is not None and gradient != "autodiff":
+        raise ValueError("remat needs gradient='autodiff'")
+    cell = prep.cell
+    if matmul_dtype is not None:
+        # The dtype rides on the (hashable, static) Cell so the manual backward sees it too.
+        cell = dataclasses.replace(cell, matmul_dtype=jnp.dtype(matmul_dtype).name)
     xs_tm = flip_valid(prep.xs, prep.lengths) if reverse else prep.xs
     if gradient == "manual":
-        final, hs = manual_scan(prep.cell, params, xs_tm, prep.carry, prep.valid, truncate, unroll)
+        final, hs = manual_scan(cell, params, xs_tm, prep.carry, prep.valid, truncate, unroll)
+    elif segment is not None:
+        final, hs = remat_scan_forward(
+            cell, params, xs_tm, prep.carry, prep.valid, segment=segment, unroll=unroll
+        )
     else:
-        final, hs, _ = scan_forward(prep.cell, params, xs_tm, prep.carry, prep.valid, unroll=unroll)
+        final, hs, _ = scan_forward(cell, params, xs_tm, prep.carry, prep.valid, unroll=unroll)
     hs = flip_valid(hs, prep.lengths) if reverse else hs
     return final, to_layout(hs, time_major)

@@ -1,0 +1,59 @@
+"""Memory-bounded BPTT by rematerialisation (``rj.unroll(..., remat=k)``).
+
+Autodiff through a plain ``lax.scan`` keeps every step's gate residuals, O(T) memory. Here
+the T steps are cut into ceil(T/k) segments of k steps: an outer scan over segments whose
+body, an inner scan over the k steps, is wrapped in ``jax.checkpoint``. The backward pass
+keeps only the carry at each segment start and re-runs one segment's forward at a time, so
+residual memory is O(T/k + k) carries/gates instead of O(T), for about one extra forward.
+``remat="sqrt"`` picks k = round(sqrt(T)), which minimises T/k + k.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from rnn_jax.cells.base import Cell
+from rnn_jax.sequence import scan_forward
+
+
+def segment_length(remat, num_steps: int) -> int | None:
+    """Steps per checkpointed segment for ``remat`` (None/False: no remat)."""
+    if remat is None or remat is False:
+        return None
+    if remat == "sqrt":
+        return max(1, round(math.sqrt(num_steps)))
+    if isinstance(remat, bool) or not isinstance(remat, int) or remat < 1:
+        raise ValueError(f"remat must be None, 'sqrt' or an int >= 1, got {remat!r}")
+    return remat
+
+
+def remat_scan_forward(cell: Cell, params, xs, carry, valid, *, segment: int, unroll: int = 1):
+    """``scan_forward`` (no gates) with ``jax.checkpoint`` every ``segment`` steps.
+
+    ``xs (T, B, I)`` time-major, ``valid (T, B)`` or None. Returns ``(final_carry, hs (T, B, H))``,
+    equal to ``scan_forward``'s. A last partial segment is padded with invalid steps, which
+    freeze the carry and output zeros, then trimmed.
+    """
+    num_steps, batch_size = xs.shape[:2]
+    num_segments = -(-num_steps // segment)
+    pad = num_segments * segment - num_steps
+    if pad:
+        if valid is None:
+            valid = jnp.ones((num_steps, batch_size), bool)
+        xs = jnp.concatenate([xs, jnp.zeros((pad, *xs.shape[1:]), xs.dtype)])
+        valid = jnp.concatenate([valid, jnp.zeros((pad, batch_size), bool)])
+    xs_seg = xs.reshape(num_segments, segment, *xs.shape[1:])
+    valid_seg = None if valid is None else valid.reshape(num_segments, segment, batch_size)
+
+    @jax.checkpoint
+    def run_segment(carry, inputs):
+        xs_k, valid_k = inputs
+        final, hs_k, _ = scan_forward(cell, params, xs_k, carry, valid_k, unroll=unroll)
+        return final, hs_k
+
+    final, hs = jax.lax.scan(run_segment, carry, (xs_seg, valid_seg))
+    hs = hs.reshape(num_segments * segment, *hs.shape[2:])[:num_steps]
+    return final, hs
