@@ -119,6 +119,7 @@ def unroll_stack(
         raise TypeError(f"stack params must be a non-empty list of layer params, got {params!r}")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    _merge_fn(merge)  # checked up front: a stack without bidirectional layers never merges
     carries = [None] * len(params) if carry is None else list(carry)
     if len(carries) != len(params):
         raise ValueError(f"carry has {len(carries)} entries for {len(params)} layers")

@@ -68,3 +68,9 @@ def assert_close(actual, expected, tol=TOL64):
 def max_abs_diff(a, b) -> float:
     leaves = jax.tree.leaves(jax.tree.map(lambda x, y: jnp.max(jnp.abs(x - y)), a, b))
     return float(max(leaves)) if leaves else 0.0
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "computes: test_errors.py case allowed to reach the scan (see no_compute)"
+    )

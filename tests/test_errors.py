@@ -1,0 +1,243 @@
+# ruff: noqa: E501  (the tables of expected messages read best one case per line)
+"""Bad input gets a clear ValueError/TypeError naming what was expected and what arrived,
+raised before any compute (the scan is never reached)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import rnn_jax as rj
+import rnn_jax.scan
+from rnn_jax import models
+from rnn_jax.cells.base import LSTMCarry
+
+B, T, D, H = 2, 5, 3, 4  # batch, time, input features, hidden
+
+
+@pytest.fixture(autouse=True)
+def no_compute(request, monkeypatch):
+    """Any error must come from the checks: reaching the scan fails the test (unless the
+    test is marked ``computes``)."""
+    if request.node.get_closest_marker("computes"):
+        return
+
+    def reached(*args, **kwargs):
+        raise AssertionError("the scan ran: bad input was not rejected up front")
+
+    monkeypatch.setattr(rnn_jax.scan, "scan_forward", reached)
+    monkeypatch.setattr(rnn_jax.scan, "manual_scan", reached)
+
+
+def params_of(cell, dtype=jnp.float32):
+    return cell.init(jax.random.PRNGKey(0), D, H, dtype=dtype)
+
+
+XS = jnp.ones((B, T, D))
+
+
+@pytest.mark.parametrize(
+    ("xs", "error", "match"),
+    [
+        (
+            jnp.ones((B, D)),
+            ValueError,
+            r"xs must be 3-D \(batch, time, input_size\), got shape \(2, 3\)",
+        ),
+        (jnp.ones((1, B, T, D)), ValueError, r"must be 3-D .* got shape \(1, 2, 5, 3\)"),
+        ([[[1.0, 2.0, 3.0]]], ValueError, r"xs must be 3-D .* got shape list"),
+        (jnp.ones((B, T, 5)), ValueError, r"xs has 5 features .* w_x expects input_size=3"),
+        (jnp.ones((B, T, D), jnp.int32), TypeError, r"floating-point array, got dtype int32"),
+        (jnp.ones((B, T, D), jnp.bool_), TypeError, r"floating-point array, got dtype bool"),
+    ],
+)
+def test_bad_xs(xs, error, match):
+    with pytest.raises(error, match=match):
+        rj.unroll(rj.gru, params_of(rj.gru), xs)
+
+
+def test_time_major_layout_named_in_message():
+    with pytest.raises(ValueError, match=r"\(time, batch, input_size\)"):
+        rj.unroll(rj.gru, params_of(rj.gru), jnp.ones((T, D)), time_major=True)
+
+
+def test_xs_dtype_must_match_params(x64):
+    with pytest.raises(
+        TypeError, match=r"xs dtype float32 does not match the params dtype float64"
+    ):
+        rj.unroll(rj.lstm, params_of(rj.lstm, jnp.float64), XS)
+    with pytest.raises(TypeError, match=r"xs dtype bfloat16 .* params dtype float32"):
+        rj.unroll(rj.lstm, params_of(rj.lstm), XS.astype(jnp.bfloat16))
+
+
+@pytest.mark.parametrize(
+    ("cell", "carry", "error", "match"),
+    [
+        (rj.simple, jnp.zeros((B, H + 1)), ValueError, r"simple carry.h must be \(2, 4\), got \(2, 5\)"),
+        (rj.simple, jnp.zeros((B + 1, H)), ValueError, r"carry.h must be \(2, 4\), got \(3, 4\)"),
+        (rj.gru, jnp.zeros((H,)), ValueError, r"gru carry.h must be \(2, 4\), got \(4,\)"),
+        (rj.simple, (jnp.zeros((B, H)), jnp.zeros((B, H))), TypeError, r"simple carry must be one \(2, 4\) array, got tuple"),
+        (rj.gru, LSTMCarry(jnp.zeros((B, H)), jnp.zeros((B, H))), TypeError, r"gru carry must be one \(2, 4\) array, got LSTMCarry"),
+        (rj.lstm, jnp.zeros((B, H)), TypeError, r"lstm carry must be LSTMCarry\(h, c\) of two \(2, 4\) arrays, got ArrayImpl"),
+        (rj.lstm, (jnp.zeros((B, H)),), TypeError, r"LSTMCarry\(h, c\) .* got tuple"),
+        (rj.lstm, LSTMCarry(jnp.zeros((B, H)), jnp.zeros((B, 3))), ValueError, r"lstm carry.c must be \(2, 4\), got \(2, 3\)"),
+        (rj.gru, jnp.zeros((B, H), jnp.float16), TypeError, r"gru carry.h dtype float16 != params dtype float32"),
+    ],
+)  # fmt: skip
+def test_bad_carry(cell, carry, error, match):
+    with pytest.raises(error, match=match):
+        rj.unroll(cell, params_of(cell), XS, carry)
+
+
+@pytest.mark.parametrize(
+    ("lengths", "error", "match"),
+    [
+        (jnp.array([T + 1, 2]), ValueError, r"lengths must lie in \[0, 5\] .* got min 2 and max 6"),
+        (jnp.array([-1, 2]), ValueError, r"lengths must lie in \[0, 5\] .* got min -1"),
+        (np.array([3, 2, 1]), ValueError, r"lengths must have shape \(2,\), got \(3,\)"),
+        (jnp.array([[3, 2]]), ValueError, r"lengths must have shape \(2,\), got \(1, 2\)"),
+        (jnp.array([3.0, 2.0]), TypeError, r"lengths must be integers, got dtype float32"),
+        ([3, 2.5], TypeError, r"lengths must be integers, got dtype float"),
+    ],
+)
+def test_bad_lengths(lengths, error, match):
+    with pytest.raises(error, match=match):
+        rj.unroll(rj.simple, params_of(rj.simple), XS, lengths=lengths)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (
+            {"gradient": "numeric"},
+            r"gradient must be one of \('autodiff', 'manual'\), got 'numeric'",
+        ),
+        ({"unroll": 0}, r"unroll must be an int >= 1, got 0"),
+        ({"unroll": 2.5}, r"unroll must be an int >= 1, got 2.5"),
+        ({"truncate": 3}, r"truncate=k needs gradient='manual'"),
+        ({"truncate": 0, "gradient": "manual"}, r"truncate must be None .* or an int >= 1, got 0"),
+        ({"truncate": 1.5, "gradient": "manual"}, r"truncate must be .* got 1.5"),
+    ],
+)
+def test_bad_unroll_options(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        rj.unroll(rj.gru, params_of(rj.gru), XS, **kwargs)
+
+
+def test_shape_errors_also_raise_under_jit():
+    f = jax.jit(lambda p, x: rj.unroll(rj.gru, p, x))
+    with pytest.raises(ValueError, match=r"xs has 5 features"):
+        f(params_of(rj.gru), jnp.ones((B, T, 5)))
+
+
+def _drop(params, key):
+    return {k: v for k, v in params.items() if k != key}
+
+
+@pytest.mark.parametrize(
+    ("cell", "mutate", "error", "match"),
+    [
+        (rj.lstm, lambda p: _drop(p, "b"), ValueError, r"lstm params must have keys \['b', 'w_h', 'w_x'\], got \['w_h', 'w_x'\]"),
+        (rj.gru, lambda p: {**_drop(p, "b_h"), "b": p["b_x"]}, ValueError, r"gru params must have keys \['b_h', 'b_x', 'w_h', 'w_x'\], got \['b', 'b_x', 'w_h', 'w_x'\]"),
+        (rj.lstm, lambda p: {**p, "w_h": p["w_h"][:, :12]}, ValueError, r"lstm with 4 gate\(s\) expects w_x \(I, 16\) and w_h \(4, 16\); got w_x \(3, 16\), w_h \(4, 12\)"),
+        (rj.gru, lambda p: {**p, "w_x": p["w_x"][:, :6]}, ValueError, r"gru with 3 gate\(s\) expects w_x \(I, 12\) .* got w_x \(3, 6\)"),
+        (rj.lstm, lambda p: {**p, "w_x": p["w_x"][0]}, ValueError, r"w_x and w_h must be 2-D, got \(16,\)"),
+        (rj.lstm, lambda p: {**p, "b": p["b"][:8]}, ValueError, r"lstm b must be \(16,\), got \(8,\)"),
+        (rj.gru, lambda p: {**p, "b_h": p["b_h"].astype(jnp.float16)}, TypeError, r"gru params must share one dtype, got \['float16', 'float32'\]"),
+        (rj.simple, lambda p: list(p.values()), TypeError, r"simple params must be a dict of arrays, got list"),
+    ],
+)  # fmt: skip
+def test_bad_params(cell, mutate, error, match):
+    with pytest.raises(error, match=match):
+        rj.unroll(cell, mutate(params_of(cell)), XS)
+
+
+def test_params_of_another_cell():
+    """LSTM params given to the GRU: the gate count gives it away."""
+    lstm_params = {k: v for k, v in params_of(rj.lstm).items()}
+    with pytest.raises(ValueError, match=r"gru params must have keys"):
+        rj.unroll(rj.gru, lstm_params, XS)
+    simple_params = params_of(rj.simple)
+    with pytest.raises(ValueError, match=r"lstm with 4 gate\(s\) expects"):
+        rj.unroll(rj.lstm, simple_params, XS)
+
+
+def test_not_a_cell():
+    with pytest.raises(
+        TypeError, match=r"expected a cell such as rj.lstm or rj.simple.relu, got 'lstm'"
+    ):
+        rj.unroll("lstm", params_of(rj.lstm), XS)
+
+
+def test_bad_layer_options():
+    stack = rj.init_stack(rj.gru, jax.random.PRNGKey(0), D, H, 2)
+    with pytest.raises(
+        ValueError, match=r"merge must be one of \['concat', 'mean', 'mul', 'sum'\], got 'max'"
+    ):
+        rj.unroll_stack(rj.gru, stack, XS, merge="max")
+    with pytest.raises(ValueError, match=r"merge must be one of"):
+        rj.init_stack(rj.gru, jax.random.PRNGKey(0), D, H, 2, bidirectional=True, merge="avg")
+    for rate in (1.0, -0.1, 1.5):
+        with pytest.raises(ValueError, match=rf"dropout must be in \[0, 1\), got {rate}"):
+            rj.unroll_stack(rj.gru, stack, XS, dropout=rate)
+    with pytest.raises(ValueError, match=r"carry has 1 entries for 2 layers"):
+        rj.unroll_stack(rj.gru, stack, XS, [None])
+    with pytest.raises(TypeError, match=r"stack params must be a non-empty list of layer params"):
+        rj.unroll_stack(rj.gru, [], XS)
+    with pytest.raises(TypeError, match=r"non-empty list .* got \{"):
+        rj.unroll_stack(rj.gru, stack[0], XS)
+    with pytest.raises(ValueError, match=r"num_layers must be >= 1, got 0"):
+        rj.init_stack(rj.gru, jax.random.PRNGKey(0), D, H, 0)
+    with pytest.raises(
+        ValueError,
+        match=r"bidirectional params must be \{'fwd', 'bwd'\}, got keys \['b_h', 'b_x', 'w_h', 'w_x'\]",
+    ):
+        rj.bidirectional(rj.gru, stack[0], XS)
+    with pytest.raises(
+        ValueError, match=r"input_size and hidden_size must be >= 1, got input_size=0"
+    ):
+        rj.gru.init(jax.random.PRNGKey(0), 0, H)
+
+
+def _mismatched_stack():
+    """Layer 2 of a bidirectional concat stack reads 2H features; this one is built for H."""
+    layer = rj.init_bidirectional(rj.lstm, jax.random.PRNGKey(0), D, H)
+    wrong = rj.init_bidirectional(rj.lstm, jax.random.PRNGKey(1), H, H)
+    return [layer, wrong]
+
+
+@pytest.mark.computes
+def test_stack_layer_sizes_checked():
+    with pytest.raises(ValueError, match=r"has 8 features .* expects input_size=4"):
+        rj.unroll_stack(rj.lstm, _mismatched_stack(), XS)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="core gap: unroll_stack checks layer k's params only when it reaches layer k, "
+    "after running layers 0..k-1; validate every layer's sizes before the first unroll",
+)
+def test_stack_layer_sizes_checked_before_compute():
+    with pytest.raises(ValueError, match=r"has 8 features"):
+        rj.unroll_stack(rj.lstm, _mismatched_stack(), XS)
+
+
+def test_bptt_checks_its_cotangents():
+    params = params_of(rj.gru)
+    with pytest.raises(
+        ValueError, match=r"d_hs must be \(2, 5, 4\) float32 like unroll's hs, got \(2, 5, 3\)"
+    ):
+        rj.bptt(rj.gru, params, XS, jnp.ones((B, T, 3)))
+    with pytest.raises(ValueError, match=r"gru d_carry.h must be \(2, 4\), got \(2, 3\)"):
+        rj.bptt(rj.gru, params, XS, jnp.ones((B, T, H)), d_carry=jnp.ones((B, 3)))
+
+
+def test_model_tokens_checked():
+    init, apply = models.language_model(rj.gru, 7, 4)
+    with pytest.raises(
+        ValueError, match=r"tokens must be an integer array \(batch, time\), got \(2, 3\) float32"
+    ):
+        apply(init(jax.random.PRNGKey(0)), jnp.ones((2, 3)))
