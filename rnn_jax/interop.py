@@ -188,6 +188,12 @@ def from_torch(module_or_state_dict, cell, *, dtype=None):
     if not isinstance(state, Mapping):
         raise TypeError(f"expected a torch RNN module or a state_dict, got {type(state)}")
     state = {k: _numpy(v) for k, v in state.items()}
+    projections = sorted(k for k in state if k.startswith("weight_hr"))
+    if projections:
+        raise ValueError(
+            f"torch LSTM weights with a projection ({projections}, from proj_size > 0) have no "
+            "rnn_jax equivalent (the hidden state would be projected)"
+        )
     used: set = set()
     if "weight_ih" in state:  # nn.RNNCell / LSTMCell / GRUCell
         result = _finish(cell, _layer_from_torch(state, "", cell, used), dtype)
