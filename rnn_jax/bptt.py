@@ -107,21 +107,29 @@ def backward_sweep(
     if slots is not None:
         state = jax.tree.map(lambda a: jnp.zeros((slots, *a.shape), a.dtype).at[0].set(a), d_final)
 
+    # Elman and LSTM return the same array for d_zx and d_zh; stacking it once saves a
+    # (B, G*H) store per step (and T*B*G*H memory). Found out while tracing the body.
+    shared = []
+
     def body(state, inputs):
         gates_t, d_h_t, valid_t = inputs
         d_h_in = hidden_of(state) + (d_h_t if slots is None else _in_first_slot(d_h_t, slots))
         d_zx, d_zh, d_prev = recurrent_backward(
             params, gates_t, with_hidden(state, d_h_in), cell.pointwise_backward, cell.matmul_dtype
         )
+        shared[:] = [d_zx is d_zh]
         if slots is not None:
-            d_zx, d_zh = d_zx.sum(0), d_zh.sum(0)
+            d_zx = d_zx.sum(0)
+            d_zh = d_zx if shared[0] else d_zh.sum(0)
             d_prev = jax.tree.map(_age_one_step, d_prev)
         d_prev = keep_where(valid_t, d_prev, state)
-        return d_prev, (zero_where_invalid(valid_t, d_zx), zero_where_invalid(valid_t, d_zh))
+        d_zx = zero_where_invalid(valid_t, d_zx)
+        return d_prev, (d_zx, None if shared[0] else zero_where_invalid(valid_t, d_zh))
 
     state, (d_zx, d_zh) = jax.lax.scan(
         body, state, (gates, d_hs, valid), reverse=True, unroll=unroll
     )
+    d_zh = d_zx if shared[0] else d_zh
     d_carry0 = state if slots is None else jax.tree.map(lambda a: a.sum(0), state)
     h_prev = jnp.concatenate([hidden_of(carry0)[None], hs[:-1]], axis=0)
     rows = num_steps * batch_size
