@@ -366,11 +366,41 @@ def plot(run_dir: Path, records: list[dict], config: dict) -> Path:
     )
 
 
+# Config entries repeated in the summary, so one summary line says what was run.
+SUMMARY_CONFIG_KEYS = MODEL_KEYS + ("batch_size", "seed", "val_size")
+
+
+class Timer:
+    """Wall-clock accounting of a run: train steps (the first one, which compiles, apart),
+    evaluations, and everything since the loop started (plus earlier sessions' time)."""
+
+    def __init__(self, prior_wall_s: float = 0.0):
+        self.prior_wall_s = prior_wall_s
+        self.t0 = time.perf_counter()
+        self.train_s = self.eval_s = 0.0
+        self.first_step_s: float | None = None
+        self.steps = 0
+
+    def add_step(self, seconds: float) -> None:
+        self.train_s += seconds
+        self.steps += 1
+        if self.first_step_s is None:
+            self.first_step_s = seconds
+
+    def wall_s(self) -> float:
+        return self.prior_wall_s + time.perf_counter() - self.t0
+
+    def ms_per_step(self) -> float:
+        """Mean train step after the first (compiling) one, batch gathering included."""
+        if self.steps < 2:
+            return math.nan
+        return 1e3 * (self.train_s - self.first_step_s) / (self.steps - 1)
+
+
 def train(args: argparse.Namespace) -> dict[str, Any]:
     """Runs (or resumes) training; returns the summary. Raises Diverged on NaN/inf."""
     import jax
 
-    from rnn_jax import count_params
     from rnn_jax.checkpoint import save_checkpoint
     from rnn_jax.train import check_finite
 
@@ -379,14 +409,12 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     ckpt_dir = run_dir / "checkpoints"
 
     model, optimizer, metric_fn, train_step = _compiled(_model_key(config))
-    schedule = learning_rate(config)
+    lr_at = _lr_logger(config)
     state = initial_state(model, optimizer, config)
-    n_params = count_params(state.params)
     metadata = None
     if args.resume:
         state, metadata = restore_latest(ckpt_dir, state)
     start = int(state.step)
-    prior_wall_s = (metadata or {}).get("wall_s", 0.0)
 
     splits = load_splits(config)
     batch_fn = make_batch_fn(splits["train"], config)
@@ -396,101 +424,92 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
     log = common.MetricsLog(run_dir / "metrics.jsonl", resume_step=start if args.resume else None)
     bar = common.progress(args.steps, initial=start, desc=args.cell, enabled=args.progress)
-    last_ckpt = {"step": start if metadata else None}
-    train_s = eval_s = 0.0
-    first_step_s = None
-    ema = {}
+    timer = Timer((metadata or {}).get("wall_s", 0.0))
+    last_ckpt = start if metadata else None
+    ema: dict[str, float] = {}
 
-    def save(step: int) -> None:
+    def save(state, step: int) -> int:
         # Never save a state that already holds NaN/inf (a finite loss does not prove it).
         if not all_finite(state.params):
             raise Diverged(f"non-finite parameters after step {step}")
-        meta = {**config, "wall_s": prior_wall_s + time.perf_counter() - loop_t0}
+        meta = {**config, "wall_s": timer.wall_s()}
         save_checkpoint(ckpt_dir, state, step=step, metadata=meta, keep=args.keep)
-        last_ckpt["step"] = step
+        return step
 
-    loop_t0 = time.perf_counter()
+    step = start
     try:
-        step = start
         while step < args.steps:
             t0 = time.perf_counter()
             state, metrics = train_step(state, batch_fn(step))
             host = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            elapsed = time.perf_counter() - t0
-            train_s += elapsed
-            if first_step_s is None:
-                first_step_s = elapsed  # includes compilation
+            timer.add_step(time.perf_counter() - t0)
             step += 1
             check_finite(host, step)
-            record = {"step": step, **host}
-            if callable(schedule):  # the rate this update used (optax counts from 0)
-                record["lr"] = float(schedule(step - 1))
+            record = {"step": step, **host, **lr_at(step)}
             if args.eval_every and (step % args.eval_every == 0 or step == args.steps):
                 t0 = time.perf_counter()
                 record.update(evaluate_splits(metric_fn, state.params, eval_sets))
-                eval_s += time.perf_counter() - t0
+                timer.eval_s += time.perf_counter() - t0
             log.write(record)
             if args.checkpoint_every and step % args.checkpoint_every == 0:
-                save(step)
+                last_ckpt = save(state, step)
             if "test_accuracy" in record:
                 plot(run_dir, log.records(), config)
             _update_bar(bar, ema, host, record)
+        if last_ckpt != step:
+            last_ckpt = save(state, step)
     except FloatingPointError as e:
+        where = f"step {last_ckpt} ({ckpt_dir})" if last_ckpt is not None else "none yet"
+        raise Diverged(f"{e}\nlast good checkpoint: {where}") from e
+    finally:
         bar.close()
         log.close()
-        kept = last_ckpt["step"]
-        where = f"step {kept} ({ckpt_dir})" if kept is not None else "none (no checkpoint yet)"
-        raise Diverged(f"{e}\nlast good checkpoint: {where}") from e
-    bar.close()
-    if last_ckpt["step"] != step:
-        save(step)
 
     t0 = time.perf_counter()
     final = evaluate_splits(metric_fn, state.params, eval_sets)
-    eval_s += time.perf_counter() - t0
-    wall_s = prior_wall_s + time.perf_counter() - loop_t0
-    records = log.records()
-    log.close()
+    timer.eval_s += time.perf_counter() - t0
+    records = common.read_jsonl(run_dir / "metrics.jsonl")
     plot(run_dir, records, config)
+    summary = build_summary(config, final, records, timer, state, run_dir)
+    summary["resumed_from"] = start if args.resume else None
+    common.write_json_atomic(run_dir / "summary.json", summary)
+    return summary
 
-    new_steps = step - start
-    steady = (train_s - first_step_s) / (new_steps - 1) if new_steps > 1 else math.nan
-    summary = {
+
+def _lr_logger(config: dict):
+    """``lr_at(step) -> {"lr": rate}`` every 100 steps when the rate follows a schedule.
+
+    The rate of update ``step`` is ``schedule(step - 1)`` (optax counts from 0). Evaluated
+    every 100 steps only: an un-jitted optax schedule costs several dispatches.
+    """
+    schedule = learning_rate(config)
+    if not callable(schedule):
+        return lambda step: {}
+    return lambda step: {"lr": float(schedule(step - 1))} if step % 100 in (0, 1) else {}
+
+
+def build_summary(config, final, records, timer: Timer, state, run_dir: Path) -> dict[str, Any]:
+    """The run's results and settings (summary.json; stdout without ``environment``)."""
+    from rnn_jax import count_params
+
+    return {
         "test_accuracy": final["test_accuracy"],
         "test_loss": final["test_loss"],
         "test_count": int(final["test_count"]),
         **{k: v for k, v in final.items() if k.startswith("val_")},
-        "steps": step,
-        "wall_s": wall_s,
-        "train_s": train_s,
-        "ms_per_step": 1e3 * steady,
-        "compile_s": first_step_s,
-        "eval_s": eval_s,
-        "resumed_from": start if args.resume else None,
-        "cell": config["cell"],
-        "gradient": config["gradient"],
-        "hidden_size": config["hidden_size"],
-        "layers": config["layers"],
-        "bidirectional": config["bidirectional"],
-        "batch_size": config["batch_size"],
-        "optimizer": config["optimizer"],
-        "lr": config["lr"],
-        "lr_schedule": config["lr_schedule"],
-        "warmup_steps": config["warmup_steps"],
-        "decay_steps": config["decay_steps"],
-        "clip_norm": config["clip_norm"],
-        "clip_value": config["clip_value"],
-        "initializer": config["initializer"],
-        "seed": config["seed"],
-        "val_size": config["val_size"],
-        "num_params": n_params,
+        "steps": int(state.step),
+        "wall_s": timer.wall_s(),
+        "ms_per_step": timer.ms_per_step(),
+        "train_s": timer.train_s,
+        "compile_s": timer.first_step_s,
+        "eval_s": timer.eval_s,
+        **{k: config[k] for k in SUMMARY_CONFIG_KEYS},
+        "num_params": count_params(state.params),
         "final_train_loss": _tail_mean(records, "loss", 100),
         "final_train_accuracy": _tail_mean(records, "accuracy", 100),
         "run_dir": str(run_dir),
         "environment": common.environment(),
     }
-    common.write_json_atomic(run_dir / "summary.json", summary)
-    return summary
 
 
 def _update_bar(bar, ema: dict, host: dict, record: dict) -> None:
@@ -528,6 +547,43 @@ def main(argv: list[str] | None = None) -> int:
 
 def load_summary(run_dir: str | Path) -> dict:
     return json.loads((Path(run_dir) / "summary.json").read_text())
+
+
+def settings_text(summary: dict) -> str:
+    """The optimisation settings of a run in a few words, e.g. ``RMSProp 1e-3``."""
+    parts = [f"{'RMSProp' if summary['optimizer'] == 'rmsprop' else 'Adam'} {summary['lr']:g}"]
+    if summary.get("warmup_steps"):
+        parts.append(f"warm-up {summary['warmup_steps']}")
+    if summary.get("lr_schedule", "constant") != "constant":
+        parts.append(f"{summary['lr_schedule']} to 0")
+    if summary.get("clip_norm") is not None:
+        parts.append(f"clip-norm {summary['clip_norm']:g}")
+    if summary.get("clip_value") is not None:
+        parts.append(f"clip {summary['clip_value']:g}")
+    model = f"H={summary['hidden_size']}"
+    if summary.get("layers", 1) > 1:
+        model += f", {summary['layers']} layers"
+    if summary.get("bidirectional"):
+        model += ", bidirectional"
+    return f"{model}, batch {summary['batch_size']}, {', '.join(parts)}, seed {summary['seed']}"
+
+
+def markdown_table(summaries: list[dict]) -> str:
+    """A results table (one row per run) for the README / experiments/results/mnist.md."""
+    lines = [
+        "| cell | gradient | test accuracy | steps | wall time | ms/step | load | settings |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for s in summaries:
+        # The machine's 5-minute load average at the end: on 2 shared cores, timings
+        # taken at load 8 are several times those of an idle machine.
+        load = s.get("environment", {}).get("load_avg_1_5_15min", [None] * 3)[1]
+        lines.append(
+            f"| {s['cell']} | {s['gradient']} | {100 * s['test_accuracy']:.2f}% | {s['steps']} "
+            f"| {s['wall_s']:.0f} s | {s['ms_per_step']:.1f} | {load if load is not None else '?'} "
+            f"| {settings_text(s)} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

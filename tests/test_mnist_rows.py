@@ -206,3 +206,29 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_pa
     # The log stops at the last finite step: the NaN step is not recorded.
     steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5]
+
+
+# ------------------------------------------------------------------------------- CLI
+
+
+def test_defaults_are_the_seed_notebooks():
+    args = mnist_rows.parse_args([])
+    seed_004 = ("simple", 128, 128, 5000, 1e-3, "rmsprop", "constant", None)
+    got = (args.cell, args.hidden_size, args.batch_size, args.steps, args.lr, args.optimizer)
+    assert got + (args.lr_schedule, args.clip_norm) == seed_004
+    assert args.out == "runs/mnist-simple"
+    with pytest.raises(SystemExit):
+        mnist_rows.parse_args(["--cell", "transformer"])
+
+
+def test_results_table_row():
+    summary = {"cell": "lstm", "gradient": "manual", "test_accuracy": 0.98765, "steps": 5000}
+    summary |= {"wall_s": 412.3, "ms_per_step": 71.64, "hidden_size": 128, "batch_size": 128}
+    summary |= {"optimizer": "rmsprop", "lr": 3e-3, "lr_schedule": "cosine", "seed": 0}
+    summary |= {"warmup_steps": 200, "clip_norm": 1.0, "clip_value": None}
+    summary["environment"] = {"load_avg_1_5_15min": [1.0, 2.5, 3.0]}
+    row = mnist_rows.markdown_table([summary]).splitlines()[-1]
+    assert row == (
+        "| lstm | manual | 98.77% | 5000 | 412 s | 71.6 | 2.5 | H=128, batch 128, "
+        "RMSProp 0.003, warm-up 200, cosine to 0, clip-norm 1, seed 0 |"
+    )
