@@ -431,6 +431,8 @@ def machine_info() -> dict:
         "threads": THREADS,
         "python": platform.python_version(),
         "jax_backend": jax.default_backend(),
+        # Other jobs on the machine inflate absolute times; the interleaved ratios hold better.
+        "load_average_1_5_15min": list(os.getloadavg()),
         "versions": {
             p: version(p) for p in ("jax", "jaxlib", "flax", "equinox", "optax", "torch", "numpy")
         },
@@ -448,7 +450,8 @@ def to_markdown(report: dict) -> str:
         f"# rnn_jax benchmark, {info['date']}",
         "",
         f"{info['cpu']}, {info['cores']} cores, {info['threads']} threads, "
-        f"{info['jax_backend']}; {versions}.",
+        f"{info['jax_backend']}; {versions}; load average at the end "
+        f"{info.get('load_average_1_5_15min', ['?'])[0]:.1f}.",
         "Train step = forward + cross-entropy on a readout of the last state + backward + "
         "RMSProp. Median of interleaved steps (IQR); ratio = median / rnn_jax's (autodiff) "
         "median, so > 1 means slower than rnn_jax. GFLOP/s counts the matrix products only. "
