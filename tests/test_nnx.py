@@ -116,15 +116,15 @@ def test_drops_into_an_nnx_model():
         optimizer.update(model, grads)
         return loss
 
-    losses = [float(step(model, optimizer)) for _ in range(30)]
-    assert losses[-1] < 0.5 * losses[0]
+    losses = [float(step(model, optimizer)) for _ in range(15)]
+    assert losses[-1] < 0.75 * losses[0]  # learns despite dropout noise
     model.eval()
     assert model(xs, lengths).shape == (8, 3)
 
 
 def test_dropout_modes(x64):
     rng = np.random.default_rng(3)
-    stack = random_stack(rng, rj.lstm.cell, 3, 5, 3, bidirectional=False)
+    stack = random_stack(rng, rj.lstm.cell, 3, 5, 2, bidirectional=False)
     xs = jnp.asarray(rng.normal(size=(2, 4, 3)))
     plain = rj.unroll_stack(rj.lstm, stack, xs)
     model = rnx.RNN.from_params(rj.lstm, stack, dropout=0.5, rngs=nnx.Rngs(dropout=0))

@@ -268,7 +268,7 @@ def flip_prefix(xs, lengths):
     return out
 
 
-SETTINGS = settings(max_examples=25, deadline=None)
+SETTINGS = settings(max_examples=20, deadline=None)
 
 
 @SETTINGS
@@ -317,7 +317,7 @@ def test_batch_with_lengths_equals_each_row_alone(p):
             np.testing.assert_array_equal(hs[b, n:], 0.0)
 
 
-@SETTINGS
+@settings(max_examples=12, deadline=None)  # five compiled programs per example
 @given(problems(), st.sampled_from([2, 3, 5]))
 def test_unroll_factor_time_major_and_full_lengths_agree(p, k):
     """``unroll=k`` == ``unroll=1``; time-major == batch-major transposed; lengths = T ==
@@ -347,7 +347,7 @@ def loop_unroll(cell, params, xs, carry, reverse=False):
     return carry, jnp.stack(hs, axis=1)
 
 
-@settings(max_examples=12, deadline=None)  # each example compiles five programs
+@settings(max_examples=8, deadline=None)  # each example compiles five programs
 @given(problems())
 def test_jit_vmap_grad(p):
     with jax.enable_x64(True):
