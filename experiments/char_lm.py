@@ -24,6 +24,7 @@ name, and the summary reports how many of the sampled names are new (``novel_fra
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import sys
 import time
@@ -40,7 +41,7 @@ import common  # noqa: E402
 import rnn_jax as rj  # noqa: E402
 from rnn_jax import checkpoint as ckpt  # noqa: E402
 from rnn_jax.data import text as textdata  # noqa: E402
-from rnn_jax.models import language_model  # noqa: E402
+from rnn_jax.models import Model, language_model  # noqa: E402
 from rnn_jax.sampling import sample  # noqa: E402
 from rnn_jax.tbptt import evaluate_stream, make_chunk_eval, make_chunk_step, zero_carry  # noqa: E402
 from rnn_jax.train import TrainState, check_finite, default_optimizer  # noqa: E402
@@ -73,6 +74,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--reset-prob", type=float, default=0.01,
                    help="chance per chunk that a stream's state restarts from zero")  # fmt: skip
     p.add_argument("--gradient", choices=["autodiff", "manual"], default="autodiff")
+    p.add_argument("--matmul-dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="dtype of the matrix products (accumulating in float32)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/char_lm", help="run folder")
     p.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
@@ -132,6 +135,10 @@ def build(args, vocab_size: int):
         CELLS[args.cell], vocab_size, args.hidden_size, num_layers=args.layers,
         embed_size=args.embed_size or None, dropout=args.dropout, gradient=args.gradient,
     )  # fmt: skip
+    if args.matmul_dtype != "float32":
+        # Mixed precision: matrix products in bfloat16, carries/gates/loss in float32. One
+        # partial per run, so jitted callers that take ``apply`` as static compile once.
+        model = Model(model.init, functools.partial(model.apply, matmul_dtype=args.matmul_dtype))
     lr = args.lr
     if args.lr_decay_steps:
         lr = optax.cosine_decay_schedule(args.lr, args.lr_decay_steps, alpha=0.1)
@@ -287,15 +294,20 @@ def run(args) -> dict:
     def save(step):
         metadata = {
             "vocab": vocab.to_list(), "config": common.jsonable(vars(args)),
-            "elapsed_s": elapsed(), "best_val": meta.get("best_val"),
+            "elapsed_s": elapsed(), "cpu_s": cpu_used(), "best_val": meta.get("best_val"),
         }  # fmt: skip
         ckpt.save_checkpoint(run_dir, run_state, step=step, metadata=metadata, keep=2)
 
-    prior_s = float(meta.get("elapsed_s", 0.0))
-    t_loop = time.perf_counter()
+    prior_s, prior_cpu = float(meta.get("elapsed_s", 0.0)), float(meta.get("cpu_s", 0.0))
+    t_loop, cpu_loop = time.perf_counter(), time.process_time()
 
     def elapsed() -> float:  # training wall time over all invocations of this run
         return prior_s + time.perf_counter() - t_loop
+
+    def cpu_used() -> float:
+        # CPU seconds of this process (all threads): on a shared machine the wall time
+        # overstates the cost; cpu_s / wall_s / cores is the share of the machine we got.
+        return prior_cpu + time.process_time() - cpu_loop
 
     bar = common.progress(args.steps, initial=start, desc="train", enabled=not args.no_progress)
     step, stopped, step_times, recent = start, "steps", [], []
@@ -369,6 +381,7 @@ def run(args) -> dict:
         "epochs": step * args.batch_size * args.seq_len / max(train_ids.size, 1),
         "ms_per_step_median": 1e3 * float(np.median(step_times)) if step_times else None,
         "train_wall_s": round(elapsed(), 1),
+        "train_cpu_s": round(cpu_used(), 1),
         "wall_s": round(time.perf_counter() - t_start, 1),
     }  # fmt: skip
     if train_names is not None:
