@@ -76,12 +76,12 @@ def check_carry(cell: Cell, carry, batch_size: int, hidden_size: int, dtype, nam
     """Carry must be ``(B, H)`` or, for the LSTM, ``LSTMCarry(h (B, H), c (B, H))``."""
     expected = (batch_size, hidden_size)
     if cell.has_cell_state:
-        if not (isinstance(carry, tuple) and len(carry) == 2):
+        # A plain tuple is refused: (c, h), Flax's order, would pass silently as (h, c).
+        if not isinstance(carry, LSTMCarry):
             raise TypeError(
                 f"{cell.name} {name} must be LSTMCarry(h, c) of two {expected} arrays, "
-                f"got {type(carry).__name__}"
+                f"got {type(carry).__name__} (wrap a pair as rj.LSTMCarry(h=..., c=...))"
             )
-        carry = LSTMCarry(*carry)
         parts = {"h": carry.h, "c": carry.c}
     else:
         if isinstance(carry, tuple) or not hasattr(carry, "shape"):
@@ -100,7 +100,12 @@ def check_carry(cell: Cell, carry, batch_size: int, hidden_size: int, dtype, nam
 
 
 def check_lengths(lengths, batch_size: int, num_steps: int):
-    """``lengths`` must be integers ``(B,)`` in ``[0, T]`` (values checked when concrete)."""
+    """``lengths`` must be integers ``(B,)`` in ``[0, T]``.
+
+    Concrete values are checked here. Traced values (under ``jit``) cannot be, so they are
+    clipped to ``[0, T]``: an out-of-range length then acts as 0 or T instead of indexing
+    outside the sequence (which produced NaN in the reversed gather).
+    """
     if lengths is None:
         return None
     lengths = jnp.asarray(lengths) if not isinstance(lengths, jax.Array) else lengths
@@ -115,4 +120,4 @@ def check_lengths(lengths, batch_size: int, num_steps: int):
                 f"lengths must lie in [0, {num_steps}] (the sequence length), got min "
                 f"{values.min()} and max {values.max()}"
             )
-    return lengths.astype(jnp.int32)
+    return jnp.clip(lengths.astype(jnp.int32), 0, num_steps)

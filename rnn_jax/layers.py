@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from rnn_jax.checks import as_cell
+from rnn_jax.checks import as_cell, check_params
 from rnn_jax.scan import unroll
 
 MERGES = {
@@ -120,6 +120,7 @@ def unroll_stack(
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
     _merge_fn(merge)  # checked up front: a stack without bidirectional layers never merges
+    check_stack_sizes(cell, params, getattr(xs, "shape", (0,))[-1], merge)
     carries = [None] * len(params) if carry is None else list(carry)
     if len(carries) != len(params):
         raise ValueError(f"carry has {len(carries)} entries for {len(params)} layers")
@@ -136,6 +137,22 @@ def unroll_stack(
             final, hs = unroll(cell, layer, hs, layer_carry, **kwargs)
         finals.append(final)
     return finals, hs
+
+
+def check_stack_sizes(cell, params: list, input_size: int, merge: str) -> None:
+    """Every layer reads what the layer below writes; checked before any layer runs."""
+    cell = as_cell(cell)
+    for index, layer in enumerate(params):
+        bidir = is_bidirectional(layer)
+        for direction in (layer["fwd"], layer["bwd"]) if bidir else (layer,):
+            expects, hidden_size = check_params(cell, direction)
+            if expects != input_size:
+                source = "xs" if index == 0 else f"layer {index - 1}'s output"
+                raise ValueError(
+                    f"stack layer {index}: {source} has {input_size} features but its w_x "
+                    f"expects input_size={expects}"
+                )
+        input_size = output_size(hidden_size, bidirectional=bidir, merge=merge)
 
 
 def _dropout(key, values, rate: float):

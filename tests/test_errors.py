@@ -208,21 +208,23 @@ def _mismatched_stack():
     return [layer, wrong]
 
 
-@pytest.mark.computes
-def test_stack_layer_sizes_checked():
-    with pytest.raises(ValueError, match=r"has 8 features .* expects input_size=4"):
-        rj.unroll_stack(rj.lstm, _mismatched_stack(), XS)
-
-
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="core gap: unroll_stack checks layer k's params only when it reaches layer k, "
-    "after running layers 0..k-1; validate every layer's sizes before the first unroll",
-)
 def test_stack_layer_sizes_checked_before_compute():
-    with pytest.raises(ValueError, match=r"has 8 features"):
+    with pytest.raises(
+        ValueError, match=r"stack layer 1: layer 0's output has 8 features .* input_size=4"
+    ):
         rj.unroll_stack(rj.lstm, _mismatched_stack(), XS)
+
+
+@pytest.mark.computes
+def test_traced_out_of_range_lengths_are_clipped_not_nan():
+    # Under jit the values can't be checked; they act as clipped to [0, T] (was NaN).
+    params = params_of(rj.gru)
+    run = jax.jit(lambda lengths: rj.unroll(rj.gru, params, XS, lengths=lengths, reverse=True))
+    final, hs = run(jnp.array([T + 3, -1]))
+    want_final, want_hs = rj.unroll(rj.gru, params, XS, lengths=jnp.array([T, 0]), reverse=True)
+    assert bool(jnp.all(jnp.isfinite(hs)))
+    np.testing.assert_allclose(hs, want_hs, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(final, want_final, rtol=1e-6, atol=1e-6)
 
 
 def test_bptt_checks_its_cotangents():
