@@ -1,0 +1,632 @@
+"""Gradient checking: hand-written BPTT vs ``jax.grad`` vs central finite differences.
+
+``check_gradients`` is the tool to run on a new cell (your own ``rnn_jax.cells.base.Cell``
+with its own ``pointwise`` / ``pointwise_backward``) before trusting it. It differentiates
+the scalar loss
+
+    L(params, xs, carry) = sum_t <d_hs[t], hs[t]> + <d_carry, final carry>
+
+three ways and compares them per leaf (each parameter array, ``xs``, each part of the
+initial carry):
+
+(a) ``rj.bptt``, the hand-written backward;
+(b) ``jax.grad``: through ``rj.unroll(gradient="autodiff")`` for full BPTT, or through
+    ``truncated_reference_grads`` (a slow, obviously-correct windowed ``stop_gradient``
+    loss) for ``truncate=k``;
+(c) central finite differences along random unit directions ``v`` of each leaf,
+    ``(L(θ + εv) - L(θ - εv)) / 2ε`` against ``<grad, v>``.
+
+Precision: (a) vs (b) runs in the caller's dtype with tolerances for that dtype. The
+finite-difference check (c) always runs in float64 (inputs are cast under
+``jax.enable_x64(True)``, so no global x64 flag is needed): in float32 a central difference
+is good to ~1e-4 at best, too coarse to tell a small slip from round-off.
+For truncated BPTT the finite-differenced function is the windowed loss with each window's
+starting carry frozen at its value at θ (what ``stop_gradient`` means); its exact gradient
+is the truncated gradient. The finite-differenced loss is a per-row re-implementation
+(a plain scan of ``cell.step`` over each row's valid prefix), independent of ``unroll``'s
+masking and prefix reversal, so (c) also catches a forward that pads or reverses wrongly.
+
+These are test tools: call them outside ``jit`` (they jit their own pieces); ``lengths``
+must be concrete. Cost: a few compiles per call, about 1-3 s of CPU at test sizes.
+ReLU cells have kinks: a finite difference that straddles one (a pre-activation within ε
+of 0) is meaningless; with random data that has probability ~ε per element.
+
+``hidden_grad_norms`` is the BPTT diagnostic: ``||dL/dh_t||`` for a loss on the last state,
+the curve that shows vanishing or exploding gradients.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rnn_jax.bptt import bptt
+from rnn_jax.cells.base import Cell, hidden_of, with_hidden
+from rnn_jax.checks import as_cell, check_lengths
+from rnn_jax.scan import unroll
+
+# (a) vs (b): both sides do the same float operations in a different order.
+DEFAULT_TOL = {"float64": 1e-10, "float32": 1e-5}
+# (c): central differences in float64 with ε = 1e-6 are good to ~1e-9 here; a wrong
+# backward (a missing factor) is off by O(1).
+DEFAULT_FD_TOL = 1e-6
+DEFAULT_EPS = 1e-6
+
+
+# --------------------------------------------------------------------------------------
+# The windowed reference loss (slow, per row, no masks)
+# --------------------------------------------------------------------------------------
+
+
+def _run(cell: Cell, params, carry, xs):
+    """Plain scan of ``cell.step`` over ``xs (n, b, I)`` from ``carry``.
+
+    Returns ``(final_carry, carries (n, ...) after each step, hs (n, b, H))``.
+    """
+
+    def body(c, x):
+        c, h = cell.step(params, c, x)
+        return c, (c, h)
+
+    final, (carries, hs) = jax.lax.scan(body, carry, xs)
+    return final, carries, hs
+
+
+def _vdot_tree(a, b):
+    """``sum <a_leaf, b_leaf>`` over two pytrees of the same structure."""
+    return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+
+
+def _row_positions(length: int, reverse: bool) -> np.ndarray:
+    """The positions a row reads, in reading order: its valid prefix, backwards if reversed."""
+    steps = np.arange(length)
+    return steps[::-1].copy() if reverse else steps
+
+
+def _batch_major(seq, time_major: bool):
+    return jnp.swapaxes(seq, 0, 1) if time_major else seq
+
+
+def _concrete_lengths(lengths, batch_size: int, num_steps: int) -> np.ndarray:
+    """``(B,)`` numpy ints; the reference slices rows by them, so they must be concrete."""
+    if isinstance(lengths, jax.core.Tracer):
+        raise TypeError("the gradient reference needs concrete lengths (call it outside jit)")
+    if lengths is None:
+        return np.full((batch_size,), num_steps)
+    lengths = np.asarray(lengths)
+    check_lengths(lengths, batch_size, num_steps)  # shape, dtype and range, with clear errors
+    return lengths
+
+
+def _row(tree, b: int):
+    """Batch row ``b`` of a carry, keeping a batch axis of 1."""
+    return jax.tree.map(lambda a: a[b : b + 1], tree)
+
+
+def row_start_carries(cell, params, xs_row, carry_row):
+    """``(L, ...)`` stacked carries *before* each step of one row (the first is ``carry_row``).
+
+    ``xs_row (L, 1, I)`` in reading order. These are the carries a truncation window starts
+    from; the reference freezes them (``stop_gradient``).
+    """
+    _, after, _ = _run(cell, params, carry_row, xs_row)
+    return jax.tree.map(lambda c0, a: jnp.concatenate([c0[None], a[:-1]]), carry_row, after)
+
+
+def _row_loss(cell, params, xs_row, carry_row, d_hs_row, d_carry_row, truncate, starts):
+    """The windowed loss of one row.
+
+    ``xs_row (L, 1, I)``, ``d_hs_row (L, 1, H)`` in reading order; ``starts`` from
+    ``row_start_carries`` (treated as constants). Output ``t`` is recomputed from step
+    ``s = t - k + 1``: from ``starts[s]`` if ``s >= 0``, else from the differentiable
+    ``carry_row``. The final carry is the one output ``L - 1``'s window ends with.
+    """
+    num_steps = xs_row.shape[0]
+    if num_steps == 0:
+        return _vdot_tree(d_carry_row, carry_row)
+    # Outputs t < k - 1 have windows reaching back to the initial carry: one plain run.
+    n_prefix = num_steps if truncate is None else min(truncate - 1, num_steps)
+    loss = 0.0
+    final = None
+    if n_prefix > 0:
+        final, _, hs = _run(cell, params, carry_row, xs_row[:n_prefix])
+        loss = loss + jnp.vdot(d_hs_row[:n_prefix], hs)
+    n_windows = num_steps - n_prefix
+    if n_windows > 0:
+        # Window w serves output t = k - 1 + w and covers steps w .. w + k - 1.
+        idx = np.arange(n_windows)[:, None] + np.arange(truncate)[None, :]
+        window_xs = xs_row[idx]  # (W, k, 1, I)
+        window_starts = jax.tree.map(lambda a: a[:n_windows], starts)
+
+        def window(start, xs_w):
+            end, _, hs_w = _run(cell, params, start, xs_w)
+            return end, hs_w[-1]
+
+        ends, last_hs = jax.vmap(window)(window_starts, window_xs)
+        loss = loss + jnp.vdot(d_hs_row[n_prefix:], last_hs)
+        final = jax.tree.map(lambda a: a[-1], ends)
+    return loss + _vdot_tree(d_carry_row, final)
+
+
+def _rows(cell, xs, d_hs, carry, d_carry, lengths, reverse, time_major):
+    """Per row: ``(xs_row (L,1,I), d_hs_row (L,1,H), carry_row, d_carry_row)``, reading order."""
+    xs_bm, d_hs_bm = _batch_major(xs, time_major), _batch_major(d_hs, time_major)
+    batch_size, num_steps = xs_bm.shape[:2]
+    lengths = _concrete_lengths(lengths, batch_size, num_steps)
+    for b in range(batch_size):
+        pos = _row_positions(int(lengths[b]), reverse)
+        yield (
+            xs_bm[b, pos][:, None],
+            d_hs_bm[b, pos][:, None],
+            _row(carry, b),
+            _row(d_carry, b),
+        )
+
+
+def frozen_starts(cell, params, xs, carry, *, lengths=None, reverse=False, time_major=False):
+    """Every row's window start carries at the current ``(params, xs, carry)``, as constants.
+
+    Pass the result as ``starts`` to ``windowed_loss`` to get a function of
+    ``(params, xs, carry)`` whose exact gradient is the truncated gradient (what finite
+    differences need: they cannot see ``stop_gradient``).
+    """
+    cell = as_cell(cell)
+    zeros = jnp.zeros(xs.shape[:2] + (1,), xs.dtype)  # a dummy d_hs in xs' layout
+    return [
+        row_start_carries(cell, params, xs_row, carry_row)
+        for xs_row, _, carry_row, _ in _rows(
+            cell, xs, zeros, carry, carry, lengths, reverse, time_major
+        )
+    ]
+
+
+def windowed_loss(
+    cell,
+    params,
+    xs,
+    carry,
+    d_hs,
+    d_carry,
+    *,
+    lengths=None,
+    reverse=False,
+    time_major=False,
+    truncate=None,
+    starts=None,
+):
+    """``sum_t <d_hs[t], h_t> + <d_carry, final>`` with each ``h_t`` recomputed in its window.
+
+    Each batch row runs alone over its valid prefix (reversed if ``reverse``), so padding,
+    masks and prefix reversal play no part. ``truncate=None``: every window starts at the
+    initial carry (the plain loss). ``starts=None``: window starts are recomputed from the
+    arguments under ``stop_gradient``; else a list from ``frozen_starts``.
+    """
+    cell = as_cell(cell)
+    loss = 0.0
+    rows = _rows(cell, xs, d_hs, carry, d_carry, lengths, reverse, time_major)
+    for b, (xs_row, d_hs_row, carry_row, d_carry_row) in enumerate(rows):
+        if starts is None:
+            row_starts = row_start_carries(cell, params, xs_row, carry_row)
+            row_starts = jax.lax.stop_gradient(row_starts)
+        else:
+            row_starts = starts[b]
+        loss = loss + _row_loss(
+            cell, params, xs_row, carry_row, d_hs_row, d_carry_row, truncate, row_starts
+        )
+    return loss
+
+
+def truncated_reference_grads(
+    cell,
+    params,
+    xs,
+    d_hs,
+    carry=None,
+    *,
+    d_carry=None,
+    lengths=None,
+    reverse=False,
+    time_major=False,
+    truncate=None,
+):
+    """What ``rj.bptt`` must return, by ``jax.grad`` of the windowed ``stop_gradient`` loss.
+
+    Same arguments and result as ``rj.bptt``: ``(d_params, d_xs, d_carry0)``. For each
+    output t the window starts at s = t - k + 1: from ``stop_gradient(carry before s)`` if
+    s >= 0, else from the differentiable initial carry; the final-carry cotangent enters at
+    each row's last valid step. ``truncate=None`` gives full BPTT. Slow (O(T k) steps):
+    a test oracle, not a training tool.
+    """
+    cell = as_cell(cell)
+    carry, d_carry = _default_carries(cell, params, xs, carry, d_carry, time_major)
+    batch_size, num_steps = _batch_major(xs, time_major).shape[:2]
+    lengths = tuple(int(n) for n in _concrete_lengths(lengths, batch_size, num_steps))
+    return _reference_grads(
+        cell, params, xs, carry, d_hs, d_carry, lengths, reverse, time_major, truncate
+    )
+
+
+@functools.partial(jax.jit, static_argnums=(0, 6, 7, 8, 9))
+def _reference_grads(cell, params, xs, carry, d_hs, d_carry, lengths, reverse, time_major, k):
+    """``jax.grad`` of ``windowed_loss``, jitted: eager ``lax.scan`` inside ``grad`` retraces
+    on every call, one compile per configuration is far cheaper."""
+
+    def loss(p, x, c):
+        return windowed_loss(
+            cell,
+            p,
+            x,
+            c,
+            d_hs,
+            d_carry,
+            lengths=lengths,
+            reverse=reverse,
+            time_major=time_major,
+            truncate=k,
+        )
+
+    return jax.grad(loss, argnums=(0, 1, 2))(params, xs, carry)
+
+
+def _default_carries(cell: Cell, params, xs, carry, d_carry, time_major):
+    """Zeros for a missing initial carry or final-carry cotangent."""
+    batch_size = xs.shape[1] if time_major else xs.shape[0]
+    hidden_size = params["w_h"].shape[0]
+    zeros = cell.zero_carry(batch_size, hidden_size, xs.dtype)
+    return (zeros if carry is None else carry), (zeros if d_carry is None else d_carry)
+
+
+# --------------------------------------------------------------------------------------
+# The report
+# --------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class LeafRow:
+    """One leaf's comparison.
+
+    ``max_abs_err``: max |manual - reference|. ``max_rel_err``: that over the reference's
+    largest magnitude (a scale-free error that does not blow up at zero entries).
+    ``fd_err``: max over directions of |fd - <grad, v>| / max(1, |<grad, v>|), in float64.
+    """
+
+    path: str
+    max_abs_err: float
+    max_rel_err: float
+    fd_err: float
+    ok: bool
+    message: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class GradReport:
+    """The result of ``check_gradients``: one ``LeafRow`` per leaf, plus the settings."""
+
+    cell: str
+    dtype: str
+    truncate: int | None
+    rows: tuple[LeafRow, ...]
+    rtol: float
+    atol: float
+    fd_tol: float
+    eps: float
+
+    @property
+    def ok(self) -> bool:
+        return all(row.ok for row in self.rows)
+
+    @property
+    def max_abs_err(self) -> float:
+        return max(row.max_abs_err for row in self.rows)
+
+    @property
+    def max_rel_err(self) -> float:
+        return max(row.max_rel_err for row in self.rows)
+
+    @property
+    def fd_err(self) -> float:
+        return max(row.fd_err for row in self.rows)
+
+    def failures(self) -> list[LeafRow]:
+        return [row for row in self.rows if not row.ok]
+
+    def raise_if_failed(self) -> None:
+        """``AssertionError`` naming every failing leaf (with chex's message) and the table."""
+        bad = self.failures()
+        if bad:
+            details = "\n".join(f"  {row.path}: {row.message}" for row in bad)
+            names = ", ".join(row.path for row in bad)
+            raise AssertionError(
+                f"gradient check failed for {self.cell} ({self.dtype}) at {names}:\n"
+                f"{details}\n{self}"
+            )
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self) | {"ok": self.ok}
+
+    def __str__(self) -> str:
+        trunc = "full" if self.truncate is None else f"truncate={self.truncate}"
+        head = (
+            f"check_gradients {self.cell} {self.dtype} {trunc} "
+            f"(rtol={self.rtol:g}, atol={self.atol:g}; fd eps={self.eps:g}, tol={self.fd_tol:g})"
+        )
+        width = max(len("leaf"), *(len(row.path) for row in self.rows))
+        lines = [head, f"{'leaf':<{width}}  max abs err  max rel err       fd err  ok"]
+        for row in self.rows:
+            lines.append(
+                f"{row.path:<{width}}  {row.max_abs_err:11.3e}  {row.max_rel_err:11.3e}  "
+                f"{row.fd_err:11.3e}  {'yes' if row.ok else 'NO'}"
+            )
+        return "\n".join(lines)
+
+
+def _path_str(path) -> str:
+    """``(DictKey('params'), DictKey('w_x'))`` -> ``params.w_x``; LSTM carry -> ``carry.h``."""
+    parts = []
+    for key in path:
+        if isinstance(key, jax.tree_util.DictKey):
+            parts.append(str(key.key))
+        elif isinstance(key, jax.tree_util.GetAttrKey):
+            parts.append(key.name)
+        elif isinstance(key, jax.tree_util.SequenceKey):
+            parts.append(str(key.idx))
+        else:
+            parts.append(str(key))
+    return ".".join(parts)
+
+
+def _leaf_names(**trees) -> list[str]:
+    """Leaf names in the order of ``jax.tree.leaves(tuple(trees.values()))``, which is the
+    order of ``bptt``'s ``(d_params, d_xs, d_carry0)`` (a dict would sort its keys)."""
+    names = []
+    for root, tree in trees.items():
+        for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]:
+            names.append(".".join([root, _path_str(path)]) if path else root)
+    return names
+
+
+def _compare(manual, reference, rtol, atol):
+    """``(max_abs, max_rel, ok, message)`` for one leaf; ``ok`` is chex's elementwise test."""
+    manual, reference = np.asarray(manual), np.asarray(reference)
+    diff = np.abs(manual - reference)
+    max_abs = float(diff.max()) if diff.size else 0.0
+    scale = float(np.abs(reference).max()) if reference.size else 0.0
+    max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else math.inf)
+    try:
+        chex.assert_trees_all_close(manual, reference, rtol=rtol, atol=atol)
+    except AssertionError as err:
+        return max_abs, max_rel, False, f"manual vs jax.grad: {err}"
+    return max_abs, max_rel, True, ""
+
+
+# --------------------------------------------------------------------------------------
+# check_gradients
+# --------------------------------------------------------------------------------------
+
+
+def _numpy_rng(key) -> np.random.Generator:
+    """A numpy generator seeded by a JAX key (raw or typed) or an int.
+
+    The checker draws its cotangents and directions with numpy: ``jax.random`` would compile
+    a sampler for every new leaf shape, which costs more than the whole check here.
+    """
+    if key is None:
+        key = 0
+    if isinstance(key, int):
+        return np.random.default_rng(key)
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.key_data(key)
+    return np.random.default_rng(np.asarray(key).ravel().tolist())
+
+
+def _normal_like(rng: np.random.Generator, tree):
+    """N(0, 1) arrays shaped and typed like ``tree``'s leaves (a ShapeDtypeStruct tree is fine)."""
+    return jax.tree.map(lambda a: jnp.asarray(rng.normal(size=a.shape), a.dtype), tree)
+
+
+def _to_float64(tree):
+    return jax.tree.map(lambda a: jnp.asarray(np.asarray(a, np.float64)), tree)
+
+
+def _fd_errors(loss_fn, args, grads, rng, num_directions, eps):
+    """Per leaf of ``args``: max over random unit directions v of the scaled error
+    ``|(L(a + εv) - L(a - εv)) / 2ε - <g, v>| / max(1, |<g, v>|)``. float64 throughout;
+    the loss is jitted once, the rest is numpy."""
+    leaves, treedef = jax.tree.flatten(args)
+    leaves = [np.asarray(leaf) for leaf in leaves]
+    grad_leaves = [np.asarray(g) for g in jax.tree.leaves(grads)]
+    loss_flat = jax.jit(lambda flat: loss_fn(*jax.tree.unflatten(treedef, flat)))
+    errors = []
+    for i, (leaf, grad) in enumerate(zip(leaves, grad_leaves, strict=True)):
+        worst = 0.0
+        for _ in range(num_directions):
+            v = rng.normal(size=leaf.shape)
+            v /= max(np.linalg.norm(v), 1e-300)
+            plus, minus = list(leaves), list(leaves)
+            plus[i], minus[i] = leaf + eps * v, leaf - eps * v
+            fd = (float(loss_flat(plus)) - float(loss_flat(minus))) / (2 * eps)
+            analytic = float(np.vdot(grad, v))
+            worst = max(worst, abs(fd - analytic) / max(1.0, abs(analytic)))
+        errors.append(worst)
+    return errors
+
+
+def check_gradients(
+    cell,
+    params,
+    xs,
+    carry=None,
+    *,
+    lengths=None,
+    reverse=False,
+    time_major=False,
+    truncate=None,
+    d_hs=None,
+    d_carry=None,
+    num_directions=4,
+    eps=None,
+    rtol=None,
+    atol=None,
+    fd_tol=None,
+    key=None,
+    raise_on_failure=True,
+) -> GradReport:
+    """Compare hand-written BPTT with ``jax.grad`` and finite differences (module docstring).
+
+    Args:
+      cell, params, xs, carry, lengths, reverse, time_major, truncate: as ``rj.bptt``.
+        ``carry=None`` checks the gradient at a zero initial carry.
+      d_hs: ``(B, T, H)`` cotangent of the outputs (time-major if ``time_major``);
+        None draws it from ``key``. d_carry: cotangent of the final carry; None draws it.
+      num_directions: random directions per leaf for the finite-difference check (0: skip).
+      eps: finite-difference step (default 1e-6, in float64).
+      rtol, atol: manual vs ``jax.grad`` tolerances (default 1e-10 float64, 1e-5 float32).
+      fd_tol: finite-difference tolerance on the scaled error (default 1e-6).
+      key: JAX PRNG key or int seed for the cotangents and directions (default 0).
+      raise_on_failure: raise ``AssertionError`` naming the failing leaves (default), else
+        just return the report (``report.ok``).
+
+    Returns:
+      ``GradReport`` with rows for ``params.<name>``, ``xs`` and ``carry`` (``carry.h``,
+      ``carry.c`` for the LSTM); ``str(report)`` is a table.
+    """
+    cell = as_cell(cell)
+    dtype = params["w_x"].dtype
+    tol = DEFAULT_TOL.get(jnp.dtype(dtype).name, DEFAULT_TOL["float32"])
+    rtol = tol if rtol is None else rtol
+    atol = tol if atol is None else atol
+    fd_tol = DEFAULT_FD_TOL if fd_tol is None else fd_tol
+    eps = DEFAULT_EPS if eps is None else eps
+    rng = _numpy_rng(key)
+
+    # Abstract forward: validates every argument (lengths' values too, closed over as
+    # concrete) and gives the cotangents' shapes, without computing anything.
+    config = dict(lengths=lengths, reverse=reverse, time_major=time_major)
+    final, hs = jax.eval_shape(lambda p, x, c: unroll(cell, p, x, c, **config), params, xs, carry)
+    carry, _ = _default_carries(cell, params, xs, carry, None, time_major)
+    d_hs = _normal_like(rng, hs) if d_hs is None else d_hs
+    d_carry = _normal_like(rng, final) if d_carry is None else d_carry
+    batch_size, num_steps = _batch_major(xs, time_major).shape[:2]
+    lengths = None if lengths is None else _concrete_lengths(lengths, batch_size, num_steps)
+    config["lengths"] = lengths
+
+    args = (cell, params, xs, carry, d_hs, d_carry, lengths, reverse, time_major, truncate)
+    manual, reference = _manual_and_autodiff(*args)
+    if truncate is not None:
+        reference = truncated_reference_grads(
+            cell, params, xs, d_hs, carry, d_carry=d_carry, truncate=truncate, **config
+        )
+    names = _leaf_names(params=params, xs=xs, carry=carry)
+
+    fd_errs = [0.0] * len(names)
+    if num_directions > 0:
+        with jax.enable_x64(True):
+            args64 = _to_float64((params, xs, carry, d_hs, d_carry))
+            if jnp.dtype(dtype) == jnp.float64:
+                manual64 = manual
+            else:
+                manual64 = _manual_and_autodiff(cell, *args64, *args[6:], autodiff=False)[0]
+            fd_errs = _fd_check(cell, args64, manual64, config, truncate, rng, num_directions, eps)
+
+    rows = []
+    leaves = zip(names, jax.tree.leaves(manual), jax.tree.leaves(reference), fd_errs, strict=True)
+    for name, m, r, fd_err in leaves:
+        max_abs, max_rel, ok, message = _compare(m, r, rtol, atol)
+        if not fd_err <= fd_tol:  # also catches NaN
+            ok = False
+            message = (message + "; " if message else "") + (
+                f"finite differences: scaled error {fd_err:.3e} > {fd_tol:g}"
+            )
+        rows.append(LeafRow(name, max_abs, max_rel, fd_err, ok, message))
+    dtype_name = jnp.dtype(dtype).name
+    report = GradReport(cell.name, dtype_name, truncate, tuple(rows), rtol, atol, fd_tol, eps)
+    if raise_on_failure:
+        report.raise_if_failed()
+    return report
+
+
+@functools.partial(jax.jit, static_argnums=(0, 7, 8, 9), static_argnames="autodiff")
+def _manual_and_autodiff(
+    cell, params, xs, carry, d_hs, d_carry, lengths, reverse, time_major, truncate, autodiff=True
+):
+    """``(rj.bptt, jax.vjp through unroll(gradient="autodiff") or None)``, one compile.
+
+    The autodiff side is computed only for full BPTT (truncated BPTT has its own reference).
+    """
+    config = dict(lengths=lengths, reverse=reverse, time_major=time_major)
+    manual = bptt(cell, params, xs, d_hs, carry, d_carry=d_carry, truncate=truncate, **config)
+    if truncate is not None or not autodiff:
+        return manual, None
+
+    def run(p, x, c):
+        return unroll(cell, p, x, c, gradient="autodiff", **config)
+
+    _, vjp = jax.vjp(run, params, xs, carry)
+    return manual, vjp((d_carry, d_hs))
+
+
+def _fd_check(cell, arrays, grads, config, truncate, rng, num_directions, eps):
+    """Finite differences of the windowed loss (float64 ``arrays``) against ``grads``."""
+    params, xs, carry, d_hs, d_carry = arrays
+    starts = None
+    if truncate is not None:
+        starts = frozen_starts(cell, params, xs, carry, **config)
+
+    def loss(p, x, c):
+        return windowed_loss(
+            cell, p, x, c, d_hs, d_carry, truncate=truncate, starts=starts, **config
+        )
+
+    return _fd_errors(loss, (params, xs, carry), grads, rng, num_directions, eps)
+
+
+# --------------------------------------------------------------------------------------
+# Vanishing / exploding gradients
+# --------------------------------------------------------------------------------------
+
+
+def hidden_grad_norms(cell, params, xs, carry=None, *, d_h_last=None, time_major=False):
+    """``(T,)``: ``||dL/dh_t||`` for ``L = <d_h_last, h_{T-1}>``, a loss on the last state only.
+
+    ``h_t`` is the hidden state after reading ``xs[:, t]`` (the LSTM's ``h``, with ``c``
+    held fixed). ``d_h_last (B, H)`` defaults to a constant unit-norm cotangent, so
+    ``norms[T-1] == 1`` and ``norms[t]`` is how much of the signal survives ``T-1-t`` steps
+    back: decaying toward t = 0 is vanishing, growing is exploding. Each step back is one
+    ``rj.bptt`` over a single step, chaining its ``d_carry0``.
+    """
+    cell = as_cell(cell)
+    xs_tm = xs if time_major else jnp.swapaxes(xs, 0, 1)
+    batch_size, hidden_size = xs_tm.shape[1], params["w_h"].shape[0]
+    if carry is None:
+        carry = cell.zero_carry(batch_size, hidden_size, xs.dtype)
+    if d_h_last is None:
+        d_h_last = jnp.full((batch_size, hidden_size), 1 / math.sqrt(batch_size * hidden_size))
+        d_h_last = d_h_last.astype(xs.dtype)
+    return _hidden_grad_norms(cell, params, xs_tm, carry, d_h_last)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _hidden_grad_norms(cell: Cell, params, xs_tm, carry, d_h_last):
+    def forward(c, x):
+        new_c, _ = cell.step(params, c, x)
+        return new_c, c  # collect the carry *before* each step
+
+    final, carries_before = jax.lax.scan(forward, carry, xs_tm)
+    d_final = with_hidden(jax.tree.map(jnp.zeros_like, final), d_h_last)
+
+    def backward(d_after, inputs):
+        # d_after = dL/d(carry after step t); one-step BPTT turns it into dL/d(carry before).
+        x_t, c_before = inputs
+        norm = jnp.linalg.norm(hidden_of(d_after))
+        zero_d_hs = jnp.zeros(x_t.shape[:1] + (1, d_h_last.shape[-1]), x_t.dtype)
+        _, _, d_before = bptt(cell, params, x_t[:, None], zero_d_hs, c_before, d_carry=d_after)
+        return d_before, norm
+
+    _, norms = jax.lax.scan(backward, d_final, (xs_tm, carries_before), reverse=True)
+    return norms
