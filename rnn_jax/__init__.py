@@ -8,6 +8,7 @@ hand-written backward through time.
 from rnn_jax.bptt import bptt
 from rnn_jax.cells import gru, lstm, simple
 from rnn_jax.cells.base import Cell, LSTMCarry
+from rnn_jax.gradcheck import check_gradients, hidden_grad_norms
 from rnn_jax.layers import (
     bidirectional,
     init_bidirectional,
@@ -23,8 +24,10 @@ __all__ = [
     "LSTMCarry",
     "bidirectional",
     "bptt",
+    "check_gradients",
     "count_params",
     "gru",
+    "hidden_grad_norms",
     "init_bidirectional",
     "init_stack",
     "lstm",

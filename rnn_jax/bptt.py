@@ -21,6 +21,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rnn_jax.cells.base import Cell, hidden_of, recurrent_backward, weight_backward, with_hidden
 from rnn_jax.checks import check_carry
@@ -61,15 +62,15 @@ def bptt(
       ``(d_params, d_xs, d_carry0)``: same structures as ``params``, ``xs``, ``carry``.
     """
     prep = prepare(cell, params, xs, carry, lengths, time_major=time_major)
-    _check_truncate(truncate)
+    truncate = _check_truncate(truncate)
     hs_shape = prep.xs.shape[:2] + (prep.hidden_size,)
-    d_hs_tm = d_hs if time_major else jnp.swapaxes(d_hs, 0, 1)
-    if getattr(d_hs, "ndim", 0) != 3 or d_hs_tm.shape != hs_shape or d_hs.dtype != xs.dtype:
-        want = hs_shape if time_major else (hs_shape[1], hs_shape[0], hs_shape[2])
+    want = hs_shape if time_major else (hs_shape[1], hs_shape[0], hs_shape[2])
+    if getattr(d_hs, "shape", None) != want or d_hs.dtype != xs.dtype:
         raise ValueError(
             f"d_hs must be {want} {xs.dtype} like unroll's hs, got "
             f"{getattr(d_hs, 'shape', None)} {getattr(d_hs, 'dtype', None)}"
         )
+    d_hs_tm = d_hs if time_major else jnp.swapaxes(d_hs, 0, 1)
     batch_size = hs_shape[1]
     if d_carry is None:
         d_carry = jax.tree.map(jnp.zeros_like, prep.carry)
@@ -87,9 +88,15 @@ def bptt(
     return d_params, to_layout(d_xs, time_major), d_carry0
 
 
-def _check_truncate(truncate):
-    if truncate is not None and (not isinstance(truncate, int) or truncate < 1):
+def _check_truncate(truncate) -> int | None:
+    """None, or k >= 1 as a Python int (numpy ints accepted; bools refused, True is no k)."""
+    if truncate is None:
+        return None
+    if isinstance(truncate, (bool, np.bool_)) or not isinstance(truncate, (int, np.integer)):
         raise ValueError(f"truncate must be None (full BPTT) or an int >= 1, got {truncate!r}")
+    if truncate < 1:
+        raise ValueError(f"truncate must be None (full BPTT) or an int >= 1, got {truncate!r}")
+    return int(truncate)
 
 
 def backward_sweep(

@@ -59,7 +59,7 @@ def unroll(
         raise ValueError(f"gradient must be one of {GRADIENTS}, got {gradient!r}")
     if truncate is not None and gradient != "manual":
         raise ValueError("truncate=k needs gradient='manual' (autodiff gives full BPTT)")
-    _check_truncate(truncate)
+    truncate = _check_truncate(truncate)
     if not isinstance(unroll, int) or unroll < 1:
         raise ValueError(f"unroll must be an int >= 1, got {unroll!r}")
     prep = prepare(cell, params, xs, carry, lengths, time_major=time_major)
