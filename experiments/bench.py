@@ -35,7 +35,6 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -488,19 +487,6 @@ def to_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write to a temporary file in the same folder, then rename (no half-written results)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 # ----------------------------------------------------------------------------- main
 
 
@@ -578,6 +564,8 @@ def main(argv=None) -> dict:
             log(f"  remat {r['remat']!s:5s} T={r['config']['T']}: {mib:.1f} MiB")
     stem = args.name or f"bench-{dt.date.today().isoformat()}"
     out = Path(args.out)
+    from rnn_jax.atomic import write_atomic
+
     write_atomic(out / f"{stem}.json", json.dumps(report, indent=1))
     write_atomic(out / f"{stem}.md", to_markdown(report))
     print(f"wrote {out / stem}.json and .md")

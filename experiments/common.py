@@ -19,7 +19,6 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,27 +42,10 @@ __all__ = [
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    """Writes ``data`` to ``path`` via a temp file in the same folder and ``os.replace``.
+    """Writes ``data`` to ``path`` atomically (see ``rnn_jax.atomic``)."""
+    from rnn_jax.atomic import write_atomic  # lazily: importing rnn_jax imports jax
 
-    A reader (or a crash) sees the old file or the new one, never half of one.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; results are meant to be read by others
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
+    return write_atomic(path, data)
 
 
 def jsonable(value: Any) -> Any:
@@ -273,12 +255,14 @@ def plot_curves(
     if suptitle:
         fig.suptitle(suptitle)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    from rnn_jax.atomic import atomic_path
+
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=100)
+    finally:
+        plt.close(fig)
+    return Path(path)
 
 
 def _series(records: list[Mapping], x: str, key: str) -> tuple[list, list]:

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import jax
@@ -28,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import rnn_jax as rj
+from rnn_jax.atomic import atomic_path, write_atomic
 from rnn_jax.gradcheck import check_gradients, hidden_grad_norms
 
 CELLS = {
@@ -129,22 +128,6 @@ def markdown_table(rows: list[dict], columns=COLUMNS) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write to a temp file in the same directory, then ``os.replace``: readers never see a
-    half-written file, and a crash leaves the old one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = "wb" if isinstance(data, bytes) else "w"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; these are results to share
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 # ----------------------------------------------------------------------------------------
 # Gradient norms through time
 # ----------------------------------------------------------------------------------------
@@ -199,15 +182,9 @@ def plot_norms(norms: dict, path: Path) -> None:
     axes[0][0].set_ylabel("||dL/dh_t||")
     axes[0][-1].legend(fontsize=8)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=100)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=100)
     finally:
         plt.close(fig)
 

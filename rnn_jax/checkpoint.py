@@ -25,13 +25,14 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from typing import Any
 
 import flax.serialization
 import jax
 import msgpack
 import numpy as np
+
+from rnn_jax.atomic import write_atomic
 
 PyTree = Any
 
@@ -64,20 +65,6 @@ def _is_key(x: Any) -> bool:
 def _unwrap_keys(tree: PyTree) -> PyTree:
     # msgpack cannot encode key dtypes; their uint32 data is the whole content.
     return jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, tree)
-
-
-def _fsync_dir(directory: str) -> None:
-    # Makes the rename itself durable; not every platform can open a directory.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def list_checkpoints(directory: str | os.PathLike) -> list[tuple[int, str]]:
@@ -146,23 +133,7 @@ def save_checkpoint(
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, _checkpoint_name(step))
-    # Same directory as the target, so os.replace is a rename within one file
-    # system (atomic); the leading "." keeps it out of list_checkpoints.
-    fd, tmp = tempfile.mkstemp(prefix=f".{_checkpoint_name(step)}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        # Best effort; a leftover temp file is harmless (ignored by readers).
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(directory)
+    write_atomic(path, payload)
 
     if keep is not None:
         for _, old in list_checkpoints(directory)[:-keep]:

@@ -22,13 +22,14 @@ import importlib.metadata
 import importlib.resources
 import importlib.util
 import os
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+
+from rnn_jax.atomic import atomic_path
 
 __all__ = ["MNIST", "load_mnist", "default_cache_dir", "IDX_FILES", "PACKAGE_HINT"]
 
@@ -203,19 +204,11 @@ def _write_cache(path: Path, raw: dict[str, np.ndarray]) -> None:
     """Write atomically: a temp file in the same folder, then ``os.replace`` (same filesystem),
     so a concurrent reader or a crash never sees a half-written cache. Caching is best effort:
     an unwritable cache folder only costs a re-parse next time."""
-    tmp_name = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.savez_compressed(f, **raw)
-        os.replace(tmp_name, path)
-        tmp_name = None
     except OSError as err:
         warnings.warn(f"could not write MNIST cache {path}: {err}", stacklevel=3)
-    finally:
-        if tmp_name is not None:
-            Path(tmp_name).unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------------------------
