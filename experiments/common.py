@@ -32,6 +32,7 @@ __all__ = [
     "print_summary",
     "progress",
     "read_jsonl",
+    "save_figure",
     "setup_run_dir",
     "write_bytes_atomic",
     "write_json_atomic",
@@ -255,11 +256,19 @@ def plot_curves(
     if suptitle:
         fig.suptitle(suptitle)
     fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: str | os.PathLike, *, dpi: int = 100) -> Path:
+    """Write a matplotlib figure to ``path`` atomically (format from its suffix) and close it,
+    also when saving fails, so long runs that plot every epoch don't leak figures."""
+    import matplotlib.pyplot as plt
+
     from rnn_jax.atomic import atomic_path
 
     try:
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=100)
+            fig.savefig(tmp, dpi=dpi)  # the temporary keeps the suffix: same format
     finally:
         plt.close(fig)
     return Path(path)

@@ -26,8 +26,11 @@ import jax.numpy as jnp
 import numpy as np
 
 import rnn_jax as rj
-from rnn_jax.atomic import atomic_path, write_atomic
+from rnn_jax.atomic import write_atomic
 from rnn_jax.gradcheck import check_gradients, hidden_grad_norms
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402  (a sibling file, see common.py)
 
 CELLS = {
     "simple": rj.simple.cell,
@@ -182,11 +185,7 @@ def plot_norms(norms: dict, path: Path) -> None:
     axes[0][0].set_ylabel("||dL/dh_t||")
     axes[0][-1].legend(fontsize=8)
     fig.tight_layout()
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=100)
-    finally:
-        plt.close(fig)
+    common.save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------------------

@@ -11,32 +11,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import CELLS, random_carry, random_params
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import rnn_jax as rj
-from rnn_jax.cells.base import LSTMCarry
 
-CELLS = {
-    "simple": rj.simple.cell,
-    "relu": rj.simple.relu,
-    "lstm": rj.lstm.cell,
-    "gru": rj.gru.cell,
-}
 TOL = 1e-10
-
-
-def random_params(rng, cell, input_size, hidden_size):
-    """The cell's parameter shapes, filled with N(0, 0.5^2) (nonzero biases too)."""
-    shapes = jax.eval_shape(lambda: cell.init(jax.random.PRNGKey(0), input_size, hidden_size))
-    return {k: jnp.asarray(rng.normal(0, 0.5, v.shape)) for k, v in shapes.items()}
-
-
-def random_carry(rng, cell, batch_size, hidden_size):
-    h = jnp.asarray(rng.normal(0, 0.5, (batch_size, hidden_size)))
-    if cell.has_cell_state:
-        return LSTMCarry(h, jnp.asarray(rng.normal(0, 1.0, (batch_size, hidden_size))))
-    return h
 
 
 @functools.partial(jax.jit, static_argnums=0)
