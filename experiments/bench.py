@@ -6,9 +6,14 @@ An *inference step* is the forward plus the readout. Every JAX step is one jitte
 whose inputs are jit *arguments* (closed-over constants could be folded away by XLA).
 
 All implementations are compiled / warmed up first, then timed round-robin, one step of each
-in turn, so machine noise hits them alike. Reported: median and inter-quartile range (ms),
-ratio of each median to rnn_jax's (autodiff) in the same run, useful GFLOP/s (the matrix
-products only: forward ``2*B*T*(I+H)*G*H``, train 3x that), and peak memory:
+in turn, so machine noise hits them alike. PyTorch runs in its own worker process with the
+default OpenMP wait policy (its threads spin briefly between ops; making them sleep instead,
+``OMP_WAIT_POLICY=PASSIVE``, slowed it 2-3x): the main process asks the worker for one step at
+a time, and the worker times that step itself, so the pipe round trip is not counted. An
+untimed 10 ms pause before each step lets the previous implementation's threads go idle.
+Reported: median and inter-quartile range (ms), ratio of each median to rnn_jax's (autodiff)
+in the same run, useful GFLOP/s (the matrix products only: forward ``2*B*T*(I+H)*G*H``, train
+3x that), and peak memory:
 
 * JAX: ``compiled.memory_analysis().temp_size_in_bytes`` -- XLA's scratch buffers for the
   step (activations kept for the backward, workspaces), excluding arguments and outputs.
@@ -28,6 +33,7 @@ Writes ``<out>/bench-<date>.json`` and ``.md`` (atomically).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import importlib.metadata
 import json
@@ -57,16 +63,25 @@ BASELINE = "rnn_jax"
 IMPLS = ("rnn_jax", "rnn_jax-manual", "rnn_jax-bf16", "rnn_jax-remat", "flax", "equinox", "torch")
 DEFAULT_IMPLS = ("rnn_jax", "rnn_jax-manual", "flax", "equinox", "torch")
 THREADS = 2
+# Untimed pause before each step: the previous implementation's idle threads (torch's OpenMP,
+# XLA's pool) spin a few ms before they sleep, which slowed the next one by 5-20%.
+PAUSE_S = 0.01
+TORCH_WORKER_FLAG = "--torch-worker"  # bench.py run with only this flag is make_torch's worker
 
 
 @dataclass
 class Bench:
-    """One implementation ready to time: ``run()`` does one step and blocks until done."""
+    """One implementation ready to time: ``run()`` does one step and blocks until done.
+
+    ``run()`` returns None (the caller times it) or the seconds it measured itself (a worker
+    process). ``close`` releases what the bench holds (the worker process).
+    """
 
     name: str
-    run: Callable[[], None]
+    run: Callable[[], float | None]
     memory_bytes: int | None = None
     times: list[float] = field(default_factory=list)
+    close: Callable[[], None] | None = None
 
 
 class Skip(Exception):
@@ -242,9 +257,70 @@ def make_equinox(cell, cfg, mode, x, y):
 
 
 def make_torch(cell, cfg, mode, x, y):
-    # OpenMP threads that spin after each op steal a core from the next implementation in
-    # the round-robin (torch measured 10x slower, JAX 1.5x); let them sleep instead.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    """PyTorch in a worker process (module docstring); it regenerates ``x``, ``y`` itself."""
+    worker = subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve()), TORCH_WORKER_FLAG],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+    def ask(request):
+        try:
+            worker.stdin.write(json.dumps(request) + "\n")
+            worker.stdin.flush()
+            reply = worker.stdout.readline()
+        except BrokenPipeError:
+            reply = ""
+        if not reply:
+            raise RuntimeError(f"torch worker exited with code {worker.wait()}")
+        return json.loads(reply)
+
+    def close():
+        with contextlib.suppress(BrokenPipeError):  # flushing to a worker that died
+            worker.stdin.close()  # the worker exits at the end of its input
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+        worker.stdout.close()
+
+    try:
+        reply = ask({"cell": cell, "cfg": list(cfg), "mode": mode})
+        if "skip" in reply:
+            raise Skip(reply["skip"])
+    except BaseException:
+        close()
+        raise
+    return lambda name: Bench(name, lambda: ask("step"), reply["memory"], close=close)
+
+
+def torch_worker() -> None:
+    """Worker side of ``make_torch``: build the model, then run and time one step per line."""
+    replies = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # stray prints (Python or C) go to stderr, not into the replies
+
+    def send(reply):
+        replies.write(json.dumps(reply) + "\n")
+        replies.flush()
+
+    spec = json.loads(sys.stdin.readline())
+    cfg = tuple(spec["cfg"])
+    try:
+        step, memory = _torch_step(spec["cell"], cfg, spec["mode"], *make_inputs(cfg))
+    except Skip as e:
+        send({"skip": str(e)})
+        return
+    send({"memory": memory})
+    for _ in sys.stdin:
+        start = time.perf_counter()
+        step()
+        send(time.perf_counter() - start)
+
+
+def _torch_step(cell, cfg, mode, x, y) -> tuple[Callable[[], None], int]:
+    """The PyTorch step function and its activation memory (call in the worker process)."""
     try:
         import torch
     except ImportError as e:
@@ -279,8 +355,9 @@ def make_torch(cell, cfg, mode, x, y):
         with torch.no_grad():
             logits()
 
-    memory = _torch_saved_bytes(lambda: loss_fn(logits(), yt)) if mode == "train" else 0
-    return lambda name: Bench(name, train if mode == "train" else infer, memory)
+    if mode == "train":
+        return train, _torch_saved_bytes(lambda: loss_fn(logits(), yt))
+    return infer, 0
 
 
 def _torch_saved_bytes(forward) -> int:
@@ -321,12 +398,21 @@ def useful_flops(cell: str, cfg, mode: str) -> float:
     return forward * (3 if mode == "train" else 1)
 
 
-def build(impls, cell, cfg, mode, warmup, log) -> list[Bench]:
-    """Make, compile and warm up every implementation; skipped ones are logged."""
+def make_inputs(cfg) -> tuple[np.ndarray, np.ndarray]:
+    """The fixed batch ``x (B, T, I)``, labels ``y (B,)`` every implementation trains on."""
     batch, steps, input_size, _ = cfg
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, steps, input_size)).astype(np.float32)
     y = rng.integers(0, NUM_CLASSES, batch).astype(np.int32)
+    return x, y
+
+
+def build(impls, cell, cfg, mode, warmup, log, cleanup: contextlib.ExitStack) -> list[Bench]:
+    """Make, compile and warm up every implementation; skipped ones are logged.
+
+    Each bench's ``close`` is pushed on ``cleanup``, so it runs even if a later one fails.
+    """
+    x, y = make_inputs(cfg)
     benches = []
     for name in impls:
         try:
@@ -334,6 +420,8 @@ def build(impls, cell, cfg, mode, warmup, log) -> list[Bench]:
         except Skip as e:
             log(f"  skip {name}: {e}")
             continue
+        if bench.close is not None:
+            cleanup.callback(bench.close)
         for _ in range(warmup):
             bench.run()
         benches.append(bench)
@@ -344,9 +432,11 @@ def time_round_robin(benches: list[Bench], steps: int) -> None:
     """One step of each implementation in turn, ``steps`` times (noise hits all alike)."""
     for _ in range(steps):
         for bench in benches:
+            time.sleep(PAUSE_S)
             start = time.perf_counter()
-            bench.run()
-            bench.times.append(time.perf_counter() - start)
+            measured = bench.run()
+            elapsed = time.perf_counter() - start
+            bench.times.append(elapsed if measured is None else measured)
 
 
 def summarise(benches, cell, cfg, mode) -> list[dict]:
@@ -545,8 +635,9 @@ def main(argv=None) -> dict:
         for cell in args.cells.split(","):
             for mode in args.modes.split(","):
                 log(f"{config_name} {cfg} {cell} {mode}")
-                benches = build(impls, cell, cfg, mode, args.warmup, log)
-                time_round_robin(benches, args.steps)
+                with contextlib.ExitStack() as cleanup:
+                    benches = build(impls, cell, cfg, mode, args.warmup, log, cleanup)
+                    time_round_robin(benches, args.steps)
                 rows = summarise(benches, cell, cfg, mode)
                 for r in rows:
                     ratio = r["ratio_to_rnn_jax"]
@@ -574,4 +665,7 @@ def main(argv=None) -> dict:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    main()
+    if sys.argv[1:] == [TORCH_WORKER_FLAG]:
+        torch_worker()
+    else:
+        main()

@@ -10,6 +10,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "experiments" / "bench.py"
 ROW_KEYS = {
     "impl",
@@ -53,6 +55,33 @@ def test_bench_writes_json_and_markdown(tmp_path):
     markdown = (tmp_path / "smoke.md").read_text()
     assert "| config B,T,I,H |" in markdown and "rnn_jax-manual" in markdown
     assert not list(tmp_path.glob(".smoke*"))  # atomic writes leave no temporaries
+
+
+def test_bench_runs_torch_in_a_worker_process(tmp_path, monkeypatch):
+    pytest.importorskip("torch")
+    bench = load_bench()
+    processes = []
+    popen = bench.subprocess.Popen
+
+    def recording_popen(*args, **kwargs):
+        processes.append(popen(*args, **kwargs))
+        return processes[-1]
+
+    monkeypatch.setattr(bench.subprocess, "Popen", recording_popen)
+    argv = ["--config", "2,3,4,5", "--cells", "lstm", "--impls", "rnn_jax,torch"]
+    argv += ["--steps", "2", "--warmup", "1", "--out", str(tmp_path), "--name", "torch"]
+    report = bench.main(argv)
+
+    assert not report["skipped"]
+    rows = {(r["impl"], r["mode"]): r for r in report["results"]}
+    assert set(rows) == {(i, m) for i in ("rnn_jax", "torch") for m in ("train", "inference")}
+    for mode in ("train", "inference"):
+        assert rows["torch", mode]["steps"] == 2 and rows["torch", mode]["median_ms"] > 0
+    assert rows["torch", "train"]["peak_memory_bytes"] > 0  # measured in the worker
+    assert rows["torch", "inference"]["peak_memory_bytes"] == 0
+    workers = [p for p in processes if bench.TORCH_WORKER_FLAG in p.args]
+    assert len(workers) == 2  # one per mode, each shut down cleanly
+    assert all(w.returncode == 0 for w in workers)
 
 
 def test_useful_flops_counts_gates():
