@@ -22,6 +22,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.custom_derivatives import CustomVJPPrimal, SymbolicZero
 
 from rnn_jax.cells.base import Cell, hidden_of, recurrent_backward, weight_backward, with_hidden
 from rnn_jax.checks import check_carry
@@ -105,7 +106,9 @@ def backward_sweep(
     """The reverse scan plus the after-loop weight products (all time-major).
 
     ``xs (T, B, I)``, ``hs (T, B, H)`` and ``gates`` from ``scan_forward(keep_gates=True)``;
-    ``d_hs (T, B, H)``; ``d_final`` the cotangent of the final carry.
+    ``d_hs (T, B, H)``, or None when the loss does not read ``hs`` (classify from the final
+    carry: nothing per step to add, and no (T, B, H) of zeros to stream through the loop);
+    ``d_final`` the cotangent of the final carry.
     """
     num_steps, batch_size = xs.shape[:2]
     # k > T never drops anything, so it is full BPTT; k == T still drops at carry0.
@@ -120,7 +123,9 @@ def backward_sweep(
 
     def body(state, inputs):
         gates_t, d_h_t, valid_t = inputs
-        d_h_in = hidden_of(state) + (d_h_t if slots is None else _in_first_slot(d_h_t, slots))
+        d_h_in = hidden_of(state)
+        if d_h_t is not None:
+            d_h_in = d_h_in + (d_h_t if slots is None else _in_first_slot(d_h_t, slots))
         d_zx, d_zh, d_prev = recurrent_backward(
             params, gates_t, with_hidden(state, d_h_in), cell.pointwise_backward, cell.matmul_dtype
         )
@@ -172,6 +177,10 @@ def manual_scan(cell: Cell, params, xs, carry0, valid, truncate, unroll):
 
 
 def _manual_scan_fwd(cell, params, xs, carry0, valid, truncate, unroll):
+    # symbolic_zeros=True: every leaf arrives as CustomVJPPrimal(value, perturbed).
+    params, xs, carry0, valid = jax.tree.map(
+        lambda leaf: leaf.value, (params, xs, carry0, valid), is_leaf=_is_primal
+    )
     final, hs, gates = scan_forward(cell, params, xs, carry0, valid, unroll=unroll, keep_gates=True)
     return (final, hs), (params, xs, carry0, valid, hs, gates)
 
@@ -179,10 +188,22 @@ def _manual_scan_fwd(cell, params, xs, carry0, valid, truncate, unroll):
 def _manual_scan_bwd(cell, truncate, unroll, residuals, cotangents):
     params, xs, carry0, valid, hs, gates = residuals
     d_final, d_hs = cotangents
+    # A loss that reads only the final carry leaves d_hs a symbolic zero: skip it.
+    d_hs = None if isinstance(d_hs, SymbolicZero) else d_hs
+    d_final = jax.tree.map(
+        lambda d, like: jnp.zeros_like(like) if isinstance(d, SymbolicZero) else d,
+        d_final,
+        carry0,
+        is_leaf=lambda d: isinstance(d, SymbolicZero),
+    )
     d_params, d_xs, d_carry0 = backward_sweep(
         cell, params, xs, carry0, hs, gates, d_hs, d_final, valid, truncate, unroll=unroll
     )
     return d_params, d_xs, d_carry0, None
 
 
-manual_scan.defvjp(_manual_scan_fwd, _manual_scan_bwd)
+def _is_primal(leaf) -> bool:
+    return isinstance(leaf, CustomVJPPrimal)
+
+
+manual_scan.defvjp(_manual_scan_fwd, _manual_scan_bwd, symbolic_zeros=True)

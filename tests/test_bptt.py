@@ -366,6 +366,56 @@ def linear_loss(cell, params, xs, lengths, w, u, *, gradient, truncate=None):
     return jnp.vdot(w, hs) + jnp.vdot(u, hidden_of(final))
 
 
+def partial_loss(cell, params, xs, carry0, lengths, w, *, reads, gradient, truncate=None):
+    """A loss that reads only part of ``unroll``'s output, so JAX hands the manual VJP a
+    *symbolic* zero for the rest: ``"final"`` reads the final h (classification),
+    ``"cell"`` the final LSTM c only, ``"outputs"`` the hs only (a language model)."""
+    final, hs = rj.unroll(
+        cell, params, xs, carry0, lengths=lengths, gradient=gradient, truncate=truncate
+    )
+    if reads == "outputs":
+        return jnp.vdot(w, hs)
+    return jnp.vdot(w[:, -1], final.c if reads == "cell" else hidden_of(final))
+
+
+@pytest.mark.parametrize(
+    ("name", "reads"),
+    [(n, r) for n in sorted(CELLS) for r in ("final", "outputs")] + [("lstm", "cell")],
+)
+def test_manual_grad_of_a_loss_that_reads_part_of_the_output(name, reads):
+    """Grads w.r.t. params, xs and the initial carry equal autodiff's (full BPTT) and, with
+    truncation, ``rj.bptt`` given explicit zeros for the part the loss does not read."""
+    cell = CELLS[name]
+    batch_size, num_steps, input_size, hidden_size = 3, 6, 2, 4
+    rng = np.random.default_rng(11)
+    with jax.enable_x64(True):
+        params = random_params(rng, cell, input_size, hidden_size, jnp.float64)
+        xs = jnp.asarray(rng.normal(size=(batch_size, num_steps, input_size)))
+        carry0 = random_carry(rng, cell, batch_size, hidden_size, jnp.float64)
+        w = jnp.asarray(rng.normal(size=(batch_size, num_steps, hidden_size)))
+        lengths = jnp.asarray([num_steps, 3, 0])
+
+        def grads(gradient, truncate=None):
+            loss = functools.partial(
+                partial_loss, cell, reads=reads, gradient=gradient, truncate=truncate
+            )
+            return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(params, xs, carry0, lengths, w)
+
+        chex.assert_trees_all_close(grads("manual"), grads("autodiff"), atol=1e-12, rtol=1e-12)
+
+        zero = jax.tree.map(jnp.zeros_like, carry0)
+        d_hs = w if reads == "outputs" else jnp.zeros_like(w)
+        d_final = zero
+        if reads == "final":
+            d_final = with_hidden(zero, w[:, -1])
+        elif reads == "cell":
+            d_final = zero._replace(c=w[:, -1])
+        explicit = rj.bptt(
+            cell, params, xs, d_hs, carry0, d_carry=d_final, lengths=lengths, truncate=2
+        )
+        chex.assert_trees_all_close(grads("manual", truncate=2), explicit, atol=1e-12, rtol=1e-12)
+
+
 @pytest.mark.parametrize(("name", "truncate"), [("lstm", None), ("gru", 2)])
 def test_jit_vmap_grad_manual(name, truncate):
     """``jit(vmap(grad(...)))`` of a ``gradient="manual"`` loss over N sequences (own lengths)
