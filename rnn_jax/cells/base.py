@@ -79,26 +79,25 @@ def hidden_projection(params: Params, h: Array, matmul_dtype=None) -> Array:
     return z_h + params["b_h"] if "b_h" in params else z_h
 
 
-def weight_backward(
-    params: Params, x: Array, h_prev: Array, d_zx: Array, d_zh: Array, matmul_dtype=None
-):
-    """Backward of the two projections, for any number of rows.
+def input_weight_backward(params: Params, x: Array, d_zx: Array, matmul_dtype=None):
+    """Backward of the input projection, for any number of rows.
 
-    x ``(N, I)``, h_prev ``(N, H)``, d_zx and d_zh ``(N, G*H)`` ->
-    ``(d_params, d_x (N, I))`` with ``d_w_x = x^T d_zx``, ``d_w_h = h_prev^T d_zh`` and the
-    bias gradients the column sums. Called once per step by ``step_backward`` and once per
-    *sequence* (rows = T*B) by BPTT, where it turns T small products into one large one.
+    x ``(N, I)``, d_zx ``(N, G*H)`` -> ``(d_params, d_x (N, I))``: ``d_w_x = x^T d_zx``, the
+    input-side bias (the fused ``b`` of cells whose d_zx is d_zh) the column sum, and
+    ``d_x = d_zx w_x^T``. BPTT calls it once per *sequence* (rows = T*B): one large product
+    instead of T small ones.
     """
-    d_params = {
-        "w_x": matmul(x.T, d_zx, matmul_dtype),
-        "w_h": matmul(h_prev.T, d_zh, matmul_dtype),
-    }
-    if "b" in params:
-        d_params["b"] = d_zx.sum(0)
-    else:
-        d_params["b_x"] = d_zx.sum(0)
-        d_params["b_h"] = d_zh.sum(0)
+    d_params = {"w_x": matmul(x.T, d_zx, matmul_dtype), bias_names(params)[0]: d_zx.sum(0)}
     return d_params, matmul(d_zx, params["w_x"].T, matmul_dtype)
+
+
+def hidden_weight_backward(params: Params, h_prev: Array, d_zh: Array, matmul_dtype=None):
+    """Backward of the recurrent projection: ``{"w_h": h_prev^T d_zh}`` plus ``b_h``'s column
+    sum if the cell has one. h_prev ``(N, H)``, d_zh ``(N, G*H)``."""
+    d_params = {"w_h": matmul(h_prev.T, d_zh, matmul_dtype)}
+    if "b_h" in params:
+        d_params["b_h"] = d_zh.sum(0)
+    return d_params
 
 
 def recurrent_backward(
@@ -163,8 +162,9 @@ class Cell:
         d_zx, d_zh, d_prev = recurrent_backward(
             params, residuals.gates, d_carry, self.pointwise_backward, self.matmul_dtype
         )
+        d_params, d_x = input_weight_backward(params, residuals.x, d_zx, self.matmul_dtype)
         h_prev = hidden_of(residuals.carry)
-        d_params, d_x = weight_backward(params, residuals.x, h_prev, d_zx, d_zh, self.matmul_dtype)
+        d_params |= hidden_weight_backward(params, h_prev, d_zh, self.matmul_dtype)
         return d_params, d_x, d_prev
 
 
