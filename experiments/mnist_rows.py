@@ -66,6 +66,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="jax.grad through lax.scan, or rnn_jax's hand-written BPTT (custom_vjp)",
     )
     p.add_argument(
+        "--matmul-dtype",
+        choices=("bfloat16",),
+        default=None,
+        help="mixed precision: the recurrent matrix products in bfloat16, state in float32 "
+        "(default: all float32)",
+    )
+    p.add_argument(
         "--initializer",
         choices=("default", "torch"),
         default="default",
@@ -164,6 +171,7 @@ def build_model(config: dict):
         bidirectional=config["bidirectional"],
         gradient=config["gradient"],
         initializer=config["initializer"],
+        matmul_dtype=config.get("matmul_dtype"),  # absent in runs saved before the option
     )
     clip = {"clip_norm": config["clip_norm"], "clip_value": config["clip_value"]}
     lr = learning_rate(config)
@@ -285,7 +293,7 @@ def make_fns(model):
 # Settings that change the model, the loss or the optimizer, i.e. the compiled functions.
 MODEL_KEYS = ("cell", "hidden_size", "layers", "bidirectional", "gradient", "initializer")
 MODEL_KEYS += ("optimizer", "lr", "clip_norm", "clip_value", "lr_schedule", "warmup_steps")
-MODEL_KEYS += ("decay_steps",)
+MODEL_KEYS += ("decay_steps", "matmul_dtype")
 
 
 def _model_key(config: dict) -> str:
@@ -565,6 +573,8 @@ def settings_text(summary: dict) -> str:
         model += f", {summary['layers']} layers"
     if summary.get("bidirectional"):
         model += ", bidirectional"
+    if summary.get("matmul_dtype"):
+        model += f", {summary['matmul_dtype']} products"
     return f"{model}, batch {summary['batch_size']}, {', '.join(parts)}, seed {summary['seed']}"
 
 

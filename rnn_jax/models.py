@@ -53,6 +53,7 @@ def classifier(
     merge: str = "concat",
     dropout: float = 0.0,
     gradient: str = "autodiff",
+    matmul_dtype=None,
     **init_kwargs,
 ) -> Model:
     """Recurrent layer(s) -> dense readout of the last valid hidden state.
@@ -60,6 +61,8 @@ def classifier(
     ``init_fn(key, input_size, dtype=float32) -> {"rnn": [...], "readout": {"w", "b"}}``
     ``apply_fn(params, xs (B, T, I), *, lengths=None, key=None) -> logits (B, num_classes)``;
     ``key`` turns on dropout between layers (training); evaluation passes none.
+    ``matmul_dtype`` (e.g. ``jnp.bfloat16``): the recurrent layers' matrix products in that
+    dtype, state and readout in float32 (``rj.unroll``'s mixed precision).
     """
     cell = as_cell(cell)
 
@@ -75,7 +78,7 @@ def classifier(
     def apply_fn(params, xs, *, lengths=None, key=None):
         finals, _ = unroll_stack(
             cell, params["rnn"], xs, lengths=lengths, merge=merge,
-            dropout=dropout, key=key, gradient=gradient,
+            dropout=dropout, key=key, gradient=gradient, matmul_dtype=matmul_dtype,
         )  # fmt: skip
         return dense(params["readout"], last_hidden(finals[-1], merge))
 

@@ -52,3 +52,18 @@ def test_bf16_gradients_close(name, gradient):
         assert g16[key].dtype == jnp.float32
         scale = float(jnp.max(jnp.abs(g32[key])))
         np.testing.assert_allclose(g16[key], g32[key], atol=BF16_GRAD_RTOL * scale)
+
+
+def test_classifier_passes_matmul_dtype_to_its_layers():
+    """``models.classifier(matmul_dtype=)`` (what ``mnist_rows.py --matmul-dtype`` uses): the
+    logits move by bf16 rounding only, and stay float32."""
+    from rnn_jax import models
+
+    _, _, xs = setup("lstm")
+    logits = {}
+    for dtype in (None, jnp.bfloat16):
+        init, apply = models.classifier(rj.lstm, 16, 5, num_layers=2, matmul_dtype=dtype)
+        logits[dtype] = apply(init(jax.random.key(0), xs.shape[-1]), xs)
+    assert logits[jnp.bfloat16].dtype == jnp.float32
+    np.testing.assert_allclose(logits[jnp.bfloat16], logits[None], atol=BF16_ATOL)
+    assert float(jnp.max(jnp.abs(logits[jnp.bfloat16] - logits[None]))) > 0
