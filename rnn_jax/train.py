@@ -297,7 +297,7 @@ def train_loop(
     checkpoint_every: int = 0,
     keep: int | None = 3,
     metadata: dict | None = None,
-    callback: Callable[[int, dict[str, float]], None] | None = None,
+    callback: Callable[[int, dict[str, float], TrainState], None] | None = None,
 ) -> tuple[TrainState, list[dict[str, float]]]:
     """Runs ``train_step`` until ``state.step == num_steps``, checkpointing.
 
@@ -314,7 +314,8 @@ def train_loop(
         only at the end. Ignored without ``checkpoint_dir``.
       keep: how many checkpoints to keep.
       metadata: JSON-serialisable dict stored with each checkpoint.
-      callback: called as ``callback(step, metrics)`` after each good step.
+      callback: called as ``callback(step, metrics, state)`` after each good step, with
+        the state after it (evaluate ``state.params`` there, log, stop by raising).
 
     Returns:
       ``(state, history)``, history a list of per-step host metrics dicts.
@@ -347,7 +348,7 @@ def train_loop(
         check_finite(host, step)
         history.append(host)
         if callback is not None:
-            callback(step, host)
+            callback(step, host, state)
         if checkpoint_dir is not None and checkpoint_every and step % checkpoint_every == 0:
             save(state, step)
             last_saved = step

@@ -371,9 +371,11 @@ def test_train_loop_with_iterator_and_checkpoint_schedule(tmp_path):
         checkpoint_every=3,
         keep=None,
         metadata={"lr": 1e-2},
-        callback=lambda s, m: seen.append(s),
+        callback=lambda s, m, st: seen.append((s, int(st.step), m)),
     )
-    assert int(final.step) == 7 and seen == list(range(1, 8)) and len(history) == 7
+    assert int(final.step) == 7 and len(history) == 7
+    # Each step's number, the state after it, and its metrics as in the history.
+    assert seen == [(s, s, history[s - 1]) for s in range(1, 8)]
     steps = [s for s, _ in ckpt.list_checkpoints(tmp_path)]
     assert steps == [3, 6, 7]
     assert ckpt.read_metadata(ckpt.latest_checkpoint(tmp_path)) == {"lr": 1e-2, "step": 7}
