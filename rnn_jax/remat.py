@@ -6,6 +6,11 @@ body, an inner scan over the k steps, is wrapped in ``jax.checkpoint``. The back
 keeps only the carry at each segment start and re-runs one segment's forward at a time, so
 residual memory is O(T/k + k) carries/gates instead of O(T), for about one extra forward.
 ``remat="sqrt"`` picks k = round(sqrt(T)), which minimises T/k + k.
+
+With ``gradient="manual"`` each segment is a hand-written-BPTT scan (``manual_scan``): the
+backward re-runs a segment's forward, then its hand-written backward, and autodiff of the
+outer scan only chains the carry cotangents from segment to segment and sums the weight
+gradients. Truncation windows would cross segment boundaries, so ``truncate`` is refused.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from rnn_jax.bptt import manual_scan
 from rnn_jax.cells.base import Cell
 from rnn_jax.sequence import scan_forward
 
@@ -30,12 +36,15 @@ def segment_length(remat, num_steps: int) -> int | None:
     return remat
 
 
-def remat_scan_forward(cell: Cell, params, xs, carry, valid, *, segment: int, unroll: int = 1):
+def remat_scan_forward(
+    cell: Cell, params, xs, carry, valid, *, segment: int, unroll: int = 1, manual: bool = False
+):
     """``scan_forward`` (no gates) with ``jax.checkpoint`` every ``segment`` steps.
 
     ``xs (T, B, I)`` time-major, ``valid (T, B)`` or None. Returns ``(final_carry, hs (T, B, H))``,
     equal to ``scan_forward``'s. A last partial segment is padded with invalid steps, which
-    freeze the carry and output zeros, then trimmed.
+    freeze the carry and output zeros, then trimmed. ``manual``: hand-written BPTT inside
+    each segment.
     """
     num_steps, batch_size = xs.shape[:2]
     num_segments = -(-num_steps // segment)
@@ -51,6 +60,8 @@ def remat_scan_forward(cell: Cell, params, xs, carry, valid, *, segment: int, un
     @jax.checkpoint
     def run_segment(carry, inputs):
         xs_k, valid_k = inputs
+        if manual:
+            return manual_scan(cell, params, xs_k, carry, valid_k, None, unroll)
         final, hs_k, _ = scan_forward(cell, params, xs_k, carry, valid_k, unroll=unroll)
         return final, hs_k
 

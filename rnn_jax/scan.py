@@ -44,10 +44,10 @@ def unroll(
       gradient: ``"autodiff"``, or ``"manual"`` for the same forward whose gradient is the
         hand-written BPTT (``jax.custom_vjp``).
       truncate: with ``gradient="manual"``, truncated BPTT (see ``rj.bptt``).
-      remat: memory-bounded BPTT (autodiff only): an int k checkpoints every k steps and
-        recomputes each segment's forward in the backward, ``"sqrt"`` uses k = sqrt(T);
-        residual memory O(T/k + k) instead of O(T), for about one extra forward pass.
-        Same values and gradients. None: off.
+      remat: memory-bounded BPTT: an int k checkpoints every k steps and recomputes each
+        segment's forward in the backward, ``"sqrt"`` uses k = sqrt(T); residual memory
+        O(T/k + k) instead of O(T), for about one extra forward pass. Same values and
+        gradients, with either ``gradient`` (not with ``truncate``). None: off.
       matmul_dtype: e.g. ``jnp.bfloat16`` to run the matrix products (forward and the
         hand-written backward) in that dtype with accumulation, carries, gate math and
         outputs in the parameters' dtype. None: off (full precision).
@@ -64,19 +64,21 @@ def unroll(
         raise ValueError(f"unroll must be an int >= 1, got {unroll!r}")
     prep = prepare(cell, params, xs, carry, lengths, time_major=time_major)
     segment = segment_length(remat, prep.xs.shape[0])
-    if segment is not None and gradient != "autodiff":
-        raise ValueError("remat needs gradient='autodiff'")
+    if segment is not None and truncate is not None:
+        raise ValueError("remat with truncate is not supported: windows would cross segments")
     cell = prep.cell
     if matmul_dtype is not None:
         # The dtype rides on the (hashable, static) Cell so the manual backward sees it too.
         cell = dataclasses.replace(cell, matmul_dtype=jnp.dtype(matmul_dtype).name)
     xs_tm = flip_valid(prep.xs, prep.lengths) if reverse else prep.xs
-    if gradient == "manual":
-        final, hs = manual_scan(cell, params, xs_tm, prep.carry, prep.valid, truncate, unroll)
-    elif segment is not None:
+    manual = gradient == "manual"
+    if segment is not None:
         final, hs = remat_scan_forward(
-            cell, params, xs_tm, prep.carry, prep.valid, segment=segment, unroll=unroll
-        )
+            cell, params, xs_tm, prep.carry, prep.valid, segment=segment, unroll=unroll,
+            manual=manual,
+        )  # fmt: skip
+    elif manual:
+        final, hs = manual_scan(cell, params, xs_tm, prep.carry, prep.valid, truncate, unroll)
     else:
         final, hs, _ = scan_forward(cell, params, xs_tm, prep.carry, prep.valid, unroll=unroll)
     hs = flip_valid(hs, prep.lengths) if reverse else hs

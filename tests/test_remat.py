@@ -27,7 +27,10 @@ def outputs_and_grads(cell, params, xs, carry, lengths, **options):
 @pytest.mark.parametrize("name", ["simple", "lstm", "gru"])
 @pytest.mark.parametrize("remat", [2, 7])  # T=5: a padded last segment; one padded segment
 @pytest.mark.parametrize("masked", [False, True])  # masked also reads backwards
-def test_remat_same_values_and_gradients_float64(x64, name, remat, masked):
+@pytest.mark.parametrize("gradient", ["autodiff", "manual"])
+def test_remat_same_values_and_gradients_float64(x64, name, remat, masked, gradient):
+    """Against plain autodiff, for remat with either gradient (manual: hand-written BPTT
+    inside each segment, autodiff chaining the segments)."""
     cell, rng = CELLS[name], np.random.default_rng(0)
     batch, steps, inputs, hidden = 3, 5, 2, 4
     params = random_params(rng, cell, inputs, hidden)
@@ -35,11 +38,13 @@ def test_remat_same_values_and_gradients_float64(x64, name, remat, masked):
     carry = random_carry(rng, cell, batch, hidden)
     lengths = jnp.array([5, 2, 0]) if masked else None
     expected = outputs_and_grads(cell, params, xs, carry, lengths, reverse=masked)
-    actual = outputs_and_grads(cell, params, xs, carry, lengths, reverse=masked, remat=remat)
+    options = dict(reverse=masked, remat=remat, gradient=gradient)
+    actual = outputs_and_grads(cell, params, xs, carry, lengths, **options)
     assert_close(actual, expected)
 
 
-def test_remat_lowers_peak_memory():
+@pytest.mark.parametrize("gradient", ["autodiff", "manual"])
+def test_remat_lowers_peak_memory(gradient):
     """XLA's temporary buffers for the gradient shrink (T=256: well under half)."""
     cell, rng = CELLS["lstm"], np.random.default_rng(0)
     params = random_params(rng, cell, 4, 16, dtype=np.float32)
@@ -47,7 +52,7 @@ def test_remat_lowers_peak_memory():
 
     def temp_bytes(**options):
         def loss(params, xs):
-            return rj.unroll(cell, params, xs, **options)[0].h.sum()
+            return rj.unroll(cell, params, xs, gradient=gradient, **options)[0].h.sum()
 
         compiled = jax.jit(jax.grad(loss)).lower(params, xs).compile()
         return compiled.memory_analysis().temp_size_in_bytes
@@ -63,5 +68,5 @@ def test_segment_length_and_errors():
         with pytest.raises(ValueError, match="remat"):
             segment_length(bad, 10)
     params = rj.lstm.init(jax.random.PRNGKey(0), 2, 3)
-    with pytest.raises(ValueError, match="autodiff"):
-        rj.unroll(rj.lstm, params, jnp.ones((1, 4, 2)), remat=2, gradient="manual")
+    with pytest.raises(ValueError, match="remat with truncate"):
+        rj.unroll(rj.lstm, params, jnp.ones((1, 4, 2)), remat=2, gradient="manual", truncate=2)
