@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import CELLS, random_carry, random_params
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -27,31 +28,12 @@ import rnn_jax as rj
 from rnn_jax.cells.base import LSTMCarry, hidden_of, with_hidden
 from rnn_jax.gradcheck import truncated_reference_grads
 
-CELLS = {
-    "simple": rj.simple.cell,
-    "relu": rj.simple.relu,
-    "lstm": rj.lstm.cell,
-    "gru": rj.gru.cell,
-}
 TOL = {"float64": 1e-10, "float32": 1e-5}
 
 
 # ----------------------------------------------------------------------------------------
 # Random problems
 # ----------------------------------------------------------------------------------------
-
-
-def random_params(rng, cell, input_size, hidden_size, dtype):
-    """The cell's parameter shapes filled with N(0, 0.5^2), biases too (init zeroes them)."""
-    shapes = jax.eval_shape(lambda: cell.init(jax.random.PRNGKey(0), input_size, hidden_size))
-    return {k: jnp.asarray(rng.normal(0, 0.5, v.shape), dtype) for k, v in shapes.items()}
-
-
-def random_carry(rng, cell, batch_size, hidden_size, dtype):
-    h = jnp.asarray(rng.normal(0, 0.5, (batch_size, hidden_size)), dtype)
-    if cell.has_cell_state:
-        return LSTMCarry(h, jnp.asarray(rng.normal(size=(batch_size, hidden_size)), dtype))
-    return h
 
 
 def random_problem(rng, cell, shape, dtype, *, time_major, with_carry, with_d_carry):
