@@ -22,12 +22,11 @@ import sys
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 import rnn_jax as rj
 from rnn_jax.atomic import write_atomic
-from rnn_jax.gradcheck import check_gradients, hidden_grad_norms
+from rnn_jax.gradcheck import check_gradients, hidden_grad_norms, random_problem
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (a sibling file, see common.py)
@@ -68,18 +67,13 @@ def run_case(name: str, case: str, dtype: str, shape, num_directions: int, seed:
     Random (not init-time) parameters and a random initial carry: zero biases and a zero
     carry would hide bias and carry-path mistakes.
     """
-    batch_size, num_steps, input_size, hidden_size = shape
+    batch_size, num_steps = shape[:2]
     cell = CELLS[name]
     rng = np.random.default_rng([seed, CELLS_ORDER[name], CASES.index(case)])
     options = case_options(case, batch_size, num_steps, rng)
     time_major = options.get("time_major", False)
     with jax.enable_x64(dtype == "float64"):
-        shapes = jax.eval_shape(lambda: cell.init(jax.random.PRNGKey(0), input_size, hidden_size))
-        params = {k: jnp.asarray(rng.normal(0, 0.5, v.shape), dtype) for k, v in shapes.items()}
-        seq = (num_steps, batch_size) if time_major else (batch_size, num_steps)
-        xs = jnp.asarray(rng.normal(size=(*seq, input_size)), dtype)
-        zero = cell.zero_carry(batch_size, hidden_size, jnp.dtype(dtype))
-        carry = jax.tree.map(lambda a: jnp.asarray(rng.normal(0, 0.5, a.shape), dtype), zero)
+        params, xs, carry = random_problem(cell, shape, dtype, rng, time_major=time_major)
         row = {"cell": name, "case": case, "dtype": dtype}
         try:
             report = check_gradients(

@@ -410,6 +410,23 @@ def _compare(manual, reference, rtol, atol):
 # --------------------------------------------------------------------------------------
 
 
+def random_problem(cell: Cell, shape, dtype, rng: np.random.Generator, *, time_major=False):
+    """``(params, xs, carry)`` to check ``cell`` on: every parameter, biases included, and the
+    initial carry N(0, 0.5^2) (zero biases or carries would hide a wrong slot), ``xs`` N(0, 1).
+
+    ``shape = (B, T, I, H)``; ``xs`` is ``(B, T, I)``, or ``(T, B, I)`` if ``time_major``. Call
+    under ``jax.enable_x64`` for float64.
+    """
+    batch_size, num_steps, input_size, hidden_size = shape
+    shapes = jax.eval_shape(lambda: cell.init(jax.random.PRNGKey(0), input_size, hidden_size))
+    params = {k: jnp.asarray(rng.normal(0, 0.5, v.shape), dtype) for k, v in shapes.items()}
+    seq = (num_steps, batch_size) if time_major else (batch_size, num_steps)
+    xs = jnp.asarray(rng.normal(size=(*seq, input_size)), dtype)
+    zero = cell.zero_carry(batch_size, hidden_size, jnp.dtype(dtype))
+    carry = jax.tree.map(lambda a: jnp.asarray(rng.normal(0, 0.5, a.shape), dtype), zero)
+    return params, xs, carry
+
+
 def _numpy_rng(key) -> np.random.Generator:
     """A numpy generator seeded by a JAX key (raw or typed) or an int.
 

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import rnn_jax as rj
+from rnn_jax import gradcheck
 from rnn_jax.cells.base import Cell, LSTMCarry, hidden_of, split_gates, with_hidden
 from rnn_jax.gradcheck import GradReport, check_gradients, hidden_grad_norms
 from rnn_jax.init import fused_params
@@ -87,16 +88,9 @@ AUTODIFF_AGREES_BUT_WRONG = Cell(
 
 
 def random_problem(cell, shape, dtype, seed=0, *, time_major=False):
-    """Random params (biases too), ``xs`` and initial carry; ``shape = (B, T, I, H)``."""
-    batch_size, num_steps, input_size, hidden_size = shape
+    """``rnn_jax.gradcheck.random_problem`` with a seed."""
     rng = np.random.default_rng(seed)
-    shapes = jax.eval_shape(lambda: cell.init(jax.random.PRNGKey(0), input_size, hidden_size))
-    params = {k: jnp.asarray(rng.normal(0, 0.5, v.shape), dtype) for k, v in shapes.items()}
-    seq = (num_steps, batch_size) if time_major else (batch_size, num_steps)
-    xs = jnp.asarray(rng.normal(size=(*seq, input_size)), dtype)
-    zero = cell.zero_carry(batch_size, hidden_size, jnp.dtype(dtype))
-    carry = jax.tree.map(lambda a: jnp.asarray(rng.normal(0, 0.5, a.shape), dtype), zero)
-    return params, xs, carry
+    return gradcheck.random_problem(cell, shape, dtype, rng, time_major=time_major)
 
 
 # ----------------------------------------------------------------------------------------
