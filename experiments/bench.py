@@ -474,8 +474,7 @@ def remat_memory(cell="lstm", batch=32, input_size=64, hidden_size=256, steps=(5
     rows = []
     for num_steps in steps:
         cfg = (batch, num_steps, input_size, hidden_size)
-        x = np.zeros((batch, num_steps, input_size), np.float32)
-        y = np.zeros((batch,), np.int32)
+        x, y = make_inputs(cfg)
         for gradient in ("autodiff", "manual"):
             base = None
             for remat in (None, "sqrt", 64):
