@@ -48,6 +48,7 @@ __all__ = [
     "TrainState",
     "accuracy",
     "check_finite",
+    "check_state_finite",
     "create_train_state",
     "default_optimizer",
     "evaluate",
@@ -287,6 +288,36 @@ def check_finite(metrics: Mapping[str, Any], step: int | jax.Array) -> None:
             )
 
 
+def _is_float(x: Any) -> bool:
+    return isinstance(x, jax.Array | np.ndarray) and jnp.issubdtype(x.dtype, jnp.inexact)
+
+
+@jax.jit
+def _all_finite(leaves: list[jax.Array]) -> jax.Array:
+    """One fused on-device reduction: True iff every element of every leaf is finite."""
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def check_state_finite(state: TrainState, step: int | jax.Array) -> None:
+    """Raises FloatingPointError if ``state.params`` or ``state.opt_state`` holds a NaN or inf.
+
+    :func:`check_finite` cannot see this: a step's metrics are computed from the parameters
+    *before* its update, so an update that makes them non-finite passes it. Costs one fused
+    reduction on device and a one-bool fetch; only on failure are the leaves read one by one
+    to name the first bad one.
+    """
+    tree = {"params": state.params, "opt_state": state.opt_state}
+    flat = [(p, x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0] if _is_float(x)]
+    if not flat or bool(_all_finite([x for _, x in flat])):
+        return
+    where = next(p for p, x in flat if not np.all(np.isfinite(np.asarray(x))))
+    raise FloatingPointError(
+        f"non-finite value in {jax.tree_util.keystr(where)} after step {int(step)} (its loss "
+        "was finite: the loss is computed before the update); not saved, so the newest "
+        "checkpoint on disk is the last good one"
+    )
+
+
 def train_loop(
     train_step: Callable[[TrainState, Batch], tuple[TrainState, Metrics]],
     state: TrainState,
@@ -321,9 +352,10 @@ def train_loop(
       ``(state, history)``, history a list of per-step host metrics dicts.
 
     Raises:
-      FloatingPointError: on a non-finite metric (see :func:`check_finite`). No
-        checkpoint is written for that step or later, so the newest on disk is
-        the last good one.
+      FloatingPointError: on a non-finite metric (see :func:`check_finite`), or
+        non-finite parameters or optimiser state about to be saved (see
+        :func:`check_state_finite`). No checkpoint is written for that step or
+        later, so the newest on disk is the last good one.
     """
     if checkpoint_every < 0:
         raise ValueError(f"checkpoint_every must be >= 0, got {checkpoint_every}")
@@ -333,6 +365,7 @@ def train_loop(
     last_saved = step  # nothing new to save unless a step runs
 
     def save(state: TrainState, step: int) -> None:
+        check_state_finite(state, step)
         save_checkpoint(checkpoint_dir, state, step=step, metadata=metadata, keep=keep)
 
     while step < num_steps:

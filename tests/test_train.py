@@ -379,3 +379,48 @@ def test_train_loop_with_iterator_and_checkpoint_schedule(tmp_path):
     steps = [s for s, _ in ckpt.list_checkpoints(tmp_path)]
     assert steps == [3, 6, 7]
     assert ckpt.read_metadata(ckpt.latest_checkpoint(tmp_path)) == {"lr": 1e-2, "step": 7}
+
+
+def inject_inf_at(count, *, into):
+    """An optax transformation that, at its ``count``-th update (0-based), puts inf into one
+    element of the updates (``into="update"``, so the new params hold inf) or into its own
+    state (``into="opt_state"``, params stay finite). The loss of that step is computed
+    before the update, so it is finite either way."""
+
+    def init(params):
+        return {"count": jnp.zeros((), jnp.int32), "acc": jnp.zeros((), jnp.float32)}
+
+    def update(updates, state, params=None):
+        hit = state["count"] == count
+        if into == "update":
+            updates = {
+                **updates,
+                "b2": jnp.where(hit, updates["b2"].at[0].set(jnp.inf), updates["b2"]),
+            }
+        acc = jnp.where(hit & (into == "opt_state"), jnp.inf, state["acc"])
+        return updates, {"count": state["count"] + 1, "acc": acc}
+
+    return optax.GradientTransformation(init, update)
+
+
+@pytest.mark.parametrize("into", ["update", "opt_state"])
+@pytest.mark.parametrize("schedule", ["every", "end"])
+def test_train_loop_never_saves_non_finite_state(tmp_path, into, schedule):
+    """The metrics of step s come from the params *before* its update, so a finite loss says
+    nothing about the state that would be saved as checkpoint s: it must be checked itself."""
+    bad = 4  # the 4th update (count 3) makes the state non-finite; the state after step 4
+    opt = optax.chain(inject_inf_at(bad - 1, into=into), optax.sgd(1e-2))
+    state, _ = fresh_state(optimizer=opt)
+    step = tr.make_train_step(loss_fn, opt)
+    every, num_steps = (2, 10) if schedule == "every" else (0, bad)
+    leaf = r"\['params'\]\['b2'\]" if into == "update" else r"\['opt_state'\]\[0\]\['acc'\]"
+    with pytest.raises(FloatingPointError, match=rf"non-finite value in {leaf} after step {bad}\b"):
+        tr.train_loop(
+            step,
+            state,
+            batch_fn,
+            num_steps=num_steps,
+            checkpoint_dir=tmp_path,
+            checkpoint_every=every,
+        )
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == ([2] if schedule == "every" else [])
