@@ -75,3 +75,27 @@ def test_module_functions_are_the_cells(module):
     assert module.step_backward == module.cell.step_backward
     assert module.step_forward == module.cell.step_forward
     assert module.step == module.cell.step
+
+
+def test_relu_at_zero_manual_equals_autodiff():
+    """z = 0 exactly (zero inputs, zero carry, zero biases: init, blank MNIST rows): the
+    hand-written backward uses the subgradient 0 there, so the forward must too (as
+    ``jax.nn.relu``; ``jnp.maximum(z, 0)`` differentiates to 0.5 at a tie)."""
+    cell, batch_size, input_size, hidden_size = rj.simple.relu, 2, 3, 4
+    with jax.enable_x64(True):
+        params = random_params(np.random.default_rng(0), cell, input_size, hidden_size)
+        params = {**params, "b": jnp.zeros_like(params["b"])}
+        carry = cell.zero_carry(batch_size, hidden_size, dtype=jnp.float64)
+        x = jnp.zeros((batch_size, input_size), jnp.float64)
+        d_h = jnp.asarray(np.random.default_rng(1).normal(size=(batch_size, hidden_size)))
+        want, got = both_backwards(cell, params, carry, x, d_h, None)
+        chex.assert_trees_all_close(got[1:], want[1:], atol=TOL, rtol=TOL)
+
+        xs = jnp.zeros((batch_size, 5, input_size), jnp.float64)
+
+        def loss(params, xs, gradient):
+            return jnp.sum(rj.unroll(cell, params, xs, gradient=gradient)[1] * d_h[:, None])
+
+        manual = jax.grad(loss, argnums=(0, 1))(params, xs, "manual")
+        autodiff = jax.grad(loss, argnums=(0, 1))(params, xs, "autodiff")
+        chex.assert_trees_all_close(manual, autodiff, atol=TOL, rtol=TOL)
