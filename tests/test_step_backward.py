@@ -88,8 +88,12 @@ def test_relu_at_zero_manual_equals_autodiff():
         carry = cell.zero_carry(batch_size, hidden_size, dtype=jnp.float64)
         x = jnp.zeros((batch_size, input_size), jnp.float64)
         d_h = jnp.asarray(np.random.default_rng(1).normal(size=(batch_size, hidden_size)))
-        want, got = both_backwards(cell, params, carry, x, d_h, None)
-        chex.assert_trees_all_close(got[1:], want[1:], atol=TOL, rtol=TOL)
+        (_, want_params, want_carry, want_x), (_, got_params, got_x, got_carry) = both_backwards(
+            cell, params, carry, x, d_h, None
+        )
+        chex.assert_trees_all_close(
+            (got_params, got_carry, got_x), (want_params, want_carry, want_x), atol=TOL, rtol=TOL
+        )
 
         xs = jnp.zeros((batch_size, 5, input_size), jnp.float64)
 
