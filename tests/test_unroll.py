@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import CELLS, TOL64, assert_close, max_abs_diff, random_carry, random_params
+from conftest import CELLS, TOL64, assert_close, random_carry, random_params
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -30,8 +30,6 @@ TORCH_MODULES = {
     "lstm": torch.nn.LSTM,
     "gru": torch.nn.GRU,
 }
-# Measured worst differences, reported by the parity tests (module-level so a run can print).
-PARITY = {}
 
 
 def torch_module(name, input_size, hidden_size, **kwargs):
@@ -66,12 +64,8 @@ def compare_finals(name, finals, torch_state, tol=TOL64):
         h_n, c_n = torch_state
         assert_close(jnp.stack([f.h for f in flat]), h_n.detach().numpy(), tol)
         assert_close(jnp.stack([f.c for f in flat]), c_n.detach().numpy(), tol)
-        return max(
-            max_abs_diff(jnp.stack([f.h for f in flat]), jnp.asarray(h_n.detach().numpy())),
-            max_abs_diff(jnp.stack([f.c for f in flat]), jnp.asarray(c_n.detach().numpy())),
-        )
+        return
     assert_close(jnp.stack(flat), torch_state.detach().numpy(), tol)
-    return max_abs_diff(jnp.stack(flat), jnp.asarray(torch_state.detach().numpy()))
 
 
 # --- PyTorch -------------------------------------------------------------------------
@@ -90,10 +84,7 @@ def test_torch_parity_single_layer(x64, name, batch_first):
     out, state = module(torch.from_numpy(xs), torch_carry(name, carry_np))
     final, hs = rj.unroll(CELLS[name], params, jnp.asarray(xs), carry0, time_major=not batch_first)
     assert_close(hs, out.detach().numpy())
-    err = max(
-        max_abs_diff(hs, jnp.asarray(out.detach().numpy())), compare_finals(name, [final], state)
-    )
-    PARITY[f"torch {name} batch_first={batch_first}"] = err
+    compare_finals(name, [final], state)
 
 
 @pytest.mark.parametrize("name", sorted(CELLS))
@@ -119,10 +110,7 @@ def test_torch_parity_packed_variable_lengths(x64, name, bidirectional):
     )
     finals, hs = rj.unroll_stack(CELLS[name], stack, jnp.asarray(xs), lengths=jnp.asarray(lengths))
     assert_close(hs, out.detach().numpy())
-    err = max(
-        max_abs_diff(hs, jnp.asarray(out.detach().numpy())), compare_finals(name, finals, state)
-    )
-    PARITY[f"torch {name} packed 2-layer bidirectional={bidirectional}"] = err
+    compare_finals(name, finals, state)
 
 
 @pytest.mark.parametrize("name", ["simple", "lstm", "gru"])
@@ -151,10 +139,7 @@ def test_torch_parity_two_layer_bidirectional(x64, name, batch_first):
         CELLS[name], stack, jnp.asarray(xs), carries, time_major=not batch_first
     )
     assert_close(hs, out.detach().numpy())
-    err = max(
-        max_abs_diff(hs, jnp.asarray(out.detach().numpy())), compare_finals(name, finals, state)
-    )
-    PARITY[f"torch {name} 2-layer bidirectional batch_first={batch_first}"] = err
+    compare_finals(name, finals, state)
 
 
 # --- Flax linen ----------------------------------------------------------------------
@@ -191,10 +176,6 @@ def test_flax_rnn_parity_with_lengths(x64, flax_name, reverse):
     # Flax leaves unspecified values past a row's length; ours are zeros
     assert_close(jnp.where(valid, flax_hs, 0.0), hs)
     assert_close(final, interop.carry_from_flax(flax_final, cell))
-    PARITY[f"flax {flax_name} lengths reverse={reverse}"] = max(
-        max_abs_diff(jnp.where(valid, flax_hs, 0.0), hs),
-        max_abs_diff(final, interop.carry_from_flax(flax_final, cell)),
-    )
 
 
 def test_flax_bidirectional_parity(x64):
@@ -404,10 +385,3 @@ def test_reverse_final_carry_is_after_position_zero(x64):
     carry = rj.lstm.zero_carry(1, 3, jnp.float64)
     carry, h3 = rj.lstm.step(params, carry, xs[:, 3])
     assert_close(hs[:, 3], h3)
-
-
-def test_report_parity(capsys):
-    """Prints the worst differences the parity tests above measured (``pytest -s``)."""
-    for case, err in sorted(PARITY.items()):
-        print(f"{case:55s} max abs diff {err:.2e}")
-    assert all(err <= TOL64 for err in PARITY.values())
