@@ -6,7 +6,7 @@ arrays, Flax variables are nested mappings of arrays, Keras weights are the list
 ``layer.get_weights()`` returns. Only ``to_torch(..., as_tensors=True)`` imports torch, when
 it is called.
 
-rnn_jax layouts (see ``design.md``): ``w_x (I, G*H)``, ``w_h (H, G*H)``, gates side by side
+rnn_jax layouts (see ``docs/design.md``): ``w_x (I, G*H)``, ``w_h (H, G*H)``, gates side by side
 in PyTorch's order (LSTM i, f, g, o; GRU r, z, n); a stack is a list of layers, a
 bidirectional layer ``{"fwd": p, "bwd": p}``.
 

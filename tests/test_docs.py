@@ -1,0 +1,116 @@
+"""Every fenced ``python`` block of ``docs/**/*.md`` and ``README.md`` runs, and the site builds.
+
+The blocks of one page run in order in one namespace (a later block may use what an earlier
+one defined), in a fresh temporary working directory. A block opts out only with the marker
+``<!-- docs-test: skip (why) -->`` on the line right above its fence; ``docs/contributing.md``
+says when that is acceptable. Docstring examples (``>>>``) run through ``--doctest-modules``
+(see ``[tool.pytest.ini_options]`` in ``pyproject.toml``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SKIP_MARKER = re.compile(r"^\s*<!-- docs-test: skip \(.+\) -->\s*$")
+FENCE = re.compile(r"^(?P<indent>\s*)(?P<ticks>`{3,}|~{3,})\s*(?P<info>[^\s`]*)")
+
+
+class Block(NamedTuple):
+    path: Path
+    line: int  # 1-based line of the block's first code line
+    code: str
+    skipped: bool
+
+
+def code_blocks(path: Path) -> list[Block]:
+    """The fenced code blocks whose info string is ``python``, in page order."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    blocks, i = [], 0
+    while i < len(lines):
+        opening = FENCE.match(lines[i])
+        if not opening:
+            i += 1
+            continue
+        indent, ticks = opening["indent"], opening["ticks"]
+        end = i + 1
+        while end < len(lines) and not re.match(rf"^{indent}{ticks[0]}{{{len(ticks)},}}\s*$",
+                                                lines[end]):  # fmt: skip
+            end += 1
+        if opening["info"] == "python":
+            body = textwrap.dedent("\n".join(lines[i + 1 : end]))
+            skipped = i > 0 and bool(SKIP_MARKER.match(lines[i - 1]))
+            blocks.append(Block(path, i + 2, body + "\n", skipped))
+        i = end + 1
+    return blocks
+
+
+def pages() -> list[Path]:
+    return sorted((ROOT / "docs").rglob("*.md")) + [ROOT / "README.md"]
+
+
+PAGES_WITH_CODE = [p for p in pages() if code_blocks(p)]
+
+
+@pytest.mark.parametrize("page", PAGES_WITH_CODE, ids=lambda p: str(p.relative_to(ROOT)))
+def test_page_code_runs(page, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {"__name__": "__docs__"}
+    for block in code_blocks(page):
+        if block.skipped:
+            continue
+        # Pad with newlines so a traceback names the Markdown file's own line numbers.
+        source = "\n" * (block.line - 1) + block.code
+        exec(compile(source, str(page), "exec"), namespace)
+
+
+def test_extractor_reads_fences_markers_and_indentation(tmp_path):
+    page = tmp_path / "p.md"
+    page.write_text(
+        "text\n```python\na = 1\n```\n\n<!-- docs-test: skip (needs a cluster) -->\n"
+        "```python\nraise SystemExit\n```\n```bash\nls\n```\n"
+        "!!! note\n    ```python\n    b = a + 1\n    ```\n````python\n```\n````\n"
+    )
+    blocks = code_blocks(page)
+    assert [(b.line, b.code, b.skipped) for b in blocks] == [
+        (3, "a = 1\n", False),
+        (8, "raise SystemExit\n", True),
+        (15, "b = a + 1\n", False),
+        (18, "```\n", False),
+    ]
+
+
+def test_skip_marker_needs_a_reason(tmp_path):
+    page = tmp_path / "p.md"
+    page.write_text("<!-- docs-test: skip -->\n```python\nx = 1\n```\n")
+    assert not code_blocks(page)[0].skipped
+
+
+def test_skips_are_rare():
+    """The opt-out is for code that cannot run in CI (a cluster launch), not for slow code."""
+    blocks = [b for p in pages() for b in code_blocks(p)]
+    skipped = [f"{b.path.relative_to(ROOT)}:{b.line}" for b in blocks if b.skipped]
+    assert len(blocks) >= 20, f"only {len(blocks)} python blocks found: is the extractor broken?"
+    assert len(skipped) <= 3, f"too many skipped blocks: {skipped}"
+
+
+def test_mkdocs_build_strict(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (tmp_path / "index.html").is_file()
+    assert (tmp_path / "api" / "train" / "index.html").is_file()
