@@ -58,6 +58,8 @@ CELLS = ("simple", "lstm", "gru")
 MODES = ("train", "inference")
 NUM_GATES = {"simple": 1, "lstm": 4, "gru": 3}
 NUM_CLASSES = 10
+# A user's own cells (``--cell module:attr``), by their spec; rnn_jax implementations only.
+USER_CELLS: dict[str, object] = {}
 LEARNING_RATE = 1e-3
 BASELINE = "rnn_jax"
 IMPLS = ("rnn_jax", "rnn_jax-manual", "rnn_jax-bf16", "rnn_jax-remat", "rnn_jax-manual-remat")
@@ -172,7 +174,7 @@ def make_rnn_jax(cell, cfg, mode, x, y, *, gradient="autodiff", **unroll_options
     from rnn_jax.cells.base import hidden_of
 
     _, _, input_size, hidden_size = cfg
-    module = getattr(rj, cell)
+    module = USER_CELLS[cell] if cell in USER_CELLS else getattr(rj, cell)
     rnn_params = module.init(jax.random.key(0), input_size, hidden_size)
 
     def forward(p, xs):
@@ -396,7 +398,12 @@ MAKERS = {
 def useful_flops(cell: str, cfg, mode: str) -> float:
     """Matrix-product FLOPs of one step: forward ``2BT(I+H)GH``; train 3x (two backward GEMMs)."""
     batch, steps, input_size, hidden_size = cfg
-    forward = 2.0 * batch * steps * (input_size + hidden_size) * NUM_GATES[cell] * hidden_size
+    user = USER_CELLS.get(cell)
+    user = getattr(user, "cell", user)  # a module such as rnn_jax.lstm holds its Cell
+    gates = NUM_GATES.get(cell) or getattr(user, "num_gates", None)
+    if gates is None:  # a user's cell that does not say
+        return None
+    forward = 2.0 * batch * steps * (input_size + hidden_size) * gates * hidden_size
     return forward * (3 if mode == "train" else 1)
 
 
@@ -418,6 +425,8 @@ def build(impls, cell, cfg, mode, warmup, log, cleanup: contextlib.ExitStack) ->
     benches = []
     for name in impls:
         try:
+            if cell in USER_CELLS and not name.startswith("rnn_jax"):
+                raise Skip(f"no {name} counterpart of the user's cell {cell}")
             bench = MAKERS[name](cell, cfg, mode, x, y)(name)
         except Skip as e:
             log(f"  skip {name}: {e}")
@@ -460,7 +469,7 @@ def summarise(benches, cell, cfg, mode) -> list[dict]:
                 "q75_ms": 1e3 * q75,
                 "iqr_ms": 1e3 * (q75 - q25),
                 "ratio_to_rnn_jax": None if base is None else medians[b.name] / base,
-                "gflops": flops / q50 / 1e9,
+                "gflops": None if flops is None else flops / q50 / 1e9,
                 "peak_memory_bytes": b.memory_bytes,
             }
         )
@@ -557,9 +566,10 @@ def to_markdown(report: dict) -> str:
         ratio = "–" if r["ratio_to_rnn_jax"] is None else f"{r['ratio_to_rnn_jax']:.2f}"
         mem = r["peak_memory_bytes"]
         mem = "–" if mem is None else f"{mem / 2**20:.1f}"
+        gflops = "–" if r["gflops"] is None else f"{r['gflops']:.0f}"
         lines.append(
             f"| {c['B']},{c['T']},{c['I']},{c['H']} | {r['cell']} | {r['mode']} | {r['impl']} | "
-            f"{r['median_ms']:.2f} ({r['iqr_ms']:.2f}) | {ratio} | {r['gflops']:.0f} | {mem} |"
+            f"{r['median_ms']:.2f} ({r['iqr_ms']:.2f}) | {ratio} | {gflops} | {mem} |"
         )
     if report.get("remat_memory"):
         lines += [
@@ -585,39 +595,65 @@ def to_markdown(report: dict) -> str:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument(
-        "--configs", default=None, help=f"comma list of {sorted(CONFIGS)} (default mnist)"
-    )
+    """The flags, each checked here (a bad value exits with code 2 before anything runs)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import common  # a sibling file, see common.py
+
+    pos_int = common.int_at_least(1)
+    p = common.ArgumentParser(description=__doc__)
+    # fmt: off
+    p.add_argument("--configs", default=None,
+                   help=f"comma list of {sorted(CONFIGS)} (default: mnist)")
     p.add_argument("--config", action="append", default=[], help="custom B,T,I,H (repeatable)")
-    p.add_argument("--cells", default=",".join(CELLS))
-    p.add_argument("--modes", default=",".join(MODES))
+    p.add_argument("--cells", default=",".join(CELLS), help="comma list of built-in cells")
+    p.add_argument("--cell", action="append", default=[], metavar="MODULE:ATTR",
+                   help="also time a user's cell, e.g. my_cells:cell (rnn_jax impls only)")
+    p.add_argument("--modes", default=",".join(MODES), help=f"comma list of {MODES}")
     p.add_argument("--impls", default=",".join(DEFAULT_IMPLS), help=f"comma list of {IMPLS}")
-    p.add_argument("--steps", type=int, default=30, help="timed steps per implementation")
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--out", default=str(Path(__file__).parent / "results"))
-    p.add_argument("--name", default=None, help="file stem (default bench-<date>)")
-    p.add_argument(
-        "--remat-memory",
-        action="store_true",
-        help="also report remat memory (LSTM B=32 I=64 H=256, T=512 and 4096)",
-    )
+    p.add_argument("--steps", type=pos_int, default=30, help="timed steps per implementation")
+    p.add_argument("--warmup", type=common.int_at_least(0), default=3, help="untimed steps")
+    p.add_argument("--out", default=str(Path(__file__).parent / "results"), help="folder")
+    p.add_argument("--name", default=None, help="file stem (default: bench-<date>)")
+    p.add_argument("--remat-memory", action="store_true",
+                   help="also report remat memory (LSTM B=32 I=64 H=256, T=512 and 4096)")
     p.add_argument("--quick", action="store_true", help="tiny config, 3 steps: a smoke run")
+    # fmt: on
     args = p.parse_args(argv)
+    for flag, given, allowed in (("--cells", args.cells, CELLS), ("--modes", args.modes, MODES),
+                                 ("--impls", args.impls, IMPLS)):  # fmt: skip
+        unknown = sorted(set(filter(None, given.split(","))) - set(allowed))
+        if unknown:
+            p.error(f"argument {flag}: unknown {unknown}; choose from {list(allowed)}")
+    for spec in args.cell:
+        try:
+            USER_CELLS[spec] = common.load_object(spec)
+        except argparse.ArgumentTypeError as e:
+            p.error(f"argument --cell: {e}")
+    args.cells = ",".join(filter(None, [args.cells, *args.cell]))
     if args.configs is None:  # a custom --config alone replaces the default
         args.configs = "" if args.config else "mnist"
     if args.quick:
         args.configs, args.config = "", [",".join(map(str, QUICK_CONFIG))]
         args.steps, args.warmup = 3, 1
+    try:
+        args.selected = selected_configs(args)
+    except ValueError as e:
+        p.error(str(e))
     return args
 
 
 def selected_configs(args) -> list[tuple[str, tuple[int, int, int, int]]]:
-    configs = [(n, CONFIGS[n]) for n in args.configs.split(",") if n]
+    configs = [(n, CONFIGS[n]) for n in args.configs.split(",") if n in CONFIGS]
+    unknown = [n for n in args.configs.split(",") if n and n not in CONFIGS]
+    if unknown:
+        raise ValueError(f"argument --configs: unknown {unknown}; choose from {sorted(CONFIGS)}")
     for text in args.config:
-        values = tuple(int(v) for v in text.split(","))
-        if len(values) != 4:
-            raise SystemExit(f"--config wants B,T,I,H, got {text!r}")
+        try:
+            values = tuple(int(v) for v in text.split(","))
+        except ValueError:
+            values = ()
+        if len(values) != 4 or min(values) < 1:
+            raise ValueError(f"argument --config: expected B,T,I,H (4 positive ints), got {text!r}")
         configs.append((text, values))
     return configs
 
@@ -625,9 +661,6 @@ def selected_configs(args) -> list[tuple[str, tuple[int, int, int, int]]]:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     impls = [i for i in args.impls.split(",") if i]
-    unknown = set(impls) - set(IMPLS)
-    if unknown:
-        raise SystemExit(f"unknown implementations {sorted(unknown)}; choose from {IMPLS}")
     results, skipped = [], []
 
     def log(msg):
@@ -635,7 +668,7 @@ def main(argv=None) -> dict:
         if msg.strip().startswith("skip"):
             skipped.append(msg.strip()[5:])
 
-    for config_name, cfg in selected_configs(args):
+    for config_name, cfg in args.selected:
         for cell in args.cells.split(","):
             for mode in args.modes.split(","):
                 log(f"{config_name} {cfg} {cell} {mode}")

@@ -49,91 +49,70 @@ from rnn_jax.data import text as textdata  # noqa: E402
 from rnn_jax.models import Model, language_model  # noqa: E402
 from rnn_jax.sampling import sample  # noqa: E402
 from rnn_jax.tbptt import evaluate_stream, make_chunk_eval, make_chunk_step, zero_carry  # noqa: E402
-from rnn_jax.train import TrainState, check_finite, default_optimizer  # noqa: E402
+from rnn_jax.train import TrainState, check_state_finite, train_loop  # noqa: E402
 
 CELLS = {"lstm": rj.lstm, "gru": rj.gru, "simple": rj.simple}
 LN2 = math.log(2.0)
+DATASETS = ("names", "shakespeare")
 # Settings that may change when a run is resumed (how long it runs, how often it reports).
 RESUMABLE = [
-    "steps", "max_minutes", "eval_every", "sample_every", "ckpt_every", "resume",
-    "no_progress", "num_samples", "sample_len", "temperature", "top_k", "prime",
+    "steps", "max_minutes", "eval_every", "sample_every", "checkpoint_every", "resume",
+    "progress", "num_samples", "sample_len", "temperature", "top_k", "prime",
 ]  # fmt: skip
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--data", default="names", help="shakespeare | names | PATH.txt (UTF-8)")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="held-out tail (names: share)")
-    p.add_argument("--cell", choices=sorted(CELLS), default="lstm")
-    p.add_argument("--hidden-size", type=int, default=128)
-    p.add_argument("--layers", type=int, default=1)
-    p.add_argument("--embed-size", type=int, default=32, help="0: one-hot inputs")
-    p.add_argument("--dropout", type=float, default=0.0, help="between layers")
-    p.add_argument("--seq-len", type=int, default=32, help="characters per chunk (BPTT length)")
-    p.add_argument("--batch-size", type=int, default=32, help="parallel streams")
-    p.add_argument("--steps", type=int, default=600, help="total updates (one per chunk)")
-    p.add_argument("--optimizer", choices=["rmsprop", "adam"], default="adam",
-                   help="rmsprop: rnn_jax.train.default_optimizer (the seeds' choice)")  # fmt: skip
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--lr-decay-steps", type=int, default=0, help="cosine decay to lr/10 over N")
-    p.add_argument("--clip-norm", type=float, default=5.0, help="0: no clipping")
-    p.add_argument("--reset-prob", type=float, default=0.01,
-                   help="chance per chunk that a stream's state restarts from zero")  # fmt: skip
-    p.add_argument("--gradient", choices=["autodiff", "manual"], default="autodiff")
+    """The flags, each checked here (a bad value exits with code 2 before anything runs)."""
+    pos_int, nonneg_int = common.int_at_least(1), common.int_at_least(0)
+    nonneg, rate = common.float_range(0), common.float_range(0, low_open=True)
+    unit, below_one = common.float_range(0, 1), common.float_range(0, 1, high_open=True)
+    fraction = common.float_range(0, 1, low_open=True, high_open=True)
+    p = common.ArgumentParser(description=__doc__)
+    # fmt: off
+    p.add_argument("--data", default="names", help="names | shakespeare | PATH.txt (UTF-8)")
+    p.add_argument("--val-fraction", type=fraction, default=0.1, help="held out (names: share)")
+    p.add_argument("--cell", choices=sorted(CELLS), default="lstm", help="recurrent cell")
+    p.add_argument("--hidden-size", type=pos_int, default=128, help="units per layer")
+    p.add_argument("--layers", type=pos_int, default=1, help="stacked recurrent layers")
+    p.add_argument("--embed-size", type=nonneg_int, default=32, help="0: one-hot inputs")
+    p.add_argument("--dropout", type=below_one, default=0.0, help="between layers")
+    p.add_argument("--seq-len", type=pos_int, default=32, help="characters per chunk (BPTT length)")
+    p.add_argument("--batch-size", type=pos_int, default=32, help="parallel streams")
+    p.add_argument("--steps", type=pos_int, default=600, help="total updates (one per chunk)")
+    p.add_argument("--optimizer", choices=["rmsprop", "adam"], default="adam", help="optimizer")
+    p.add_argument("--lr", type=rate, default=2e-3, help="learning rate")
+    p.add_argument("--lr-decay-steps", type=nonneg_int, default=0,
+                   help="cosine decay to lr/10 over N (0: constant)")
+    p.add_argument("--clip-norm", type=nonneg, default=5.0, help="0: no clipping")
+    p.add_argument("--reset-prob", type=unit, default=0.01,
+                   help="chance per chunk that a stream's state restarts from zero")
+    p.add_argument("--gradient", choices=["autodiff", "manual"], default="autodiff", help="BPTT by")
     p.add_argument("--matmul-dtype", choices=["float32", "bfloat16"], default="float32",
-                   help="dtype of the matrix products (accumulating in float32)")  # fmt: skip
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="runs/char_lm", help="run folder")
-    p.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
-    p.add_argument("--eval-every", type=int, default=200, help="validation loss every N steps")
-    p.add_argument("--eval-batch-size", type=int, default=64)
-    p.add_argument("--eval-seq-len", type=int, default=200)
-    p.add_argument("--sample-every", type=int, default=500, help="print a sample every N steps")
-    p.add_argument("--ckpt-every", type=int, default=500)
-    p.add_argument("--max-minutes", type=float, default=0.0, help="stop cleanly after this")
-    p.add_argument("--sample-len", type=int, default=400, help="characters per text sample")
-    p.add_argument("--num-samples", type=int, default=200, help="names mode: names to sample")
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-k", type=int, default=0, help="0: sample from all characters")
-    p.add_argument("--prime", default="\n", help="text the samples start from")
-    p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
-    return p.parse_args(argv)
-
-
-# ----------------------------------------------------------------------------- data
-
-
-def load_corpus(data: str, val_fraction: float):
-    """``(vocab, train_ids, val_ids, train_names)``; ``train_names`` only in names mode."""
-    if data == "names":
-        names = textdata.load_names()
-        # The list is alphabetical: a tail split would hold out only z-names. A fixed
-        # shuffle (independent of --seed, so every run validates on the same names).
-        order = np.random.default_rng(0).permutation(len(names))
-        n_val = int(round(len(names) * val_fraction))
-        val_names = [names[i] for i in order[:n_val]]
-        train_names = [names[i] for i in order[n_val:]]
-        # A leading newline: the first name is read after an "end of name" like all others.
-        train_text = "\n" + textdata.names_dataset(train_names)
-        val_text = "\n" + textdata.names_dataset(val_names)
-        vocab = textdata.Vocab.from_text(train_text + val_text)
-        return vocab, vocab.encode(train_text), vocab.encode(val_text), set(train_names)
-    text = textdata.load_shakespeare() if data == "shakespeare" else textdata.load_text(data)
-    vocab = textdata.Vocab.from_text(text)
-    train_ids, val_ids = textdata.train_val_split(vocab.encode(text), val_fraction)
-    return vocab, train_ids, val_ids, None
-
-
-def eval_layout(num_ids: int, args) -> tuple[int, int]:
-    """``(batch, seq_len)`` for validation: ``--eval-batch-size`` halved until each stream
-    holds at least one chunk, so a small split (names) is still read almost whole."""
-    batch, seq_len = args.eval_batch_size, args.eval_seq_len
-    while batch > 1 and num_ids // batch - 1 < seq_len:
-        batch //= 2
-    return batch, min(seq_len, num_ids // batch - 1)
-
-
-# ---------------------------------------------------------------------------- model
+                   help="dtype of the matrix products (accumulating in float32)")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="initialisation, resets, samples")
+    common.add_run_args(p, checkpoint_every=500, out="runs/char_lm")
+    p.add_argument("--eval-every", type=nonneg_int, default=200,
+                   help="validation loss every N steps (0: only at the end)")
+    p.add_argument("--eval-batch-size", type=pos_int, default=64, help="validation streams")
+    p.add_argument("--eval-seq-len", type=pos_int, default=200, help="validation chunk length")
+    p.add_argument("--sample-every", type=nonneg_int, default=500,
+                   help="print a sample every N steps (0: never)")
+    p.add_argument("--max-minutes", type=nonneg, default=0.0, help="stop cleanly after (0: never)")
+    p.add_argument("--sample-len", type=pos_int, default=400, help="characters per text sample")
+    p.add_argument("--num-samples", type=pos_int, default=200, help="names mode: names to sample")
+    p.add_argument("--temperature", type=nonneg, default=0.8, help="of sampling (0: greedy)")
+    p.add_argument("--top-k", type=nonneg_int, default=0, help="0: sample from all characters")
+    p.add_argument("--prime", default=None,
+                   help="text the samples start from (text data only; default: a newline)")
+    # fmt: on
+    args = p.parse_args(argv)
+    if args.data not in DATASETS and not Path(args.data).is_file():
+        p.error(f"argument --data: expected {' or '.join(DATASETS)} or a file, got {args.data!r}")
+    if args.prime is not None and args.data == "names":
+        p.error("--prime is not used with --data names (each name is sampled from a newline)")
+    if args.prime == "":
+        p.error("--prime must hold at least one character")
+    return args
 
 
 def build(args, vocab_size: int):
@@ -148,12 +127,7 @@ def build(args, vocab_size: int):
     lr = args.lr
     if args.lr_decay_steps:
         lr = optax.cosine_decay_schedule(args.lr, args.lr_decay_steps, alpha=0.1)
-    clip = args.clip_norm or None
-    if args.optimizer == "rmsprop":
-        optimizer = default_optimizer(lr, clip_norm=clip)
-    else:
-        parts = [optax.clip_by_global_norm(clip)] if clip else []
-        optimizer = optax.chain(*parts, optax.adam(lr))
+    optimizer = common.make_optimizer(args.optimizer, lr, clip_norm=args.clip_norm or None)
     return model, optimizer
 
 
@@ -205,9 +179,6 @@ def reset_rows(carry, mask: np.ndarray):
     return jax.tree.map(lambda c: jnp.where(keep[:, None], c, jnp.zeros_like(c)), carry)
 
 
-# ------------------------------------------------------------------------- sampling
-
-
 def sample_text(model, params, vocab, key, *, length, prime, temperature, top_k, rows=1):
     """``rows`` strings of ``length`` characters continuing ``prime``."""
     prime_ids = jnp.asarray(np.tile(vocab.encode(prime)[None], (rows, 1)))
@@ -245,17 +216,61 @@ def names_report(names, complete, train_names, all_names) -> dict:
     }
 
 
-# ------------------------------------------------------------------------------ run
+def load_data(args):
+    """``(vocab, train_ids, val_ids, train_names, train_chunks, val_chunks)``, after the run
+    folder is checked; problems exit with a usage error (code 2), nothing written."""
+    config = {**vars(args), "resumable_keys": RESUMABLE}
+    has_checkpoint = ckpt.latest_checkpoint(args.out) is not None
+    common.check_run_dir(args.out, resume=args.resume, has_checkpoint=has_checkpoint,
+                         config=config)  # fmt: skip
+    try:
+        vocab, train_ids, val_ids, train_names = textdata.load_corpus(args.data, args.val_fraction)
+    except (OSError, ValueError) as e:
+        common.usage_error(f"--data {args.data}: {str(e).splitlines()[0]}")
+    missing = "".join(sorted(set(args.prime or "") - set(vocab.to_list())))
+    if missing:
+        common.usage_error(f"--prime has characters not in the {args.data} text: {missing!r}")
+    try:
+        train_chunks = textdata.contiguous_batches(train_ids, args.batch_size, args.seq_len)
+        val_chunks = textdata.contiguous_batches(
+            val_ids, *textdata.fit_layout(val_ids.size, args.eval_batch_size, args.eval_seq_len)
+        )
+    except ValueError as e:
+        common.usage_error(f"--batch-size {args.batch_size} x --seq-len {args.seq_len} with "
+                           f"--val-fraction {args.val_fraction}: {e}")  # fmt: skip
+    return vocab, train_ids, val_ids, train_names, train_chunks, val_chunks
 
 
-def run(args) -> dict:
+class Stream:
+    """The training streams' recurrent state between chunks, for ``train_loop``:
+    ``batch(step)`` is ``(carry, chunk)`` with the epoch start and the random resets applied,
+    ``step(state, batch)`` runs one chunk and keeps the carry it ends with."""
+
+    def __init__(self, step_fn, chunks, zero, carry, args):
+        self.step_fn, self.chunks, self.zero, self.carry = step_fn, chunks, zero, carry
+        self.args = args
+
+    def batch(self, step: int):
+        k = step % len(self.chunks)
+        if k == 0:  # a new epoch starts each stream at its beginning: fresh state
+            return self.zero, self.chunks[k]
+        carry = self.carry
+        if self.args.reset_prob:
+            carry = reset_rows(carry, reset_mask(self.args.seed, step, self.args))
+        return carry, self.chunks[k]
+
+    def step(self, state, batch):
+        state, self.carry, metrics = self.step_fn(state, *batch)
+        return state, metrics
+
+
+def run(args, data) -> dict:
+    """Trains (or resumes) with ``rnn_jax.train.train_loop``; returns the summary."""
     t_start = time.perf_counter()
     config = {**vars(args), "resumable_keys": RESUMABLE}
     run_dir = common.setup_run_dir(args.out, resume=args.resume, config=config)
-    vocab, train_ids, val_ids, train_names = load_corpus(args.data, args.val_fraction)
+    vocab, train_ids, val_ids, train_names, train_chunks, val_chunks = data
     all_names = set(textdata.load_names()) if train_names is not None else None
-    train_chunks = textdata.contiguous_batches(train_ids, args.batch_size, args.seq_len)
-    val_chunks = textdata.contiguous_batches(val_ids, *eval_layout(val_ids.size, args))
 
     model, optimizer = build(args, vocab.size)
     key = jax.random.key(args.seed)
@@ -274,7 +289,8 @@ def run(args) -> dict:
     log = common.MetricsLog(run_dir / "metrics.jsonl", resume_step=start)
 
     loss_fn, metric_fn = make_loss_fns(model, use_dropout=args.dropout > 0)
-    step_fn = make_chunk_step(loss_fn, optimizer)
+    stream = Stream(make_chunk_step(loss_fn, optimizer), train_chunks, zero, run_state["carry"],
+                    args)  # fmt: skip
     eval_chunk = make_chunk_eval(metric_fn)
     val_zero = carry_like(model, params, val_chunks.batch_size, val_chunks.seq_len)
 
@@ -291,86 +307,75 @@ def run(args) -> dict:
             text = ", ".join(n for n, c in zip(names, complete, strict=True) if c)
         else:
             (text,) = sample_text(
-                model, params, vocab, k, length=args.sample_len, prime=args.prime,
+                model, params, vocab, k, length=args.sample_len, prime=args.prime or "\n",
                 temperature=args.temperature, top_k=args.top_k,
             )  # fmt: skip
         bar.write(f"--- sample at step {step} ---\n{text}\n---", file=sys.stderr)
         return text
 
-    def save(step):
+    def save(state, step):
+        check_state_finite(state, step)  # never save a state that already holds NaN/inf
         metadata = {
             "vocab": vocab.to_list(), "config": common.jsonable(vars(args)),
-            "elapsed_s": elapsed(), "cpu_s": cpu_used(), "best_val": meta.get("best_val"),
+            "elapsed_s": timer.wall_s(), "cpu_s": timer.cpu_s(), "best_val": meta.get("best_val"),
         }  # fmt: skip
+        run_state = {"train": state, "carry": stream.carry}
         ckpt.save_checkpoint(run_dir, run_state, step=step, metadata=metadata, keep=2)
 
-    prior_s, prior_cpu = float(meta.get("elapsed_s", 0.0)), float(meta.get("cpu_s", 0.0))
-    t_loop, cpu_loop = time.perf_counter(), time.process_time()
+    timer = common.Timer(float(meta.get("elapsed_s", 0.0)), float(meta.get("cpu_s", 0.0)))
+    bar = common.progress(args.steps, initial=start, desc="train", enabled=args.progress)
+    status = {"stopped": "steps", "val": None, "val_step": None}
+    recent = []
 
-    def elapsed() -> float:  # training wall time over all invocations of this run
-        return prior_s + time.perf_counter() - t_loop
-
-    def cpu_used() -> float:
-        # CPU seconds of this process (all threads): on a shared machine the wall time
-        # overstates the cost; cpu_s / wall_s / cores is the share of the machine we got.
-        return prior_cpu + time.process_time() - cpu_loop
-
-    bar = common.progress(args.steps, initial=start, desc="train", enabled=not args.no_progress)
-    step, stopped, step_times, recent = start, "steps", [], []
-    last_val, val_step = None, None
-    state, carry = run_state["train"], run_state["carry"]
-    try:
-        while step < args.steps:
-            # The budget is this invocation's; at least one step runs, so every call progresses.
-            over = time.perf_counter() - t_loop > 60 * args.max_minutes
+    def batches():
+        """The chunks from ``start`` on, until the time budget is spent (at least one step
+        runs, so every invocation progresses)."""
+        step = start
+        while True:
+            over = time.perf_counter() - timer.t0 > 60 * args.max_minutes
             if args.max_minutes and step > start and over:
-                stopped = "max_minutes"
-                break
-            t0 = time.perf_counter()
-            k = step % len(train_chunks)
-            if k == 0:  # a new epoch starts each stream at its beginning: fresh state
-                carry = zero
-            elif args.reset_prob:
-                carry = reset_rows(carry, reset_mask(args.seed, step, args))
-            state, carry, metrics = step_fn(state, carry, train_chunks[k])
+                status["stopped"] = "max_minutes"
+                return
+            yield stream.batch(step)
             step += 1
-            host = {name: float(v) for name, v in jax.device_get(metrics).items()}
-            check_finite(host, step)
-            step_times.append(time.perf_counter() - t0)
-            recent = (recent + [host["loss"]])[-100:]
-            run_state = {"train": state, "carry": carry}
-            record = {"step": step, "loss": host["loss"], "bpc": host["loss"] / LN2,
-                      "grad_norm": host["grad_norm"], "time_s": round(elapsed(), 2)}  # fmt: skip
-            if step % args.eval_every == 0 or step == args.steps:
-                last_val, val_step = validate(state.params), step
-                record.update(last_val)
-                best = meta.get("best_val")
-                meta["best_val"] = min(best, last_val["val_nats_per_char"]) if best else (
-                    last_val["val_nats_per_char"])  # fmt: skip
-                bar.write(
-                    f"step {step}: train {np.mean(recent):.4f} val "
-                    f"{last_val['val_nats_per_char']:.4f} nats/char "
-                    f"({last_val['val_bpc']:.4f} bpc), {elapsed() / 60:.1f} min",
-                    file=sys.stderr,
-                )
-            if args.sample_every and step % args.sample_every == 0:
-                record["sample"] = show_sample(state.params, step)
-            log.write(record)
-            bar.update(1)
-            bar.set_postfix(loss=f"{host['loss']:.3f}")
-            if step % args.ckpt_every == 0:
-                save(step)
-                common.plot_curves(log.records(), run_dir / "curves.png", **_panels())
+
+    def on_step(step: int, host: dict, state) -> None:
+        timer.add_step(timer.lap())
+        recent[:] = (recent + [host["loss"]])[-100:]
+        record = {"step": step, "loss": host["loss"], "bpc": host["loss"] / LN2,
+                  "grad_norm": host["grad_norm"], "time_s": round(timer.wall_s(), 2)}  # fmt: skip
+        if (args.eval_every and step % args.eval_every == 0) or step == args.steps:
+            status["val"], status["val_step"] = validate(state.params), step
+            record.update(status["val"])
+            nats = status["val"]["val_nats_per_char"]
+            meta["best_val"] = min(meta["best_val"] or math.inf, nats)
+            bar.write(
+                f"step {step}: train {np.mean(recent):.4f} val {nats:.4f} nats/char "
+                f"({nats / LN2:.4f} bpc), {timer.wall_s() / 60:.1f} min", file=sys.stderr,
+            )  # fmt: skip
+        if args.sample_every and step % args.sample_every == 0:
+            record["sample"] = show_sample(state.params, step)
+        log.write(record)
+        bar.update(1)
+        bar.set_postfix(loss=f"{host['loss']:.3f}")
+        if args.checkpoint_every and step % args.checkpoint_every == 0:
+            save(state, step)
+            common.plot_curves(log.records(), run_dir / "curves.png", **PANELS)
+        timer.lap()
+
+    try:
+        state, _ = train_loop(stream.step, run_state["train"], batches(), num_steps=args.steps,
+                              callback=on_step)  # fmt: skip
     finally:
         bar.close()
+    step, last_val = int(state.step), status["val"]
 
     # Final evaluation (unless the last step just did one) and the checkpoint to resume from.
-    run_state = {"train": state, "carry": carry}
-    if val_step != step:
+    if status["val_step"] != step:
         last_val = validate(state.params)
-        log.write({"step": step, **last_val, "time_s": round(elapsed(), 2)})
-    save(step)
-    common.plot_curves(log.records(), run_dir / "curves.png", **_panels())
+        log.write({"step": step, **last_val, "time_s": round(timer.wall_s(), 2)})
+    save(state, step)
+    common.plot_curves(log.records(), run_dir / "curves.png", **PANELS)
 
     summary = {
         "data": args.data, "cell": args.cell, "hidden_size": args.hidden_size,
@@ -382,12 +387,12 @@ def run(args) -> dict:
                                           * val_chunks.seq_len),
         "best_val_nats_per_char": meta.get("best_val"),
         # From the log, not this invocation's memory, so a resumed run reports the same.
-        "train_nats_per_char": _recent_train_loss(log.records()),
-        "steps": step, "stopped": stopped,
+        "train_nats_per_char": common.tail_mean(log.records(), "loss", 100),
+        "steps": step, "stopped": status["stopped"],
         "epochs": step * args.batch_size * args.seq_len / max(train_ids.size, 1),
-        "ms_per_step_median": 1e3 * float(np.median(step_times)) if step_times else None,
-        "train_wall_s": round(elapsed(), 1),
-        "train_cpu_s": round(cpu_used(), 1),
+        "ms_per_step_median": timer.ms_per_step(median=True),
+        "train_wall_s": round(timer.wall_s(), 1),
+        "train_cpu_s": round(timer.cpu_s(), 1),
         "wall_s": round(time.perf_counter() - t_start, 1),
     }  # fmt: skip
     if train_names is not None:
@@ -400,7 +405,7 @@ def run(args) -> dict:
         summary["sample"] = ", ".join(report["sample_names"][:20])
     else:
         (summary["sample"],) = sample_text(
-            model, state.params, vocab, k_final, length=args.sample_len, prime=args.prime,
+            model, state.params, vocab, k_final, length=args.sample_len, prime=args.prime or "\n",
             temperature=args.temperature, top_k=args.top_k,
         )  # fmt: skip
     summary["environment"] = common.environment()
@@ -409,22 +414,15 @@ def run(args) -> dict:
     return summary
 
 
-def _recent_train_loss(records, window: int = 100) -> float | None:
-    """Mean train loss (nats/char) of the last ``window`` steps."""
-    losses = [r["loss"] for r in records if r.get("loss") is not None][-window:]
-    return float(np.mean(losses)) if losses else None
-
-
-def _panels() -> dict:
-    return {
-        "panels": [["loss", "val_nats_per_char"], ["grad_norm"]],
-        "titles": ["cross-entropy (nats/char)", "gradient norm"],
-        "smooth": 50,
-    }
+PANELS = {"panels": [["loss", "val_nats_per_char"], ["grad_norm"]], "smooth": 50,
+          "titles": ["cross-entropy (nats/char)", "gradient norm"]}  # fmt: skip
 
 
 def main(argv=None) -> dict:
-    summary = run(parse_args(argv))
+    """CLI entry point: the summary (also printed as the last stdout line); a bad invocation
+    exits with code 2 before anything is trained or written."""
+    args = parse_args(argv)
+    summary = run(args, load_data(args))
     common.print_summary(summary)
     return summary
 

@@ -13,30 +13,237 @@ is not a package; a script imports this module as a sibling::
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import json
 import math
 import os
 import platform
+import statistics
 import subprocess
 import sys
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "ArgumentParser",
     "ConfigMismatch",
+    "HelpFormatter",
+    "add_run_args",
+    "check_run_dir",
+    "existing_dir",
+    "float_range",
+    "int_at_least",
+    "load_object",
     "MetricsLog",
+    "Timer",
     "environment",
     "jsonable",
+    "make_optimizer",
     "plot_curves",
     "print_summary",
     "progress",
     "read_jsonl",
     "save_figure",
     "setup_run_dir",
+    "tail_mean",
+    "usage_error",
     "write_bytes_atomic",
     "write_json_atomic",
 ]
+
+
+# ------------------------------------------------------------------------------- CLI
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows each default once: appended as ``(default: X)`` unless the help text already
+    says it, the default is None, or the flag is a switch (store_true/store_false)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        switch = action.nargs == 0
+        if switch or action.default in (None, argparse.SUPPRESS) or "default" in text:
+            return text
+        return f"{text} (default: %(default)s)".lstrip()
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """The experiment scripts' parser: :class:`HelpFormatter`, and errors as one line
+    (``prog: error: what``) with exit code 2, before anything is loaded or written."""
+
+    def __init__(self, **kwargs: Any):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(**kwargs)
+
+    def error(self, message: str):  # argparse's own prints the whole usage first
+        usage_error(message, self.prog)
+
+
+def int_at_least(low: int):
+    """An argparse ``type``: an integer >= ``low``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}")
+        return value
+
+    parse.__name__ = f"int>={low}"
+    return parse
+
+
+def float_range(low: float, high: float = math.inf, *, low_open=False, high_open=False):
+    """An argparse ``type``: a finite float in ``[low, high]``; ``low_open``/``high_open``
+    exclude the bound (a learning rate must be > 0, a dropout rate < 1)."""
+    bounds = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        too_low = value <= low if low_open else value < low
+        too_high = value >= high if high_open else value > high
+        if not math.isfinite(value) or too_low or too_high:
+            raise argparse.ArgumentTypeError(f"expected a number in {bounds}, got {text!r}")
+        return value
+
+    parse.__name__ = f"float in {bounds}"
+    return parse
+
+
+def existing_dir(text: str) -> str:
+    """An argparse ``type``: the path of a folder that exists."""
+    if not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"expected an existing folder, got {text!r}")
+    return text
+
+
+def load_object(spec: str) -> Any:
+    """``"package.module:attr"`` -> that attribute (``"rnn_jax:lstm"``, ``"my_cells:cell"``);
+    ``"package.module"`` alone -> the module. Errors are ArgumentTypeErrors naming the spec,
+    so it serves as an argparse ``type`` (``--cell module:attr``)."""
+    module_name, _, attr = spec.partition(":")
+    try:
+        obj = importlib.import_module(module_name)
+    except ImportError as e:
+        raise argparse.ArgumentTypeError(
+            f"cannot import {module_name!r} (from {spec!r}, expected module:attr): {e}"
+        ) from None
+    for part in filter(None, attr.split(".")):
+        if not hasattr(obj, part):
+            raise argparse.ArgumentTypeError(f"module {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    return obj
+
+
+def add_run_args(
+    parser: argparse.ArgumentParser, *, checkpoint_every: int, out: str | None = None
+) -> None:
+    """The flags every training script shares, with the same names and meanings:
+    ``--out``, ``--resume``, ``--checkpoint-every``, ``--no-progress``."""
+    parser.add_argument("--out", default=out, help="run folder" + ("" if out else
+                        " (default: runs/<script>-<cell>)"))  # fmt: skip
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --out from its latest checkpoint")  # fmt: skip
+    parser.add_argument("--checkpoint-every", type=int_at_least(0), default=checkpoint_every,
+                        help="steps between checkpoints (0: only at the end)")  # fmt: skip
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="no progress bar")  # fmt: skip
+
+
+def usage_error(message: str, prog: str | None = None):
+    """Exits with code 2 and one line ``prog: error: message`` on stderr, as argparse does
+    for a bad flag: for what can only be checked after parsing (a folder, the data)."""
+    prog = prog or Path(sys.argv[0]).name
+    print(f"{prog}: error: {message} (see --help)", file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
+def check_run_dir(
+    out: str | os.PathLike, *, resume: bool, has_checkpoint: bool, config: Mapping | None = None
+) -> None:
+    """Exits with a usage error (code 2, nothing written) if the run cannot start in ``out``.
+
+    Checked before any data is loaded: a fresh run must not reuse a folder that holds a run
+    (its ``config.json``), ``--resume`` needs a checkpoint, and a resumed run must keep the
+    saved settings (see :func:`setup_run_dir`).
+    """
+    saved = Path(out) / "config.json"
+    if resume and not has_checkpoint:
+        usage_error(f"--resume: {out} holds no checkpoint to resume from")
+    if saved.exists() and not resume:
+        usage_error(f"--out {out} already holds a run; pass --resume to continue it, "
+                    "or choose another --out")  # fmt: skip
+    if resume and saved.exists() and config is not None:
+        try:
+            _check_same_config(json.loads(saved.read_text()), jsonable(config), saved)
+        except ConfigMismatch as e:
+            usage_error(str(e))
+
+
+def make_optimizer(name: str, learning_rate, *, clip_norm=None, clip_value=None):
+    """``"rmsprop"`` (``rnn_jax.train.default_optimizer``) or ``"adam"``, with the same
+    clipping either way: element-wise (``clip_value``) first, then the global norm."""
+    import optax
+
+    from rnn_jax.train import default_optimizer
+
+    if name == "rmsprop":
+        return default_optimizer(learning_rate, clip_norm=clip_norm, clip_value=clip_value)
+    parts = [] if clip_value is None else [optax.clip(clip_value)]
+    parts += [] if clip_norm is None else [optax.clip_by_global_norm(clip_norm)]
+    return optax.chain(*parts, optax.adam(learning_rate))
+
+
+class Timer:
+    """Time accounting of a run over all its invocations (``prior_*``: the earlier ones',
+    from the checkpoint): wall and CPU seconds, train steps (the first, which compiles,
+    apart) and evaluations. ``lap()`` is the time since the previous lap."""
+
+    def __init__(self, prior_wall_s: float = 0.0, prior_cpu_s: float = 0.0):
+        self.prior_wall_s, self.prior_cpu_s = prior_wall_s, prior_cpu_s
+        self.t0 = self.last = time.perf_counter()
+        self.cpu0 = time.process_time()
+        self.eval_s = 0.0
+        self.step_s: list[float] = []
+
+    def add_step(self, seconds: float) -> None:
+        self.step_s.append(seconds)
+
+    def lap(self) -> float:
+        now = time.perf_counter()
+        seconds, self.last = now - self.last, now
+        return seconds
+
+    def wall_s(self) -> float:
+        return self.prior_wall_s + time.perf_counter() - self.t0
+
+    def cpu_s(self) -> float:
+        """CPU seconds of this process (all threads): on a shared machine the wall time
+        overstates the cost; cpu_s / wall_s / cores is the share of the machine we got."""
+        return self.prior_cpu_s + time.process_time() - self.cpu0
+
+    @property
+    def train_s(self) -> float:
+        return sum(self.step_s)
+
+    @property
+    def first_step_s(self) -> float | None:
+        return self.step_s[0] if self.step_s else None
+
+    def ms_per_step(self, median: bool = False) -> float:
+        """Mean (or median) train step after the first (compiling) one."""
+        rest = self.step_s[1:]
+        if not rest:
+            return math.nan
+        return 1e3 * (statistics.median(rest) if median else sum(rest) / len(rest))
 
 
 # ----------------------------------------------------------------------- atomic files
@@ -159,6 +366,12 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
         except json.JSONDecodeError:
             continue
     return records
+
+
+def tail_mean(records: Iterable[Mapping], key: str, n: int) -> float | None:
+    """Mean of the last ``n`` numeric values of ``key`` in ``records`` (None if there are none)."""
+    values = [r[key] for r in records if isinstance(r.get(key), (int, float))][-n:]
+    return sum(values) / len(values) if values else None
 
 
 class MetricsLog:

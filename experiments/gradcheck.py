@@ -61,15 +61,18 @@ def case_options(case: str, batch_size: int, num_steps: int, rng) -> dict:
     return options
 
 
-def run_case(name: str, case: str, dtype: str, shape, num_directions: int, seed: int) -> dict:
+def run_case(
+    name: str, case: str, dtype: str, shape, num_directions: int, seed: int, cell=None
+) -> dict:
     """One ``check_gradients`` call on a random problem; a row of the table.
 
-    Random (not init-time) parameters and a random initial carry: zero biases and a zero
-    carry would hide bias and carry-path mistakes.
+    ``cell`` defaults to the built-in ``CELLS[name]``; pass a user's cell (``--cell
+    module:attr``) with its spec as ``name``. Random (not init-time) parameters and a random
+    initial carry: zero biases and a zero carry would hide bias and carry-path mistakes.
     """
     batch_size, num_steps = shape[:2]
-    cell = CELLS[name]
-    rng = np.random.default_rng([seed, CELLS_ORDER[name], CASES.index(case)])
+    cell = CELLS[name] if cell is None else cell
+    rng = np.random.default_rng([seed, CELLS_ORDER.get(name, len(CELLS)), CASES.index(case)])
     options = case_options(case, batch_size, num_steps, rng)
     time_major = options.get("time_major", False)
     with jax.enable_x64(dtype == "float64"):
@@ -188,23 +191,41 @@ def plot_norms(norms: dict, path: Path) -> None:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cells", nargs="+", choices=list(CELLS), default=list(CELLS))
-    parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
-    parser.add_argument("--dtypes", nargs="+", choices=DTYPES, default=list(DTYPES))
-    parser.add_argument("--batch", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--input-size", type=int, default=4)
-    parser.add_argument("--hidden-size", type=int, default=5)
-    parser.add_argument("--directions", type=int, default=4, help="FD directions per leaf")
-    parser.add_argument("--seed", type=int, default=0)
+    """The flags, each checked here (a bad value exits with code 2 before anything runs)."""
+    pos_int = common.int_at_least(1)
+    parser = common.ArgumentParser(description=__doc__.split("\n\n")[0])
+    # fmt: off
+    parser.add_argument("--cells", nargs="*", choices=list(CELLS), default=list(CELLS),
+                        help="built-in cells to check")
+    parser.add_argument("--cell", action="append", default=[], metavar="MODULE:ATTR",
+                        help="also check a user's cell, e.g. my_cells:cell (repeatable)")
+    parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES), help="cases")
+    parser.add_argument("--dtypes", nargs="+", choices=DTYPES, default=list(DTYPES), help="dtypes")
+    parser.add_argument("--batch", type=pos_int, default=3, help="batch size")
+    parser.add_argument("--steps", type=pos_int, default=8, help="time steps")
+    parser.add_argument("--input-size", type=pos_int, default=4, help="input features")
+    parser.add_argument("--hidden-size", type=pos_int, default=5, help="hidden units")
+    parser.add_argument("--directions", type=pos_int, default=4, help="FD directions per leaf")
+    parser.add_argument("--seed", type=common.int_at_least(0), default=0, help="random problems")
     parser.add_argument("--quick", action="store_true", help="tiny shapes, 1 FD direction")
     parser.add_argument("--out", type=Path, help="write gradcheck.json / .md (and norms) here")
-    parser.add_argument("--norms", action="store_true", help="gradient norms through time")
-    parser.add_argument("--norm-steps", type=int, default=100)
-    parser.add_argument("--norm-hidden", type=int, default=32)
-    parser.add_argument("--scales", type=float, nargs="+", default=[0.5, 1.0, 2.0])
+    parser.add_argument("--norms", action="store_true",
+                        help="gradient norms through time (built-in cells)")
+    parser.add_argument("--norm-steps", type=pos_int, default=100, help="sequence length")
+    parser.add_argument("--norm-hidden", type=pos_int, default=32, help="hidden units")
+    parser.add_argument("--scales", type=common.float_range(0, low_open=True), nargs="+",
+                        default=[0.5, 1.0, 2.0], help="factors on w_h")
+    # fmt: on
     args = parser.parse_args(argv)
+    # Resolved here, so a bad spec is a usage error before any check runs.
+    args.user_cells = {}
+    for spec in args.cell:
+        try:
+            args.user_cells[spec] = common.load_object(spec)
+        except argparse.ArgumentTypeError as e:
+            parser.error(f"argument --cell: {e}")
+    if not args.cells and not args.user_cells:
+        parser.error("nothing to check: --cells is empty and no --cell given")
     if args.quick:
         args.batch, args.steps, args.input_size, args.hidden_size = 2, 4, 2, 3
         args.directions, args.norm_steps, args.norm_hidden = 1, 20, 8
@@ -215,13 +236,13 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     shape = (args.batch, args.steps, args.input_size, args.hidden_size)
     rows = []
-    for name in args.cells:
+    cells = {name: CELLS[name] for name in args.cells} | args.user_cells
+    for name, cell in cells.items():
         for case in args.cases:
             for dtype in args.dtypes:
-                rows.append(run_case(name, case, dtype, shape, args.directions, args.seed))
-                row = rows[-1]
-                progress = " ".join(_fmt(row[c]).ljust(11) for c in COLUMNS)
-                print(progress.rstrip(), flush=True)
+                rows.append(run_case(name, case, dtype, shape, args.directions, args.seed, cell))
+                # Progress on stderr: stdout gets the table once, at the end.
+                print(f"{name} {case} {dtype}: {_fmt(rows[-1]['ok'])}", file=sys.stderr)
     table = text_table(rows)
     ok = all(row["ok"] for row in rows)
     print(f"\n{table}\n\n{'all gradient checks passed' if ok else 'GRADIENT CHECK FAILED'}")

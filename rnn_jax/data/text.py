@@ -25,6 +25,7 @@ import numpy as np
 __all__ = [
     "load_shakespeare",
     "load_names",
+    "load_corpus",
     "load_text",
     "markdown_play_to_text",
     "names_dataset",
@@ -32,6 +33,7 @@ __all__ = [
     "train_val_split",
     "ContiguousBatches",
     "contiguous_batches",
+    "fit_layout",
 ]
 
 # --------------------------------------------------------------------------------------------
@@ -354,6 +356,45 @@ class ContiguousBatches:
             yield self[k]
 
 
+def fit_layout(num_ids: int, batch_size: int, seq_len: int) -> tuple[int, int]:
+    """``(batch_size, seq_len)`` for reading a stream of ``num_ids`` ids whole (validation):
+    ``batch_size`` halved until each row holds at least one chunk of ``seq_len``, and
+    ``seq_len`` cut to the row length if even one row is too short. So a small split (the
+    names) is still read almost whole, where a fixed layout would drop most of it."""
+    while batch_size > 1 and num_ids // batch_size - 1 < seq_len:
+        batch_size //= 2
+    return batch_size, min(seq_len, num_ids // batch_size - 1)
+
+
 def contiguous_batches(ids: np.ndarray, batch_size: int, seq_len: int) -> ContiguousBatches:
     """Functional spelling of :class:`ContiguousBatches` (``len()``, indexing, iteration)."""
     return ContiguousBatches(ids, batch_size, seq_len)
+
+
+def load_corpus(
+    data: str, val_fraction: float = 0.1
+) -> tuple[Vocab, np.ndarray, np.ndarray, set[str] | None]:
+    """A character-LM corpus: ``(vocab, train_ids, val_ids, train_names)``.
+
+    ``data`` is ``"names"`` (first names, one per line; ``train_names`` is the set of
+    training names, to tell sampled names that are new), ``"shakespeare"`` or the path of a
+    UTF-8 file (``train_names`` None). Text is split into a contiguous tail
+    (:func:`train_val_split`); names are split by a fixed shuffle: the list is alphabetical,
+    and a tail would hold out only z-names. The shuffle does not depend on any seed, so every
+    run validates on the same names.
+    """
+    if data != "names":
+        text = load_shakespeare() if data == "shakespeare" else load_text(data)
+        vocab = Vocab.from_text(text)
+        train_ids, val_ids = train_val_split(vocab.encode(text), val_fraction)
+        return vocab, train_ids, val_ids, None
+    names = load_names()
+    order = np.random.default_rng(0).permutation(len(names))
+    n_val = int(round(len(names) * val_fraction))
+    val_names = [names[i] for i in order[:n_val]]
+    train_names = [names[i] for i in order[n_val:]]
+    # A leading newline: the first name is read after an "end of name" like all others.
+    train_text = "\n" + names_dataset(train_names)
+    val_text = "\n" + names_dataset(val_names)
+    vocab = Vocab.from_text(train_text + val_text)
+    return vocab, vocab.encode(train_text), vocab.encode(val_text), set(train_names)
