@@ -3,9 +3,19 @@
 float64 tests run under ``jax.enable_x64(True)`` (the ``x64`` fixture, or the context
 manager directly inside hypothesis tests), which restores the flag afterwards, so no test
 module changes the precision of another.
+
+Skips: a test that needs an optional package or data skips alone (``optional_import``, or a
+``skipif`` on the test), never its whole module. When the environment variable ``CI`` is set,
+every skip is a failure instead: CI installs everything (``pip install -e ".[test]"`` and
+``requirements-data.txt``), so a skip there is a broken install hiding tests. A test that may
+rightly skip in CI (hardware it lacks, such as a GPU) says so with
+``@pytest.mark.ci_may_skip(reason=...)``.
 """
 
 from __future__ import annotations
+
+import importlib
+import os
 
 import chex
 import jax
@@ -70,7 +80,56 @@ def max_abs_diff(a, b) -> float:
     return float(max(leaves)) if leaves else 0.0
 
 
+def in_ci() -> bool:
+    """True when the environment variable ``CI`` is set (GitHub Actions and others set it)."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def optional_import(name: str):
+    """``(module or None, marker)``: decorate the tests that need ``name`` with ``marker`` so
+    they alone skip when it is missing (a failure under CI) and the rest of the module runs."""
+    try:
+        module = importlib.import_module(name)
+    except ImportError:
+        module = None
+    reason = f"{name} is not installed (pip install -e '.[test]')"
+    return module, pytest.mark.skipif(module is None, reason=reason)
+
+
+def _fail_if_skipped_in_ci(report, node) -> None:
+    """Turns a skip report into a failure under CI, unless ``node`` is marked ci_may_skip."""
+    if not report.skipped or hasattr(report, "wasxfail") or not in_ci():
+        return
+    if node.get_closest_marker("ci_may_skip") is not None:
+        return
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    reason = reason.removeprefix("Skipped: ")
+    report.outcome = "failed"
+    report.longrepr = (
+        f"skipped while CI is set: {reason}\nCI installs everything, so a skip there is a "
+        "broken install; mark a test that may rightly skip in CI @pytest.mark.ci_may_skip"
+    )
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    _fail_if_skipped_in_ci(report, item)
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector):
+    report = yield  # a module that skips as a whole (pytest.importorskip at its top)
+    _fail_if_skipped_in_ci(report, collector)
+    return report
+
+
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "computes: test_errors.py case allowed to reach the scan (see no_compute)"
+    )
+    config.addinivalue_line(
+        "markers",
+        "ci_may_skip(reason): the test may skip even when CI is set (hardware CI lacks)",
     )

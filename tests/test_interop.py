@@ -14,12 +14,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import CELLS, assert_close, random_carry, random_params, random_stack
+from conftest import (
+    CELLS,
+    assert_close,
+    optional_import,
+    random_carry,
+    random_params,
+    random_stack,
+)
 
 import rnn_jax as rj
 from rnn_jax import interop
 
-torch = pytest.importorskip("torch")
+torch, needs_torch = optional_import("torch")
 
 
 def assert_bitwise(a, b):
@@ -45,17 +52,18 @@ def test_core_never_imports_torch_keras_or_tensorflow():
 TORCH_MODULES = {
     "simple": lambda *a, **kw: torch.nn.RNN(*a, nonlinearity="tanh", **kw),
     "relu": lambda *a, **kw: torch.nn.RNN(*a, nonlinearity="relu", **kw),
-    "lstm": torch.nn.LSTM,
-    "gru": torch.nn.GRU,
+    "lstm": lambda *a, **kw: torch.nn.LSTM(*a, **kw),
+    "gru": lambda *a, **kw: torch.nn.GRU(*a, **kw),
 }
 TORCH_CELLS = {
     "simple": lambda *a, **kw: torch.nn.RNNCell(*a, nonlinearity="tanh", **kw),
     "relu": lambda *a, **kw: torch.nn.RNNCell(*a, nonlinearity="relu", **kw),
-    "lstm": torch.nn.LSTMCell,
-    "gru": torch.nn.GRUCell,
+    "lstm": lambda *a, **kw: torch.nn.LSTMCell(*a, **kw),
+    "gru": lambda *a, **kw: torch.nn.GRUCell(*a, **kw),
 }
 
 
+@needs_torch
 @pytest.mark.parametrize("name", sorted(CELLS))
 @pytest.mark.parametrize(("num_layers", "bidirectional"), [(1, False), (2, True), (3, False)])
 def test_rnn_jax_to_torch_to_rnn_jax_is_bitwise(x64, name, num_layers, bidirectional):
@@ -70,6 +78,7 @@ def test_rnn_jax_to_torch_to_rnn_jax_is_bitwise(x64, name, num_layers, bidirecti
     assert_bitwise(interop.from_torch(interop.to_torch(stack, cell, as_tensors=False), cell), stack)
 
 
+@needs_torch
 @pytest.mark.parametrize("name", sorted(CELLS))
 def test_torch_to_rnn_jax_to_torch_equal_up_to_bias_split(x64, name):
     cell = CELLS[name]
@@ -88,6 +97,7 @@ def test_torch_to_rnn_jax_to_torch_equal_up_to_bias_split(x64, name):
             assert np.all(back[hh] == 0) and np.all(np.signbit(back[hh]))  # -0.0
 
 
+@needs_torch
 @pytest.mark.parametrize("name", sorted(CELLS))
 def test_rnn_jax_params_run_identically_in_torch(x64, name):
     """The other direction of the parity tests in test_unroll: rnn_jax params -> torch."""
@@ -102,6 +112,7 @@ def test_rnn_jax_params_run_identically_in_torch(x64, name):
     assert_close(hs, out.detach().numpy())
 
 
+@needs_torch
 @pytest.mark.parametrize("name", sorted(CELLS))
 def test_torch_cell_modules(x64, name):
     """nn.RNNCell/LSTMCell/GRUCell <-> a single cell's params dict; one step agrees."""
@@ -125,6 +136,7 @@ def test_torch_cell_modules(x64, name):
     assert_bitwise(interop.from_torch(module, cell), params)
 
 
+@needs_torch
 @pytest.mark.parametrize("name", sorted(CELLS))
 def test_torch_without_bias(x64, name):
     cell = CELLS[name]
@@ -142,6 +154,7 @@ def test_torch_without_bias(x64, name):
         interop.to_torch([nonzero], cell, bias=False)
 
 
+@needs_torch
 def test_torch_dtypes():
     module = torch.nn.GRU(2, 3)  # float32
     (params,) = interop.from_torch(module, rj.gru)
@@ -154,6 +167,7 @@ def test_torch_dtypes():
     assert {str(v.dtype) for v in cast.values()} == {"bfloat16"}
 
 
+@needs_torch
 def test_torch_errors():
     with pytest.raises(
         ValueError,

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import CELLS, TOL64, assert_close, random_carry, random_params
+from conftest import CELLS, TOL64, assert_close, optional_import, random_carry, random_params
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -22,13 +22,13 @@ import rnn_jax as rj
 from rnn_jax import interop
 from rnn_jax.cells.base import LSTMCarry
 
-torch = pytest.importorskip("torch")
+torch, needs_torch = optional_import("torch")
 
 TORCH_MODULES = {
     "simple": lambda i, h, **kw: torch.nn.RNN(i, h, nonlinearity="tanh", **kw),
     "relu": lambda i, h, **kw: torch.nn.RNN(i, h, nonlinearity="relu", **kw),
-    "lstm": torch.nn.LSTM,
-    "gru": torch.nn.GRU,
+    "lstm": lambda i, h, **kw: torch.nn.LSTM(i, h, **kw),
+    "gru": lambda i, h, **kw: torch.nn.GRU(i, h, **kw),
 }
 
 
@@ -71,6 +71,7 @@ def compare_finals(name, finals, torch_state, tol=TOL64):
 # --- PyTorch -------------------------------------------------------------------------
 
 
+@needs_torch
 @pytest.mark.parametrize("name", sorted(CELLS))
 @pytest.mark.parametrize("batch_first", [True, False])
 def test_torch_parity_single_layer(x64, name, batch_first):
@@ -87,6 +88,7 @@ def test_torch_parity_single_layer(x64, name, batch_first):
     compare_finals(name, [final], state)
 
 
+@needs_torch
 @pytest.mark.parametrize("name", sorted(CELLS))
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_torch_parity_packed_variable_lengths(x64, name, bidirectional):
@@ -113,6 +115,7 @@ def test_torch_parity_packed_variable_lengths(x64, name, bidirectional):
     compare_finals(name, finals, state)
 
 
+@needs_torch
 @pytest.mark.parametrize("name", ["simple", "lstm", "gru"])
 @pytest.mark.parametrize("batch_first", [True, False])
 def test_torch_parity_two_layer_bidirectional(x64, name, batch_first):

