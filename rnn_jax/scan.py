@@ -6,6 +6,7 @@ import dataclasses
 
 import jax.numpy as jnp
 
+from rnn_jax.backends import check_backend, dispatch
 from rnn_jax.bptt import _check_truncate, manual_scan
 from rnn_jax.remat import remat_scan_forward, segment_length
 from rnn_jax.sequence import flip_valid, prepare, scan_forward, to_layout
@@ -27,6 +28,7 @@ def unroll(
     truncate: int | None = None,
     remat: int | str | None = None,
     matmul_dtype=None,
+    backend: str = "scan",
 ):
     """Run ``cell`` over ``xs``; returns ``(final_carry, hs)``.
 
@@ -51,10 +53,15 @@ def unroll(
       matmul_dtype: e.g. ``jnp.bfloat16`` to run the matrix products (forward and the
         hand-written backward) in that dtype with accumulation, carries, gate math and
         outputs in the parameters' dtype. None: off (full precision).
+      backend: ``"scan"`` (this function's ``lax.scan``), ``"onednn"`` (CPU) or ``"cudnn"``
+        (GPU, LSTM) for a fused per-sequence kernel with its own fused backward (``unroll``
+        and ``gradient`` do not apply), or ``"auto"``: fused where it applies, else scan.
+        See ``rnn_jax.backends`` for what each supports.
 
     Returns:
       ``(final_carry, hs)`` with ``hs (B, T, H)`` (``(T, B, H)`` if time-major).
     """
+    check_backend(backend)
     if gradient not in GRADIENTS:
         raise ValueError(f"gradient must be one of {GRADIENTS}, got {gradient!r}")
     if truncate is not None and gradient != "manual":
@@ -63,6 +70,13 @@ def unroll(
     if not isinstance(unroll, int) or unroll < 1:
         raise ValueError(f"unroll must be an int >= 1, got {unroll!r}")
     prep = prepare(cell, params, xs, carry, lengths, time_major=time_major)
+    scan_only = dict(lengths=lengths, truncate=truncate, remat=remat, matmul_dtype=matmul_dtype)
+    fused = dispatch(
+        backend, prep.cell, params, xs, prep.carry, reverse=reverse, time_major=time_major,
+        options=scan_only,
+    )  # fmt: skip
+    if fused is not None:
+        return fused
     segment = segment_length(remat, prep.xs.shape[0])
     if segment is not None and truncate is not None:
         raise ValueError("remat with truncate is not supported: windows would cross segments")

@@ -1,0 +1,231 @@
+"""``rj.unroll(..., backend="onednn")`` equals the scan path, values and gradients.
+
+oneDNN runs the same float32 arithmetic in another order (one input product for all steps,
+its own gate kernels), so the two agree to float32 round-off, not bit for bit. Tolerance, per
+array, relative to its largest entry (an entry's round-off scales with the terms summed into
+it, not with its own size): values 1e-5, gradients 1e-4. Measured worst cases over these
+shapes: values 6e-7, gradients 8e-7, except the exploding ReLU RNN (|h| ~ 80, gradients ~ 370
+at T=9) at 3e-5, where the scan path itself is 1e-5 off a float64 run (float32 eps 1.2e-7).
+Requires the ``rnn_jax[onednn]`` extra (part of ``test``) and g++: no skip.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import rnn_jax as rj
+from rnn_jax import backends
+from rnn_jax.backends import build, cudnn
+from rnn_jax.cells.base import Cell
+from rnn_jax.gradcheck import random_problem
+
+CELLS = {"tanh": rj.simple.cell, "relu": rj.simple.relu, "lstm": rj.lstm.cell, "gru": rj.gru.cell}
+VALUE_TOL = 1e-5  # of each array's largest entry (at least 1)
+GRAD_TOL = 1e-4
+
+# (B, T, I, H, time_major, reverse): B=1, T=1, H not a multiple of 8, both layouts, reverse.
+SHAPES = [
+    (1, 1, 3, 5, False, False),
+    (4, 7, 6, 13, False, True),
+    (3, 9, 5, 16, True, False),
+    (2, 6, 8, 11, True, True),
+]
+
+
+def _outputs_and_grads(cell, backend, reverse, time_major):
+    """A jitted ``(params, xs, carry) -> ((final, hs), grads)`` of a loss reading every
+    output, hs and every part of the final carry, with fixed weights (so each gradient entry
+    gets a different cotangent); grads with respect to params, xs and the initial carry."""
+
+    def loss(params, xs, carry):
+        out = rj.unroll(
+            cell, params, xs, carry, reverse=reverse, time_major=time_major, backend=backend
+        )
+        final, hs = out
+        weights = jnp.cos(jnp.arange(hs.size, dtype=hs.dtype)).reshape(hs.shape)
+        value = jnp.sum(hs * weights) + sum(jnp.sum(jnp.sin(c)) for c in jax.tree.leaves(final))
+        return value, out
+
+    grad = jax.grad(loss, argnums=(0, 1, 2), has_aux=True)
+    return jax.jit(lambda p, x, c: grad(p, x, c)[::-1])
+
+
+def _assert_trees_close(actual, expected, tol):
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(expected)]
+    for path, a, e in zip(paths, jax.tree.leaves(actual), jax.tree.leaves(expected), strict=True):
+        scale = max(1.0, float(np.max(np.abs(e), initial=0.0)))
+        np.testing.assert_allclose(
+            np.asarray(a), np.asarray(e), rtol=0, atol=tol * scale, err_msg=path
+        )
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}T{}I{}H{}-tm{:d}-rev{:d}".format(*s))
+@pytest.mark.parametrize("name", CELLS)
+def test_values_and_gradients_equal_scan(name, shape):
+    cell, (*dims, time_major, reverse) = CELLS[name], shape
+    params, xs, carry = random_problem(
+        cell, dims, jnp.float32, np.random.default_rng(dims), time_major=time_major
+    )
+    fused, scan = (
+        _outputs_and_grads(cell, b, reverse, time_major)(params, xs, carry)
+        for b in ("onednn", "scan")
+    )
+    _assert_trees_close(fused[0], scan[0], VALUE_TOL)
+    _assert_trees_close(fused[1], scan[1], GRAD_TOL)
+
+
+def test_default_carry_and_eager_call():
+    params, xs, _ = random_problem(rj.lstm, (2, 4, 3, 6), jnp.float32, np.random.default_rng(0))
+    _assert_trees_close(
+        rj.unroll(rj.lstm, params, xs, backend="onednn"), rj.unroll(rj.lstm, params, xs), VALUE_TOL
+    )
+
+
+def test_stack_and_bidirectional_pass_the_backend_through():
+    rng = np.random.default_rng(1)
+    xs = jnp.asarray(rng.normal(size=(3, 5, 4)), jnp.float32)
+    stack = rj.init_stack(rj.gru, jax.random.PRNGKey(0), 4, 6, 1, bidirectional=True)
+
+    @functools.partial(jax.jit, static_argnums=2)
+    @functools.partial(jax.value_and_grad, argnums=(0, 1))
+    def loss(stack, xs, backend):
+        finals, hs = rj.unroll_stack(rj.gru, stack, xs, backend=backend)
+        return jnp.sum(jnp.tanh(hs)) + sum(jnp.sum(f) for f in jax.tree.leaves(finals))
+
+    (fused, d_fused), (scan, d_scan) = loss(stack, xs, "onednn"), loss(stack, xs, "scan")
+    _assert_trees_close(fused, scan, VALUE_TOL)
+    _assert_trees_close(d_fused, d_scan, GRAD_TOL)
+
+
+def _uses_ffi(fn, *args) -> bool:
+    return "ffi_call" in str(jax.make_jaxpr(fn)(*args))
+
+
+def test_auto_picks_onednn_where_it_applies_and_scan_elsewhere():
+    params, xs, _ = random_problem(rj.gru, (2, 5, 3, 4), jnp.float32, np.random.default_rng(2))
+    auto = lambda **kw: lambda p, x: rj.unroll(rj.gru, p, x, backend="auto", **kw)[1]
+    assert _uses_ffi(auto(), params, xs)
+    lengths = jnp.array([5, 2])
+    assert not _uses_ffi(auto(lengths=lengths), params, xs)
+    np.testing.assert_array_equal(
+        auto(lengths=lengths)(params, xs), rj.unroll(rj.gru, params, xs, lengths=lengths)[1]
+    )
+    with jax.enable_x64(True):
+        params64 = jax.tree.map(lambda a: a.astype(jnp.float64), params)
+        assert not _uses_ffi(auto(), params64, xs.astype(jnp.float64))
+
+
+def _custom_lstm():
+    """A cell named "lstm" that is not rj.lstm: a fused backend must not run it."""
+    base = rj.lstm.cell
+    return Cell("lstm", 4, base.init, base.pointwise, base.pointwise_backward,
+                has_cell_state=True, matmul_dtype="float32")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(lengths=jnp.array([4, 1])), "does not support lengths="),
+        (dict(gradient="manual", truncate=2), "does not support truncate="),
+        (dict(remat=2), "does not support remat="),
+        (dict(matmul_dtype=jnp.bfloat16), "does not support matmul_dtype="),
+        (
+            dict(backend="cudnn", cell=rj.gru),
+            r"runs only the built-in cells \('lstm',\), got 'gru'",
+        ),
+        (dict(cell=_custom_lstm()), "runs only the built-in cells"),
+        (dict(backend="fused"), "backend must be one of"),
+    ],
+)
+def test_unsupported_options_raise_naming_option_and_backend(kwargs, match):
+    kwargs = {"backend": "onednn", "cell": rj.lstm} | kwargs
+    cell = kwargs.pop("cell")
+    params, xs, _ = random_problem(cell, (2, 4, 3, 5), jnp.float32, np.random.default_rng(3))
+    with pytest.raises(ValueError, match=match):
+        rj.unroll(cell, params, xs, **kwargs)
+
+
+def test_float64_is_refused(x64):
+    params, xs, _ = random_problem(rj.lstm, (2, 4, 3, 5), jnp.float64, np.random.default_rng(4))
+    with pytest.raises(TypeError, match="float32 only, got params of dtype float64"):
+        rj.unroll(rj.lstm, params, xs, backend="onednn")
+
+
+def test_fused_kind_names_only_the_builtin_cells():
+    assert [backends.fused_kind(c) for c in CELLS.values()] == list(CELLS)
+    assert backends.fused_kind(rj.lstm) == "lstm"
+    assert backends.fused_kind(_custom_lstm()) is None
+    assert backends.fused_kind(object()) is None
+
+
+def test_missing_compiler_or_library_says_what_to_install(monkeypatch):
+    monkeypatch.setenv("CXX", "no-such-compiler-rnn-jax")
+    with pytest.raises(build.BackendUnavailable, match="apt-get install g"):
+        build.compile_command(build.SOURCE)
+    monkeypatch.delenv("CXX")
+
+    def missing(name):
+        raise build.importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(build.importlib.metadata, "distribution", missing)
+    with pytest.raises(build.BackendUnavailable, match=r"pip install 'rnn_jax\[onednn\]'"):
+        build.compile_command(build.SOURCE)
+
+
+def test_build_is_cached_and_keyed_by_source(tmp_path, monkeypatch):
+    monkeypatch.setenv("RNN_JAX_CACHE_DIR", str(tmp_path))
+    first = build.build_library()
+    assert first.parent == tmp_path and first.stat().st_mode & 0o111
+    assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temp file left behind
+    mtime = first.stat().st_mtime_ns
+    assert build.build_library() == first and first.stat().st_mtime_ns == mtime
+    edited = tmp_path / "edited.cc"
+    edited.write_text(build.SOURCE.read_text() + "\n// edited\n")
+    monkeypatch.setattr(build, "SOURCE", edited)
+    assert build.library_path() != first
+
+
+# --- cuDNN: the weight packing, checked on CPU against jax.experimental.rnn's reference ---
+
+
+def _reference_lstm(x, h_0, c_0, weights, seq_lengths, *, input_size, hidden_size, **kw):
+    """``jax.experimental.rnn.lstm``'s signature, run by its CPU reference ``lstm_ref``
+    on the weights unpacked by its own ``unpack_lstm_weights``."""
+    from jax.experimental import rnn
+
+    unpacked = rnn.unpack_lstm_weights(weights, input_size, hidden_size, 1, False)
+    return rnn.lstm_ref(x, h_0, c_0, *unpacked, seq_lengths, input_size, hidden_size, 1, 0.0, False)
+
+
+@pytest.mark.parametrize(("time_major", "reverse"), [(False, False), (True, True)])
+def test_cudnn_packing_matches_lstm_ref(monkeypatch, time_major, reverse):
+    from jax.experimental import rnn
+
+    monkeypatch.setattr(rnn, "lstm", _reference_lstm)
+    shape = (3, 6, 4, 5)
+    params, xs, carry = random_problem(
+        rj.lstm, shape, jnp.float32, np.random.default_rng(5), time_major=time_major
+    )
+    expected = rj.unroll(rj.lstm, params, xs, carry, reverse=reverse, time_major=time_major)
+    got = cudnn.unroll(params, xs, carry, reverse=reverse, time_major=time_major)
+    _assert_trees_close(got, expected, VALUE_TOL)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN needs a GPU")
+def test_cudnn_values_and_gradients_equal_scan():
+    params, xs, carry = random_problem(
+        rj.lstm, (4, 7, 6, 13), jnp.float32, np.random.default_rng(6)
+    )
+    with jax.default_matmul_precision("float32"):  # no TF32 on the scan side either
+        fused, scan = (
+            _outputs_and_grads(rj.lstm, b, True, False)(params, xs, carry)
+            for b in ("cudnn", "scan")
+        )
+    _assert_trees_close(fused[0], scan[0], VALUE_TOL)
+    _assert_trees_close(fused[1], scan[1], GRAD_TOL)
