@@ -20,6 +20,17 @@ def atomic_path(path: str | os.PathLike, mode: int = 0o644) -> Iterator[Path]:
     """Yield a temporary path to write; on success it is fsynced and renamed onto ``path``.
 
     On any exception the temporary file is removed and ``path`` is left untouched.
+
+    Example:
+      >>> import tempfile, pathlib
+      >>> from rnn_jax.atomic import atomic_path
+      >>> target = pathlib.Path(tempfile.mkdtemp()) / "result.txt"
+      >>> with atomic_path(target) as tmp:
+      ...     _ = tmp.write_text("done")
+      ...     target.exists()  # nothing at the target until the block succeeds
+      False
+      >>> target.read_text()
+      'done'
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -41,7 +52,15 @@ def atomic_path(path: str | os.PathLike, mode: int = 0o644) -> Iterator[Path]:
 
 
 def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
-    """Write ``data`` (bytes, or text as UTF-8) to ``path`` atomically; returns the path."""
+    """Write ``data`` (bytes, or text as UTF-8) to ``path`` atomically; returns the path.
+
+    Example:
+      >>> import tempfile, pathlib
+      >>> from rnn_jax.atomic import write_atomic
+      >>> path = write_atomic(pathlib.Path(tempfile.mkdtemp()) / "notes.txt", "hello")
+      >>> path.read_text(), sorted(p.name for p in path.parent.iterdir())  # no temporary left
+      ('hello', ['notes.txt'])
+    """
     with atomic_path(path) as tmp:
         tmp.write_bytes(data.encode() if isinstance(data, str) else data)
     return Path(path)

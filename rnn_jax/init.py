@@ -15,7 +15,15 @@ INITIALIZERS = ("default", "torch")
 
 
 def glorot_uniform(key, shape, dtype=jnp.float32):
-    """Glorot/Xavier uniform over the whole fused kernel, as Keras does for ``kernel``."""
+    """Glorot/Xavier uniform over the whole fused kernel, as Keras does for ``kernel``.
+
+    Example:
+      >>> import jax
+      >>> from rnn_jax.init import glorot_uniform
+      >>> w = glorot_uniform(jax.random.PRNGKey(0), (28, 512))
+      >>> bool(abs(w).max() <= (6 / (28 + 512)) ** 0.5)  # U(-sqrt(6 / (fan_in + fan_out)), ...)
+      True
+    """
     return jax.nn.initializers.glorot_uniform()(key, shape, dtype)
 
 
@@ -24,6 +32,16 @@ def orthogonal_blocks(key, hidden_size: int, num_gates: int, dtype=jnp.float32):
 
     Per-gate blocks keep each gate's recurrent map norm-preserving, which a single
     orthogonal ``(H, G*H)`` matrix (Keras' choice) does not.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from rnn_jax.init import orthogonal_blocks
+      >>> w_h = orthogonal_blocks(jax.random.PRNGKey(0), hidden_size=4, num_gates=3)
+      >>> w_h.shape
+      (4, 12)
+      >>> block = w_h[:, 4:8]  # the second gate's (H, H) block
+      >>> bool(jnp.allclose(block.T @ block, jnp.eye(4), atol=1e-5))
+      True
     """
     keys = jax.random.split(key, num_gates)
     blocks = [jax.nn.initializers.orthogonal()(k, (hidden_size, hidden_size), dtype) for k in keys]
@@ -31,7 +49,15 @@ def orthogonal_blocks(key, hidden_size: int, num_gates: int, dtype=jnp.float32):
 
 
 def uniform(key, shape, bound: float, dtype=jnp.float32):
-    """U(-bound, bound), PyTorch's RNN default with ``bound = 1/sqrt(H)``."""
+    """U(-bound, bound), PyTorch's RNN default with ``bound = 1/sqrt(H)``.
+
+    Example:
+      >>> import jax
+      >>> from rnn_jax.init import uniform
+      >>> w = uniform(jax.random.PRNGKey(0), (64, 256), bound=1 / 64**0.5)
+      >>> bool(abs(w).max() <= 0.125)
+      True
+    """
     return jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
@@ -51,6 +77,16 @@ def fused_params(
     ``"torch"``: every entry U(±1/sqrt(H)); a bias that PyTorch splits in two
     (``b = b_ih + b_hh``) is drawn as the sum of two such draws, so its distribution
     matches ``nn.LSTM``/``nn.RNN`` exactly.
+
+    Example:
+      >>> import jax
+      >>> from rnn_jax.init import fused_params
+      >>> p = fused_params(jax.random.PRNGKey(0), 3, 4, num_gates=3, bias_names=("b_x", "b_h"))
+      >>> {name: value.shape for name, value in p.items()}
+      {'w_x': (3, 12), 'w_h': (4, 12), 'b_x': (12,), 'b_h': (12,)}
+      >>> torch_like = fused_params(jax.random.PRNGKey(0), 3, 4, 1, ("b",), initializer="torch")
+      >>> bool(abs(torch_like["w_h"]).max() <= 0.5)  # U(-1/sqrt(H), 1/sqrt(H)), H = 4
+      True
     """
     if initializer not in INITIALIZERS:
         raise ValueError(f"initializer must be one of {INITIALIZERS}, got {initializer!r}")
@@ -90,5 +126,12 @@ def _draw(key, input_size, hidden_size, num_gates, bias_names, initializer, dtyp
 
 
 def set_gate_bias(bias, gate: int, hidden_size: int, value: float):
-    """Return ``bias`` with gate ``gate``'s slice ``[gate*H:(gate+1)*H]`` set to ``value``."""
+    """Return ``bias`` with gate ``gate``'s slice ``[gate*H:(gate+1)*H]`` set to ``value``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from rnn_jax.init import set_gate_bias
+      >>> set_gate_bias(jnp.zeros(8), gate=1, hidden_size=2, value=1.0)  # LSTM i, f, g, o: f = 1
+      Array([0., 0., 1., 1., 0., 0., 0., 0.], dtype=float32)
+    """
     return bias.at[gate * hidden_size : (gate + 1) * hidden_size].set(value)

@@ -7,12 +7,31 @@ import numpy as np
 
 
 def count_params(params) -> int:
-    """Total number of scalars in a params pytree (``simple.init(key, 10, 3)`` -> 42)."""
+    """Total number of scalars in a params pytree (``simple.init(key, 10, 3)`` -> 42).
+
+    Example:
+      >>> import jax, rnn_jax as rj
+      >>> rj.count_params(rj.simple.init(jax.random.PRNGKey(0), 10, 3))  # Keras' SimpleRNN(3)
+      42
+    """
     return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(params))
 
 
 def summary(params) -> str:
-    """A table of every leaf: path, shape, dtype, count; then the total."""
+    """A table of every leaf: path, shape, dtype, count; then the total.
+
+    Example:
+      >>> import jax, rnn_jax as rj
+      >>> print(rj.summary(rj.simple.init(jax.random.PRNGKey(0), 10, 3)))
+      ----------------------------------
+      parameter  shape    dtype    count
+      ----------------------------------
+      ['b']      (3,)     float32      3
+      ['w_h']    (3, 3)   float32      9
+      ['w_x']    (10, 3)  float32     30
+      ----------------------------------
+      Total params: 42
+    """
     rows = [
         (jax.tree_util.keystr(path), str(tuple(leaf.shape)), str(leaf.dtype), int(np.size(leaf)))
         for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
