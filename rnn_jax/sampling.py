@@ -40,6 +40,12 @@ def filter_logits(logits: jax.Array, *, temperature=1.0, top_k: int | None = Non
 
     Ties at the k-th value are broken towards lower ids (as ``lax.top_k``), so exactly k
     entries survive and ``top_k=1`` is the argmax.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from rnn_jax.sampling import filter_logits
+      >>> filter_logits(jnp.array([1.0, 3.0, 2.0, 0.0]), temperature=0.5, top_k=2)
+      Array([-inf,   6.,   4., -inf], dtype=float32)
     """
     logits = logits / jnp.asarray(temperature, logits.dtype)
     if top_k is None or top_k >= logits.shape[-1]:
@@ -53,7 +59,17 @@ def filter_logits(logits: jax.Array, *, temperature=1.0, top_k: int | None = Non
 def next_token(
     key, logits: jax.Array, *, temperature=1.0, top_k: int | None = None, greedy: bool = False
 ) -> jax.Array:
-    """One draw per row: ``(B, V) -> (B,)`` int32. ``greedy`` takes the argmax."""
+    """One draw per row: ``(B, V) -> (B,)`` int32. ``greedy`` takes the argmax.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from rnn_jax.sampling import next_token
+      >>> logits = jnp.array([[0.0, 5.0, 1.0], [2.0, 0.0, 9.0]])
+      >>> next_token(None, logits, greedy=True)
+      Array([1, 2], dtype=int32)
+      >>> next_token(jax.random.PRNGKey(0), logits, top_k=1)  # top_k=1 is the argmax too
+      Array([1, 2], dtype=int32)
+    """
     if greedy:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     filtered = filter_logits(logits, temperature=temperature, top_k=top_k)
@@ -95,6 +111,16 @@ def sample(
     Returns:
       ``tokens``: ``(B, num_steps)`` int32, the sampled tokens (the prime not included);
       ``final_carry``: the state after the prime and ``tokens[:, :-1]``.
+
+    Example:
+      >>> import jax, rnn_jax as rj
+      >>> from rnn_jax import models, sampling
+      >>> model = models.language_model(rj.gru, vocab_size=5, hidden_size=8)
+      >>> params = model.init(jax.random.PRNGKey(0))
+      >>> tokens, carry = sampling.sample(model.apply, params, jax.random.PRNGKey(1), num_steps=6,
+      ...                                 prime_tokens=[1, 2, 3], temperature=0.8)
+      >>> tokens.shape, tokens.dtype, bool(((tokens >= 0) & (tokens < 5)).all())
+      ((1, 6), dtype('int32'), True)
     """
     if not isinstance(num_steps, int) or num_steps < 1:
         raise ValueError(f"num_steps must be an int >= 1, got {num_steps!r}")

@@ -46,6 +46,16 @@ def zero_carry(carry_fn: Callable[..., PyTree], *args) -> PyTree:
     Start a stream with this rather than ``None``: a jitted step sees the same pytree
     structure on its first call as on every later one, so it compiles once. (All rnn_jax
     cells treat a ``None`` carry as zeros, so the two are the same computation.)
+
+    Example:
+      >>> import jax, jax.numpy as jnp, rnn_jax as rj
+      >>> from rnn_jax import models, tbptt
+      >>> model = models.language_model(rj.lstm, vocab_size=4, hidden_size=3)
+      >>> params = model.init(jax.random.PRNGKey(0))
+      >>> tokens = jnp.zeros((2, 5), jnp.int32)
+      >>> carries = tbptt.zero_carry(lambda p, t: model.apply(p, t)[1], params, tokens)
+      >>> carries[0].h.shape, float(abs(carries[0].c).max())  # one LSTMCarry per layer, zeros
+      ((2, 3), 0.0)
     """
     shapes = jax.eval_shape(carry_fn, *args)
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
@@ -68,6 +78,24 @@ def make_chunk_step(
     Built on :func:`rnn_jax.train.make_train_step` (jit, state donation, the rng split per
     step, ``metrics["grad_norm"]``); ``metrics`` holds ``"loss"``, ``loss_fn``'s metrics and
     ``"grad_norm"``. Donation covers the state, not the carry: keep using your carry.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, numpy as np, rnn_jax as rj, rnn_jax.data
+      >>> from rnn_jax import models, tbptt, train
+      >>> model = models.language_model(rj.gru, vocab_size=3, hidden_size=4)
+      >>> def loss_fn(params, carry, chunk, rng):
+      ...     logits, new_carry = model.apply(params, chunk[0], carry)
+      ...     return train.softmax_cross_entropy(logits, chunk[1]), (new_carry, {})
+      >>> optimizer = train.default_optimizer(1e-2)
+      >>> state = train.create_train_state(model.init(jax.random.PRNGKey(0)), optimizer,
+      ...                                  jax.random.PRNGKey(1))
+      >>> step = tbptt.make_chunk_step(loss_fn, optimizer)
+      >>> stream = np.arange(2 * 13) % 3  # 0 1 2 0 1 2 ...: each token predicts the next
+      >>> carry = [jnp.zeros((2, 4))]  # one GRU layer's state, for 2 rows
+      >>> for inputs, targets in rnn_jax.data.contiguous_batches(stream, 2, 4):
+      ...     state, carry, metrics = step(state, carry, (inputs, targets))
+      >>> int(state.step), sorted(metrics)  # 3 chunks of 4 steps: 3 updates
+      (3, ['grad_norm', 'loss'])
     """
 
     def batch_loss(params, batch, rng):
@@ -90,7 +118,24 @@ def make_chunk_step(
 def make_chunk_eval(
     metric_fn: ChunkMetricFn,
 ) -> Callable[[PyTree, PyTree, PyTree], tuple[dict, PyTree]]:
-    """``jax.jit(metric_fn)``: ``(params, carry, chunk) -> (sums with "count", new_carry)``."""
+    """``jax.jit(metric_fn)``: ``(params, carry, chunk) -> (sums with "count", new_carry)``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, rnn_jax as rj
+      >>> from rnn_jax import models, tbptt, train
+      >>> model = models.language_model(rj.simple, vocab_size=3, hidden_size=4)
+      >>> def metric_fn(params, carry, chunk):
+      ...     logits, new_carry = model.apply(params, chunk[0], carry)
+      ...     n = chunk[1].size
+      ...     nll = train.softmax_cross_entropy(logits, chunk[1]) * n
+      ...     return {"nll": nll, "count": n}, new_carry
+      >>> eval_chunk = tbptt.make_chunk_eval(metric_fn)
+      >>> params = model.init(jax.random.PRNGKey(0))
+      >>> chunk = (jnp.zeros((2, 4), jnp.int32), jnp.ones((2, 4), jnp.int32))
+      >>> sums, carry = eval_chunk(params, [jnp.zeros((2, 4))], chunk)
+      >>> float(sums["count"]), carry[0].shape
+      (8.0, (2, 4))
+    """
     return jax.jit(metric_fn)
 
 
@@ -113,6 +158,17 @@ def evaluate_stream(
     Returns:
       ``({name: total_sum / total_count, ..., "count": total_count}, final_carry)``; sums are
       accumulated in float64 on the host after one fetch (no sync per chunk).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from rnn_jax import tbptt
+      >>> def eval_chunk(params, carry, chunk):  # a "model" that counts the tokens it has read
+      ...     carry = carry + chunk.shape[1]
+      ...     return {"seen": jnp.sum(carry) * 1.0, "count": chunk.size}, carry
+      >>> chunks = [jnp.zeros((2, 3)), jnp.zeros((2, 3))]
+      >>> means, carry = tbptt.evaluate_stream(eval_chunk, None, chunks, jnp.zeros(2))
+      >>> means, carry  # the state went through both chunks: 3, then 6 tokens per row
+      ({'seen': 1.5, 'count': 12.0}, Array([6., 6.], dtype=float32))
     """
     results = []
     for chunk in chunks:
