@@ -179,6 +179,17 @@ def from_torch(module_or_state_dict, cell, *, dtype=None):
       ``b = bias_ih + bias_hh``, the GRU ``b_x = bias_ih, b_h = bias_hh`` (its reset gate
       scales ``h @ W_hn + b_hn`` alone, so the two cannot be fused). ``bias=False`` gives
       zero biases. For a Cell module/state_dict, the cell's params dict itself.
+
+    Example:
+      >>> import numpy as np, rnn_jax as rj
+      >>> from rnn_jax import interop
+      >>> rng = np.random.default_rng(0)
+      >>> state_dict = {  # what torch.nn.RNN(input_size=2, hidden_size=3).state_dict() holds
+      ...     "weight_ih_l0": rng.normal(size=(3, 2)), "weight_hh_l0": rng.normal(size=(3, 3)),
+      ...     "bias_ih_l0": np.ones(3), "bias_hh_l0": np.full(3, 0.5)}
+      >>> (layer,) = interop.from_torch(state_dict, rj.simple)
+      >>> layer["w_x"].shape, layer["b"].tolist()  # weight_ih transposed; two biases fused
+      ((2, 3), [1.5, 1.5, 1.5])
     """
     cell = as_cell(cell)
     state = module_or_state_dict
@@ -258,6 +269,16 @@ def to_torch(params, cell, *, bias: bool = True, as_tensors: bool = True) -> dic
 
     A fused ``b`` goes to ``bias_ih``, and ``-0.0`` to ``bias_hh`` (see module docstring);
     the GRU's ``b_x``, ``b_h`` map one to one. Weights are transposed: ``weight_ih = w_x.T``.
+
+    Example:
+      >>> import jax, rnn_jax as rj
+      >>> from rnn_jax import interop
+      >>> params = rj.lstm.init(jax.random.PRNGKey(0), 2, 3)
+      >>> state = interop.to_torch([params], rj.lstm, as_tensors=False)  # for nn.LSTM(2, 3)
+      >>> {name: value.shape for name, value in state.items()}
+      {'weight_ih_l0': (12, 2), 'weight_hh_l0': (12, 3), 'bias_ih_l0': (12,), 'bias_hh_l0': (12,)}
+      >>> interop.from_torch(state, rj.lstm)[0]["b"].tolist() == params["b"].tolist()
+      True
     """
     cell = as_cell(cell)
     layers, is_stack = _layers_of(params)
@@ -350,6 +371,14 @@ def from_flax(variables_or_params, cell, *, dtype=None):
     ``nn.RNN`` around one (``{"cell": ...}``) -> the cell's params dict; of an
     ``nn.Bidirectional`` of two ``nn.RNN`` -> ``{"fwd", "bwd"}``. ``dtype``: as in
     ``from_torch``. GRU: ``b_x = [b_ir, b_iz, b_in]``, ``b_h = [0, 0, b_hn]``.
+
+    Example:
+      >>> import jax, numpy as np, rnn_jax as rj
+      >>> from rnn_jax import interop
+      >>> params = rj.gru.init(jax.random.PRNGKey(0), 2, 3)
+      >>> back = interop.from_flax(interop.to_flax(params, rj.gru), rj.gru)
+      >>> all(np.array_equal(back[k], params[k]) for k in params)  # zero r/z recurrent biases
+      True
     """
     cell = as_cell(cell)
     tree = _unwrap_flax(variables_or_params)
@@ -393,6 +422,13 @@ def to_flax(params, cell, *, rnn: bool = False) -> dict:
     ``{"fwd", "bwd"}`` layer -> variables of ``nn.Bidirectional(nn.RNN(c), nn.RNN(c))``.
     The GRU's recurrent r/z biases are folded into Flax's input biases (the same model;
     exact when they are zero, as ``from_flax`` makes them).
+
+    Example:
+      >>> import jax, rnn_jax as rj
+      >>> from rnn_jax import interop
+      >>> variables = interop.to_flax(rj.lstm.init(jax.random.PRNGKey(0), 2, 3), rj.lstm)
+      >>> sorted(variables["params"])  # flax.linen.LSTMCell's submodules
+      ['hf', 'hg', 'hi', 'ho', 'if', 'ig', 'ii', 'io']
     """
     cell = as_cell(cell)
     if not isinstance(params, Mapping):
@@ -411,7 +447,16 @@ def to_flax(params, cell, *, rnn: bool = False) -> dict:
 
 
 def carry_from_flax(carry, cell):
-    """A Flax cell's carry -> ours: the LSTM's ``(c, h)`` becomes ``LSTMCarry(h, c)``."""
+    """A Flax cell's carry -> ours: the LSTM's ``(c, h)`` becomes ``LSTMCarry(h, c)``.
+
+    Example:
+      >>> import jax.numpy as jnp, rnn_jax as rj
+      >>> from rnn_jax import interop
+      >>> c, h = jnp.zeros((1, 3)), jnp.ones((1, 3))
+      >>> carry = interop.carry_from_flax((c, h), rj.lstm)  # Flax's LSTMCell carries (c, h)
+      >>> float(carry.h.sum()), float(carry.c.sum())
+      (3.0, 0.0)
+    """
     if as_cell(cell).has_cell_state:
         c, h = carry
         return LSTMCarry(h, c)
@@ -419,7 +464,16 @@ def carry_from_flax(carry, cell):
 
 
 def carry_to_flax(carry, cell):
-    """Our carry -> a Flax cell's: ``LSTMCarry(h, c)`` becomes ``(c, h)``."""
+    """Our carry -> a Flax cell's: ``LSTMCarry(h, c)`` becomes ``(c, h)``.
+
+    Example:
+      >>> import jax.numpy as jnp, rnn_jax as rj
+      >>> from rnn_jax import interop
+      >>> carry = rj.LSTMCarry(h=jnp.ones((1, 3)), c=jnp.zeros((1, 3)))
+      >>> c, h = interop.carry_to_flax(carry, rj.lstm)
+      >>> float(h.sum()), float(c.sum())
+      (3.0, 0.0)
+    """
     if as_cell(cell).has_cell_state:
         h, c = carry
         return (c, h)
@@ -489,6 +543,16 @@ def from_keras(weights: Sequence, cell, *, bidirectional: bool = False, dtype=No
     ``bidirectional=True`` reads a ``keras.layers.Bidirectional`` layer's list (forward
     layer's weights, then the backward layer's) -> ``{"fwd", "bwd"}``. The GRU must be
     ``reset_after=True`` (the Keras default); its gates are reordered z, r, h -> r, z, n.
+
+    Example:
+      >>> import numpy as np, rnn_jax as rj
+      >>> from rnn_jax import interop
+      >>> rng = np.random.default_rng(0)
+      >>> weights = [rng.normal(size=(2, 9)), rng.normal(size=(3, 9)), rng.normal(size=(2, 9))]
+      >>> params = interop.from_keras(weights, rj.gru)  # keras.layers.GRU(3), I = 2
+      >>> r_z_n = [3, 4, 5, 0, 1, 2, 6, 7, 8]  # Keras' gate blocks z, r, h -> ours r, z, n
+      >>> np.allclose(params["b_x"], weights[2][0][r_z_n])
+      True
     """
     cell = as_cell(cell)
     weights = list(weights)
@@ -527,6 +591,13 @@ def to_keras(params, cell, *, use_bias: bool = True) -> list:
     A cell's params -> ``SimpleRNN``/``LSTM``/``GRU(reset_after=True)``; ``{"fwd", "bwd"}``
     -> ``keras.layers.Bidirectional`` (forward weights then backward). ``use_bias=False``
     for a layer built without bias (the biases must then be zero).
+
+    Example:
+      >>> import jax, rnn_jax as rj
+      >>> from rnn_jax import interop
+      >>> weights = interop.to_keras(rj.simple.init(jax.random.PRNGKey(0), 10, 3), rj.simple)
+      >>> [w.shape for w in weights]  # keras.layers.SimpleRNN(3) on 10 features: 42 parameters
+      [(10, 3), (3, 3), (3,)]
     """
     cell = as_cell(cell)
     if not isinstance(params, Mapping):
