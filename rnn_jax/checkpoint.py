@@ -68,7 +68,17 @@ def _unwrap_keys(tree: PyTree) -> PyTree:
 
 
 def list_checkpoints(directory: str | os.PathLike) -> list[tuple[int, str]]:
-    """``(step, path)`` of every complete checkpoint in ``directory``, oldest first."""
+    """``(step, path)`` of every complete checkpoint in ``directory``, oldest first.
+
+    Example:
+      >>> import tempfile, numpy as np
+      >>> from rnn_jax.checkpoint import list_checkpoints, save_checkpoint
+      >>> folder = tempfile.mkdtemp()
+      >>> for step in (100, 200, 300):
+      ...     _ = save_checkpoint(folder, {"w": np.zeros(2)}, step=step, keep=2)
+      >>> [step for step, path in list_checkpoints(folder)]  # keep=2 pruned step 100
+      [200, 300]
+    """
     directory = os.fspath(directory)
     if not os.path.isdir(directory):
         return []
@@ -81,7 +91,18 @@ def list_checkpoints(directory: str | os.PathLike) -> list[tuple[int, str]]:
 
 
 def latest_checkpoint(directory: str | os.PathLike) -> str | None:
-    """Path of the highest-step checkpoint in ``directory``, or None if there is none."""
+    """Path of the highest-step checkpoint in ``directory``, or None if there is none.
+
+    Example:
+      >>> import tempfile, numpy as np
+      >>> from rnn_jax.checkpoint import latest_checkpoint, save_checkpoint
+      >>> folder = tempfile.mkdtemp()
+      >>> latest_checkpoint(folder) is None
+      True
+      >>> path = save_checkpoint(folder, {"w": np.zeros(2)}, step=7)
+      >>> latest_checkpoint(folder) == path, path.endswith("checkpoint_00000007.msgpack")
+      (True, True)
+    """
     found = list_checkpoints(directory)
     return found[-1][1] if found else None
 
@@ -105,6 +126,15 @@ def save_checkpoint(
         the key ``"step"``.
       keep: keep only the ``keep`` highest-step checkpoints (None keeps all).
         Pruning happens after the new file is in place.
+
+    Example:
+      >>> import tempfile, jax.numpy as jnp
+      >>> from rnn_jax.checkpoint import restore_checkpoint, save_checkpoint
+      >>> state = {"params": {"w": jnp.arange(3.0)}, "step": jnp.array(5)}
+      >>> path = save_checkpoint(tempfile.mkdtemp(), state, step=5, metadata={"lr": 0.1})
+      >>> restored, metadata = restore_checkpoint(path, state)
+      >>> restored["params"]["w"].tolist(), metadata
+      ([0.0, 1.0, 2.0], {'lr': 0.1, 'step': 5})
     """
     step = int(step)
     if step < 0:
@@ -172,7 +202,16 @@ def _read(path: str) -> tuple[dict, bytes]:
 
 
 def read_metadata(path: str | os.PathLike) -> dict:
-    """The metadata of a checkpoint (with ``"step"``), without restoring the state."""
+    """The metadata of a checkpoint (with ``"step"``), without restoring the state.
+
+    Example:
+      >>> import tempfile, numpy as np
+      >>> from rnn_jax.checkpoint import read_metadata, save_checkpoint
+      >>> path = save_checkpoint(tempfile.mkdtemp(), {"w": np.ones(4)}, step=3,
+      ...                        metadata={"cell": "lstm"})
+      >>> read_metadata(path)
+      {'cell': 'lstm', 'step': 3}
+    """
     return _read(os.fspath(path))[0]
 
 
@@ -219,6 +258,16 @@ def restore_checkpoint(path: str | os.PathLike, target: PyTree) -> tuple[PyTree,
       FileNotFoundError: no file at ``path``.
       CheckpointError (a ValueError): corrupt file, or a structure, shape or
         dtype mismatch with ``target`` (every mismatching path is named).
+
+    Example:
+      >>> import tempfile, jax.numpy as jnp
+      >>> from rnn_jax.checkpoint import CheckpointError, restore_checkpoint, save_checkpoint
+      >>> path = save_checkpoint(tempfile.mkdtemp(), {"w": jnp.zeros(3)}, step=1)
+      >>> try:
+      ...     restore_checkpoint(path, {"w": jnp.zeros(4)})  # a target of another shape
+      ... except CheckpointError as error:
+      ...     print("refused:", "shape" in str(error))
+      refused: True
     """
     path = os.fspath(path)
     metadata, state_bytes = _read(path)
