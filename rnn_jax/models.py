@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rnn_jax.cells.base import hidden_of
 from rnn_jax.checks import as_cell
@@ -102,7 +103,9 @@ def language_model(
     ``init_fn(key, dtype=float32) -> {"embed": (V, E)?, "rnn": [...], "readout": ...}``
     ``apply_fn(params, tokens (B, T) int, carry=None, *, key=None, **unroll_kwargs)
     -> (logits (B, T, V), final_carries)``; pass ``final_carries`` back as ``carry`` to
-    continue a stream (truncated BPTT over consecutive chunks, sampling).
+    continue a stream (truncated BPTT over consecutive chunks, sampling). Tokens outside
+    ``[0, V)`` raise ValueError when concrete; under ``jit`` they cannot be seen (see
+    ``_check_tokens``).
     """
     cell = as_cell(cell)
 
@@ -136,13 +139,25 @@ def language_model(
 
 
 def _check_tokens(tokens, vocab_size: int):
-    # Values can't be range-checked under jit; jnp indexing would clamp silently, so callers
-    # encode with a Vocab that rejects unknown characters.
+    """Shape and dtype always; values when ``tokens`` is concrete (numpy, or a jax array
+    outside ``jit``): fetched to the host, the first token outside ``[0, vocab_size)`` is
+    named with its position. Under ``jit`` the values are unknown and not checked: an
+    embedding lookup would clamp them and one-hot give zeros, so encode with a
+    ``rnn_jax.data.Vocab`` (which refuses unknown characters) or check before jitting."""
     if getattr(tokens, "ndim", None) != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
         raise ValueError(
             f"tokens must be an integer array (batch, time), got "
             f"{getattr(tokens, 'shape', type(tokens).__name__)} {getattr(tokens, 'dtype', '')}"
         )
+    if not isinstance(tokens, jax.core.Tracer):
+        host = np.asarray(tokens)
+        bad = np.argwhere((host < 0) | (host >= vocab_size))
+        if bad.size:
+            where = tuple(int(i) for i in bad[0])
+            raise ValueError(
+                f"token {host[where]} at (batch, time) {where} is outside the vocabulary "
+                f"[0, {vocab_size}) ({len(bad)} such tokens)"
+            )
     return tokens
 
 

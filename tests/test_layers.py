@@ -3,6 +3,8 @@ the models' shapes, and ``gradient="manual"`` through stacks equal to autodiff (
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -252,3 +254,20 @@ def test_classifier_logits_equal_dense_of_hand_stepped_final_states(
     xs[np.arange(5)[None, :] >= lengths[:, None]] = 9.0  # padding must not reach the logits
     got = jax.jit(apply)(params, jnp.asarray(xs), lengths=jnp.asarray(lengths))
     assert_close(got, _reference_logits(cell, params, xs, lengths, bidirectional, merge))
+
+
+@pytest.mark.parametrize("embed_size", [None, 5], ids=["one_hot", "embed"])
+def test_language_model_refuses_out_of_range_tokens_naming_value_and_position(embed_size):
+    """One-hot would give an all-zero input and an embedding lookup a clamped row: both wrong
+    without a sound, so concrete tokens are checked on the host before any compute."""
+    init, apply = models.language_model(rj.gru, 11, 4, embed_size=embed_size)
+    params = init(jax.random.PRNGKey(0))
+    tokens = np.zeros((2, 3), np.int32)
+    assert apply(params, tokens)[0].shape == (2, 3, 11)
+    for bad, where in ((11, (1, 2)), (-1, (0, 1))):
+        wrong = tokens.copy()
+        wrong[where] = bad
+        for given in (wrong, jnp.asarray(wrong)):
+            expected = rf"token {bad} at \(batch, time\) {re.escape(str(where))} .*\[0, 11\)"
+            with pytest.raises(ValueError, match=expected):
+                apply(params, given)
