@@ -21,7 +21,7 @@ def atomic_path(path: str | os.PathLike, mode: int = 0o644) -> Iterator[Path]:
 
     On any exception the temporary file is removed and ``path`` is left untouched.
 
-    Example:
+    Examples:
       >>> import tempfile, pathlib
       >>> from rnn_jax.atomic import atomic_path
       >>> target = pathlib.Path(tempfile.mkdtemp()) / "result.txt"
@@ -54,7 +54,7 @@ def atomic_path(path: str | os.PathLike, mode: int = 0o644) -> Iterator[Path]:
 def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
     """Write ``data`` (bytes, or text as UTF-8) to ``path`` atomically; returns the path.
 
-    Example:
+    Examples:
       >>> import tempfile, pathlib
       >>> from rnn_jax.atomic import write_atomic
       >>> path = write_atomic(pathlib.Path(tempfile.mkdtemp()) / "notes.txt", "hello")

@@ -17,7 +17,7 @@ INITIALIZERS = ("default", "torch")
 def glorot_uniform(key, shape, dtype=jnp.float32):
     """Glorot/Xavier uniform over the whole fused kernel, as Keras does for ``kernel``.
 
-    Example:
+    Examples:
       >>> import jax
       >>> from rnn_jax.init import glorot_uniform
       >>> w = glorot_uniform(jax.random.PRNGKey(0), (28, 512))
@@ -33,7 +33,7 @@ def orthogonal_blocks(key, hidden_size: int, num_gates: int, dtype=jnp.float32):
     Per-gate blocks keep each gate's recurrent map norm-preserving, which a single
     orthogonal ``(H, G*H)`` matrix (Keras' choice) does not.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp
       >>> from rnn_jax.init import orthogonal_blocks
       >>> w_h = orthogonal_blocks(jax.random.PRNGKey(0), hidden_size=4, num_gates=3)
@@ -51,7 +51,7 @@ def orthogonal_blocks(key, hidden_size: int, num_gates: int, dtype=jnp.float32):
 def uniform(key, shape, bound: float, dtype=jnp.float32):
     """U(-bound, bound), PyTorch's RNN default with ``bound = 1/sqrt(H)``.
 
-    Example:
+    Examples:
       >>> import jax
       >>> from rnn_jax.init import uniform
       >>> w = uniform(jax.random.PRNGKey(0), (64, 256), bound=1 / 64**0.5)
@@ -78,7 +78,7 @@ def fused_params(
     (``b = b_ih + b_hh``) is drawn as the sum of two such draws, so its distribution
     matches ``nn.LSTM``/``nn.RNN`` exactly.
 
-    Example:
+    Examples:
       >>> import jax
       >>> from rnn_jax.init import fused_params
       >>> p = fused_params(jax.random.PRNGKey(0), 3, 4, num_gates=3, bias_names=("b_x", "b_h"))
@@ -128,7 +128,7 @@ def _draw(key, input_size, hidden_size, num_gates, bias_names, initializer, dtyp
 def set_gate_bias(bias, gate: int, hidden_size: int, value: float):
     """Return ``bias`` with gate ``gate``'s slice ``[gate*H:(gate+1)*H]`` set to ``value``.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from rnn_jax.init import set_gate_bias
       >>> set_gate_bias(jnp.zeros(8), gate=1, hidden_size=2, value=1.0)  # LSTM i, f, g, o: f = 1

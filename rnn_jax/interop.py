@@ -180,7 +180,7 @@ def from_torch(module_or_state_dict, cell, *, dtype=None):
       scales ``h @ W_hn + b_hn`` alone, so the two cannot be fused). ``bias=False`` gives
       zero biases. For a Cell module/state_dict, the cell's params dict itself.
 
-    Example:
+    Examples:
       >>> import numpy as np, rnn_jax as rj
       >>> from rnn_jax import interop
       >>> rng = np.random.default_rng(0)
@@ -270,7 +270,7 @@ def to_torch(params, cell, *, bias: bool = True, as_tensors: bool = True) -> dic
     A fused ``b`` goes to ``bias_ih``, and ``-0.0`` to ``bias_hh`` (see module docstring);
     the GRU's ``b_x``, ``b_h`` map one to one. Weights are transposed: ``weight_ih = w_x.T``.
 
-    Example:
+    Examples:
       >>> import jax, rnn_jax as rj
       >>> from rnn_jax import interop
       >>> params = rj.lstm.init(jax.random.PRNGKey(0), 2, 3)
@@ -372,7 +372,7 @@ def from_flax(variables_or_params, cell, *, dtype=None):
     ``nn.Bidirectional`` of two ``nn.RNN`` -> ``{"fwd", "bwd"}``. ``dtype``: as in
     ``from_torch``. GRU: ``b_x = [b_ir, b_iz, b_in]``, ``b_h = [0, 0, b_hn]``.
 
-    Example:
+    Examples:
       >>> import jax, numpy as np, rnn_jax as rj
       >>> from rnn_jax import interop
       >>> params = rj.gru.init(jax.random.PRNGKey(0), 2, 3)
@@ -423,7 +423,7 @@ def to_flax(params, cell, *, rnn: bool = False) -> dict:
     The GRU's recurrent r/z biases are folded into Flax's input biases (the same model;
     exact when they are zero, as ``from_flax`` makes them).
 
-    Example:
+    Examples:
       >>> import jax, rnn_jax as rj
       >>> from rnn_jax import interop
       >>> variables = interop.to_flax(rj.lstm.init(jax.random.PRNGKey(0), 2, 3), rj.lstm)
@@ -449,7 +449,7 @@ def to_flax(params, cell, *, rnn: bool = False) -> dict:
 def carry_from_flax(carry, cell):
     """A Flax cell's carry -> ours: the LSTM's ``(c, h)`` becomes ``LSTMCarry(h, c)``.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp, rnn_jax as rj
       >>> from rnn_jax import interop
       >>> c, h = jnp.zeros((1, 3)), jnp.ones((1, 3))
@@ -466,7 +466,7 @@ def carry_from_flax(carry, cell):
 def carry_to_flax(carry, cell):
     """Our carry -> a Flax cell's: ``LSTMCarry(h, c)`` becomes ``(c, h)``.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp, rnn_jax as rj
       >>> from rnn_jax import interop
       >>> carry = rj.LSTMCarry(h=jnp.ones((1, 3)), c=jnp.zeros((1, 3)))
@@ -544,7 +544,7 @@ def from_keras(weights: Sequence, cell, *, bidirectional: bool = False, dtype=No
     layer's weights, then the backward layer's) -> ``{"fwd", "bwd"}``. The GRU must be
     ``reset_after=True`` (the Keras default); its gates are reordered z, r, h -> r, z, n.
 
-    Example:
+    Examples:
       >>> import numpy as np, rnn_jax as rj
       >>> from rnn_jax import interop
       >>> rng = np.random.default_rng(0)
@@ -592,7 +592,7 @@ def to_keras(params, cell, *, use_bias: bool = True) -> list:
     -> ``keras.layers.Bidirectional`` (forward weights then backward). ``use_bias=False``
     for a layer built without bias (the biases must then be zero).
 
-    Example:
+    Examples:
       >>> import jax, rnn_jax as rj
       >>> from rnn_jax import interop
       >>> weights = interop.to_keras(rj.simple.init(jax.random.PRNGKey(0), 10, 3), rj.simple)

@@ -41,7 +41,7 @@ def filter_logits(logits: jax.Array, *, temperature=1.0, top_k: int | None = Non
     Ties at the k-th value are broken towards lower ids (as ``lax.top_k``), so exactly k
     entries survive and ``top_k=1`` is the argmax.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from rnn_jax.sampling import filter_logits
       >>> filter_logits(jnp.array([1.0, 3.0, 2.0, 0.0]), temperature=0.5, top_k=2)
@@ -61,7 +61,7 @@ def next_token(
 ) -> jax.Array:
     """One draw per row: ``(B, V) -> (B,)`` int32. ``greedy`` takes the argmax.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp
       >>> from rnn_jax.sampling import next_token
       >>> logits = jnp.array([[0.0, 5.0, 1.0], [2.0, 0.0, 9.0]])
@@ -112,7 +112,7 @@ def sample(
       ``tokens``: ``(B, num_steps)`` int32, the sampled tokens (the prime not included);
       ``final_carry``: the state after the prime and ``tokens[:, :-1]``.
 
-    Example:
+    Examples:
       >>> import jax, rnn_jax as rj
       >>> from rnn_jax import models, sampling
       >>> model = models.language_model(rj.gru, vocab_size=5, hidden_size=8)

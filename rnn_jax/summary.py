@@ -9,7 +9,7 @@ import numpy as np
 def count_params(params) -> int:
     """Total number of scalars in a params pytree (``simple.init(key, 10, 3)`` -> 42).
 
-    Example:
+    Examples:
       >>> import jax, rnn_jax as rj
       >>> rj.count_params(rj.simple.init(jax.random.PRNGKey(0), 10, 3))  # Keras' SimpleRNN(3)
       42
@@ -20,7 +20,7 @@ def count_params(params) -> int:
 def summary(params) -> str:
     """A table of every leaf: path, shape, dtype, count; then the total.
 
-    Example:
+    Examples:
       >>> import jax, rnn_jax as rj
       >>> print(rj.summary(rj.simple.init(jax.random.PRNGKey(0), 10, 3)))
       ----------------------------------

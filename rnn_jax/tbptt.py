@@ -47,7 +47,7 @@ def zero_carry(carry_fn: Callable[..., PyTree], *args) -> PyTree:
     structure on its first call as on every later one, so it compiles once. (All rnn_jax
     cells treat a ``None`` carry as zeros, so the two are the same computation.)
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp, rnn_jax as rj
       >>> from rnn_jax import models, tbptt
       >>> model = models.language_model(rj.lstm, vocab_size=4, hidden_size=3)
@@ -79,7 +79,7 @@ def make_chunk_step(
     step, ``metrics["grad_norm"]``); ``metrics`` holds ``"loss"``, ``loss_fn``'s metrics and
     ``"grad_norm"``. Donation covers the state, not the carry: keep using your carry.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp, numpy as np, rnn_jax as rj, rnn_jax.data
       >>> from rnn_jax import models, tbptt, train
       >>> model = models.language_model(rj.gru, vocab_size=3, hidden_size=4)
@@ -120,7 +120,7 @@ def make_chunk_eval(
 ) -> Callable[[PyTree, PyTree, PyTree], tuple[dict, PyTree]]:
     """``jax.jit(metric_fn)``: ``(params, carry, chunk) -> (sums with "count", new_carry)``.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp, rnn_jax as rj
       >>> from rnn_jax import models, tbptt, train
       >>> model = models.language_model(rj.simple, vocab_size=3, hidden_size=4)
@@ -159,7 +159,7 @@ def evaluate_stream(
       ``({name: total_sum / total_count, ..., "count": total_count}, final_carry)``; sums are
       accumulated in float64 on the host after one fetch (no sync per chunk).
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from rnn_jax import tbptt
       >>> def eval_chunk(params, carry, chunk):  # a "model" that counts the tokens it has read

@@ -53,7 +53,7 @@ def _num_examples(arrays: Sequence[np.ndarray]) -> int:
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
     """Full batches per epoch (the remainder is dropped).
 
-    Example:
+    Examples:
       >>> from rnn_jax.data import steps_per_epoch
       >>> steps_per_epoch(60_000, 128)  # 60000 = 468 * 128 + 96: the 96 left over are dropped
       468
@@ -68,7 +68,7 @@ def batch_indices(seed: int, num_examples: int, batch_size: int, step: int) -> n
     Pure: the same (seed, num_examples, batch_size, step) always gives the same indices, with no
     state to save in a checkpoint beyond ``step``. Within an epoch no index repeats.
 
-    Example:
+    Examples:
       >>> from rnn_jax.data import batch_indices
       >>> first = batch_indices(seed=0, num_examples=10, batch_size=4, step=0)
       >>> second = batch_indices(seed=0, num_examples=10, batch_size=4, step=1)
@@ -98,7 +98,7 @@ def iterate_batches(
     a checkpointed step continues the exact sequence. Each yielded array is a fresh copy (fancy
     indexing), never a view of the inputs.
 
-    Example:
+    Examples:
       >>> import numpy as np
       >>> from rnn_jax.data import batch_indices, iterate_batches
       >>> x, y = np.arange(10) * 10, np.arange(10)
@@ -128,7 +128,7 @@ def iterate_batches(
 def batch_permutation(seed: int, num_examples: int, epoch: int) -> np.ndarray:
     """Epoch ``epoch``'s permutation of ``range(num_examples)``: int64 (num_examples,).
 
-    Example:
+    Examples:
       >>> from rnn_jax.data import batch_permutation
       >>> sorted(batch_permutation(seed=0, num_examples=5, epoch=2).tolist())
       [0, 1, 2, 3, 4]
@@ -150,7 +150,7 @@ def eval_batches(
     real examples; mask the rest, e.g. ``mask = np.arange(batch_size) < num_valid``.
     Unlike training, batch_size may exceed the split size (one padded batch).
 
-    Example:
+    Examples:
       >>> import numpy as np
       >>> from rnn_jax.data import eval_batches
       >>> [(batch[0].tolist(), valid) for batch, valid in eval_batches((np.arange(5),), 3)]

@@ -94,7 +94,7 @@ def load_mnist(
       FileNotFoundError: no source found; the message says how to get the data.
       ValueError: a source file is malformed (the message names the file and the problem).
 
-    Example:
+    Examples:
       >>> import pathlib, struct, tempfile
       >>> from rnn_jax.data import load_mnist
       >>> folder = pathlib.Path(tempfile.mkdtemp())  # a tiny IDX set: 3 training, 2 test digits
@@ -138,7 +138,7 @@ def load_mnist(
 def default_cache_dir() -> Path:
     """``$RNN_JAX_CACHE``, else ``$XDG_CACHE_HOME/rnn_jax``, else ``~/.cache/rnn_jax``.
 
-    Example:
+    Examples:
       >>> import os
       >>> from rnn_jax.data import default_cache_dir
       >>> os.environ["RNN_JAX_CACHE"] = "/tmp/my-cache"
@@ -285,7 +285,7 @@ def parse_idx(data: bytes, name: str, magic: int) -> np.ndarray:
     Header: 4-byte big-endian magic ``0x0000 08 ndim`` then ``ndim`` big-endian uint32 dims,
     then the data. Returns uint8 of shape dims. ``name`` only labels error messages.
 
-    Example:
+    Examples:
       >>> import struct
       >>> from rnn_jax.data.mnist import parse_idx
       >>> blob = struct.pack(">IIII", 0x803, 2, 2, 3) + bytes(range(12))  # 2 images of 2 x 3
@@ -364,7 +364,7 @@ def parse_csv(data: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
     parses the whole body in C (~1 s per 50 MB; ``np.loadtxt`` is several times slower);
     newlines become commas so the body is one flat number list.
 
-    Example:
+    Examples:
       >>> from rnn_jax.data.mnist import parse_csv
       >>> row = "7," + ",".join(["0"] * 783) + ",255"
       >>> images, labels = parse_csv(("label,pixels\\n" + row + "\\n").encode(), "mnist_test.csv")

