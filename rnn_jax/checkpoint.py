@@ -70,7 +70,7 @@ def _unwrap_keys(tree: PyTree) -> PyTree:
 def list_checkpoints(directory: str | os.PathLike) -> list[tuple[int, str]]:
     """``(step, path)`` of every complete checkpoint in ``directory``, oldest first.
 
-    Example:
+    Examples:
       >>> import tempfile, numpy as np
       >>> from rnn_jax.checkpoint import list_checkpoints, save_checkpoint
       >>> folder = tempfile.mkdtemp()
@@ -93,7 +93,7 @@ def list_checkpoints(directory: str | os.PathLike) -> list[tuple[int, str]]:
 def latest_checkpoint(directory: str | os.PathLike) -> str | None:
     """Path of the highest-step checkpoint in ``directory``, or None if there is none.
 
-    Example:
+    Examples:
       >>> import tempfile, numpy as np
       >>> from rnn_jax.checkpoint import latest_checkpoint, save_checkpoint
       >>> folder = tempfile.mkdtemp()
@@ -127,7 +127,7 @@ def save_checkpoint(
       keep: keep only the ``keep`` highest-step checkpoints (None keeps all).
         Pruning happens after the new file is in place.
 
-    Example:
+    Examples:
       >>> import tempfile, jax.numpy as jnp
       >>> from rnn_jax.checkpoint import restore_checkpoint, save_checkpoint
       >>> state = {"params": {"w": jnp.arange(3.0)}, "step": jnp.array(5)}
@@ -204,7 +204,7 @@ def _read(path: str) -> tuple[dict, bytes]:
 def read_metadata(path: str | os.PathLike) -> dict:
     """The metadata of a checkpoint (with ``"step"``), without restoring the state.
 
-    Example:
+    Examples:
       >>> import tempfile, numpy as np
       >>> from rnn_jax.checkpoint import read_metadata, save_checkpoint
       >>> path = save_checkpoint(tempfile.mkdtemp(), {"w": np.ones(4)}, step=3,
@@ -259,7 +259,7 @@ def restore_checkpoint(path: str | os.PathLike, target: PyTree) -> tuple[PyTree,
       CheckpointError (a ValueError): corrupt file, or a structure, shape or
         dtype mismatch with ``target`` (every mismatching path is named).
 
-    Example:
+    Examples:
       >>> import tempfile, jax.numpy as jnp
       >>> from rnn_jax.checkpoint import CheckpointError, restore_checkpoint, save_checkpoint
       >>> path = save_checkpoint(tempfile.mkdtemp(), {"w": jnp.zeros(3)}, step=1)
