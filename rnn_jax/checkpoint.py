@@ -127,6 +127,15 @@ def save_checkpoint(
       keep: keep only the ``keep`` highest-step checkpoints (None keeps all).
         Pruning happens after the new file is in place.
 
+    Raises:
+      ValueError: ``step`` is below the newest checkpoint already in ``directory``
+        (saving that step again is allowed). A directory holds one run's history in
+        step order: :func:`latest_checkpoint`, which a resume reads, returns the highest
+        step, so an older one saved after it would be passed over (and pruning by step
+        would delete it at once). Refusing, before anything is written, is the only
+        behaviour that never loses the caller's state silently; to restart from an
+        older step, delete the newer checkpoints or save to another directory.
+
     Examples:
       >>> import tempfile, jax.numpy as jnp
       >>> from rnn_jax.checkpoint import restore_checkpoint, save_checkpoint
@@ -146,6 +155,16 @@ def save_checkpoint(
         raise ValueError("metadata must not contain 'step': it is recorded from the step argument")
     # Fails here, before anything is written, if metadata is not plain JSON.
     metadata_json = json.dumps(metadata, sort_keys=True)
+    directory = os.fspath(directory)
+    existing = list_checkpoints(directory)
+    if existing and existing[-1][0] > step:
+        newest_step, newest = existing[-1]
+        raise ValueError(
+            f"step {step} is below the newest checkpoint in {directory} (step {newest_step}, "
+            f"{os.path.basename(newest)}): latest_checkpoint would not return this save and "
+            "pruning would delete it; delete the newer checkpoints (another run's) or save "
+            "to another directory"
+        )
 
     state_bytes = flax.serialization.to_bytes(_unwrap_keys(state))
     payload = msgpack.packb(
@@ -160,7 +179,6 @@ def save_checkpoint(
         use_bin_type=True,
     )
 
-    directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, _checkpoint_name(step))
     write_atomic(path, payload)

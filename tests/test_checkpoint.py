@@ -139,11 +139,30 @@ def test_leftover_temp_files_are_ignored(tmp_path):
 @pytest.mark.parametrize("keep", [1, 3])
 def test_keep_prunes_oldest(tmp_path, keep):
     state, _ = trained_state(steps=0)
-    for step in [1, 2, 10, 3, 4, 5]:  # saved out of order: pruning is by step, not time
-        ckpt.save_checkpoint(tmp_path, state, step=step, keep=keep)
+    for step in [1, 2, 3, 4, 5, 10]:
+        path = ckpt.save_checkpoint(tmp_path, state, step=step, keep=keep)
+        assert os.path.isfile(path) and ckpt.latest_checkpoint(tmp_path) == path
     steps = [s for s, _ in ckpt.list_checkpoints(tmp_path)]
     assert steps == [1, 2, 3, 4, 5, 10][-keep:]
     assert ckpt.latest_checkpoint(tmp_path).endswith("checkpoint_00000010.msgpack")
+
+
+@pytest.mark.parametrize("keep", [3, None])
+def test_save_below_a_newer_checkpoint_is_refused_before_writing(tmp_path, keep):
+    """Pruning by step used to delete the file just written (and return its path); kept, it
+    would still not be the latest_checkpoint a resume reads. Refused, nothing changes."""
+    state, _ = trained_state(steps=0)
+    for step in (2, 10):
+        ckpt.save_checkpoint(tmp_path, state, step=step, keep=keep)
+    before = sorted(os.listdir(tmp_path))
+    with pytest.raises(
+        ValueError, match=r"step 5 is below the newest checkpoint in .* \(step 10, "
+    ):
+        ckpt.save_checkpoint(tmp_path, state, step=5, keep=keep)
+    assert sorted(os.listdir(tmp_path)) == before
+    # The newest step itself may be saved again (replaced atomically).
+    path = ckpt.save_checkpoint(tmp_path, state, step=10, keep=keep)
+    assert ckpt.latest_checkpoint(tmp_path) == path and sorted(os.listdir(tmp_path)) == before
 
 
 def test_keep_none_keeps_all(tmp_path):
