@@ -63,7 +63,7 @@ USER_CELLS: dict[str, object] = {}
 LEARNING_RATE = 1e-3
 BASELINE = "rnn_jax"
 IMPLS = ("rnn_jax", "rnn_jax-manual", "rnn_jax-bf16", "rnn_jax-remat", "rnn_jax-manual-remat")
-IMPLS += ("flax", "equinox", "torch")
+IMPLS += ("rnn_jax-onednn", "flax", "equinox", "torch")
 DEFAULT_IMPLS = ("rnn_jax", "rnn_jax-manual", "flax", "equinox", "torch")
 THREADS = 2
 # Untimed pause before each step: the previous implementation's idle threads (torch's OpenMP,
@@ -198,6 +198,20 @@ def make_rnn_jax_bf16(cell, cfg, mode, x, y):
 
     _needs_unroll_option("matmul_dtype")
     return make_rnn_jax(cell, cfg, mode, x, y, matmul_dtype=jnp.bfloat16)
+
+
+def make_rnn_jax_backend(backend, cell, cfg, mode, x, y):
+    """``rj.unroll(..., backend=backend)``: a fused kernel; skipped where it cannot run."""
+    _needs_unroll_option("backend")
+    import rnn_jax as rj
+    from rnn_jax import backends
+
+    module = USER_CELLS[cell] if cell in USER_CELLS else getattr(rj, cell)
+    if backends.fused_kind(module) is None:
+        raise Skip(f"backend={backend!r} runs only the built-in cells")
+    if backend == "onednn" and not backends.onednn_available():
+        raise Skip("backend='onednn' unavailable: pip install 'rnn_jax[onednn]' (and g++)")
+    return make_rnn_jax(cell, cfg, mode, x, y, backend=backend)
 
 
 def make_rnn_jax_remat(cell, cfg, mode, x, y, gradient="autodiff"):
@@ -386,6 +400,7 @@ MAKERS = {
     "rnn_jax-bf16": make_rnn_jax_bf16,
     "rnn_jax-remat": make_rnn_jax_remat,
     "rnn_jax-manual-remat": lambda *a: make_rnn_jax_remat(*a, gradient="manual"),
+    "rnn_jax-onednn": lambda *a: make_rnn_jax_backend("onednn", *a),
     "flax": make_flax,
     "equinox": make_equinox,
     "torch": make_torch,
@@ -610,6 +625,8 @@ def parse_args(argv=None):
                    help="also time a user's cell, e.g. my_cells:cell (rnn_jax impls only)")
     p.add_argument("--modes", default=",".join(MODES), help=f"comma list of {MODES}")
     p.add_argument("--impls", default=",".join(DEFAULT_IMPLS), help=f"comma list of {IMPLS}")
+    p.add_argument("--backend", action="append", default=[], choices=("onednn",),
+                   help="also time rj.unroll(backend=...) as rnn_jax-<backend> (repeatable)")
     p.add_argument("--steps", type=pos_int, default=30, help="timed steps per implementation")
     p.add_argument("--warmup", type=common.int_at_least(0), default=3, help="untimed steps")
     p.add_argument("--out", default=str(Path(__file__).parent / "results"), help="folder")
@@ -661,6 +678,7 @@ def selected_configs(args) -> list[tuple[str, tuple[int, int, int, int]]]:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     impls = [i for i in args.impls.split(",") if i]
+    impls += [f"rnn_jax-{b}" for b in args.backend if f"rnn_jax-{b}" not in impls]
     results, skipped = [], []
 
     def log(msg):

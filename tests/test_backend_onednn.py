@@ -229,3 +229,28 @@ def test_cudnn_values_and_gradients_equal_scan():
         )
     _assert_trees_close(fused[0], scan[0], VALUE_TOL)
     _assert_trees_close(fused[1], scan[1], GRAD_TOL)
+
+
+def test_bench_backend_flag_adds_onednn_rows(tmp_path):
+    from test_bench import load_bench
+
+    argv = ["--config", "2,3,4,5", "--cells", "simple,gru", "--modes", "train"]
+    argv += ["--impls", "rnn_jax", "--backend", "onednn", "--steps", "1", "--warmup", "0"]
+    report = load_bench().main(argv + ["--out", str(tmp_path), "--name", "smoke"])
+    rows = {(r["cell"], r["impl"]) for r in report["results"]}
+    assert rows == {(c, i) for c in ("simple", "gru") for i in ("rnn_jax", "rnn_jax-onednn")}
+
+
+def test_thread_count_setting(monkeypatch):
+    params, xs, _ = random_problem(rj.lstm, (3, 4, 2, 5), jnp.float32, np.random.default_rng(7))
+    run = jax.jit(lambda p, x: rj.unroll(rj.lstm, p, x, backend="onednn"))
+    try:
+        backends.set_onednn_threads(1)
+        _assert_trees_close(run(params, xs), rj.unroll(rj.lstm, params, xs), VALUE_TOL)
+    finally:
+        backends.set_onednn_threads(build.threads_from_env())
+    with pytest.raises(ValueError, match="num_threads must be an int >= 0, got -1"):
+        backends.set_onednn_threads(-1)
+    monkeypatch.setenv(build.THREADS_ENV, "two")
+    with pytest.raises(ValueError, match="RNN_JAX_ONEDNN_THREADS must be an int >= 0, got 'two'"):
+        build.threads_from_env()

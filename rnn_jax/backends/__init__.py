@@ -55,6 +55,16 @@ def onednn_available() -> bool:
     return build.available()
 
 
+def set_onednn_threads(num_threads: int) -> None:
+    """OpenMP threads each oneDNN call uses from now on (default: ``$RNN_JAX_ONEDNN_THREADS``,
+    else OpenMP's default, one per core); 0 restores OpenMP's default."""
+    if not isinstance(num_threads, int) or num_threads < 0:
+        raise ValueError(f"num_threads must be an int >= 0, got {num_threads!r}")
+    from rnn_jax.backends import build
+
+    build.load().rnn_jax_onednn_set_num_threads(num_threads)
+
+
 def _platform_backend(kind: str) -> str | None:
     platform = jax.default_backend()
     if platform == "cpu" and onednn_available():

@@ -32,6 +32,7 @@ ONEDNN_PINS = ("onednn-cpu-gomp==2023.2.0", "onednn-devel-cpu-gomp==2023.2.0")
 INSTALL_HINT = "pip install 'rnn_jax[onednn]' (that is: pip install " + " ".join(ONEDNN_PINS) + ")"
 FORWARD_TARGET = "rnn_jax_onednn_forward"
 BACKWARD_TARGET = "rnn_jax_onednn_backward"
+THREADS_ENV = "RNN_JAX_ONEDNN_THREADS"
 
 
 class BackendUnavailable(RuntimeError):
@@ -70,7 +71,7 @@ def compile_command(output: Path) -> list[str]:
     library = _installed_file("onednn-cpu-gomp", "libdnnl.so.3")
     include_dir = header.parent.parent.parent  # .../include/oneapi/dnnl/dnnl.hpp
     return [
-        _compiler(), "-O2", "-std=c++17", "-shared", "-fPIC",
+        _compiler(), "-O2", "-std=c++17", "-shared", "-fPIC", "-fopenmp",
         f"-I{jax.ffi.include_dir()}", f"-I{include_dir}", str(SOURCE), "-o", str(output),
         str(library), f"-Wl,-rpath,{library.parent}",
     ]  # fmt: skip
@@ -121,7 +122,18 @@ def load() -> ctypes.CDLL:
         jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(symbol), platform="cpu")
     library.rnn_jax_onednn_workspace_bytes.restype = ctypes.c_int64
     library.rnn_jax_onednn_workspace_bytes.argtypes = [ctypes.c_int32] * 3 + [ctypes.c_int64] * 4
+    library.rnn_jax_onednn_set_num_threads.argtypes = [ctypes.c_int]
+    library.rnn_jax_onednn_set_num_threads(threads_from_env())
     return library
+
+
+def threads_from_env() -> int:
+    """``$RNN_JAX_ONEDNN_THREADS``: OpenMP threads per oneDNN call; 0 or unset = OpenMP's
+    default (``OMP_NUM_THREADS``, else one per core)."""
+    text = os.environ.get(THREADS_ENV, "0")
+    if not text.isdigit():
+        raise ValueError(f"{THREADS_ENV} must be an int >= 0, got {text!r}")
+    return int(text)
 
 
 def available() -> bool:

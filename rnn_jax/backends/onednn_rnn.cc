@@ -12,6 +12,9 @@
 // The Python side (onednn.py) permutes gates and packs biases; c0/cT/d_c0/d_cT are empty
 // arrays for cells without a cell state.
 
+#include <omp.h>
+
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <functional>
@@ -183,8 +186,13 @@ void copy_back(memory& from, const memory::desc& user, void* ptr, dnnl::stream& 
   dnnl::reorder(from, to).execute(s, from, to);
 }
 
+// OpenMP threads for oneDNN; 0 = OpenMP's default (OMP_NUM_THREADS, else all cores). The
+// count is per calling thread in OpenMP, so it is applied on every call, on XLA's thread.
+std::atomic<int> num_threads{0};
+
 ffi::Error guarded(const char* what, const std::function<void()>& body) {
   try {
+    if (int n = num_threads.load(); n > 0) omp_set_num_threads(n);
     body();
   } catch (const dnnl::error& e) {
     return ffi::Error::Internal(std::string("oneDNN ") + what + ": " + e.what() +
@@ -279,6 +287,8 @@ ffi::Error Backward(ffi::AnyBuffer xs, ffi::AnyBuffer h0, ffi::AnyBuffer c0, ffi
 }
 
 }  // namespace
+
+extern "C" void rnn_jax_onednn_set_num_threads(int n) { num_threads.store(n < 0 ? 0 : n); }
 
 // The workspace's size in bytes for one shape (the Python side allocates it as a uint8
 // result of the forward call), or -1 if oneDNN rejects the shape.
