@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 import rnn_jax as rj
-import rnn_jax.scan
 from rnn_jax import models
 from rnn_jax.cells.base import LSTMCarry
 
@@ -19,16 +18,19 @@ B, T, D, H = 2, 5, 3, 4  # batch, time, input features, hidden
 
 @pytest.fixture(autouse=True)
 def no_compute(request, monkeypatch):
-    """Any error must come from the checks: reaching the scan fails the test (unless the
-    test is marked ``computes``)."""
+    """Any error must come from the checks: reaching a scan fails the test (unless the test
+    is marked ``computes``). ``jax.lax.scan`` itself is patched, so every path is guarded
+    (unroll, the hand-written BPTT's sweeps, remat's segments, stacks, the models), and so
+    is ``jax.ffi.ffi_call`` (a fused backend's kernel); test_the_no_compute_guard_covers_every_
+    entry_point checks the reach."""
     if request.node.get_closest_marker("computes"):
         return
 
     def reached(*args, **kwargs):
         raise AssertionError("the scan ran: bad input was not rejected up front")
 
-    monkeypatch.setattr(rnn_jax.scan, "scan_forward", reached)
-    monkeypatch.setattr(rnn_jax.scan, "manual_scan", reached)
+    monkeypatch.setattr(jax.lax, "scan", reached)
+    monkeypatch.setattr(jax.ffi, "ffi_call", reached)
 
 
 def params_of(cell, dtype=jnp.float32):
@@ -243,3 +245,79 @@ def test_model_tokens_checked():
         ValueError, match=r"tokens must be an integer array \(batch, time\), got \(2, 3\) float32"
     ):
         apply(init(jax.random.PRNGKey(0)), jnp.ones((2, 3)))
+
+
+_BI = (jnp.zeros((B, H)), jnp.zeros((B, H + 1)))
+# Found by the wider guard (issue 16 item 9), left to the owner of layers.py: the forward
+# direction / layer 0 runs before the backward direction's or a later layer's params and
+# carry are checked. strict: once they are checked up front these pass and must be unmarked.
+_RUNS_FIRST = pytest.mark.xfail(
+    reason="rj.bidirectional / unroll_stack check the bwd direction's and later layers' "
+    "params and carries only when they reach them (after a scan has run)",
+    raises=AssertionError,
+    strict=True,
+)
+
+
+@pytest.mark.parametrize(
+    ("run", "match"),
+    [
+        (lambda p, s, bi: rj.bptt(rj.gru, p, jnp.ones((B, D)), jnp.ones((B, T, H))), r"xs must be 3-D .* got shape \(2, 3\)"),
+        (lambda p, s, bi: rj.bptt(rj.gru, p, jnp.ones((B, T, 5)), jnp.ones((B, T, H))), r"xs has 5 features .* input_size=3"),
+        (lambda p, s, bi: rj.bptt(rj.gru, p, XS, jnp.ones((B, T, H)), lengths=jnp.array([T + 1, 2])), r"lengths must lie in \[0, 5\] .* max 6"),
+        (lambda p, s, bi: rj.bptt(rj.gru, p, XS, jnp.ones((B, T, H)), jnp.zeros((B, H + 1))), r"gru carry.h must be \(2, 4\), got \(2, 5\)"),
+        (lambda p, s, bi: rj.bptt(rj.gru, p, XS, jnp.ones((B, T, H)), truncate=0), r"truncate must be None .* got 0"),
+        (lambda p, s, bi: rj.unroll(rj.gru, p, jnp.ones((B, T, 5)), remat="sqrt"), r"xs has 5 features .* input_size=3"),
+        (lambda p, s, bi: rj.unroll(rj.gru, p, XS, remat=2, gradient="manual", lengths=jnp.array([-1, 2])), r"lengths must lie in \[0, 5\] .* got min -1"),
+        (lambda p, s, bi: rj.unroll(rj.gru, p, XS, remat=0), r"remat must be None, 'sqrt' or an int >= 1, got 0"),
+        (lambda p, s, bi: rj.unroll_stack(rj.gru, s, XS, lengths=jnp.array([3, 2, 1])), r"lengths must have shape \(2,\), got \(3,\)"),
+        (lambda p, s, bi: rj.unroll_stack(rj.gru, s, jnp.ones((B, T, 5))), r"stack layer 0: xs has 5 features .* input_size=3"),
+        (lambda p, s, bi: rj.bidirectional(rj.gru, bi, jnp.ones((B, T, 5))), r"xs has 5 features .* input_size=3"),
+        pytest.param(lambda p, s, bi: rj.bidirectional(rj.gru, bi, XS, _BI), r"gru carry.h must be \(2, 4\), got \(2, 5\)", marks=_RUNS_FIRST),
+        pytest.param(lambda p, s, bi: rj.bidirectional(rj.gru, {**bi, "bwd": {**bi["bwd"], "w_h": bi["bwd"]["w_h"][:, :6]}}, XS), r"gru with 3 gate\(s\) expects", marks=_RUNS_FIRST),
+        pytest.param(lambda p, s, bi: rj.unroll_stack(rj.gru, s, XS, [None, jnp.zeros((B, H + 1))]), r"gru carry.h must be \(2, 4\), got \(2, 5\)", marks=_RUNS_FIRST),
+    ],
+    ids=["bptt-xs-2d", "bptt-features", "bptt-lengths", "bptt-carry", "bptt-truncate", "remat-features", "remat-lengths", "remat-0", "stack-lengths", "stack-features", "bidirectional-features", "bidirectional-bwd-carry", "bidirectional-bwd-params", "stack-layer-1-carry"],
+)  # fmt: skip
+def test_bptt_remat_and_stacks_check_before_compute(run, match):
+    params = params_of(rj.gru)
+    stack = rj.init_stack(rj.gru, jax.random.PRNGKey(0), D, H, 2)
+    bi = rj.init_bidirectional(rj.gru, jax.random.PRNGKey(0), D, H)
+    with pytest.raises(ValueError, match=match):
+        run(params, stack, bi)
+
+
+def _entry_points():
+    """Every public way into a scan, with good input: under the guard each must fail."""
+    params = params_of(rj.gru)
+    stack = rj.init_stack(rj.gru, jax.random.PRNGKey(0), D, H, 2)
+    bi = rj.init_bidirectional(rj.gru, jax.random.PRNGKey(0), D, H)
+    classifier = models.classifier(rj.gru, H, 3, bidirectional=True)
+    language_model = models.language_model(rj.gru, 7, H)
+    return {
+        "unroll": lambda: rj.unroll(rj.gru, params, XS),
+        "unroll manual": lambda: rj.unroll(rj.gru, params, XS, gradient="manual"),
+        "unroll remat": lambda: rj.unroll(rj.gru, params, XS, remat="sqrt"),
+        "unroll remat manual": lambda: rj.unroll(
+            rj.gru, params, XS, remat="sqrt", gradient="manual"
+        ),
+        "grad of manual": lambda: jax.grad(
+            lambda p: rj.unroll(rj.gru, p, XS, gradient="manual")[1].sum()
+        )(params),
+        "bptt": lambda: rj.bptt(rj.gru, params, XS, jnp.ones((B, T, H))),
+        "bptt truncated": lambda: rj.bptt(rj.gru, params, XS, jnp.ones((B, T, H)), truncate=2),
+        "unroll_stack": lambda: rj.unroll_stack(rj.gru, stack, XS),
+        "bidirectional": lambda: rj.bidirectional(rj.gru, bi, XS),
+        "classifier": lambda: classifier.apply(classifier.init(jax.random.PRNGKey(0), D), XS),
+        "language_model": lambda: language_model.apply(
+            language_model.init(jax.random.PRNGKey(0)), jnp.zeros((B, T), jnp.int32)
+        ),
+    }
+
+
+@pytest.mark.parametrize("entry", sorted(_entry_points()))
+def test_the_no_compute_guard_covers_every_entry_point(entry):
+    """The guard above is only as good as its reach: good input through each entry point
+    must hit it, or a check missing from that path would go unnoticed."""
+    with pytest.raises(AssertionError, match="the scan ran"):
+        _entry_points()[entry]()
