@@ -41,6 +41,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -491,6 +492,35 @@ def summarise(benches, cell, cfg, mode) -> list[dict]:
     return rows
 
 
+def process_scaling(steps: int, cell="lstm", hidden_size=128, batch=128) -> list[dict]:
+    """Row-MNIST train steps of ``experiments/mnist_rows.py`` as one process using every
+    core vs one process per core (``python -m rnn_jax.launch``, gloo all-reduce between
+    them), same global batch: ms per step (the compiling first step excluded) and examples/s.
+    """
+    script = str(Path(__file__).resolve().parent / "mnist_rows.py")
+    flags = ["--cell", cell, "--hidden-size", str(hidden_size), "--batch-size", str(batch)]
+    flags += ["--steps", str(steps), "--eval-every", "0", "--checkpoint-every", "0"]
+    cores = os.cpu_count() or 1
+    launch = [sys.executable, "-m", "rnn_jax.launch", "--num-processes", str(cores)]
+    setups = {
+        f"1 process x {cores} threads": [sys.executable, script],
+        f"{cores} processes x 1 thread": [*launch, "--cpus-per-process", "1", "--", script],
+    }
+    rows = []
+    for setup, command in setups.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            argv = [*command, *flags, "--no-progress", "--out", f"{tmp}/run"]
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=3600)
+        if done.returncode:
+            raise RuntimeError(f"{setup} failed ({done.returncode}): {done.stderr[-2000:]}")
+        ms = json.loads(done.stdout.strip().splitlines()[-1])["ms_per_step"]
+        row = {"setup": setup, "cell": cell, "hidden_size": hidden_size, "batch": batch}
+        rows.append({**row, "steps": steps, "ms_per_step": ms, "examples_per_s": 1e3 * batch / ms})
+    for r in rows:
+        r["ratio_to_one_process"] = r["ms_per_step"] / rows[0]["ms_per_step"]
+    return rows
+
+
 def remat_memory(cell="lstm", batch=32, input_size=64, hidden_size=256, steps=(512, 4096)):
     """XLA temp bytes of the rnn_jax train step with and without ``remat`` (no timing)."""
     import jax
@@ -601,6 +631,21 @@ def to_markdown(report: dict) -> str:
                 f"| {r['cell']} | {c['B']},{c['T']},{c['I']},{c['H']} | {r['gradient']} | "
                 f"{r['remat']} | {r['temp_bytes'] / 2**20:.1f} | {r['fraction_of_no_remat']:.3f} |"
             )
+    if report.get("process_scaling"):
+        lines += [
+            "",
+            "Data parallel over processes (experiments/mnist_rows.py, same global batch; the",
+            "processes all-reduce the gradients through gloo): ms per train step.",
+            "",
+            "| setup | cell, H, batch | ms/step | examples/s | ratio |",
+            "|---|---|---|---|---|",
+        ]
+        for r in report["process_scaling"]:
+            lines.append(
+                f"| {r['setup']} | {r['cell']}, {r['hidden_size']}, {r['batch']} | "
+                f"{r['ms_per_step']:.1f} | {r['examples_per_s']:.0f} | "
+                f"{r['ratio_to_one_process']:.2f} |"
+            )
     if report["skipped"]:
         lines += ["", "Skipped: " + "; ".join(report["skipped"])]
     return "\n".join(lines) + "\n"
@@ -634,6 +679,9 @@ def parse_args(argv=None):
     p.add_argument("--remat-memory", action="store_true",
                    help="also report remat memory (LSTM B=32 I=64 H=256, T=512 and 4096)")
     p.add_argument("--quick", action="store_true", help="tiny config, 3 steps: a smoke run")
+    p.add_argument("--processes", type=common.int_at_least(0), default=0, metavar="STEPS",
+                   help="also time STEPS row-MNIST LSTM train steps: 1 process on every core vs "
+                   "1 process per core (0: skip)")
     # fmt: on
     args = p.parse_args(argv)
     for flag, given, allowed in (("--cells", args.cells, CELLS), ("--modes", args.modes, MODES),
@@ -703,6 +751,11 @@ def main(argv=None) -> dict:
                 results += rows
     report = {"machine": machine_info(), "args": vars(args), "results": results}
     report["skipped"] = sorted(set(skipped))
+    if args.processes:
+        report["process_scaling"] = process_scaling(args.processes)
+        for r in report["process_scaling"]:
+            ratio = r["ratio_to_one_process"]
+            log(f"  {r['setup']:24s} {r['ms_per_step']:8.1f} ms/step  x{ratio:.2f}")
     if args.remat_memory:
         report["remat_memory"] = remat_memory()
         for r in report["remat_memory"]:

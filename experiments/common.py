@@ -31,19 +31,24 @@ __all__ = [
     "ArgumentParser",
     "ConfigMismatch",
     "HelpFormatter",
+    "add_process_args",
     "add_run_args",
+    "check_process_args",
     "check_run_dir",
     "existing_dir",
     "float_range",
     "int_at_least",
     "load_object",
     "MetricsLog",
+    "PROCESS_ARGS",
     "Timer",
     "environment",
+    "join_processes",
     "jsonable",
     "make_optimizer",
     "plot_curves",
     "print_summary",
+    "process_mesh",
     "progress",
     "read_jsonl",
     "save_figure",
@@ -156,6 +161,69 @@ def add_run_args(
                         help="steps between checkpoints (0: only at the end)")  # fmt: skip
     parser.add_argument("--no-progress", dest="progress", action="store_false",
                         help="no progress bar")  # fmt: skip
+
+
+# The flags that say where a run runs (how many processes), not what it computes.
+PROCESS_ARGS = ("coordinator", "num_processes", "process_id", "distributed")
+
+
+def add_process_args(parser: argparse.ArgumentParser) -> None:
+    """``--coordinator HOST:PORT --num-processes N --process-id I`` (as ``python -m
+    rnn_jax.launch`` passes them) or ``--distributed`` (JAX detects the cluster: SLURM,
+    Open MPI, Kubernetes, Cloud TPU): data-parallel training over several processes."""
+    group = parser.add_argument_group("several processes (see rnn_jax.distributed)")
+    add = group.add_argument
+    add("--coordinator", metavar="HOST:PORT", help="process 0's address, for a fixed group")
+    add("--num-processes", type=int_at_least(1), help="processes taking part")
+    add("--process-id", type=int_at_least(0), help="this process's index (0 writes the files)")
+    add("--distributed", action="store_true", help="join a detected cluster (srun, TPU pod)")
+
+
+def check_process_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The :func:`add_process_args` flags make sense together (else a usage error)."""
+    explicit = [args.coordinator, args.num_processes, args.process_id]
+    if any(v is not None for v in explicit) and any(v is None for v in explicit):
+        parser.error("--coordinator, --num-processes and --process-id go together")
+    if args.distributed and args.coordinator is not None:
+        parser.error("--distributed detects the cluster; do not also pass --coordinator")
+    if args.coordinator is not None:
+        host, _, port = args.coordinator.rpartition(":")
+        if not host or not port.isdigit():
+            parser.error(f"argument --coordinator: expected HOST:PORT, got {args.coordinator!r}")
+        if args.process_id >= args.num_processes:
+            parser.error(f"argument --process-id: expected an integer < --num-processes "
+                         f"{args.num_processes}, got {args.process_id}")  # fmt: skip
+
+
+def join_processes(args: argparse.Namespace) -> bool:
+    """Joins the other processes if the flags ask for it (``rnn_jax.distributed.initialize``,
+    before anything touches a device); checks the global batch splits over all devices.
+    Returns whether this is process 0 (the one that writes files and prints)."""
+    if args.coordinator is None and not args.distributed:
+        return True
+    from rnn_jax import distributed
+
+    distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    import jax
+
+    for flag in ("batch_size", "eval_batch_size"):
+        value = getattr(args, flag, None)
+        if value is not None and value % jax.device_count():
+            where = f"{jax.device_count()} devices of {jax.process_count()} processes"
+            usage_error(f"--{flag.replace('_', '-')} {value} does not split over the {where}")
+    return distributed.is_main_process()
+
+
+def process_mesh():
+    """The global mesh of a multi-process run (``rnn_jax.distributed.global_mesh``), or None
+    in a single process (whose runs stay exactly as they were, on one device)."""
+    import jax
+
+    if jax.process_count() == 1:
+        return None
+    from rnn_jax.distributed import global_mesh
+
+    return global_mesh()
 
 
 def usage_error(message: str, prog: str | None = None):
@@ -288,16 +356,21 @@ class ConfigMismatch(ValueError):
     """``--resume`` was asked with settings other than the saved run's."""
 
 
-def setup_run_dir(out: str | os.PathLike, *, resume: bool, config: Mapping | None = None) -> Path:
+def setup_run_dir(
+    out: str | os.PathLike, *, resume: bool, config: Mapping | None = None, write: bool = True
+) -> Path:
     """Creates the run folder and writes ``config.json`` into it.
 
     A folder that already holds a ``config.json`` belongs to an earlier run: starting a
     fresh run there would interleave two runs' metrics and checkpoints, so that is refused
     unless ``resume`` is set. On resume the saved config must match ``config`` (a resumed
     run with other hyperparameters is a different run); keys listed in
-    ``config["resumable_keys"]`` (e.g. the total step count) may differ.
+    ``config["resumable_keys"]`` (e.g. the total step count) may differ. ``write=False``
+    (processes other than 0 of a multi-process run) only returns the path.
     """
     run_dir = Path(out)
+    if not write:
+        return run_dir
     saved_path = run_dir / "config.json"
     if saved_path.exists():
         if not resume:
@@ -382,8 +455,13 @@ class MetricsLog:
     without this the file would hold them twice.
     """
 
-    def __init__(self, path: str | os.PathLike, *, resume_step: int | None = None):
-        self.path = Path(path)
+    def __init__(
+        self, path: str | os.PathLike, *, resume_step: int | None = None, write: bool = True
+    ):
+        self.path, self.writes = Path(path), write
+        if not write:  # a stand-in that writes and holds nothing (processes other than 0)
+            self._file = open(os.devnull, "w", encoding="utf-8")  # closed in close()
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         kept = read_jsonl(self.path) if resume_step is not None else []
         kept = [r for r in kept if r.get("step", 0) <= (resume_step or 0)]
@@ -396,8 +474,10 @@ class MetricsLog:
         self._file.flush()
 
     def records(self) -> list[dict]:
-        self._file.flush()
-        return read_jsonl(self.path)
+        """Everything logged so far (also after ``close``); [] for a stand-in."""
+        if not self._file.closed:
+            self._file.flush()
+        return read_jsonl(self.path) if self.writes else []
 
     def close(self) -> None:
         self._file.close()

@@ -94,11 +94,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-batch-size", type=pos_int, default=1000,
                    help="images per evaluation batch (the last one padded)")
     common.add_run_args(p, checkpoint_every=500)
+    common.add_process_args(p)
     p.add_argument("--keep", type=pos_int, default=3, help="checkpoints kept")
     # Testing hook: feed a NaN image at this step, to exercise the divergence handling.
     p.add_argument("--debug-nan-at-step", type=pos_int, default=None, help=argparse.SUPPRESS)
     # fmt: on
     args = p.parse_args(argv)
+    common.check_process_args(p, args)
     if args.decay_steps is not None and args.decay_steps <= args.warmup_steps:
         p.error(f"--decay-steps {args.decay_steps} must exceed --warmup-steps {args.warmup_steps}")
     if args.out is None:
@@ -108,7 +110,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def config_of(args: argparse.Namespace) -> dict[str, Any]:
     """The run's settings as saved in config.json and every checkpoint."""
-    config = {k: v for k, v in vars(args).items() if k not in ("out", "resume")}
+    skip = ("out", "resume", *common.PROCESS_ARGS)  # where it runs, not what
+    config = {k: v for k, v in vars(args).items() if k not in skip}
     if config["decay_steps"] is None and (args.lr_schedule != "constant" or args.warmup_steps):
         # Resolved once and saved: resuming with a larger --steps must not stretch it.
         config["decay_steps"] = max(args.steps, args.warmup_steps + 1)
@@ -186,36 +189,24 @@ def load_splits(config: dict) -> dict[str, tuple]:
     return splits
 
 
-def make_batch_fn(train: tuple, config: dict):
-    """``batch_fn(step) -> {"x": (B, 28, 28), "y": (B,)}``, a pure function of (seed, step)."""
-    import numpy as np
-
+def make_batch_fn(train: tuple, config: dict, mesh=None):
+    """``batch_fn(step) -> {"x": (B, 28, 28), "y": (B,)}``, a pure function of (seed, step).
+    With ``mesh`` (several processes) a global batch: the same one, each process reading
+    only its own rows."""
     from rnn_jax.data import batch_indices
+    from rnn_jax.distributed import take
 
     images, labels = train
     nan_step = config.get("debug_nan_at_step")
 
     def batch_fn(step: int) -> dict:
         idx = batch_indices(config["seed"], len(images), config["batch_size"], step)
-        x = images[idx]
+        batch = take({"x": images, "y": labels}, idx, mesh)
         if nan_step is not None and step + 1 >= nan_step:  # step t+1 is the t-th update
-            x = np.full_like(x, np.nan)
-        return {"x": x, "y": labels[idx]}
+            batch["x"] = batch["x"] * float("nan")
+        return batch
 
     return batch_fn
-
-
-def eval_batch_list(split: tuple, batch_size: int) -> list[dict]:
-    """The whole split as padded batches with a 0/1 ``mask`` (no example dropped)."""
-    import numpy as np
-
-    from rnn_jax.data import eval_batches
-
-    out = []
-    for (x, y), num_valid in eval_batches(split, batch_size):
-        mask = (np.arange(batch_size) < num_valid).astype(np.float32)
-        out.append({"x": x, "y": y, "mask": mask})
-    return out
 
 
 def make_fns(model):
@@ -252,16 +243,16 @@ def _model_key(config: dict) -> str:
 
 
 @functools.lru_cache(maxsize=8)
-def _compiled(model_key: str):
+def _compiled(model_key: str, mesh=None):
     """``(model, optimizer, metric_fn, train_step)``, memoised on the model settings: the
     same function objects hit jit's cache, so repeated runs in one process (a resume in a
-    notebook, the tests) compile once."""
+    notebook, the tests) compile once. ``mesh``: the train step's (several processes)."""
     from rnn_jax.train import make_train_step
 
     config = json.loads(model_key)
     model, optimizer = build_model(config)
     loss_fn, metric_fn = make_fns(model)
-    return model, optimizer, metric_fn, make_train_step(loss_fn, optimizer)
+    return model, optimizer, metric_fn, make_train_step(loss_fn, optimizer, mesh=mesh)
 
 
 # -------------------------------------------------------------------------- training
@@ -292,13 +283,13 @@ def restore_latest(ckpt_dir: Path, target) -> tuple[Any, dict | None]:
     return state, metadata
 
 
-def evaluate_splits(metric_fn, params, eval_sets: dict[str, list]) -> dict[str, float]:
+def evaluate_splits(metric_fn, params, eval_sets: dict[str, list], mesh=None) -> dict:
     """``{"test_accuracy": ..., "test_loss": ..., "test_count": ..., "val_...": ...}``."""
     from rnn_jax.train import evaluate
 
     out = {}
     for name, batches in eval_sets.items():
-        result = evaluate(metric_fn, params, batches)
+        result = evaluate(metric_fn, params, batches, mesh=mesh)
         out.update({f"{name}_{k}": v for k, v in result.items()})
     return out
 
@@ -324,29 +315,40 @@ SUMMARY_CONFIG_KEYS = MODEL_KEYS + ("batch_size", "seed", "val_size")
 def train(args: argparse.Namespace, splits: dict[str, tuple]) -> dict[str, Any]:
     """Runs (or resumes) training with ``rnn_jax.train.train_loop``; returns the summary.
     Raises Diverged on NaN/inf."""
+    from rnn_jax import distributed
     from rnn_jax.checkpoint import latest_checkpoint
     from rnn_jax.train import train_loop
 
+    # Several processes: one global mesh, and process 0 alone writes (the others' files
+    # are stand-ins that write nothing). Every process computes the same things.
+    mesh, main = common.process_mesh(), distributed.is_main_process()
     config = config_of(args)
-    run_dir = common.setup_run_dir(args.out, resume=args.resume, config=config)
+    distributed.sync("run folder checked")  # before process 0 writes config.json
+    run_dir = common.setup_run_dir(args.out, resume=args.resume, config=config, write=main)
     ckpt_dir = run_dir / "checkpoints"
-    model, optimizer, metric_fn, train_step = _compiled(_model_key(config))
+    model, optimizer, metric_fn, train_step = _compiled(_model_key(config), mesh)
     state, metadata = initial_state(model, optimizer, config), None
     if args.resume:
         state, metadata = restore_latest(ckpt_dir, state)
+    state = state if mesh is None else distributed.replicate(state, mesh)
     start = int(state.step)
     eval_sets = {
-        k: eval_batch_list(splits[k], args.eval_batch_size) for k in ("val", "test") if k in splits
-    }
-    log = common.MetricsLog(run_dir / "metrics.jsonl", resume_step=start if args.resume else None)
-    bar = common.progress(args.steps, initial=start, desc=args.cell, enabled=args.progress)
+        k: distributed.eval_batches(dict(zip("xy", splits[k], strict=True)), args.eval_batch_size,
+                                    mesh)  # fmt: skip
+        for k in ("val", "test") if k in splits
+    }  # fmt: skip
+    resume_step = start if args.resume else None
+    log = common.MetricsLog(run_dir / "metrics.jsonl", resume_step=resume_step, write=main)
+    bar = common.progress(args.steps, initial=start, desc=args.cell, enabled=args.progress and main)
     timer = common.Timer((metadata or {}).get("wall_s", 0.0))
     # Saved with every checkpoint; the callback keeps its wall time current.
     meta = {**config, "wall_s": timer.wall_s()}
-    on_step = make_callback(args, config, run_dir, metric_fn, eval_sets, log, bar, timer, meta)
+    on_step = make_callback(
+        args, config, run_dir, metric_fn, eval_sets, log, bar, timer, meta, mesh
+    )
     try:
         state, _ = train_loop(
-            train_step, state, make_batch_fn(splits["train"], config), num_steps=args.steps,
+            train_step, state, make_batch_fn(splits["train"], config, mesh), num_steps=args.steps,
             checkpoint_dir=str(ckpt_dir), checkpoint_every=args.checkpoint_every,
             keep=args.keep, metadata=meta, callback=on_step,
         )  # fmt: skip
@@ -359,17 +361,18 @@ def train(args: argparse.Namespace, splits: dict[str, tuple]) -> dict[str, Any]:
         log.close()
 
     t0 = time.perf_counter()
-    final = evaluate_splits(metric_fn, state.params, eval_sets)
+    final = evaluate_splits(metric_fn, state.params, eval_sets, mesh)
     timer.eval_s += time.perf_counter() - t0
-    records = common.read_jsonl(run_dir / "metrics.jsonl")
-    plot(run_dir, records, config)
+    records = log.records()
     summary = build_summary(config, final, records, timer, state, run_dir)
     summary["resumed_from"] = start if args.resume else None
-    common.write_json_atomic(run_dir / "summary.json", summary)
+    if main:
+        plot(run_dir, records, config)
+        common.write_json_atomic(run_dir / "summary.json", summary)
     return summary
 
 
-def make_callback(args, config, run_dir, metric_fn, eval_sets, log, bar, timer, meta):
+def make_callback(args, config, run_dir, metric_fn, eval_sets, log, bar, timer, meta, mesh):
     """``train_loop``'s per-step callback: metrics log, periodic evaluation and plot, progress
     bar, timing (the time between two calls is the step's; evaluation and logging excluded)."""
     lr_at = _lr_logger(config)
@@ -380,10 +383,10 @@ def make_callback(args, config, run_dir, metric_fn, eval_sets, log, bar, timer, 
         record = {"step": step, **host, **lr_at(step)}
         if args.eval_every and (step % args.eval_every == 0 or step == args.steps):
             t0 = time.perf_counter()
-            record.update(evaluate_splits(metric_fn, state.params, eval_sets))
+            record.update(evaluate_splits(metric_fn, state.params, eval_sets, mesh))
             timer.eval_s += time.perf_counter() - t0
         log.write(record)
-        if "test_accuracy" in record:
+        if "test_accuracy" in record and log.writes:
             plot(run_dir, log.records(), config)
         _update_bar(bar, ema, host, record)
         meta["wall_s"] = timer.wall_s()
@@ -463,13 +466,16 @@ def main(argv: list[str] | None = None) -> int:
     """CLI entry point: 0 on success (summary printed), EXIT_DIVERGED on NaN/inf, and
     (SystemExit) 2 on a bad invocation, before anything is trained or written."""
     args = parse_args(argv)
+    main_process = common.join_processes(args)
     splits = load_data(args)
     try:
         summary = train(args, splits)
     except Diverged as e:
-        print(f"error: training stopped: {e}", file=sys.stderr, flush=True)
+        if main_process:
+            print(f"error: training stopped: {e}", file=sys.stderr, flush=True)
         return EXIT_DIVERGED
-    common.print_summary({k: v for k, v in summary.items() if k != "environment"})
+    if main_process:
+        common.print_summary({k: v for k, v in summary.items() if k != "environment"})
     return 0
 
 

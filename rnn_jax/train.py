@@ -193,12 +193,31 @@ def _check_divisible(batch: Batch, mesh: Mesh) -> None:
 def shard_batch(batch: Batch, mesh: Mesh) -> Batch:
     """Places ``batch`` with its leading axis split over the mesh's ``"data"`` axis."""
     _check_divisible(batch, mesh)
-    return jax.device_put(batch, NamedSharding(mesh, P(DATA_AXIS)))
+    return _put(batch, NamedSharding(mesh, P(DATA_AXIS)))
 
 
 def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
     """Places a full copy of ``tree`` on every device of ``mesh``."""
-    return jax.device_put(tree, NamedSharding(mesh, P()))
+    return _put(tree, NamedSharding(mesh, P()))
+
+
+def _put(tree: PyTree, sharding: NamedSharding) -> PyTree:
+    """``jax.device_put``, also onto a mesh that spans several processes (see
+    :mod:`rnn_jax.distributed`): there, leaves already placed so pass through and the others
+    go from the host (each process holds the same value; ``device_put`` refuses arrays
+    committed to a local device, and typed PRNG keys go as their key data)."""
+    if sharding.is_fully_addressable:
+        return jax.device_put(tree, sharding)
+
+    def put(x: Any) -> Any:
+        if isinstance(x, jax.Array) and x.sharding == sharding:
+            return x
+        if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            data = put(jax.random.key_data(x))
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+        return jax.device_put(np.asarray(x), sharding)
+
+    return jax.tree.map(put, tree)
 
 
 # ------------------------------------------------------------------------ training
@@ -340,7 +359,8 @@ def train_loop(
         interrupted), or an iterable yielding the batches from ``state.step`` on
         (the loop stops early if it runs out).
       num_steps: the total step count to reach (not the number of new steps).
-      checkpoint_dir: where :func:`rnn_jax.checkpoint.save_checkpoint` writes.
+      checkpoint_dir: where :func:`rnn_jax.checkpoint.save_checkpoint` writes (in a
+        multi-process run, process 0 alone writes; see :mod:`rnn_jax.distributed`).
       checkpoint_every: save every this many steps (and at the end); 0 saves
         only at the end. Ignored without ``checkpoint_dir``.
       keep: how many checkpoints to keep.
@@ -366,7 +386,8 @@ def train_loop(
 
     def save(state: TrainState, step: int) -> None:
         check_state_finite(state, step)
-        save_checkpoint(checkpoint_dir, state, step=step, metadata=metadata, keep=keep)
+        if jax.process_index() == 0:  # one writer; every process holds the same state
+            save_checkpoint(checkpoint_dir, state, step=step, metadata=metadata, keep=keep)
 
     while step < num_steps:
         if iterator is None:

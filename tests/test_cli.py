@@ -50,6 +50,17 @@ CASES = [
     ("mnist_rows", ["--warmup-steps", "5", "--decay-steps", "5"], ["--decay-steps"]),
     ("mnist_rows", ["--eval-every", "-1"], ["--eval-every"]),
     ("mnist_rows", ["--ckpt-every", "5"], ["--ckpt-every"]),  # the flag is --checkpoint-every
+    ("mnist_rows", ["--num-processes", "2"], ["--coordinator", "--process-id"]),
+    (
+        "mnist_rows",
+        ["--coordinator", "localhost", "--num-processes", "2", "--process-id", "0"],
+        ["--coordinator", "HOST:PORT"],
+    ),
+    (
+        "mnist_rows",
+        ["--coordinator", "h:1", "--num-processes", "2", "--process-id", "2"],
+        ["--process-id", "< --num-processes"],
+    ),
     ("char_lm", ["--top-k", "-1"], ["--top-k", "'-1'"]),
     ("char_lm", ["--temperature", "-1"], ["--temperature", "'-1'"]),
     ("char_lm", ["--data", "{text}", "--prime", "Q"], ["--prime", "'Q'"]),
