@@ -25,12 +25,28 @@ class Model(NamedTuple):
 
 
 def dense_init(key, in_size: int, out_size: int, dtype=jnp.float32) -> dict:
-    """``{"w": (in, out) Glorot-uniform, "b": (out,) zeros}``."""
+    """``{"w": (in, out) Glorot-uniform, "b": (out,) zeros}``.
+
+    Examples:
+      >>> import jax
+      >>> from rnn_jax.models import dense_init
+      >>> p = dense_init(jax.random.PRNGKey(0), 128, 10)
+      >>> p["w"].shape, p["b"].tolist() == [0.0] * 10
+      ((128, 10), True)
+    """
     w = jax.nn.initializers.glorot_uniform()(key, (in_size, out_size), dtype)
     return {"w": w, "b": jnp.zeros((out_size,), dtype)}
 
 
 def dense(params: dict, x: jax.Array) -> jax.Array:
+    """``x @ w + b``: ``(..., in) -> (..., out)``.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from rnn_jax.models import dense
+      >>> dense({"w": jnp.eye(2), "b": jnp.array([1.0, -1.0])}, jnp.array([[3.0, 4.0]]))
+      Array([[4., 3.]], dtype=float32)
+    """
     return x @ params["w"] + params["b"]
 
 
@@ -64,6 +80,18 @@ def classifier(
     ``key`` turns on dropout between layers (training); evaluation passes none.
     ``matmul_dtype`` (e.g. ``jnp.bfloat16``): the recurrent layers' matrix products in that
     dtype, state and readout in float32 (``rj.unroll``'s mixed precision).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, rnn_jax as rj
+      >>> from rnn_jax import models
+      >>> model = models.classifier(rj.lstm, hidden_size=8, num_classes=10)
+      >>> params = model.init(jax.random.PRNGKey(0), input_size=28)
+      >>> images = jnp.zeros((4, 28, 28))  # MNIST read row by row: 28 steps of 28 pixels
+      >>> model.apply(params, images).shape
+      (4, 10)
+      >>> lengths = jnp.array([28, 20, 10, 1])  # padded sequences: the state at each last step
+      >>> model.apply(params, images, lengths=lengths).shape
+      (4, 10)
     """
     cell = as_cell(cell)
 
@@ -106,6 +134,17 @@ def language_model(
     continue a stream (truncated BPTT over consecutive chunks, sampling). Tokens outside
     ``[0, V)`` raise ValueError when concrete; under ``jit`` they cannot be seen (see
     ``_check_tokens``).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, rnn_jax as rj
+      >>> from rnn_jax import models
+      >>> model = models.language_model(rj.gru, vocab_size=27, hidden_size=16, embed_size=8)
+      >>> params = model.init(jax.random.PRNGKey(0))
+      >>> tokens = jnp.zeros((2, 5), jnp.int32)
+      >>> logits, carries = model.apply(params, tokens)
+      >>> logits.shape, carries[0].shape  # per-step logits; one final carry per layer
+      ((2, 5, 27), (2, 16))
+      >>> logits2, _ = model.apply(params, tokens, carries)  # continue the stream from there
     """
     cell = as_cell(cell)
 
