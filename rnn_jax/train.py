@@ -77,6 +77,13 @@ class TrainState:
       rng: a ``jax.random`` key (typed, from ``jax.random.key``, or a raw
         ``uint32[2]`` from ``jax.random.PRNGKey``). Each train step splits it,
         so dropout and other randomness depend on the state alone.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, optax
+      >>> from rnn_jax.train import TrainState
+      >>> state = TrainState.create({"w": jnp.ones(3)}, optax.sgd(0.1), jax.random.PRNGKey(0))
+      >>> int(state.step), jax.tree.structure(state.params)
+      (0, PyTreeDef({'w': *}))
     """
 
     params: PyTree
@@ -105,7 +112,15 @@ class TrainState:
 def create_train_state(
     params: PyTree, optimizer: optax.GradientTransformation, rng: jax.Array
 ) -> TrainState:
-    """Same as :meth:`TrainState.create`."""
+    """Same as :meth:`TrainState.create`.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, optax
+      >>> from rnn_jax.train import create_train_state
+      >>> state = create_train_state({"w": jnp.zeros(2)}, optax.adam(1e-3), jax.random.PRNGKey(0))
+      >>> int(state.step)
+      0
+    """
     return TrainState.create(params, optimizer, rng)
 
 
@@ -136,6 +151,15 @@ def default_optimizer(
     ``optax.rmsprop`` defaults (decay 0.9, eps 1e-8 inside the sqrt, second
     moment initialised to 0) differ slightly from TF1's ``RMSPropOptimizer``
     (eps 1e-10, second moment initialised to 1).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from rnn_jax.train import default_optimizer
+      >>> optimizer = default_optimizer(1e-3, clip_norm=1.0)
+      >>> params = {"w": jnp.zeros(2)}
+      >>> updates, _ = optimizer.update({"w": jnp.array([30.0, 40.0])}, optimizer.init(params))
+      >>> updates["w"]  # RMSProp's first step: -lr g / sqrt(0.1 g^2) = -lr sqrt(10) sign(g)
+      Array([-0.00316..., -0.00316...], dtype=float32)
     """
     parts: list[optax.GradientTransformation] = []
     if clip_value is not None:
@@ -158,6 +182,12 @@ def make_mesh(num_devices: int | None = None) -> Mesh:
 
     Axis type is Auto (sharding propagated by the compiler), which is what
     ``in_shardings``/``out_shardings`` in :func:`make_train_step` expect.
+
+    Examples:
+      >>> from rnn_jax.train import DATA_AXIS, make_mesh
+      >>> mesh = make_mesh(1)  # the first device only; make_mesh() takes them all
+      >>> dict(mesh.shape)
+      {'data': 1}
     """
     devices = jax.devices()
     if num_devices is None:
@@ -191,13 +221,30 @@ def _check_divisible(batch: Batch, mesh: Mesh) -> None:
 
 
 def shard_batch(batch: Batch, mesh: Mesh) -> Batch:
-    """Places ``batch`` with its leading axis split over the mesh's ``"data"`` axis."""
+    """Places ``batch`` with its leading axis split over the mesh's ``"data"`` axis.
+
+    Examples:
+      >>> import numpy as np
+      >>> from jax.sharding import PartitionSpec
+      >>> from rnn_jax.train import make_mesh, shard_batch
+      >>> batch = shard_batch({"x": np.zeros((4, 3))}, make_mesh(1))
+      >>> batch["x"].sharding.spec == PartitionSpec("data")  # batch axis over the devices
+      True
+    """
     _check_divisible(batch, mesh)
     return _put(batch, NamedSharding(mesh, P(DATA_AXIS)))
 
 
 def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
-    """Places a full copy of ``tree`` on every device of ``mesh``."""
+    """Places a full copy of ``tree`` on every device of ``mesh``.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from rnn_jax.train import make_mesh, replicate
+      >>> params = replicate({"w": jnp.ones(3)}, make_mesh(1))
+      >>> params["w"].sharding.is_fully_replicated
+      True
+    """
     return _put(tree, NamedSharding(mesh, P()))
 
 
@@ -247,6 +294,19 @@ def make_train_step(
     Returns:
       ``train_step``. ``metrics`` holds ``"loss"``, the ``aux`` entries and
       ``"grad_norm"`` (global L2 norm of the raw, unclipped gradient).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, optax
+      >>> from rnn_jax import train
+      >>> def loss_fn(params, batch, rng):  # least squares: w -> 2
+      ...     return jnp.mean((batch["x"] * params["w"] - batch["y"]) ** 2), {}
+      >>> optimizer = optax.sgd(0.1)
+      >>> state = train.create_train_state({"w": jnp.array(0.0)}, optimizer, jax.random.PRNGKey(0))
+      >>> step = train.make_train_step(loss_fn, optimizer)
+      >>> batch = {"x": jnp.array([1.0, 2.0]), "y": jnp.array([2.0, 4.0])}
+      >>> state, metrics = step(state, batch)  # the old state is donated: use the new one
+      >>> int(state.step), sorted(metrics), round(float(state.params["w"]), 4)
+      (1, ['grad_norm', 'loss'], 1.0)
     """
 
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
@@ -293,6 +353,16 @@ def check_finite(metrics: Mapping[str, Any], step: int | jax.Array) -> None:
     Call it after each step, before saving a checkpoint, so that a diverged
     run stops with the last good checkpoint on disk. Fetches the metrics to the
     host (a device sync).
+
+    Examples:
+      >>> import math
+      >>> from rnn_jax.train import check_finite
+      >>> check_finite({"loss": 0.5}, step=3)  # fine: returns None
+      >>> try:
+      ...     check_finite({"loss": math.nan}, step=4)
+      ... except FloatingPointError as error:
+      ...     print(str(error).split(":")[0])
+      non-finite loss nan at step 4
     """
     host = jax.device_get(dict(metrics))
     names = ["loss"] + [k for k in host if k != "loss"] if "loss" in host else list(host)
@@ -324,6 +394,17 @@ def check_state_finite(state: TrainState, step: int | jax.Array) -> None:
     *before* its update, so an update that makes them non-finite passes it. Costs one fused
     reduction on device and a one-bool fetch; only on failure are the leaves read one by one
     to name the first bad one.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, optax
+      >>> from rnn_jax.train import check_state_finite, create_train_state
+      >>> state = create_train_state({"w": jnp.array([1.0, jnp.inf])}, optax.sgd(0.1),
+      ...                            jax.random.PRNGKey(0))
+      >>> try:
+      ...     check_state_finite(state, step=7)
+      ... except FloatingPointError as error:
+      ...     print(str(error).split(" (")[0])
+      non-finite value in ['params']['w'] after step 7
     """
     tree = {"params": state.params, "opt_state": state.opt_state}
     flat = [(p, x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0] if _is_float(x)]
@@ -376,6 +457,21 @@ def train_loop(
         non-finite parameters or optimiser state about to be saved (see
         :func:`check_state_finite`). No checkpoint is written for that step or
         later, so the newest on disk is the last good one.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, optax
+      >>> from rnn_jax import train
+      >>> def loss_fn(params, batch, rng):
+      ...     return jnp.mean((batch["x"] * params["w"] - batch["y"]) ** 2), {}
+      >>> optimizer = optax.sgd(0.1)
+      >>> state = train.create_train_state({"w": jnp.array(0.0)}, optimizer, jax.random.PRNGKey(0))
+      >>> step_fn = train.make_train_step(loss_fn, optimizer)
+      >>> batch_of = lambda step: {"x": jnp.array([1.0, 2.0]), "y": jnp.array([2.0, 4.0])}
+      >>> seen = []
+      >>> state, history = train.train_loop(step_fn, state, batch_of, num_steps=20,
+      ...                                   callback=lambda step, metrics, state: seen.append(step))
+      >>> len(history), seen[-1], round(float(state.params["w"]), 3)
+      (20, 20, 2.0)
     """
     if checkpoint_every < 0:
         raise ValueError(f"checkpoint_every must be >= 0, got {checkpoint_every}")
@@ -419,6 +515,12 @@ def example_mask(batch: Mapping[str, Any], batch_size: int | None = None) -> jax
 
     ``batch["mask"]`` if present (see :func:`pad_batch`), otherwise all ones; the
     size is taken from ``batch_size`` or the first leaf's leading axis.
+
+    Examples:
+      >>> import numpy as np
+      >>> from rnn_jax.train import example_mask
+      >>> example_mask({"x": np.zeros((3, 2))})
+      Array([1., 1., 1.], dtype=float32)
     """
     if "mask" in batch:
         return jnp.asarray(batch["mask"], jnp.float32)
@@ -437,6 +539,13 @@ def pad_batch(batch: Mapping[str, Any], batch_size: int) -> dict[str, np.ndarray
     Args:
       batch: dict of arrays with a common leading size ``n <= batch_size``.
       batch_size: the fixed size to pad to.
+
+    Examples:
+      >>> import numpy as np
+      >>> from rnn_jax.train import pad_batch
+      >>> padded = pad_batch({"x": np.array([[1.0], [2.0]]), "y": np.array([3, 4])}, batch_size=4)
+      >>> padded["y"].tolist(), padded["mask"].tolist()  # padding repeats the first example
+      ([3, 4, 3, 3], [1.0, 1.0, 0.0, 0.0])
     """
     batch = {k: np.asarray(v) for k, v in batch.items()}
     sizes = {k: v.shape[0] for k, v in batch.items()}
@@ -478,6 +587,16 @@ def evaluate(
       ``{name: total_sum / total_count, ..., "count": total_count}`` as Python
       floats. Sums are accumulated in float64 on the host, so no precision is
       lost over a large split.
+
+    Examples:
+      >>> import numpy as np
+      >>> from rnn_jax.train import evaluate, example_mask, pad_batch
+      >>> def metric_fn(params, batch):  # per-batch sums over the valid rows, and their count
+      ...     mask = example_mask(batch)
+      ...     return {"error": ((batch["x"] - params) ** 2 * mask).sum(), "count": mask.sum()}
+      >>> batches = [pad_batch({"x": np.array(rows)}, 2) for rows in ([1.0, 3.0], [5.0])]
+      >>> evaluate(metric_fn, 3.0, batches)  # the mean over the 3 real rows: (4 + 0 + 4) / 3
+      {'error': 2.6666666666666665, 'count': 3.0}
     """
     fn = jax.jit(metric_fn)
     if mesh is not None:
@@ -525,12 +644,29 @@ def softmax_cross_entropy(
     Returns:
       scalar: the mean over valid positions (the seeds summed without a mean,
       which ties the effective learning rate to the batch size).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from rnn_jax.train import softmax_cross_entropy
+      >>> logits = jnp.zeros((2, 4))  # uniform over 4 classes: log 4 per example
+      >>> round(float(softmax_cross_entropy(logits, jnp.array([0, 3]))), 4)
+      1.3863
+      >>> float(softmax_cross_entropy(logits, jnp.array([0, 3]), mask=jnp.array([1.0, 0.0])))
+      1.386...
     """
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     return _masked_mean(ce, mask)
 
 
 def accuracy(logits: jax.Array, labels: jax.Array, mask: jax.Array | None = None) -> jax.Array:
-    """Fraction of valid positions where ``argmax(logits, -1) == labels``; scalar."""
+    """Fraction of valid positions where ``argmax(logits, -1) == labels``; scalar.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from rnn_jax.train import accuracy
+      >>> logits = jnp.array([[2.0, 1.0], [0.0, 3.0], [5.0, 0.0]])
+      >>> float(accuracy(logits, jnp.array([0, 1, 1])))
+      0.666...
+    """
     correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
     return _masked_mean(correct, mask)
