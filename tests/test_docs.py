@@ -9,6 +9,7 @@ says when that is acceptable. Docstring examples (``>>>``) run through ``--docte
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import subprocess
@@ -114,3 +115,19 @@ def test_mkdocs_build_strict(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert (tmp_path / "index.html").is_file()
     assert (tmp_path / "api" / "train" / "index.html").is_file()
+
+
+def test_doctest_collection_leaves_out_modules_whose_optional_deps_are_missing(tmp_path):
+    """The root conftest.py skips doctest collection of a module only for a missing
+    top-level third-party import (rnn_jax's own and function-level imports never count)."""
+    spec = importlib.util.spec_from_file_location("root_conftest", ROOT / "conftest.py")
+    root_conftest = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(root_conftest)
+    module = tmp_path / "m.py"
+    module.write_text(
+        "import numpy\nimport not_installed_pkg_xyz.sub\nfrom rnn_jax import nothing\n"
+        "from .sibling import x\ndef f():\n    import also_not_installed_xyz\n"
+    )
+    assert root_conftest.missing_imports(module) == {"not_installed_pkg_xyz"}
+    module.write_text("import numpy, jax\nfrom flax import nnx\n")
+    assert root_conftest.missing_imports(module) == set()
