@@ -32,11 +32,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from seedlib import accuracy, add_budget_flags, row, table
+from seedlib import accuracy, add_budget_flags, load_digits, row, table
 
 import rnn_jax as rj
 from rnn_jax import models, train
-from rnn_jax.data import batch_indices, load_mnist
+from rnn_jax.data import batch_indices
 
 HIDDEN, BATCH, TRUNCATE, NOTEBOOK_LR, NOTEBOOK_EPOCHS = 100, 50, 10, 0.001, 100
 
@@ -244,10 +244,7 @@ def main(argv=None) -> dict:
                         help="SGD rate on the batch-mean loss (default: %(default)s)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="initialisation and batch order")
     args = parser.parse_args(argv)
-    data = load_mnist()
-    if args.test_size is not None:
-        data = data._replace(test_images=data.test_images[: args.test_size],
-                             test_labels=data.test_labels[: args.test_size])  # fmt: skip
+    data = load_digits(args.test_size)
     gradients = gradient_rows(data.train_images, data.train_labels)
     print(table("The notebook's truncated BPTT(10) is rnn_jax's truncate=10", gradients))
     zero = zero_init_rows(data)

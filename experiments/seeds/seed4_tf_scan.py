@@ -26,11 +26,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from seedlib import accuracy, add_budget_flags, table
+from seedlib import accuracy, add_budget_flags, load_digits, table
 
 import rnn_jax as rj
 from rnn_jax import models, train
-from rnn_jax.data import batch_indices, load_mnist
+from rnn_jax.data import batch_indices
 
 SETTINGS = {  # In [5] and the cells after it
     "element_size": 28,
@@ -86,10 +86,7 @@ def main(argv=None) -> dict:
                         help="training batch order (default: %(default)s)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="readout init and batch order")
     args = parser.parse_args(argv)
-    data = load_mnist()
-    if args.test_size is not None:
-        data = data._replace(test_images=data.test_images[: args.test_size],
-                             test_labels=data.test_labels[: args.test_size])  # fmt: skip
+    data = load_digits(args.test_size)
     optimizer = tf1_rmsprop(SETTINGS["learning_rate"])
     state = train.create_train_state(notebook_params(jax.random.PRNGKey(args.seed)), optimizer,
                                      jax.random.PRNGKey(args.seed))  # fmt: skip

@@ -11,7 +11,7 @@ import argparse
 import jax
 import numpy as np
 
-from rnn_jax.data import eval_batches
+from rnn_jax.data import eval_batches, load_mnist
 
 
 def max_abs_diff(a, b) -> float:
@@ -81,6 +81,15 @@ def add_budget_flags(parser, steps: int, test_size: int | None = None) -> None:
         "--test-size", type=positive_int, default=test_size,
         help="score the first N test digits (default: all 10,000)",
     )  # fmt: skip
+
+
+def load_digits(test_size: int | None = None):
+    """MNIST (``rnn_jax.data.load_mnist``), its test split cut to the first ``test_size``."""
+    data = load_mnist()
+    if test_size is None:
+        return data
+    return data._replace(test_images=data.test_images[:test_size],
+                         test_labels=data.test_labels[:test_size])  # fmt: skip
 
 
 def positive_int(text: str) -> int:
