@@ -14,7 +14,9 @@ the loss is the mean cross-entropy per character. Training is chunked truncated 
 (:mod:`rnn_jax.tbptt`): the training text is cut into ``--batch-size`` contiguous streams, read
 ``--seq-len`` characters at a time with the state carried from chunk to chunk (reset at each
 epoch, and for a random ``--reset-prob`` share of the streams at each chunk: see
-:func:`reset_rows`), one update per chunk. Validation reads the whole held-out tail the same way.
+:func:`rnn_jax.tbptt.reset_rows`), one update per chunk. Validation reads the whole held-out
+tail the same way. ``--coordinator/--num-processes/--process-id`` (or ``python -m
+rnn_jax.launch``) split the streams over processes; process 0 writes the files.
 
 The run folder (``--out``) holds ``config.json``, ``metrics.jsonl`` (train loss every step,
 validation loss and samples every ``--eval-every`` / ``--sample-every`` steps),
@@ -45,11 +47,19 @@ import common  # noqa: E402
 
 import rnn_jax as rj  # noqa: E402
 from rnn_jax import checkpoint as ckpt  # noqa: E402
+from rnn_jax import distributed  # noqa: E402
 from rnn_jax.data import text as textdata  # noqa: E402
 from rnn_jax.models import Model, language_model  # noqa: E402
 from rnn_jax.sampling import sample  # noqa: E402
-from rnn_jax.tbptt import evaluate_stream, make_chunk_eval, make_chunk_step, zero_carry  # noqa: E402
-from rnn_jax.train import TrainState, check_state_finite, train_loop  # noqa: E402
+from rnn_jax.tbptt import (  # noqa: E402
+    Stream,
+    evaluate_stream,
+    make_chunk_eval,
+    make_chunk_step,
+    place_chunks,
+    zero_carry,
+)
+from rnn_jax.train import TrainState, check_state_finite, shard_batch, train_loop  # noqa: E402
 
 CELLS = {"lstm": rj.lstm, "gru": rj.gru, "simple": rj.simple}
 LN2 = math.log(2.0)
@@ -91,6 +101,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="dtype of the matrix products (accumulating in float32)")
     p.add_argument("--seed", type=nonneg_int, default=0, help="initialisation, resets, samples")
     common.add_run_args(p, checkpoint_every=500, out="runs/char_lm")
+    common.add_process_args(p)
     p.add_argument("--eval-every", type=nonneg_int, default=200,
                    help="validation loss every N steps (0: only at the end)")
     p.add_argument("--eval-batch-size", type=pos_int, default=64, help="validation streams")
@@ -106,6 +117,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="text the samples start from (text data only; default: a newline)")
     # fmt: on
     args = p.parse_args(argv)
+    common.check_process_args(p, args)
     if args.data not in DATASETS and not Path(args.data).is_file():
         p.error(f"argument --data: expected {' or '.join(DATASETS)} or a file, got {args.data!r}")
     if args.prime is not None and args.data == "names":
@@ -155,30 +167,6 @@ def carry_like(model, params, batch_size: int, seq_len: int):
     return zero_carry(lambda p, t: model.apply(p, t)[1], params, tokens)
 
 
-def reset_mask(seed: int, step: int, args) -> np.ndarray:
-    """``(B,)`` bool: the streams whose state restarts from zero before chunk ``step``.
-
-    A pure function of ``(seed, step)``, so a resumed run resets the same rows.
-    """
-    return np.random.default_rng([seed, step, 1]).random(args.batch_size) < args.reset_prob
-
-
-def reset_rows(carry, mask: np.ndarray):
-    """``carry`` with the rows where ``mask`` is set replaced by zeros.
-
-    Why: carried across a whole epoch, the state almost never starts from zero, and the model
-    learns to rely on "deep in the stream" states (LSTM cells whose forget gate saturates at 1
-    integrate without bound). Read from a zero state (validation rows, sampling) it then falls
-    into states it never saw and can stay lost for thousands of characters: measured here,
-    validation at 2.4 nats/char against 1.7 in training after 600 steps, and garbage samples.
-    Restarting a few random rows per chunk keeps zero starts in the training distribution.
-    """
-    if not mask.any():
-        return carry
-    keep = jnp.asarray(~mask)
-    return jax.tree.map(lambda c: jnp.where(keep[:, None], c, jnp.zeros_like(c)), carry)
-
-
 def sample_text(model, params, vocab, key, *, length, prime, temperature, top_k, rows=1):
     """``rows`` strings of ``length`` characters continuing ``prime``."""
     prime_ids = jnp.asarray(np.tile(vocab.encode(prime)[None], (rows, 1)))
@@ -216,10 +204,16 @@ def names_report(names, complete, train_names, all_names) -> dict:
     }
 
 
+def config_of(args) -> dict:
+    """The run's settings (config.json): the flags, less where it runs (processes)."""
+    config = {k: v for k, v in vars(args).items() if k not in common.PROCESS_ARGS}
+    return {**config, "resumable_keys": RESUMABLE}
+
+
 def load_data(args):
     """``(vocab, train_ids, val_ids, train_names, train_chunks, val_chunks)``, after the run
     folder is checked; problems exit with a usage error (code 2), nothing written."""
-    config = {**vars(args), "resumable_keys": RESUMABLE}
+    config = config_of(args)
     has_checkpoint = ckpt.latest_checkpoint(args.out) is not None
     common.check_run_dir(args.out, resume=args.resume, has_checkpoint=has_checkpoint,
                          config=config)  # fmt: skip
@@ -241,34 +235,14 @@ def load_data(args):
     return vocab, train_ids, val_ids, train_names, train_chunks, val_chunks
 
 
-class Stream:
-    """The training streams' recurrent state between chunks, for ``train_loop``:
-    ``batch(step)`` is ``(carry, chunk)`` with the epoch start and the random resets applied,
-    ``step(state, batch)`` runs one chunk and keeps the carry it ends with."""
-
-    def __init__(self, step_fn, chunks, zero, carry, args):
-        self.step_fn, self.chunks, self.zero, self.carry = step_fn, chunks, zero, carry
-        self.args = args
-
-    def batch(self, step: int):
-        k = step % len(self.chunks)
-        if k == 0:  # a new epoch starts each stream at its beginning: fresh state
-            return self.zero, self.chunks[k]
-        carry = self.carry
-        if self.args.reset_prob:
-            carry = reset_rows(carry, reset_mask(self.args.seed, step, self.args))
-        return carry, self.chunks[k]
-
-    def step(self, state, batch):
-        state, self.carry, metrics = self.step_fn(state, *batch)
-        return state, metrics
-
-
 def run(args, data) -> dict:
     """Trains (or resumes) with ``rnn_jax.train.train_loop``; returns the summary."""
     t_start = time.perf_counter()
-    config = {**vars(args), "resumable_keys": RESUMABLE}
-    run_dir = common.setup_run_dir(args.out, resume=args.resume, config=config)
+    # Several processes: streams split over one global mesh; process 0 alone writes.
+    mesh, main = common.process_mesh(), distributed.is_main_process()
+    distributed.sync("run folder checked")  # before process 0 writes config.json
+    run_dir = common.setup_run_dir(args.out, resume=args.resume, config=config_of(args),
+                                   write=main)  # fmt: skip
     vocab, train_ids, val_ids, train_names, train_chunks, val_chunks = data
     all_names = set(textdata.load_names()) if train_names is not None else None
 
@@ -285,17 +259,22 @@ def run(args, data) -> dict:
         run_state, meta = ckpt.restore_checkpoint(latest, run_state)
         if meta.get("vocab") != vocab.to_list():
             raise ValueError(f"{latest} was trained with another vocabulary than --data gives")
+    if mesh is not None:
+        run_state, zero = distributed.replicate((run_state, zero), mesh)
     start = int(run_state["train"].step)
-    log = common.MetricsLog(run_dir / "metrics.jsonl", resume_step=start)
+    log = common.MetricsLog(run_dir / "metrics.jsonl", resume_step=start, write=main)
 
     loss_fn, metric_fn = make_loss_fns(model, use_dropout=args.dropout > 0)
-    stream = Stream(make_chunk_step(loss_fn, optimizer), train_chunks, zero, run_state["carry"],
-                    args)  # fmt: skip
+    step_fn = make_chunk_step(loss_fn, optimizer, mesh=mesh)
+    stream = Stream(step_fn, train_chunks, zero, run_state["carry"], seed=args.seed,
+                    reset_prob=args.reset_prob, mesh=mesh)  # fmt: skip
     eval_chunk = make_chunk_eval(metric_fn)
     val_zero = carry_like(model, params, val_chunks.batch_size, val_chunks.seq_len)
+    val_zero = val_zero if mesh is None else shard_batch(val_zero, mesh)
 
     def validate(params) -> dict:
-        means, _ = evaluate_stream(eval_chunk, params, val_chunks, val_zero)
+        chunks = place_chunks(val_chunks, mesh)
+        means, _ = evaluate_stream(eval_chunk, params, chunks, val_zero)
         return {"val_nats_per_char": means["nll"], "val_bpc": means["nll"] / LN2}
 
     def show_sample(params, step):
@@ -310,7 +289,8 @@ def run(args, data) -> dict:
                 model, params, vocab, k, length=args.sample_len, prime=args.prime or "\n",
                 temperature=args.temperature, top_k=args.top_k,
             )  # fmt: skip
-        bar.write(f"--- sample at step {step} ---\n{text}\n---", file=sys.stderr)
+        if main:
+            bar.write(f"--- sample at step {step} ---\n{text}\n---", file=sys.stderr)
         return text
 
     def save(state, step):
@@ -320,10 +300,11 @@ def run(args, data) -> dict:
             "elapsed_s": timer.wall_s(), "cpu_s": timer.cpu_s(), "best_val": meta.get("best_val"),
         }  # fmt: skip
         run_state = {"train": state, "carry": stream.carry}
-        ckpt.save_checkpoint(run_dir, run_state, step=step, metadata=metadata, keep=2)
+        if main:
+            ckpt.save_checkpoint(run_dir, run_state, step=step, metadata=metadata, keep=2)
 
     timer = common.Timer(float(meta.get("elapsed_s", 0.0)), float(meta.get("cpu_s", 0.0)))
-    bar = common.progress(args.steps, initial=start, desc="train", enabled=args.progress)
+    bar = common.progress(args.steps, initial=start, desc="train", enabled=args.progress and main)
     status = {"stopped": "steps", "val": None, "val_step": None}
     recent = []
 
@@ -349,7 +330,7 @@ def run(args, data) -> dict:
             record.update(status["val"])
             nats = status["val"]["val_nats_per_char"]
             meta["best_val"] = min(meta["best_val"] or math.inf, nats)
-            bar.write(
+            main and bar.write(
                 f"step {step}: train {np.mean(recent):.4f} val {nats:.4f} nats/char "
                 f"({nats / LN2:.4f} bpc), {timer.wall_s() / 60:.1f} min", file=sys.stderr,
             )  # fmt: skip
@@ -360,7 +341,7 @@ def run(args, data) -> dict:
         bar.set_postfix(loss=f"{host['loss']:.3f}")
         if args.checkpoint_every and step % args.checkpoint_every == 0:
             save(state, step)
-            common.plot_curves(log.records(), run_dir / "curves.png", **PANELS)
+            main and common.plot_curves(log.records(), run_dir / "curves.png", **PANELS)
         timer.lap()
 
     try:
@@ -375,7 +356,7 @@ def run(args, data) -> dict:
         last_val = validate(state.params)
         log.write({"step": step, **last_val, "time_s": round(timer.wall_s(), 2)})
     save(state, step)
-    common.plot_curves(log.records(), run_dir / "curves.png", **PANELS)
+    main and common.plot_curves(log.records(), run_dir / "curves.png", **PANELS)
 
     summary = {
         "data": args.data, "cell": args.cell, "hidden_size": args.hidden_size,
@@ -409,7 +390,7 @@ def run(args, data) -> dict:
             temperature=args.temperature, top_k=args.top_k,
         )  # fmt: skip
     summary["environment"] = common.environment()
-    common.write_json_atomic(run_dir / "summary.json", summary)
+    main and common.write_json_atomic(run_dir / "summary.json", summary)
     log.close()
     return summary
 
@@ -422,8 +403,9 @@ def main(argv=None) -> dict:
     """CLI entry point: the summary (also printed as the last stdout line); a bad invocation
     exits with code 2 before anything is trained or written."""
     args = parse_args(argv)
+    main_process = common.join_processes(args)
     summary = run(args, load_data(args))
-    common.print_summary(summary)
+    main_process and common.print_summary(summary)
     return summary
 
 

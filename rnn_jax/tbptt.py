@@ -26,8 +26,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh
 
-from rnn_jax.train import TrainState, make_train_step
+from rnn_jax.train import TrainState, make_train_step, shard_batch
 
 PyTree = Any
 ChunkLossFn = Callable[[PyTree, PyTree, PyTree, jax.Array], tuple[jax.Array, tuple[PyTree, dict]]]
@@ -36,7 +37,16 @@ ChunkMetricFn = Callable[[PyTree, PyTree, PyTree], tuple[dict, PyTree]]
 # The new carry rides out of the jitted train step inside its metrics dict, under this key.
 _CARRY = "__carry__"
 
-__all__ = ["evaluate_stream", "make_chunk_eval", "make_chunk_step", "zero_carry"]
+__all__ = [
+    "Stream",
+    "evaluate_stream",
+    "make_chunk_eval",
+    "make_chunk_step",
+    "place_chunks",
+    "reset_mask",
+    "reset_rows",
+    "zero_carry",
+]
 
 
 def zero_carry(carry_fn: Callable[..., PyTree], *args) -> PyTree:
@@ -66,6 +76,7 @@ def make_chunk_step(
     optimizer: optax.GradientTransformation,
     *,
     donate: bool = True,
+    mesh: Mesh | None = None,
 ) -> Callable[[TrainState, PyTree, PyTree], tuple[TrainState, PyTree, dict]]:
     """Builds ``step(state, carry, chunk) -> (new_state, new_carry, metrics)``: one update.
 
@@ -105,7 +116,7 @@ def make_chunk_step(
             raise ValueError(f"loss_fn metrics must not use the reserved key {_CARRY!r}")
         return loss, {**metrics, _CARRY: jax.lax.stop_gradient(new_carry)}
 
-    train_step = make_train_step(batch_loss, optimizer, donate=donate)
+    train_step = make_train_step(batch_loss, optimizer, donate=donate, mesh=mesh)
 
     def step(state: TrainState, carry: PyTree, chunk: PyTree):
         state, metrics = train_step(state, (carry, chunk))
@@ -184,3 +195,72 @@ def evaluate_stream(
     if count <= 0:
         raise ValueError(f"evaluate_stream saw {count} targets")
     return {**{k: v / count for k, v in totals.items()}, "count": count}, carry
+
+
+def reset_mask(seed: int, step: int, batch_size: int, prob: float) -> np.ndarray:
+    """``(batch_size,)`` bool: the streams whose state restarts from zero before chunk
+    ``step``, each with probability ``prob``. A pure function of ``(seed, step)``, so a
+    resumed run resets the same rows."""
+    return np.random.default_rng([seed, step, 1]).random(batch_size) < prob
+
+
+def reset_rows(carry: PyTree, mask: np.ndarray) -> PyTree:
+    """``carry`` with the rows where ``mask`` is set replaced by zeros.
+
+    Why: carried across a whole epoch, the state almost never starts from zero, and the model
+    learns to rely on "deep in the stream" states (LSTM cells whose forget gate saturates at 1
+    integrate without bound). Read from a zero state (validation rows, sampling) it then falls
+    into states it never saw and can stay lost for thousands of characters: measured on
+    Shakespeare, validation at 2.4 nats/char against 1.7 in training after 600 steps, and
+    garbage samples. Restarting a few random rows per chunk keeps zero starts in the training
+    distribution.
+    """
+    if not mask.any():
+        return carry
+    keep = jnp.asarray(~mask)
+    return jax.tree.map(lambda c: jnp.where(keep[:, None], c, jnp.zeros_like(c)), carry)
+
+
+def place_chunks(chunks: Iterable[tuple], mesh: Mesh | None) -> Iterable[tuple]:
+    """``chunks`` (``(inputs, targets)`` numpy pairs, rows = streams) as global arrays split
+    over ``mesh``'s ``"data"`` axis, each process reading only its own streams; unchanged
+    without a mesh."""
+    if mesh is None:
+        return chunks
+    from rnn_jax.distributed import global_batch
+
+    def place(chunk: tuple) -> tuple:
+        return global_batch(lambda rows: tuple(a[rows] for a in chunk), len(chunk[0]), mesh)
+
+    return (place(chunk) for chunk in chunks)
+
+
+class Stream:
+    """Chunked TBPTT over consecutive chunks (e.g. :class:`~rnn_jax.data.ContiguousBatches`),
+    for :func:`rnn_jax.train.train_loop`: ``batch(step)`` is ``(carry, chunk)``, the carry
+    the previous chunk ended with, reset to ``zero`` at each epoch start (chunk 0) and for a
+    random ``reset_prob`` share of the streams otherwise (:func:`reset_rows`);
+    ``step(state, batch)`` runs ``step_fn`` (from :func:`make_chunk_step`) and keeps the new
+    carry in ``self.carry`` (checkpoint it with the state for an exact resume).
+
+    With ``mesh`` the streams are split over its ``"data"`` axis: give ``step_fn`` the same
+    mesh; each process reads only its own streams' characters.
+    """
+
+    def __init__(self, step_fn, chunks, zero, carry=None, *, seed=0, reset_prob=0.0, mesh=None):
+        self.step_fn, self.chunks, self.zero, self.mesh = step_fn, chunks, zero, mesh
+        self.carry = zero if carry is None else carry
+        self.seed, self.reset_prob = seed, reset_prob
+
+    def batch(self, step: int) -> tuple:
+        k = step % len(self.chunks)
+        carry = self.zero if k == 0 else self.carry  # a new epoch restarts every stream
+        if k and self.reset_prob:
+            carry = reset_rows(carry, reset_mask(self.seed, step, self.chunks.batch_size,
+                                                 self.reset_prob))  # fmt: skip
+        (chunk,) = place_chunks([self.chunks[k]], self.mesh)
+        return (carry, chunk) if self.mesh is None else (shard_batch(carry, self.mesh), chunk)
+
+    def step(self, state: TrainState, batch: tuple) -> tuple[TrainState, dict]:
+        state, self.carry, metrics = self.step_fn(state, *batch)
+        return state, metrics

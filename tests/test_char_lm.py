@@ -21,6 +21,7 @@ import char_lm  # noqa: E402
 from rnn_jax import LSTMCarry  # noqa: E402
 from rnn_jax import checkpoint as ckpt  # noqa: E402
 from rnn_jax.data.text import Vocab, fit_layout  # noqa: E402
+from rnn_jax.tbptt import reset_mask, reset_rows  # noqa: E402
 
 # Small and fast: the tests check that the pipeline learns and resumes, not how well.
 TINY = ["--hidden-size", "48", "--embed-size", "16", "--seq-len", "32", "--batch-size", "16",
@@ -130,12 +131,11 @@ def test_sample_text_deterministic_per_key():
 
 
 def test_reset_rows_restarts_only_masked_streams():
-    args = char_lm.parse_args(["--batch-size", "4000", "--reset-prob", "0.05"])
-    mask = char_lm.reset_mask(3, 17, args)
-    np.testing.assert_array_equal(mask, char_lm.reset_mask(3, 17, args))  # pure in (seed, step)
+    mask = reset_mask(3, 17, 4000, 0.05)
+    np.testing.assert_array_equal(mask, reset_mask(3, 17, 4000, 0.05))  # pure in (seed, step)
     assert 0.03 < mask.mean() < 0.07
     carry = [LSTMCarry(jnp.ones((4, 2)), jnp.full((4, 2), 2.0))]
-    out = char_lm.reset_rows(carry, np.array([False, True, False, True]))
+    out = reset_rows(carry, np.array([False, True, False, True]))
     np.testing.assert_array_equal(out[0].h[:, 0], [1, 0, 1, 0])
     np.testing.assert_array_equal(out[0].c[:, 1], [2, 0, 2, 0])
-    assert char_lm.reset_rows(carry, np.zeros(4, bool)) is carry
+    assert reset_rows(carry, np.zeros(4, bool)) is carry

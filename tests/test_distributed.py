@@ -33,6 +33,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_mnist_rows import final_state, leaves_bytes, mnist_rows, needs_mnist  # noqa: E402
 
+sys.path.insert(0, str(REPO / "experiments"))
+import char_lm  # noqa: E402
+
 LAUNCH_TIMEOUT_S = 300
 LAUNCH = [sys.executable, "-m", "rnn_jax.launch", "--num-processes", "2"]
 LAUNCH += ["--timeout-s", str(LAUNCH_TIMEOUT_S - 30), "--"]
@@ -156,8 +159,29 @@ def test_evaluation_counts_every_example_once_across_processes():
     assert result["hash"] == pytest.approx((ids * 7919 % 1009).mean(), rel=1e-12)
 
 
-def test_launcher_refuses_bad_invocations():
+def test_launcher_refuses_bad_invocations(capsys):
+    from rnn_jax import launch as launcher
+
     for argv in (["--num-processes", "0", "--", "x.py"], ["--num-processes", "2"]):
-        done = subprocess.run([sys.executable, "-m", "rnn_jax.launch", *argv], cwd=REPO,
-                              capture_output=True, text=True, timeout=60)  # fmt: skip
-        assert done.returncode == 2 and "error" in done.stderr
+        with pytest.raises(SystemExit) as exit_:
+            launcher.main(argv)
+        assert exit_.value.code == 2 and "error" in capsys.readouterr().err
+
+
+def test_char_lm_streams_split_over_two_processes_train_like_one(tmp_path):
+    """char_lm.py: the 16 streams (and their carried states) split 8/8 over the processes;
+    validation, samples and the files match a single process's run."""
+    argv = ["--data", "names", "--hidden-size", "32", "--embed-size", "8", "--seq-len", "16"]
+    argv += ["--batch-size", "16", "--steps", "10", "--eval-every", "5", "--sample-every", "0"]
+    argv += ["--checkpoint-every", "5", "--no-progress", "--num-samples", "20"]
+    argv += ["--eval-batch-size", "16"]
+    alone = char_lm.main(argv + ["--out", str(tmp_path / "one")])
+    done = launch(argv + ["--out", str(tmp_path / "two")], script="experiments/char_lm.py")
+    assert done.returncode == 0, done.stderr[-3000:]
+    two = json.loads(done.stdout.strip().splitlines()[-1])
+    for key in ("val_nats_per_char", "train_nats_per_char"):
+        assert two[key] == pytest.approx(alone[key], rel=1e-5), key
+    assert two["steps"] == 10 and two["val_chars_read"] == alone["val_chars_read"]
+    records = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["step"] for r in records if '"loss"' in r] == list(range(1, 11))
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "two")] == [5, 10]
