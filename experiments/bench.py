@@ -172,15 +172,15 @@ def make_rnn_jax(cell, cfg, mode, x, y, *, gradient="autodiff", **unroll_options
     import jax
 
     import rnn_jax as rj
-    from rnn_jax.cells.base import hidden_of
+    from rnn_jax.checks import as_cell
 
     _, _, input_size, hidden_size = cfg
-    module = USER_CELLS[cell] if cell in USER_CELLS else getattr(rj, cell)
+    module = as_cell(USER_CELLS[cell] if cell in USER_CELLS else getattr(rj, cell))
     rnn_params = module.init(jax.random.key(0), input_size, hidden_size)
 
     def forward(p, xs):
         carry, _ = rj.unroll(module, p, xs, gradient=gradient, **unroll_options)
-        return hidden_of(carry)
+        return module.hidden_of(carry)
 
     return lambda name: _jax_bench(name, forward, rnn_params, hidden_size, mode, x, y)
 

@@ -1,13 +1,20 @@
 """rnn_jax: recurrent neural networks for JAX as pure functions.
 
-Cells are modules of pure functions over parameter dicts (``rj.simple``, ``rj.lstm``,
-``rj.gru``); ``rj.unroll`` runs one over a sequence with ``lax.scan``; ``rj.bptt`` is the
-hand-written backward through time.
+Cells are objects of pure functions over parameter pytrees (``rj.simple``, ``rj.lstm``,
+``rj.gru``, or your own from ``rj.make_cell``); ``rj.unroll`` runs one over a sequence with
+``lax.scan``; ``rj.bptt`` is the hand-written backward through time; ``rj.check_cell`` and
+``rj.check_gradients`` prove a backward against ``jax.grad``.
+
+The submodules (``rj.models``, ``rj.train``, ``rj.nnx``, ``rj.interop``, ...) load on first use.
 """
 
+import importlib
+
 from rnn_jax.bptt import bptt
+from rnn_jax.cellcheck import CellReport, check_cell
 from rnn_jax.cells import gru, lstm, simple
 from rnn_jax.cells.base import Cell, LSTMCarry
+from rnn_jax.cells.generic import GenericCell, RecurrentCell, make_cell
 from rnn_jax.gradcheck import check_gradients, hidden_grad_norms
 from rnn_jax.layers import (
     bidirectional,
@@ -19,11 +26,41 @@ from rnn_jax.layers import (
 from rnn_jax.scan import unroll
 from rnn_jax.summary import count_params, summary
 
+# Loaded on first attribute access: flax.nnx, torch interop and the training loop are not
+# needed to run a cell, and importing them all would slow ``import rnn_jax``.
+SUBMODULES = (
+    "atomic",
+    "cellcheck",
+    "checkpoint",
+    "data",
+    "distributed",
+    "gradcheck",
+    "interop",
+    "launch",
+    "models",
+    "nnx",
+    "remat",
+    "sampling",
+    "tbptt",
+    "train",
+)
+
+
+def __getattr__(name):
+    if name in SUBMODULES:
+        return importlib.import_module(f"rnn_jax.{name}")
+    raise AttributeError(f"module 'rnn_jax' has no attribute {name!r}")
+
+
 __all__ = [
     "Cell",
+    "CellReport",
+    "GenericCell",
     "LSTMCarry",
+    "RecurrentCell",
     "bidirectional",
     "bptt",
+    "check_cell",
     "check_gradients",
     "count_params",
     "gru",
@@ -31,6 +68,7 @@ __all__ = [
     "init_bidirectional",
     "init_stack",
     "lstm",
+    "make_cell",
     "output_size",
     "simple",
     "summary",

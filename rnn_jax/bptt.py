@@ -14,6 +14,11 @@ backward of a step is linear in the cotangent, we keep k cotangent *slots*, one 
 against the gate residuals), then shift one age up, and the slot that has travelled k steps
 is dropped. Cost: k times the per-step recurrent work; the weight products are unchanged.
 The cotangent on the final carry counts as an output of the last step.
+
+Any other cell (``rj.make_cell``, the cell protocol) runs its own ``step_backward`` in the
+reverse loop and accumulates its ``d_params`` there. Its truncation slots go through
+``jax.vmap`` of that backward (only ``d_carry_prev`` is needed per slot; ``d_params`` and
+``d_x`` come from one call on the slots' sum, since a VJP is linear in its cotangent).
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ def bptt(
     """Gradients of ``L`` through ``unroll`` by hand-written BPTT.
 
     Args:
+      cell: any cell (``rj.lstm``, ``rj.make_cell(...)``, ...); params: its parameters.
       xs: ``(B, T, I)`` (``(T, B, I)`` if ``time_major``).
       d_hs: dL/dhs, same layout, ``(B, T, H)``.
       carry: initial carry (None: zeros).
@@ -69,10 +75,21 @@ def bptt(
 
     Returns:
       ``(d_params, d_xs, d_carry0)``: same structures as ``params``, ``xs``, ``carry``.
+
+    Example (equal to ``jax.vjp`` through ``rj.unroll``):
+      >>> import jax, jax.numpy as jnp, rnn_jax as rj
+      >>> params = rj.lstm.init(jax.random.PRNGKey(0), input_size=3, hidden_size=4)
+      >>> xs = jax.random.normal(jax.random.PRNGKey(1), (2, 5, 3))
+      >>> d_hs = jnp.ones((2, 5, 4))
+      >>> d_params, d_xs, d_carry0 = rj.bptt(rj.lstm, params, xs, d_hs)
+      >>> _, vjp = jax.vjp(lambda p: rj.unroll(rj.lstm, p, xs)[1], params)
+      >>> bool(jnp.allclose(d_params["w_h"], vjp(d_hs)[0]["w_h"], atol=1e-5))
+      True
+      >>> d_params, _, _ = rj.bptt(rj.lstm, params, xs, d_hs, truncate=2)  # truncated BPTT(2)
     """
     prep = prepare(cell, params, xs, carry, lengths, time_major=time_major)
     truncate = _check_truncate(truncate)
-    hs_shape = prep.xs.shape[:2] + (prep.hidden_size,)
+    hs_shape = prep.xs.shape[:2] + (prep.output_size,)
     want = hs_shape if time_major else (hs_shape[1], hs_shape[0], hs_shape[2])
     if getattr(d_hs, "shape", None) != want or d_hs.dtype != xs.dtype:
         raise ValueError(
@@ -109,21 +126,65 @@ def _check_truncate(truncate) -> int | None:
 
 
 def backward_sweep(
-    cell: Cell, params, xs, carry0, hs, gates, d_hs, d_final, valid, truncate, *, unroll=1
+    cell, params, xs, carry0, hs, gates, d_hs, d_final, valid, truncate, *, unroll=1
 ):
-    """The reverse scan plus the after-loop input products (all time-major).
+    """The hand-written backward over a whole sequence (all time-major).
 
-    ``xs (T, B, I)``, ``hs (T, B, H)`` and ``gates`` from ``scan_forward(keep_gates=True)``;
-    ``d_hs (T, B, H)``, or None when the loss does not read ``hs`` (classify from the final
-    carry: nothing per step to add, and no (T, B, H) of zeros to stream through the loop);
-    ``d_final`` the cotangent of the final carry.
+    ``xs (T, B, I)``, ``hs (T, B, H)`` and ``gates`` (the stacked residuals) from
+    ``scan_forward(keep_gates=True)``; ``d_hs (T, B, H)``, or None when the loss does not read
+    ``hs`` (classify from the final carry: nothing per step to add, and no (T, B, H) of zeros
+    to stream through the loop); ``d_final`` the cotangent of the final carry.
+    Returns ``(d_params, d_xs (T, B, I), d_carry0)``.
     """
-    num_steps, batch_size = xs.shape[:2]
+    num_steps = xs.shape[0]
+    if num_steps == 0:  # the final carry is the initial one; nothing else was read
+        return jax.tree.map(jnp.zeros_like, params), jnp.zeros_like(xs), d_final
     # k > T never drops anything, so it is full BPTT; k == T still drops at carry0.
     slots = None if truncate is None or truncate > num_steps else truncate
+    if not isinstance(cell, Cell):
+        return _generic_sweep(cell, params, gates, d_hs, d_final, valid, slots, unroll)
+    return _fused_sweep(cell, params, xs, carry0, hs, gates, d_hs, d_final, valid, slots, unroll)
+
+
+def _generic_sweep(cell, params, residuals, d_hs, d_final, valid, slots, unroll):
+    """Reverse loop of ``cell.step_backward``; ``d_params`` accumulated in the loop.
+
+    A padded row (``valid`` False) gets zero cotangents into the step, so its (linear)
+    backward adds nothing, and its carry cotangent passes the step unchanged.
+    """
+    state = d_final if slots is None else jax.tree.map(lambda a: _in_first_slot(a, slots), d_final)
+    lead = 0 if slots is None else 1
+
+    def body(loop_state, inputs):
+        state, d_params = loop_state
+        res_t, d_h_t, valid_t = inputs
+        masked = zero_where_invalid(valid_t, state, lead)
+        d_carry = masked if slots is None else jax.tree.map(lambda a: a.sum(0), masked)
+        d_h = jnp.zeros_like(cell.hidden_of(d_carry)) if d_h_t is None else d_h_t
+        d_h = zero_where_invalid(valid_t, d_h)
+        d_p, d_x, d_prev = cell.step_backward(params, res_t, d_h, d_carry)
+        if slots is not None:
+            prev_of_slot = lambda dh, dc: cell.step_backward(params, res_t, dh, dc)[2]
+            d_prev = jax.vmap(prev_of_slot)(_in_first_slot(d_h, slots), masked)
+            d_prev = jax.tree.map(_age_one_step, d_prev)
+        d_prev = keep_where(valid_t, d_prev, state, lead)
+        d_params = jax.tree.map(jnp.add, d_params, d_p)
+        return (d_prev, d_params), zero_where_invalid(valid_t, d_x)
+
+    d_params = jax.tree.map(jnp.zeros_like, params)
+    (state, d_params), d_xs = jax.lax.scan(
+        body, (state, d_params), (residuals, d_hs, valid), reverse=True, unroll=unroll
+    )
+    d_carry0 = state if slots is None else jax.tree.map(lambda a: a.sum(0), state)
+    return d_params, d_xs, d_carry0
+
+
+def _fused_sweep(cell: Cell, params, xs, carry0, hs, gates, d_hs, d_final, valid, slots, unroll):
+    """The reverse scan of a fused cell plus the after-loop input products."""
+    num_steps, batch_size = xs.shape[:2]
     state = d_final
     if slots is not None:
-        state = jax.tree.map(lambda a: jnp.zeros((slots, *a.shape), a.dtype).at[0].set(a), d_final)
+        state = jax.tree.map(lambda a: _in_first_slot(a, slots), d_final)
     h_prev = jnp.concatenate([hidden_of(carry0)[None], hs[:-1]], axis=0)
     # Elman and LSTM return the same array for d_zx and d_zh: it is stacked once and both
     # weight gradients are single products over all T*B rows after the loop. A GRU's d_zh
@@ -145,7 +206,7 @@ def backward_sweep(
         if slots is not None:
             d_zx, d_zh = d_zx.sum(0), None if shared[0] else d_zh.sum(0)
             d_prev = jax.tree.map(_age_one_step, d_prev)
-        d_prev = keep_where(valid_t, d_prev, state)
+        d_prev = keep_where(valid_t, d_prev, state, 0 if slots is None else 1)
         if not shared[0]:
             d_zh = zero_where_invalid(valid_t, d_zh)
             step_grads = hidden_weight_backward(params, h_prev_t, d_zh, cell.matmul_dtype)
@@ -164,9 +225,9 @@ def backward_sweep(
     return d_params | d_hidden, d_xs.reshape(xs.shape), d_carry0
 
 
-def _in_first_slot(d_h, slots):
-    """``(B, H) -> (slots, B, H)`` with ``d_h`` in slot 0 (age 0), zeros elsewhere."""
-    return jnp.zeros((slots, *d_h.shape), d_h.dtype).at[0].set(d_h)
+def _in_first_slot(value, slots):
+    """``(B, ...) -> (slots, B, ...)`` with ``value`` in slot 0 (age 0), zeros elsewhere."""
+    return jnp.zeros((slots, *value.shape), value.dtype).at[0].set(value)
 
 
 def _age_one_step(slotted):
@@ -175,7 +236,7 @@ def _age_one_step(slotted):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 5, 6))
-def manual_scan(cell: Cell, params, xs, carry0, valid, truncate, unroll):
+def manual_scan(cell, params, xs, carry0, valid, truncate, unroll):
     """``scan_forward`` whose VJP is the hand-written ``backward_sweep``.
 
     Time-major ``xs (T, B, I)``; returns ``(final_carry, hs (T, B, H))``.

@@ -12,20 +12,100 @@ import jax.numpy as jnp
 import numpy as np
 
 from rnn_jax.cells.base import Cell, LSTMCarry, bias_names
+from rnn_jax.cells.generic import PROTOCOL, GenericCell, fused_sizes
 
 
-def as_cell(cell) -> Cell:
-    """Accept a ``Cell`` or a cell module (``rj.lstm``) and return the ``Cell``."""
-    if isinstance(cell, Cell):
+def as_cell(cell):
+    """A cell object from a cell or a cell module.
+
+    Accepts a ``Cell`` or ``GenericCell``; a module or object whose ``.cell`` is one
+    (``rj.lstm``); or any object with the protocol's functions (``rnn_jax.cells.generic``),
+    which is wrapped in a ``GenericCell``.
+    """
+    if isinstance(cell, (Cell, GenericCell)):
         return cell
     found = getattr(cell, "cell", None)
-    if isinstance(found, Cell):
+    if isinstance(found, (Cell, GenericCell)):
         return found
-    raise TypeError(f"expected a cell such as rj.lstm or rj.simple.relu, got {cell!r}")
+    missing = [name for name in PROTOCOL if not callable(getattr(cell, name, None))]
+    if missing == list(PROTOCOL) or isinstance(cell, str):
+        raise TypeError(f"expected a cell such as rj.lstm or rj.simple.relu, got {cell!r}")
+    if missing:
+        raise TypeError(
+            f"{cell!r} is not a cell: it lacks {missing} (a cell has {list(PROTOCOL)}); "
+            "build one from your functions with rj.make_cell"
+        )
+    name = getattr(cell, "name", None) or getattr(cell, "__name__", type(cell).__name__)
+    return GenericCell(
+        name=str(name),
+        init=cell.init,
+        step=cell.step,
+        zero_carry=cell.zero_carry,
+        hidden_of=cell.hidden_of,
+        step_forward=cell.step_forward,
+        step_backward=cell.step_backward,
+        sizes=getattr(cell, "sizes", fused_sizes),
+    )
 
 
-def check_params(cell: Cell, params) -> tuple[int, int]:
-    """Validate a cell's parameter dict; return ``(input_size, hidden_size)``."""
+def check_params(cell, params) -> tuple[int, int]:
+    """Validate any cell's parameters; return ``(input_size, hidden_size)``."""
+    return as_cell(cell).check_params(params)
+
+
+def params_dtype(params):
+    """The one floating dtype of a parameter pytree (a complex leaf counts as its real part)."""
+    dtypes = {
+        jnp.finfo(leaf.dtype).dtype.name
+        for leaf in jax.tree.leaves(params)
+        if jnp.issubdtype(leaf.dtype, jnp.inexact)
+    }
+    if len(dtypes) != 1:
+        raise TypeError(f"params must share one floating dtype, got {sorted(dtypes)}")
+    return jnp.dtype(dtypes.pop())
+
+
+def check_generic_params(cell, params) -> tuple[int, int]:
+    """``params`` must have the structure, shapes and dtype of ``cell.init``'s."""
+    leaves = jax.tree.leaves(params)
+    if not leaves or not all(hasattr(leaf, "shape") for leaf in leaves):
+        raise TypeError(f"{cell.name} params must be a pytree of arrays, got {params!r:.200}")
+    try:
+        input_size, hidden_size = cell.sizes(params)
+    except (KeyError, IndexError, AttributeError, TypeError) as err:
+        raise ValueError(f"{cell.name}: sizes(params) failed ({err!r})") from err
+    try:
+        dtype = params_dtype(params)
+    except TypeError as err:
+        raise TypeError(f"{cell.name} {err}") from None
+    expected = jax.eval_shape(
+        lambda key: cell.init(key, input_size, hidden_size, dtype=dtype), jax.random.PRNGKey(0)
+    )
+    where = f"{cell.name} params (input_size={input_size}, hidden_size={hidden_size})"
+    check_like(expected, params, where)
+    return input_size, hidden_size
+
+
+def check_like(expected, got, where: str) -> None:
+    """``got`` must have ``expected``'s pytree structure, leaf shapes and dtypes."""
+    expected_def, got_def = jax.tree.structure(expected), jax.tree.structure(got)
+    if expected_def != got_def:
+        if isinstance(expected, dict) and isinstance(got, dict) and set(expected) != set(got):
+            raise TypeError(f"{where} must have keys {sorted(expected)}, got {sorted(got)}")
+        raise TypeError(f"{where} must have the structure {expected_def}, got {got_def}")
+    for (path, want), have in zip(
+        jax.tree_util.tree_flatten_with_path(expected)[0], jax.tree.leaves(got), strict=True
+    ):
+        name = jax.tree_util.keystr(path)
+        if getattr(have, "shape", None) != want.shape:
+            shape = getattr(have, "shape", type(have).__name__)
+            raise ValueError(f"{where}{name} must be {want.shape}, got {shape}")
+        if have.dtype != want.dtype:
+            raise TypeError(f"{where}{name} dtype {have.dtype} != expected {want.dtype}")
+
+
+def check_fused_params(cell: Cell, params) -> tuple[int, int]:
+    """Validate a fused cell's parameter dict; return ``(input_size, hidden_size)``."""
     if not isinstance(params, dict):
         raise TypeError(f"{cell.name} params must be a dict of arrays, got {type(params).__name__}")
     expected = {"w_x", "w_h", *cell.biases}
@@ -72,8 +152,13 @@ def check_sequence(xs, input_size: int, dtype, *, time_major: bool, name="xs"):
         )
 
 
-def check_carry(cell: Cell, carry, batch_size: int, hidden_size: int, dtype, name="carry"):
-    """Carry must be ``(B, H)`` or, for the LSTM, ``LSTMCarry(h (B, H), c (B, H))``."""
+def check_carry(cell, carry, batch_size: int, hidden_size: int, dtype, name="carry"):
+    """The carry must be what ``cell.zero_carry(B, H, dtype)`` returns, in structure, shapes
+    and dtypes: ``(B, H)`` or, for the LSTM, ``LSTMCarry(h (B, H), c (B, H))``."""
+    if not isinstance(cell, Cell):
+        expected = jax.eval_shape(lambda: cell.zero_carry(batch_size, hidden_size, dtype))
+        check_like(expected, carry, f"{cell.name} {name}")
+        return carry
     expected = (batch_size, hidden_size)
     if cell.has_cell_state:
         # A plain tuple is refused: (c, h), Flax's order, would pass silently as (h, c).

@@ -1,7 +1,8 @@
 """Gradient checking: hand-written BPTT vs ``jax.grad`` vs central finite differences.
 
-``check_gradients`` is the tool to run on a new cell (your own ``rnn_jax.cells.base.Cell``
-with its own ``pointwise`` / ``pointwise_backward``) before trusting it. It differentiates
+``check_gradients`` is the tool to run on a new cell (any cell of the protocol, e.g. from
+``rj.make_cell``; ``rj.check_cell`` runs it as part of a wider check) before trusting it.
+It differentiates
 the scalar loss
 
     L(params, xs, carry) = sum_t <d_hs[t], hs[t]> + <d_carry, final carry>
@@ -16,7 +17,9 @@ initial carry):
 (c) central finite differences along random unit directions ``v`` of each leaf,
     ``(L(θ + εv) - L(θ - εv)) / 2ε`` against ``<grad, v>``.
 
-Precision: (a) vs (b) runs in the caller's dtype with tolerances for that dtype. The
+Precision: (a) vs (b) runs in the caller's dtype with tolerances for that dtype: a leaf
+passes when ``max |manual - reference| <= atol + rtol * max |reference|`` (its error
+relative to its own scale; defaults in ``DEFAULT_TOL``). The
 finite-difference check (c) always runs in float64 (inputs are cast under
 ``jax.enable_x64(True)``, so no global x64 flag is needed): in float32 a central difference
 is good to ~1e-4 at best, too coarse to tell a small slip from round-off.
@@ -41,18 +44,19 @@ import dataclasses
 import functools
 import math
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from rnn_jax.bptt import bptt
-from rnn_jax.cells.base import Cell, hidden_of, with_hidden
-from rnn_jax.checks import as_cell, check_lengths
+from rnn_jax.checks import as_cell, check_lengths, check_params, params_dtype
 from rnn_jax.scan import unroll
 
-# (a) vs (b): both sides do the same float operations in a different order.
-DEFAULT_TOL = {"float64": 1e-10, "float32": 1e-5}
+# (a) vs (b): both sides do the same float operations in a different order, so they differ
+# by a few roundings of the dtype, relative to the leaf's scale (bfloat16 keeps 8 bits).
+DEFAULT_TOL = {"float64": 1e-10, "float32": 1e-5, "float16": 1e-2, "bfloat16": 5e-2}
+# At most this many failing leaves get a detail line in an error message.
+MAX_DETAIL_LINES = 12
 # (c): central differences in float64 with ε = 1e-6 are good to ~1e-9 here; a wrong
 # backward (a missing factor) is off by O(1).
 DEFAULT_FD_TOL = 1e-6
@@ -64,7 +68,7 @@ DEFAULT_EPS = 1e-6
 # --------------------------------------------------------------------------------------
 
 
-def _run(cell: Cell, params, carry, xs):
+def _run(cell, params, carry, xs):
     """Plain scan of ``cell.step`` over ``xs (n, b, I)`` from ``carry``.
 
     Returns ``(final_carry, carries (n, ...) after each step, hs (n, b, H))``.
@@ -274,10 +278,10 @@ def _reference_grads(cell, params, xs, carry, d_hs, d_carry, lengths, reverse, t
     return jax.grad(loss, argnums=(0, 1, 2))(params, xs, carry)
 
 
-def _default_carries(cell: Cell, params, xs, carry, d_carry, time_major):
+def _default_carries(cell, params, xs, carry, d_carry, time_major):
     """Zeros for a missing initial carry or final-carry cotangent."""
     batch_size = xs.shape[1] if time_major else xs.shape[0]
-    hidden_size = params["w_h"].shape[0]
+    hidden_size = check_params(cell, params)[1]
     zeros = cell.zero_carry(batch_size, hidden_size, xs.dtype)
     return (zeros if carry is None else carry), (zeros if d_carry is None else d_carry)
 
@@ -304,8 +308,28 @@ class LeafRow:
     message: str = ""
 
 
+class LeafReport:
+    """What a report of per-leaf rows (each with ``ok`` and ``message``) can say."""
+
+    rows: tuple
+
+    @property
+    def ok(self) -> bool:
+        return all(row.ok for row in self.rows)
+
+    def failures(self) -> list:
+        return [row for row in self.rows if not row.ok]
+
+    def raise_if_failed(self) -> None:
+        """``AssertionError`` whose message starts with the table (``str(self)``), then one
+        line per failing leaf (at most ``MAX_DETAIL_LINES``)."""
+        bad = self.failures()
+        if bad:
+            raise AssertionError(failure_message(str(self), bad))
+
+
 @dataclasses.dataclass(frozen=True)
-class GradReport:
+class GradReport(LeafReport):
     """The result of ``check_gradients``: one ``LeafRow`` per leaf, plus the settings."""
 
     cell: str
@@ -318,10 +342,6 @@ class GradReport:
     eps: float
 
     @property
-    def ok(self) -> bool:
-        return all(row.ok for row in self.rows)
-
-    @property
     def max_abs_err(self) -> float:
         return max(row.max_abs_err for row in self.rows)
 
@@ -332,20 +352,6 @@ class GradReport:
     @property
     def fd_err(self) -> float:
         return max(row.fd_err for row in self.rows)
-
-    def failures(self) -> list[LeafRow]:
-        return [row for row in self.rows if not row.ok]
-
-    def raise_if_failed(self) -> None:
-        """``AssertionError`` naming every failing leaf (with chex's message) and the table."""
-        bad = self.failures()
-        if bad:
-            details = "\n".join(f"  {row.path}: {row.message}" for row in bad)
-            names = ", ".join(row.path for row in bad)
-            raise AssertionError(
-                f"gradient check failed for {self.cell} ({self.dtype}) at {names}:\n"
-                f"{details}\n{self}"
-            )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self) | {"ok": self.ok}
@@ -391,18 +397,41 @@ def _leaf_names(**trees) -> list[str]:
     return names
 
 
-def _compare(manual, reference, rtol, atol):
-    """``(max_abs, max_rel, ok, message)`` for one leaf; ``ok`` is chex's elementwise test."""
-    manual, reference = np.asarray(manual), np.asarray(reference)
+def failure_message(table: str, failures) -> str:
+    """The table, then a short line per failing leaf (capped): what an error should say."""
+    lines = [table, f"failing: {', '.join(row.path for row in failures)}"]
+    lines += [f"  {row.path}: {row.message}" for row in failures[:MAX_DETAIL_LINES]]
+    if len(failures) > MAX_DETAIL_LINES:
+        lines.append(f"  ... and {len(failures) - MAX_DETAIL_LINES} more")
+    return "\n".join(lines)
+
+
+def compare_leaf(manual, reference, rtol, atol, what="manual vs jax.grad"):
+    """``(max_abs, max_rel, ok, message)`` for one leaf.
+
+    ``ok``: ``max |manual - reference| <= atol + rtol * max |reference|`` (NaN fails).
+    ``message`` names the worst entry in one line.
+    """
+    manual = np.asarray(manual, np.complex128 if np.iscomplexobj(manual) else np.float64)
+    reference = np.asarray(reference, manual.dtype)
+    if manual.shape != reference.shape:
+        return math.inf, math.inf, False, f"{what}: shape {manual.shape} != {reference.shape}"
     diff = np.abs(manual - reference)
-    max_abs = float(diff.max()) if diff.size else 0.0
+    max_abs = float(np.nanmax(diff)) if diff.size else 0.0
+    if diff.size and np.isnan(diff).any():
+        max_abs = math.nan
     scale = float(np.abs(reference).max()) if reference.size else 0.0
     max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else math.inf)
-    try:
-        chex.assert_trees_all_close(manual, reference, rtol=rtol, atol=atol)
-    except AssertionError as err:
-        return max_abs, max_rel, False, f"manual vs jax.grad: {err}"
-    return max_abs, max_rel, True, ""
+    if max_abs <= atol + rtol * scale:
+        return max_abs, max_rel, True, ""
+    worst = np.unravel_index(np.nanargmax(diff) if not math.isnan(max_abs) else
+                             np.argmax(np.isnan(diff)), diff.shape)
+    at = tuple(int(i) for i in worst)
+    message = (
+        f"{what}: max abs err {max_abs:.3e} > {atol:g} + {rtol:g} * {scale:.3e} at {at} "
+        f"(manual {manual[worst]:.6g}, reference {reference[worst]:.6g})"
+    )
+    return max_abs, max_rel, False, message
 
 
 # --------------------------------------------------------------------------------------
@@ -410,21 +439,30 @@ def _compare(manual, reference, rtol, atol):
 # --------------------------------------------------------------------------------------
 
 
-def random_problem(cell: Cell, shape, dtype, rng: np.random.Generator, *, time_major=False):
+def random_problem(cell, shape, dtype, rng: np.random.Generator, *, time_major=False):
     """``(params, xs, carry)`` to check ``cell`` on: every parameter, biases included, and the
     initial carry N(0, 0.5^2) (zero biases or carries would hide a wrong slot), ``xs`` N(0, 1).
 
     ``shape = (B, T, I, H)``; ``xs`` is ``(B, T, I)``, or ``(T, B, I)`` if ``time_major``. Call
     under ``jax.enable_x64`` for float64.
     """
+    cell = as_cell(cell)
     batch_size, num_steps, input_size, hidden_size = shape
-    shapes = jax.eval_shape(lambda: cell.init(jax.random.PRNGKey(0), input_size, hidden_size))
-    params = {k: jnp.asarray(rng.normal(0, 0.5, v.shape), dtype) for k, v in shapes.items()}
+    shapes = jax.eval_shape(
+        lambda key: cell.init(key, input_size, hidden_size, dtype=jnp.dtype(dtype)),
+        jax.random.PRNGKey(0),
+    )
+    params = _normal_like(rng, shapes, scale=0.5)
     seq = (num_steps, batch_size) if time_major else (batch_size, num_steps)
     xs = jnp.asarray(rng.normal(size=(*seq, input_size)), dtype)
-    zero = cell.zero_carry(batch_size, hidden_size, jnp.dtype(dtype))
-    carry = jax.tree.map(lambda a: jnp.asarray(rng.normal(0, 0.5, a.shape), dtype), zero)
+    carry = random_carry(cell, batch_size, hidden_size, dtype, rng)
     return params, xs, carry
+
+
+def random_carry(cell, batch_size: int, hidden_size: int, dtype, rng: np.random.Generator):
+    """A carry shaped like ``cell.zero_carry``'s with N(0, 0.5^2) entries."""
+    zero = jax.eval_shape(lambda: cell.zero_carry(batch_size, hidden_size, jnp.dtype(dtype)))
+    return _normal_like(rng, zero, scale=0.5)
 
 
 def _numpy_rng(key) -> np.random.Generator:
@@ -442,13 +480,27 @@ def _numpy_rng(key) -> np.random.Generator:
     return np.random.default_rng(np.asarray(key).ravel().tolist())
 
 
-def _normal_like(rng: np.random.Generator, tree):
-    """N(0, 1) arrays shaped and typed like ``tree``'s leaves (a ShapeDtypeStruct tree is fine)."""
-    return jax.tree.map(lambda a: jnp.asarray(rng.normal(size=a.shape), a.dtype), tree)
+def _normal_like(rng: np.random.Generator, tree, scale: float = 1.0):
+    """N(0, scale^2) arrays shaped and typed like ``tree``'s leaves (ShapeDtypeStructs are
+    fine); a complex leaf gets independent real and imaginary parts."""
+
+    def draw(a):
+        values = rng.normal(0, scale, a.shape)
+        if jnp.issubdtype(a.dtype, jnp.complexfloating):
+            values = values + 1j * rng.normal(0, scale, a.shape)
+        return jnp.asarray(values, a.dtype)
+
+    return jax.tree.map(draw, tree)
 
 
 def _to_float64(tree):
-    return jax.tree.map(lambda a: jnp.asarray(np.asarray(a, np.float64)), tree)
+    """Every leaf in float64 (complex128 for a complex leaf)."""
+
+    def widen(a):
+        wide = np.complex128 if jnp.issubdtype(a.dtype, jnp.complexfloating) else np.float64
+        return jnp.asarray(np.asarray(a, wide))
+
+    return jax.tree.map(widen, tree)
 
 
 def _fd_errors(loss_fn, args, grads, rng, num_directions, eps):
@@ -498,12 +550,15 @@ def check_gradients(
 
     Args:
       cell, params, xs, carry, lengths, reverse, time_major, truncate: as ``rj.bptt``.
-        ``carry=None`` checks the gradient at a zero initial carry.
+        ``carry=None`` draws a random initial carry from ``key`` (a zero carry would hide a
+        wrong recurrent-weight gradient at the first step).
       d_hs: ``(B, T, H)`` cotangent of the outputs (time-major if ``time_major``);
         None draws it from ``key``. d_carry: cotangent of the final carry; None draws it.
       num_directions: random directions per leaf for the finite-difference check (0: skip).
       eps: finite-difference step (default 1e-6, in float64).
-      rtol, atol: manual vs ``jax.grad`` tolerances (default 1e-10 float64, 1e-5 float32).
+      rtol, atol: manual vs ``jax.grad`` tolerances, a leaf passing when its max abs error is
+        ``<= atol + rtol * max|reference|``; default ``DEFAULT_TOL`` of the params' dtype
+        (1e-10 float64, 1e-5 float32, 1e-2 float16, 5e-2 bfloat16).
       fd_tol: finite-difference tolerance on the scaled error (default 1e-6).
       key: JAX PRNG key or int seed for the cotangents and directions (default 0).
       raise_on_failure: raise ``AssertionError`` naming the failing leaves (default), else
@@ -512,9 +567,17 @@ def check_gradients(
     Returns:
       ``GradReport`` with rows for ``params.<name>``, ``xs`` and ``carry`` (``carry.h``,
       ``carry.c`` for the LSTM); ``str(report)`` is a table.
+
+    Example:
+      >>> import jax, rnn_jax as rj
+      >>> params = rj.lstm.init(jax.random.PRNGKey(0), input_size=3, hidden_size=4)
+      >>> xs = jax.random.normal(jax.random.PRNGKey(1), (2, 5, 3))
+      >>> report = rj.check_gradients(rj.lstm, params, xs, truncate=2)
+      >>> report.ok, [row.path for row in report.rows]
+      (True, ['params.b', 'params.w_h', 'params.w_x', 'xs', 'carry.h', 'carry.c'])
     """
     cell = as_cell(cell)
-    dtype = params["w_x"].dtype
+    dtype = params_dtype(params)
     tol = DEFAULT_TOL.get(jnp.dtype(dtype).name, DEFAULT_TOL["float32"])
     rtol = tol if rtol is None else rtol
     atol = tol if atol is None else atol
@@ -526,7 +589,8 @@ def check_gradients(
     # concrete) and gives the cotangents' shapes, without computing anything.
     config = dict(lengths=lengths, reverse=reverse, time_major=time_major)
     final, hs = jax.eval_shape(lambda p, x, c: unroll(cell, p, x, c, **config), params, xs, carry)
-    carry, _ = _default_carries(cell, params, xs, carry, None, time_major)
+    if carry is None:
+        carry = _normal_like(rng, final, scale=0.5)
     d_hs = _normal_like(rng, hs) if d_hs is None else d_hs
     d_carry = _normal_like(rng, final) if d_carry is None else d_carry
     batch_size, num_steps = _batch_major(xs, time_major).shape[:2]
@@ -554,7 +618,7 @@ def check_gradients(
     rows = []
     leaves = zip(names, jax.tree.leaves(manual), jax.tree.leaves(reference), fd_errs, strict=True)
     for name, m, r, fd_err in leaves:
-        max_abs, max_rel, ok, message = _compare(m, r, rtol, atol)
+        max_abs, max_rel, ok, message = compare_leaf(m, r, rtol, atol)
         if not fd_err <= fd_tol:  # also catches NaN
             ok = False
             message = (message + "; " if message else "") + (
@@ -619,28 +683,30 @@ def hidden_grad_norms(cell, params, xs, carry=None, *, d_h_last=None, time_major
     """
     cell = as_cell(cell)
     xs_tm = xs if time_major else jnp.swapaxes(xs, 0, 1)
-    batch_size, hidden_size = xs_tm.shape[1], params["w_h"].shape[0]
+    batch_size, hidden_size = xs_tm.shape[1], check_params(cell, params)[1]
     if carry is None:
         carry = cell.zero_carry(batch_size, hidden_size, xs.dtype)
     if d_h_last is None:
-        d_h_last = jnp.full((batch_size, hidden_size), 1 / math.sqrt(batch_size * hidden_size))
+        h_size = jax.eval_shape(cell.hidden_of, carry).shape[-1]
+        d_h_last = jnp.full((batch_size, h_size), 1 / math.sqrt(batch_size * h_size))
         d_h_last = d_h_last.astype(xs.dtype)
     return _hidden_grad_norms(cell, params, xs_tm, carry, d_h_last)
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _hidden_grad_norms(cell: Cell, params, xs_tm, carry, d_h_last):
+def _hidden_grad_norms(cell, params, xs_tm, carry, d_h_last):
     def forward(c, x):
         new_c, _ = cell.step(params, c, x)
         return new_c, c  # collect the carry *before* each step
 
     final, carries_before = jax.lax.scan(forward, carry, xs_tm)
-    d_final = with_hidden(jax.tree.map(jnp.zeros_like, final), d_h_last)
+    # The cotangent d_h_last on h alone, placed in the carry wherever hidden_of reads h.
+    d_final = jax.vjp(cell.hidden_of, final)[1](d_h_last)[0]
 
     def backward(d_after, inputs):
         # d_after = dL/d(carry after step t); one-step BPTT turns it into dL/d(carry before).
         x_t, c_before = inputs
-        norm = jnp.linalg.norm(hidden_of(d_after))
+        norm = jnp.linalg.norm(cell.hidden_of(d_after))
         zero_d_hs = jnp.zeros(x_t.shape[:1] + (1, d_h_last.shape[-1]), x_t.dtype)
         _, _, d_before = bptt(cell, params, x_t[:, None], zero_d_hs, c_before, d_carry=d_after)
         return d_before, norm

@@ -27,9 +27,23 @@ def _merge_fn(merge: str):
 
 
 def output_size(hidden_size: int, *, bidirectional: bool, merge: str = "concat") -> int:
-    """Feature size of a layer's outputs."""
+    """Feature size of a layer's outputs, for a cell whose output is its hidden state
+    (``cell_output_size`` gives a cell's own width, e.g. a projection's)."""
     _merge_fn(merge)
     return 2 * hidden_size if bidirectional and merge == "concat" else hidden_size
+
+
+def cell_output_size(cell, hidden_size: int) -> int:
+    """Width of the ``h`` a cell outputs at each step (``hidden_of`` of its carry)."""
+    cell = as_cell(cell)
+    carry = jax.eval_shape(lambda: cell.zero_carry(1, hidden_size, jnp.float32))
+    return jax.eval_shape(cell.hidden_of, carry).shape[-1]
+
+
+def layer_output_size(cell, hidden_size: int, *, bidirectional: bool, merge="concat") -> int:
+    """Feature size of a layer of ``cell``'s outputs (both directions merged)."""
+    return output_size(cell_output_size(cell, hidden_size), bidirectional=bidirectional,
+                       merge=merge)  # fmt: skip
 
 
 def is_bidirectional(layer_params) -> bool:
@@ -76,7 +90,16 @@ def init_stack(
     merge: str = "concat",
     **init_kwargs,
 ) -> list:
-    """A list of ``num_layers`` layer params; layer l > 0 reads layer l-1's outputs."""
+    """A list of ``num_layers`` layer params; layer l > 0 reads layer l-1's outputs.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, rnn_jax as rj
+      >>> stack = rj.init_stack(rj.lstm, jax.random.PRNGKey(0), 3, 8, num_layers=2,
+      ...                       bidirectional=True)
+      >>> finals, hs = rj.unroll_stack(rj.lstm, stack, jnp.ones((2, 5, 3)), gradient="manual")
+      >>> hs.shape, len(finals)
+      ((2, 5, 16), 2)
+    """
     if num_layers < 1:
         raise ValueError(f"num_layers must be >= 1, got {num_layers}")
     cell = as_cell(cell)
@@ -88,12 +111,8 @@ def init_stack(
             )
         else:
             layers.append(cell.init(layer_key, input_size, hidden_size, **init_kwargs))
-        input_size = output_size(hidden_size, bidirectional=bidirectional, merge=merge)
+        input_size = layer_output_size(cell, hidden_size, bidirectional=bidirectional, merge=merge)
     return layers
-
-
-def _init_one(cell, key, input_size, hidden_size, **init_kwargs):
-    return cell.init(key, input_size, hidden_size, **init_kwargs)
 
 
 def unroll_stack(
@@ -110,6 +129,10 @@ def unroll_stack(
     **unroll_kwargs,
 ):
     """Run a stack of layers; returns ``(final_carries, hs)`` of the last layer.
+
+    ``cell``: any cell; ``params``: a list of layer params from ``init_stack`` (``xs (B, T,
+    I)`` for the first, each later layer reading the one below). Other keyword arguments
+    (``gradient``, ``truncate``, ``remat``, ``reverse`` ...) go to every ``rj.unroll``.
 
     ``carry``: None or a list with one entry per layer (a pair for bidirectional layers).
     ``dropout``: rate of inverted dropout on the outputs between layers (not after the
@@ -152,7 +175,7 @@ def check_stack_sizes(cell, params: list, input_size: int, merge: str) -> None:
                     f"stack layer {index}: {source} has {input_size} features but its w_x "
                     f"expects input_size={expects}"
                 )
-        input_size = output_size(hidden_size, bidirectional=bidir, merge=merge)
+        input_size = layer_output_size(cell, hidden_size, bidirectional=bidir, merge=merge)
 
 
 def _dropout(key, values, rate: float):

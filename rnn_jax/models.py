@@ -14,9 +14,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rnn_jax.cells.base import hidden_of
 from rnn_jax.checks import as_cell
-from rnn_jax.layers import MERGES, init_stack, output_size, unroll_stack
+from rnn_jax.layers import (
+    MERGES,
+    cell_output_size,
+    init_stack,
+    is_bidirectional,
+    layer_output_size,
+    unroll_stack,
+)
 
 
 class Model(NamedTuple):
@@ -50,14 +56,13 @@ def dense(params: dict, x: jax.Array) -> jax.Array:
     return x @ params["w"] + params["b"]
 
 
-def last_hidden(final_carry, merge: str) -> jax.Array:
+def last_hidden(cell, final_carry, *, bidirectional: bool, merge: str) -> jax.Array:
     """``(B, H_out)``: the last layer's state after its last valid step; for a bidirectional
-    layer both directions' final states (the backward one has read position 0), merged."""
-    # A bidirectional layer's final carry is a plain pair of carries; an LSTMCarry is a
-    # NamedTuple, so the exact type tells them apart.
-    if type(final_carry) is tuple:
-        return MERGES[merge](hidden_of(final_carry[0]), hidden_of(final_carry[1]))
-    return hidden_of(final_carry)
+    layer (``final_carry`` a pair) both directions' final states (the backward one has read
+    position 0), merged."""
+    if bidirectional:
+        return MERGES[merge](cell.hidden_of(final_carry[0]), cell.hidden_of(final_carry[1]))
+    return cell.hidden_of(final_carry)
 
 
 def classifier(
@@ -101,7 +106,7 @@ def classifier(
             cell, k_rnn, input_size, hidden_size, num_layers,
             bidirectional=bidirectional, merge=merge, dtype=dtype, **init_kwargs,
         )  # fmt: skip
-        width = output_size(hidden_size, bidirectional=bidirectional, merge=merge)
+        width = layer_output_size(cell, hidden_size, bidirectional=bidirectional, merge=merge)
         return {"rnn": rnn, "readout": dense_init(k_out, width, num_classes, dtype)}
 
     def apply_fn(params, xs, *, lengths=None, key=None):
@@ -109,7 +114,9 @@ def classifier(
             cell, params["rnn"], xs, lengths=lengths, merge=merge,
             dropout=dropout, key=key, gradient=gradient, matmul_dtype=matmul_dtype,
         )  # fmt: skip
-        return dense(params["readout"], last_hidden(finals[-1], merge))
+        last_bidirectional = is_bidirectional(params["rnn"][-1])
+        h = last_hidden(cell, finals[-1], bidirectional=last_bidirectional, merge=merge)
+        return dense(params["readout"], h)
 
     return Model(init_fn, apply_fn)
 
@@ -158,7 +165,8 @@ def language_model(
         params["rnn"] = init_stack(
             cell, k_rnn, input_size, hidden_size, num_layers, dtype=dtype, **init_kwargs
         )
-        params["readout"] = dense_init(k_out, hidden_size, vocab_size, dtype)
+        width = cell_output_size(cell, hidden_size)
+        params["readout"] = dense_init(k_out, width, vocab_size, dtype)
         return params
 
     def apply_fn(params, tokens, carry=None, *, key=None, **unroll_kwargs):

@@ -16,7 +16,6 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rnn_jax.cells import gru, lstm, simple
-from rnn_jax.cells.base import Cell
 from rnn_jax.checks import as_cell, check_params
 from rnn_jax.layers import _merge_fn, init_stack, is_bidirectional, unroll_stack
 
@@ -24,15 +23,26 @@ __all__ = ["GRU", "LSTM", "RNN", "SimpleRNN"]
 
 
 class _CellParams(nnx.Module):
-    """One direction of one layer: each entry of the cell's dict as an ``nnx.Param``."""
+    """One direction of one layer: each leaf of the cell's params as an ``nnx.Param``,
+    named by its path (``w_x``; ``gains_x`` for ``{"gains": {"x": ...}}``)."""
 
-    def __init__(self, params: dict):
-        self.names = tuple(sorted(params))
-        for name in self.names:
-            setattr(self, name, nnx.Param(params[name]))
+    def __init__(self, params):
+        paths, treedef = jax.tree_util.tree_flatten_with_path(params)
+        self.treedef = nnx.static(treedef)
+        self.names = tuple(_attribute_name(path) for path, _ in paths)
+        if len(set(self.names)) != len(self.names):
+            raise ValueError(f"parameter paths collide as attribute names: {self.names}")
+        for name, (_, leaf) in zip(self.names, paths, strict=True):
+            setattr(self, name, nnx.Param(leaf))
 
-    def pure(self) -> dict:
-        return {name: getattr(self, name)[...] for name in self.names}
+    def pure(self):
+        leaves = [getattr(self, name)[...] for name in self.names]
+        return jax.tree.unflatten(self.treedef, leaves)
+
+
+def _attribute_name(path) -> str:
+    name = "_".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+    return name if name.isidentifier() else f"p_{name}"
 
 
 class _BiParams(nnx.Module):
@@ -79,7 +89,6 @@ class RNN(nnx.Module):
         rngs: nnx.Rngs | None = None,
         params=None,
         dtype=jnp.float32,
-        initializer: str = "default",
         **init_kwargs,
     ):
         cell = as_cell(cell)
@@ -88,8 +97,7 @@ class RNN(nnx.Module):
                 raise TypeError("RNN needs input_size, hidden_size and rngs (or params=...)")
             params = init_stack(
                 cell, rngs.params(), input_size, hidden_size, num_layers,
-                bidirectional=bidirectional, merge=merge, dtype=dtype,
-                initializer=initializer, **init_kwargs,
+                bidirectional=bidirectional, merge=merge, dtype=dtype, **init_kwargs,
             )  # fmt: skip
         layers = list(params) if isinstance(params, (list, tuple)) else [params]
         self._setup(cell, layers, merge, dropout, time_major, unroll, gradient, deterministic)
@@ -103,7 +111,7 @@ class RNN(nnx.Module):
         the constructor's options (merge, dropout, rngs, ...)."""
         return RNN(cell, params=params, **kwargs)
 
-    def _setup(self, cell: Cell, layers, merge, dropout, time_major, unroll, gradient, det):
+    def _setup(self, cell, layers, merge, dropout, time_major, unroll, gradient, det):
         _merge_fn(merge)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 
 from rnn_jax.backends import check_backend, dispatch
 from rnn_jax.bptt import _check_truncate, manual_scan
+from rnn_jax.cells.base import Cell
 from rnn_jax.remat import remat_scan_forward, segment_length
 from rnn_jax.sequence import flip_valid, prepare, scan_forward, to_layout
 
@@ -33,10 +34,12 @@ def unroll(
     """Run ``cell`` over ``xs``; returns ``(final_carry, hs)``.
 
     Args:
-      cell: ``rj.simple``, ``rj.lstm``, ``rj.gru`` (or a ``Cell`` such as ``rj.simple.relu``).
-      params: the cell's parameter dict.
+      cell: ``rj.simple``, ``rj.lstm``, ``rj.gru``, a variant such as ``rj.simple.relu``, or
+        any cell of the protocol (``rj.make_cell``).
+      params: the cell's parameters (for the library cells a dict, ``rj.lstm.init``'s).
       xs: ``(B, T, I)``, or ``(T, B, I)`` with ``time_major=True``.
-      carry: initial carry, ``(B, H)`` or ``LSTMCarry``; None means zeros.
+      carry: initial carry, as ``cell.zero_carry`` returns (``(B, H)``, ``LSTMCarry``, or a
+        custom cell's pytree); None means zeros.
       lengths: optional ``(B,)`` ints in ``[0, T]``. Outputs past a row's length are zero and
         its final carry is the carry after its last valid step.
       reverse: read each sequence backwards (only its valid prefix when ``lengths`` is given).
@@ -60,6 +63,16 @@ def unroll(
 
     Returns:
       ``(final_carry, hs)`` with ``hs (B, T, H)`` (``(T, B, H)`` if time-major).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, rnn_jax as rj
+      >>> params = rj.gru.init(jax.random.PRNGKey(0), input_size=3, hidden_size=4)
+      >>> xs = jnp.ones((2, 5, 3))                               # (batch, time, features)
+      >>> carry, hs = rj.unroll(rj.gru, params, xs, lengths=jnp.array([5, 2]))
+      >>> hs.shape, carry.shape
+      ((2, 5, 4), (2, 4))
+      >>> bool(jnp.all(hs[1, 2:] == 0))                          # past row 1's length
+      True
     """
     check_backend(backend)
     if gradient not in GRADIENTS:
@@ -82,6 +95,11 @@ def unroll(
         raise ValueError("remat with truncate is not supported: windows would cross segments")
     cell = prep.cell
     if matmul_dtype is not None:
+        if not isinstance(cell, Cell):
+            raise ValueError(
+                f"matmul_dtype is an option of the fused cells (rj.simple, rj.lstm, rj.gru); "
+                f"{cell.name} is a custom cell: cast inside its own step instead"
+            )
         # The dtype rides on the (hashable, static) Cell so the manual backward sees it too.
         cell = dataclasses.replace(cell, matmul_dtype=jnp.dtype(matmul_dtype).name)
     xs_tm = flip_valid(prep.xs, prep.lengths) if reverse else prep.xs

@@ -115,7 +115,11 @@ def recurrent_backward(
 
 @dataclasses.dataclass(frozen=True)
 class Cell:
-    """A recurrent cell as a record of pure functions (hashable, so it can be a static arg).
+    """A fused-gate cell: the fast specialisation of the cell protocol (``rnn_jax.cells.generic``).
+
+    Two fused products and element-wise gate math (module docstring); BPTT for such a cell
+    computes the weight gradients as single large products after the backward loop. A
+    record of pure functions, hashable, so it can be a static argument.
 
     ``pointwise(z_x, z_h, carry) -> (carry', gates)``: the element-wise gate math.
     ``pointwise_backward(gates, d_carry') -> (d_zx, d_zh, d_carry_direct)``: its hand-written
@@ -132,6 +136,16 @@ class Cell:
     biases: tuple[str, ...] = ("b",)
     has_cell_state: bool = False
     matmul_dtype: str | None = None
+
+    def hidden_of(self, carry: Carry) -> Array:
+        """The hidden state ``h`` (B, H) inside the carry."""
+        return hidden_of(carry)
+
+    def check_params(self, params: Params) -> tuple[int, int]:
+        """Validate the fused layout; return ``(input_size, hidden_size)``."""
+        from rnn_jax.checks import check_fused_params
+
+        return check_fused_params(self, params)
 
     def zero_carry(self, batch_size: int, hidden_size: int, dtype=jnp.float32) -> Carry:
         """Zeros: ``(B, H)``, or ``LSTMCarry`` of two ``(B, H)``."""

@@ -6,6 +6,13 @@
     h' = (1 - z) * n + z * h
 
 Parameters ``{"w_x": (I, 3H), "w_h": (H, 3H), "b_x": (3H,), "b_h": (3H,)}``; carry ``h``.
+
+Example:
+  >>> import jax, jax.numpy as jnp, rnn_jax as rj
+  >>> params = rj.gru.init(jax.random.PRNGKey(0), input_size=3, hidden_size=4)
+  >>> h, out = rj.gru.step(params, rj.gru.zero_carry(2, 4), jnp.ones((2, 3)))
+  >>> h.shape, bool(jnp.all(h == out))
+  ((2, 4), True)
 """
 
 from __future__ import annotations
@@ -63,6 +70,7 @@ def pointwise_backward(gates: GRUGates, d_h):
 cell = Cell("gru", 3, init, pointwise, pointwise_backward, biases=("b_x", "b_h"))
 
 zero_carry = cell.zero_carry
+hidden_of = cell.hidden_of
 step = cell.step
 step_forward = cell.step_forward
 step_backward = cell.step_backward

@@ -5,6 +5,15 @@
     h' = o * tanh(c')
 
 Parameters ``{"w_x": (I, 4H), "w_h": (H, 4H), "b": (4H,)}``; carry ``LSTMCarry(h, c)``.
+
+Example (one step, and its hand-written backward):
+  >>> import jax, jax.numpy as jnp, rnn_jax as rj
+  >>> params = rj.lstm.init(jax.random.PRNGKey(0), input_size=3, hidden_size=4)
+  >>> carry = rj.lstm.zero_carry(2, 4)                      # LSTMCarry(h (2, 4), c (2, 4))
+  >>> carry, h, residuals = rj.lstm.step_forward(params, carry, jnp.ones((2, 3)))
+  >>> d_params, d_x, d_carry = rj.lstm.step_backward(params, residuals, jnp.ones((2, 4)))
+  >>> h.shape, d_x.shape, sorted(d_params), d_carry.c.shape
+  ((2, 4), (2, 3), ['b', 'w_h', 'w_x'], (2, 4))
 """
 
 from __future__ import annotations
@@ -85,6 +94,7 @@ def pointwise_backward(gates: LSTMGates, d_carry: LSTMCarry):
 cell = Cell("lstm", 4, init, pointwise, pointwise_backward, has_cell_state=True)
 
 zero_carry = cell.zero_carry
+hidden_of = cell.hidden_of
 step = cell.step
 step_forward = cell.step_forward
 step_backward = cell.step_backward

@@ -1,6 +1,13 @@
 """Elman RNN: ``h' = tanh(x @ w_x + h @ w_h + b)`` (or ReLU via ``rnn_jax.simple.relu``).
 
 Parameters ``{"w_x": (I, H), "w_h": (H, H), "b": (H,)}``; carry ``h`` (B, H).
+
+Example:
+  >>> import jax, jax.numpy as jnp, rnn_jax as rj
+  >>> params = rj.simple.init(jax.random.PRNGKey(0), input_size=3, hidden_size=4)
+  >>> h, out = rj.simple.relu.step(params, rj.simple.zero_carry(2, 4), jnp.ones((2, 3)))
+  >>> bool(jnp.all(h >= 0)), rj.count_params(params)         # I*H + H*H + H
+  (True, 32)
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ cell = Cell("simple", 1, init, tanh_pointwise, tanh_pointwise_backward)
 relu = Cell("simple_relu", 1, init, relu_pointwise, relu_pointwise_backward)
 
 zero_carry = cell.zero_carry
+hidden_of = cell.hidden_of
 step = cell.step
 step_forward = cell.step_forward
 step_backward = cell.step_backward

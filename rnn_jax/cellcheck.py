@@ -1,0 +1,228 @@
+"""``rj.check_cell``: is a cell's contract kept, and where is its backward wrong?
+
+Three stages, each compared leaf by leaf (every entry of ``d_params``, ``d_x``, ``d_carry``):
+
+1. the contract: ``init`` honours ``dtype=``, ``sizes`` reads the sizes back, ``zero_carry``
+   and ``step`` agree on the carry's structure, shapes and dtypes, ``hidden_of(carry')`` is
+   the step's output, ``step_forward`` computes what ``step`` does;
+2. one step: the hand-written ``step_backward`` against ``jax.vjp(step)`` at random
+   parameters (biases too), a random carry and random cotangents;
+3. whole sequences: ``rj.bptt`` full and truncated (with uneven lengths) through
+   ``rj.check_gradients`` (against ``jax.grad`` and float64 finite differences).
+
+A contract violation raises at once (``TypeError``/``ValueError`` saying what was expected);
+numeric failures are collected in a ``CellReport`` whose table names each leaf's error at
+each stage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rnn_jax.checks import as_cell, check_like
+from rnn_jax.gradcheck import (
+    DEFAULT_TOL,
+    LeafReport,
+    _leaf_names,
+    _normal_like,
+    _numpy_rng,
+    check_gradients,
+    compare_leaf,
+    random_carry,
+)
+
+STAGES = ("step", "full", "truncated")
+
+
+@dataclasses.dataclass(frozen=True)
+class CellRow:
+    """One leaf: its scaled error (max abs err / max |reference|) at each stage, the float64
+    finite-difference error of the BPTT stages, and what failed."""
+
+    path: str
+    errors: tuple[float, ...]  # one per stage in STAGES
+    fd_err: float
+    ok: bool
+    message: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class CellReport(LeafReport):
+    """The result of ``check_cell``: one ``CellRow`` per leaf of ``d_params``, ``d_x`` and
+    ``d_carry``; ``str(report)`` is the table, ``report.ok``, ``report.failures()``."""
+
+    cell: str
+    dtype: str
+    truncate: int
+    rows: tuple[CellRow, ...]
+    rtol: float
+    atol: float
+
+    def __str__(self) -> str:
+        head = (
+            f"check_cell {self.cell} {self.dtype}: scaled error max|manual - ref| / max|ref| "
+            f"per stage (pass: <= rtol={self.rtol:g} + atol={self.atol:g}/max|ref|)"
+        )
+        width = max(len("leaf"), *(len(row.path) for row in self.rows))
+        stages = ("step", "bptt full", f"bptt k={self.truncate}")
+        lines = [head, f"{'leaf':<{width}}  " + "  ".join(f"{s:>11}" for s in stages) +
+                 "       fd err  ok"]  # fmt: skip
+        for row in self.rows:
+            errs = "  ".join(f"{e:11.3e}" for e in row.errors)
+            lines.append(f"{row.path:<{width}}  {errs}  {row.fd_err:11.3e}  "
+                         f"{'yes' if row.ok else 'NO'}")  # fmt: skip
+        return "\n".join(lines)
+
+
+def check_cell(
+    cell,
+    input_size: int,
+    hidden_size: int,
+    *,
+    batch_size: int = 3,
+    num_steps: int = 5,
+    dtype=jnp.float64,
+    key=0,
+    truncate: int = 3,
+    params=None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    num_directions: int = 2,
+    raise_on_failure: bool = True,
+) -> CellReport:
+    """Check a cell's contract and its hand-written backward (module docstring).
+
+    Args:
+      cell: any cell (``rj.make_cell``, a library cell, an object of the protocol).
+      input_size, hidden_size, batch_size, num_steps: the problem's sizes.
+      dtype: float64 (default; run under ``jax.enable_x64``), float32, bfloat16 or float16:
+        the tolerances follow it (``rnn_jax.gradcheck.DEFAULT_TOL``).
+      key: int seed for the random parameters, inputs, carries and cotangents.
+      truncate: the truncation of the third stage.
+      params: parameters to check at instead of random N(0, 0.5^2) ones (for a cell whose
+        parameters must satisfy a constraint).
+      rtol, atol, num_directions: as in ``rj.check_gradients``.
+      raise_on_failure: raise ``AssertionError`` (message: the table, then one line per
+        failing leaf) instead of returning a failing report.
+
+    Example:
+      >>> import jax, rnn_jax as rj
+      >>> with jax.enable_x64(True):
+      ...     report = rj.check_cell(rj.gru, input_size=3, hidden_size=4)
+      >>> report.ok, [row.path for row in report.rows][:2]
+      (True, ['d_params.b_h', 'd_params.b_x'])
+    """
+    cell = as_cell(cell)
+    dtype = jnp.dtype(dtype)
+    if dtype == jnp.float64 and not jax.config.jax_enable_x64:
+        raise ValueError("check_cell in float64 needs 64-bit JAX: run it under "
+                         "jax.enable_x64(True), or pass dtype=jnp.float32")  # fmt: skip
+    tol = DEFAULT_TOL.get(dtype.name, DEFAULT_TOL["float32"])
+    rtol = tol if rtol is None else rtol
+    atol = tol if atol is None else atol
+    rng = _numpy_rng(key)
+    sizes = (batch_size, input_size, hidden_size)
+    params, carry, x = _check_contract(cell, sizes, dtype, rng, params, rtol, atol)
+
+    step = _step_stage(cell, params, carry, x, rng, rtol, atol)
+    xs = jnp.asarray(rng.normal(size=(batch_size, num_steps, input_size)), dtype)
+    common = dict(rtol=rtol, atol=atol, num_directions=num_directions, key=int(rng.integers(2**31)),
+                  raise_on_failure=False)  # fmt: skip
+    full = check_gradients(cell, params, xs, carry, **common)
+    lengths = np.array([num_steps - (b % max(num_steps, 1)) for b in range(batch_size)])
+    truncated = check_gradients(cell, params, xs, carry, truncate=truncate, lengths=lengths,
+                                **common)  # fmt: skip
+
+    rows = []
+    for s_row, f_row, t_row in zip(step, full.rows, truncated.rows, strict=True):
+        errors = (s_row.max_rel_err, f_row.max_rel_err, t_row.max_rel_err)
+        failed = [(stage, row.message) for stage, row in
+                  zip(STAGES, (s_row, f_row, t_row), strict=True) if not row.ok]  # fmt: skip
+        # The earliest failing stage is the most local evidence; the others are named.
+        message = "" if not failed else f"{failed[0][0]}: {failed[0][1]}"
+        if len(failed) > 1:
+            message += f" (also fails: {', '.join(stage for stage, _ in failed[1:])})"
+        fd_err = max(f_row.fd_err, t_row.fd_err)
+        rows.append(CellRow(s_row.path, errors, fd_err, not failed, message))
+    report = CellReport(cell.name, dtype.name, truncate, tuple(rows), rtol, atol)
+    if raise_on_failure:
+        report.raise_if_failed()
+    return report
+
+
+def _check_contract(cell, sizes, dtype, rng, params, rtol, atol):
+    """Raise on a broken contract; return random ``(params, carry, x)`` for the checks."""
+    batch_size, input_size, hidden_size = sizes
+    name = cell.name
+    try:
+        shapes = jax.eval_shape(
+            lambda k: cell.init(k, input_size, hidden_size, dtype=dtype), jax.random.PRNGKey(0)
+        )
+    except TypeError as err:
+        message = f"{name}.init(key, input_size, hidden_size, *, dtype=...) failed: {err}"
+        raise TypeError(message) from err
+    wrong = {
+        jax.tree_util.keystr(path): leaf.dtype.name
+        for path, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]
+        if jnp.finfo(leaf.dtype).dtype != dtype
+    }
+    if wrong:
+        raise TypeError(f"{name}.init(..., dtype={dtype.name}) returned leaves of other "
+                        f"dtypes: {wrong}")  # fmt: skip
+    params = _normal_like(rng, shapes, 0.5) if params is None else params
+    found = cell.check_params(params)
+    if tuple(found) != (input_size, hidden_size):
+        made_for = (input_size, hidden_size)
+        raise ValueError(f"{name}: sizes(params) says {tuple(found)}, but the params were made "
+                         f"for (input_size, hidden_size) = {made_for}")  # fmt: skip
+    zero = cell.zero_carry(batch_size, hidden_size, dtype)
+    for path, leaf in jax.tree_util.tree_flatten_with_path(zero)[0]:
+        call = f"{name}.zero_carry({batch_size}, {hidden_size}, {dtype.name})"
+        where = call + jax.tree_util.keystr(path)
+        if leaf.ndim == 0 or leaf.shape[0] != batch_size or leaf.dtype != dtype:
+            raise ValueError(f"{where} must be ({batch_size}, ...) {dtype.name} (batch first), "
+                             f"got {leaf.shape} {leaf.dtype}")  # fmt: skip
+    carry = random_carry(cell, batch_size, hidden_size, dtype, rng)
+    x = jnp.asarray(rng.normal(size=(batch_size, input_size)), dtype)
+    new_carry, h = cell.step(params, carry, x)
+    check_like(jax.eval_shape(lambda: zero), new_carry, f"{name}.step's new carry")
+    h_of = cell.hidden_of(new_carry)
+    if h.shape != h_of.shape or not np.array_equal(np.asarray(h), np.asarray(h_of)):
+        raise ValueError(f"{name}: step's output h {h.shape} is not hidden_of(new carry) "
+                         f"{h_of.shape}")  # fmt: skip
+    fwd_carry, fwd_h, _ = cell.step_forward(params, carry, x)
+    for label, a, b in (("carry", fwd_carry, new_carry), ("h", fwd_h, h)):
+        for leaf_a, leaf_b in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+            if not compare_leaf(leaf_a, leaf_b, rtol, atol)[2]:
+                raise ValueError(f"{name}: step_forward's {label} differs from step's")
+    return params, carry, x
+
+
+def _step_stage(cell, params, carry, x, rng, rtol, atol):
+    """Rows of ``step_backward`` vs ``jax.vjp(step)`` at one step."""
+    new_carry, h, residuals = cell.step_forward(params, carry, x)
+    d_h, d_carry = _normal_like(rng, h), _normal_like(rng, new_carry)
+    manual = cell.step_backward(params, residuals, d_h, d_carry)
+    _, vjp = jax.vjp(cell.step, params, carry, x)
+    d_params, d_carry_prev, d_x = vjp((d_carry, d_h))
+    reference = (d_params, d_x, d_carry_prev)
+    check_like(jax.eval_shape(lambda: reference), manual, f"{cell.name}.step_backward's result")
+    names = _leaf_names(d_params=params, d_x=x, d_carry=carry)
+    rows = []
+    for name, m, r in zip(names, jax.tree.leaves(manual), jax.tree.leaves(reference), strict=True):
+        max_abs, max_rel, ok, message = compare_leaf(m, r, rtol, atol, "step_backward vs jax.vjp")
+        rows.append(_StepRow(name, max_abs, max_rel, ok, message))
+    return rows
+
+
+@dataclasses.dataclass(frozen=True)
+class _StepRow:
+    path: str
+    max_abs_err: float
+    max_rel_err: float
+    ok: bool
+    message: str

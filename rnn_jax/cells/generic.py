@@ -1,0 +1,186 @@
+"""Any cell: the protocol every rnn_jax cell follows, and ``make_cell`` to build one.
+
+A cell is any object with these pure functions (``rj.simple``, ``rj.lstm``, ``rj.gru`` and
+every ``make_cell`` result have them)::
+
+    init(key, input_size, hidden_size, *, dtype=jnp.float32, **options) -> params   any pytree
+    zero_carry(batch_size, hidden_size, dtype=jnp.float32) -> carry   pytree, leaves (B, ...)
+    hidden_of(carry) -> h (B, H_out)                 what the layer outputs at each step
+    step(params, carry, x (B, I)) -> (carry', h')
+    step_forward(params, carry, x) -> (carry', h', residuals)
+    step_backward(params, residuals, d_h, d_carry) -> (d_params, d_x, d_carry_prev)
+
+``step_backward`` is the VJP of ``step``: ``d_h`` is dL/dh' (B, H_out), ``d_carry``
+dL/dcarry' (same pytree as the carry); the result has the structures of ``params``, ``x`` and
+``carry``. It must be linear in ``(d_h, d_carry)`` (every VJP is): BPTT relies on that to
+mask padded rows and to run truncation slots through it with ``jax.vmap``.
+
+Every carry leaf has the batch as its first axis (``lengths`` and masks act along it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
+
+import jax
+import jax.numpy as jnp
+
+PyTree = Any
+
+
+@runtime_checkable
+class RecurrentCell(Protocol):
+    """The cell protocol (module docstring), for type annotations and ``isinstance``."""
+
+    name: str
+
+    def init(self, key, input_size: int, hidden_size: int, *, dtype=jnp.float32, **options): ...
+
+    def zero_carry(self, batch_size: int, hidden_size: int, dtype=jnp.float32): ...
+
+    def hidden_of(self, carry): ...
+
+    def step(self, params, carry, x): ...
+
+    def step_forward(self, params, carry, x): ...
+
+    def step_backward(self, params, residuals, d_h, d_carry): ...
+
+
+PROTOCOL = ("init", "zero_carry", "hidden_of", "step", "step_forward", "step_backward")
+
+
+@dataclasses.dataclass(frozen=True)
+class GenericCell:
+    """A cell made of plain functions (see ``make_cell``); hashable, so a static jit argument.
+
+    ``sizes(params) -> (input_size, hidden_size)`` reads the sizes back from parameters;
+    ``hand_written`` is False when ``step_backward`` was derived with ``jax.vjp``.
+    """
+
+    name: str
+    init: Callable
+    step: Callable
+    zero_carry: Callable
+    hidden_of: Callable
+    step_forward: Callable
+    step_backward: Callable
+    sizes: Callable
+    hand_written: bool = True
+
+    def check_params(self, params) -> tuple[int, int]:
+        """Validate ``params`` against ``init``'s shapes; return ``(input_size, hidden_size)``."""
+        from rnn_jax.checks import check_generic_params
+
+        return check_generic_params(self, params)
+
+
+def make_cell(
+    name: str,
+    init: Callable,
+    step: Callable,
+    *,
+    zero_carry: Callable | None = None,
+    hidden_of: Callable | None = None,
+    step_forward: Callable | None = None,
+    step_backward: Callable | None = None,
+    sizes: Callable | None = None,
+) -> GenericCell:
+    """A cell from plain functions, usable everywhere a library cell is.
+
+    Args:
+      name: shown in errors and reports.
+      init: ``init(key, input_size, hidden_size, *, dtype=jnp.float32, **options) -> params``.
+      step: ``step(params, carry, x (B, I)) -> (carry', h' (B, H_out))``.
+      zero_carry: ``(batch_size, hidden_size, dtype) -> carry``; default zeros ``(B, H)``.
+      hidden_of: ``carry -> h``; default the carry itself if it is an array, else its ``h``
+        field, else its first element.
+      step_forward: ``(params, carry, x) -> (carry', h', residuals)``, keeping what your
+        ``step_backward`` needs. Default: ``step`` plus the residuals ``(carry, x)``.
+      step_backward: ``(params, residuals, d_h, d_carry) -> (d_params, d_x, d_carry_prev)``,
+        the hand-written VJP. Default: ``jax.vjp`` of ``step`` from ``(carry, x)``, so you
+        can start with autodiff and write the backward later.
+      sizes: ``params -> (input_size, hidden_size)``; default reads ``w_x (I, ...)`` and
+        ``w_h (H, ...)`` of a dict of parameters.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, rnn_jax as rj
+      >>> def init(key, input_size, hidden_size, *, dtype=jnp.float32):
+      ...     k1, k2 = jax.random.split(key)
+      ...     return {"w_x": 0.1 * jax.random.normal(k1, (input_size, hidden_size), dtype),
+      ...             "w_h": 0.1 * jax.random.normal(k2, (hidden_size, hidden_size), dtype)}
+      >>> def step(params, h, x):
+      ...     h = jnp.tanh(x @ params["w_x"] + h @ params["w_h"])
+      ...     return h, h
+      >>> cell = rj.make_cell("my_tanh", init, step)
+      >>> params = cell.init(jax.random.PRNGKey(0), 3, 5)
+      >>> carry, hs = rj.unroll(cell, params, jnp.ones((2, 7, 3)), gradient="manual")
+      >>> hs.shape
+      (2, 7, 5)
+    """
+    if step_forward is not None and step_backward is None:
+        raise ValueError(
+            f"{name}: step_forward was given without step_backward; its residuals are yours, "
+            "so the derived backward cannot read them. Give both, or neither."
+        )
+    hand_written = step_backward is not None
+    if step_forward is None:
+        step_forward = functools.partial(_forward_keeping_inputs, step)
+    if step_backward is None:
+        step_backward = functools.partial(_vjp_backward, step)
+    return GenericCell(
+        name=name,
+        init=init,
+        step=step,
+        zero_carry=zero_carry or _zero_hidden,
+        hidden_of=hidden_of or default_hidden_of,
+        step_forward=step_forward,
+        step_backward=step_backward,
+        sizes=sizes or fused_sizes,
+        hand_written=hand_written,
+    )
+
+
+def _forward_keeping_inputs(step, params, carry, x):
+    new_carry, h = step(params, carry, x)
+    return new_carry, h, (carry, x)
+
+
+def _vjp_backward(step, params, residuals, d_h, d_carry):
+    """The backward of ``step`` by ``jax.vjp``, recomputing the step from ``(carry, x)``."""
+    carry, x = residuals
+    _, vjp = jax.vjp(step, params, carry, x)
+    d_params, d_carry_prev, d_x = vjp((d_carry, d_h))
+    return d_params, d_x, d_carry_prev
+
+
+def _zero_hidden(batch_size: int, hidden_size: int, dtype=jnp.float32):
+    return jnp.zeros((batch_size, hidden_size), dtype)
+
+
+def default_hidden_of(carry):
+    """The carry itself (an array), its ``h`` field, or its first element."""
+    if hasattr(carry, "shape"):
+        return carry
+    if hasattr(carry, "h"):
+        return carry.h
+    if isinstance(carry, (tuple, list)) and carry:
+        return carry[0]
+    raise TypeError(
+        f"cannot tell the hidden state inside a carry of type {type(carry).__name__}: "
+        "pass hidden_of= to rj.make_cell"
+    )
+
+
+def fused_sizes(params) -> tuple[int, int]:
+    """``(input_size, hidden_size)`` from ``params["w_x"] (I, ...)``, ``params["w_h"] (H, ...)``."""
+    if not isinstance(params, dict) or "w_x" not in params or "w_h" not in params:
+        got = sorted(params) if isinstance(params, dict) else type(params).__name__
+        raise ValueError(
+            "the default sizes() reads input_size from params['w_x'] (I, ...) and hidden_size "
+            f"from params['w_h'] (H, ...); these params have {got}: pass sizes= to rj.make_cell"
+        )
+    return int(params["w_x"].shape[0]), int(params["w_h"].shape[0])
