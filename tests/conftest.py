@@ -10,6 +10,13 @@ every skip is a failure instead: CI installs everything (``pip install -e ".[tes
 ``requirements-data.txt``), so a skip there is a broken install hiding tests. A test that may
 rightly skip in CI (hardware it lacks, such as a GPU) says so with
 ``@pytest.mark.ci_may_skip(reason=...)``.
+
+Hypothesis profiles: ``ci`` (derandomised: the same examples every run; loaded when ``CI`` is
+set), ``dev`` (random examples, twice as many; the local default) and ``thorough`` (ten times
+as many, for a deliberate hunt). Pick one with ``pytest --hypothesis-profile thorough``. Each
+property test states its example count under ``ci`` through ``examples(n)``; the profile
+scales it. All print the ``@reproduce_failure`` blob of a failing example (and Hypothesis
+prints the seed to replay a random run with ``--hypothesis-seed``).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import settings
 
 import rnn_jax as rj
 from rnn_jax.cells.base import LSTMCarry
@@ -83,6 +91,28 @@ def max_abs_diff(a, b) -> float:
 def in_ci() -> bool:
     """True when the environment variable ``CI`` is set (GitHub Actions and others set it)."""
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+# max_examples of each profile per 100 under "ci"; examples(n) scales a test's own count.
+HYPOTHESIS_PROFILES = {"ci": 100, "dev": 200, "thorough": 1000}
+for _name, _max_examples in HYPOTHESIS_PROFILES.items():
+    settings.register_profile(
+        _name,
+        max_examples=_max_examples,
+        derandomize=_name == "ci",
+        # ci: nothing replayed from earlier runs; else Hypothesis' own default (.hypothesis/)
+        database=None if _name == "ci" else settings.get_profile("default").database,
+        deadline=None,  # compile times vary with the machine's load
+        print_blob=True,
+    )
+# --hypothesis-profile, if given, is loaded after this (in Hypothesis' pytest_configure).
+settings.load_profile("ci" if in_ci() else "dev")
+
+
+def examples(ci_count: int) -> int:
+    """A property test's max_examples: ``ci_count`` under the "ci" profile, scaled by the
+    profile in force (``dev`` doubles it, ``thorough`` multiplies it by ten)."""
+    return max(1, ci_count * settings.default.max_examples // HYPOTHESIS_PROFILES["ci"])
 
 
 def optional_import(name: str):

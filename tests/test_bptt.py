@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import CELLS, random_carry, random_params
+from conftest import CELLS, examples, random_carry, random_params
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -143,7 +143,7 @@ def assert_grads_close(got, want, dtype):
 # ----------------------------------------------------------------------------------------
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=examples(30), deadline=None)
 @given(problem=problems())
 def test_manual_matches_autodiff(problem):
     with jax.enable_x64(problem["dtype"] == "float64"):
@@ -194,7 +194,7 @@ TRUNCATIONS = {
 
 
 @pytest.mark.parametrize("which", list(TRUNCATIONS))
-@settings(max_examples=3, deadline=None)
+@settings(max_examples=examples(3), deadline=None)
 @given(problem=problems(min_steps=2, max_steps=7, max_batch=3))
 def test_truncated_matches_windowed_reference(which, problem):
     truncate = TRUNCATIONS[which](problem["shape"][1])

@@ -1,5 +1,5 @@
 """The test-suite's own rules, set in ``tests/conftest.py``: skips are failures when ``CI`` is
-set, and the Hypothesis profile follows ``CI``.
+set, and the Hypothesis profile follows ``CI`` (or ``--hypothesis-profile``).
 
 Each case runs pytest in a subprocess on a tiny test file, with ``tests/conftest.py`` loaded as
 a plugin (``-p conftest``), so the real hooks are what is checked.
@@ -39,6 +39,20 @@ def test_may_skip_in_ci():
 def test_xfail():
     assert False
 """
+PROFILE = """
+from conftest import examples
+from hypothesis import given, settings, strategies as st
+
+def test_report_profile():
+    d = settings.default
+    print(f"PROFILE max_examples={d.max_examples} derandomize={d.derandomize} "
+          f"print_blob={d.print_blob} examples(30)={examples(30)}")
+
+@settings(max_examples=examples(5))
+@given(st.integers(0, 10))
+def test_property_fails(n):
+    assert n < 0
+"""
 MODULE_SKIP = """
 import pytest
 
@@ -59,7 +73,7 @@ def run_pytest(tmp_path, files: dict[str, str], ci: str | None, *args: str):
     env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")])
     if ci is not None:
         env["CI"] = ci
-    argv = [sys.executable, "-m", "pytest", "-p", "conftest", "-p", "no:cacheprovider", "-rA"]
+    argv = [sys.executable, "-m", "pytest", "-p", "conftest", "-p", "no:cacheprovider", "-rA", "-s"]
     argv += ["--continue-on-collection-errors"]
     done = subprocess.run(
         [*argv, *args, str(tmp_path)], cwd=tmp_path, env=env, capture_output=True, text=True
@@ -72,10 +86,13 @@ def run_pytest(tmp_path, files: dict[str, str], ci: str | None, *args: str):
 
 def test_skips_are_failures_under_ci(tmp_path):
     files = {"test_skipping.py": SKIPPING, "test_module_skip.py": MODULE_SKIP}
-    counts, output = run_pytest(tmp_path, files, ci="true")
+    counts, output = run_pytest(tmp_path, files | {"test_profile.py": PROFILE}, ci="true")
     # A skip in setup (skipif) or collection (the module) fails as an error, in the call as
     # a failure; the marked test may still skip; an xfail is not a skip.
-    assert counts == {"failed": 1, "passed": 1, "skipped": 1, "xfailed": 1, "errors": 2}, output
+    assert counts == {"failed": 2, "passed": 2, "skipped": 1, "xfailed": 1, "errors": 2}, output
+    # and the Hypothesis profile is "ci": derandomised, counts as written, blob printed
+    assert "max_examples=100 derandomize=True print_blob=True examples(30)=30" in output
+    assert "@reproduce_failure" in output
     assert "FAILED test_skipping.py::test_skips_at_run_time" in output
     assert "ERROR test_skipping.py::test_skipif" in output
     assert "ERROR test_module_skip.py" in output
@@ -84,8 +101,18 @@ def test_skips_are_failures_under_ci(tmp_path):
 
 def test_skips_stay_skips_without_ci(tmp_path):
     files = {"test_skipping.py": SKIPPING, "test_module_skip.py": MODULE_SKIP}
-    counts, output = run_pytest(tmp_path, files, ci=None)
-    assert counts == {"passed": 1, "skipped": 4, "xfailed": 1}, output
+    counts, output = run_pytest(tmp_path, files | {"test_profile.py": PROFILE}, ci=None)
+    assert counts == {"failed": 1, "passed": 2, "skipped": 4, "xfailed": 1}, output
+    # the local default profile "dev": random, twice the examples, blob printed
+    assert "max_examples=200 derandomize=False print_blob=True examples(30)=60" in output
+    assert "@reproduce_failure" in output
+
+
+def test_hypothesis_profile_option_wins(tmp_path):
+    counts, output = run_pytest(
+        tmp_path, {"test_profile.py": PROFILE}, "true", "--hypothesis-profile", "thorough"
+    )
+    assert "max_examples=1000 derandomize=False print_blob=True examples(30)=300" in output
 
 
 def test_tests_needing_torch_or_mnist_skip_alone(tmp_path):

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import CELLS, random_carry, random_params
+from conftest import CELLS, examples, random_carry, random_params
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -38,7 +38,7 @@ def both_backwards(cell, params, carry, x, d_h, d_carry):
 
 
 @pytest.mark.parametrize("name", sorted(CELLS))
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=examples(15), deadline=None)
 @given(
     batch_size=st.integers(1, 4),
     input_size=st.integers(1, 5),

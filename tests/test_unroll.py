@@ -14,7 +14,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import CELLS, TOL64, assert_close, optional_import, random_carry, random_params
+from conftest import (
+    CELLS,
+    TOL64,
+    assert_close,
+    examples,
+    optional_import,
+    random_carry,
+    random_params,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -252,7 +260,7 @@ def flip_prefix(xs, lengths):
     return out
 
 
-SETTINGS = settings(max_examples=20, deadline=None)
+SETTINGS = settings(max_examples=examples(20), deadline=None)
 
 
 @SETTINGS
@@ -301,7 +309,7 @@ def test_batch_with_lengths_equals_each_row_alone(p):
             np.testing.assert_array_equal(hs[b, n:], 0.0)
 
 
-@settings(max_examples=12, deadline=None)  # five compiled programs per example
+@settings(max_examples=examples(12), deadline=None)  # five compiled programs per example
 @given(problems(), st.sampled_from([2, 3, 5]))
 def test_unroll_factor_time_major_and_full_lengths_agree(p, k):
     """``unroll=k`` == ``unroll=1``; time-major == batch-major transposed; lengths = T ==
@@ -331,7 +339,7 @@ def loop_unroll(cell, params, xs, carry, reverse=False):
     return carry, jnp.stack(hs, axis=1)
 
 
-@settings(max_examples=8, deadline=None)  # each example compiles five programs
+@settings(max_examples=examples(8), deadline=None)  # each example compiles five programs
 @given(problems())
 def test_jit_vmap_grad(p):
     with jax.enable_x64(True):
