@@ -203,6 +203,42 @@ ffi::Error guarded(const char* what, const std::function<void()>& body) {
   return ffi::Error::Success();
 }
 
+// The forward's arguments, which the backward reads too: sequence, states, weights (in
+// `pd`'s layout), bias, outputs and workspace.
+struct Sequence {
+  void *xs, *h0, *c0, *w_x, *w_h, *bias, *hs, *h_last, *c_last, *workspace;
+};
+
+std::unordered_map<int, memory> sequence_args(const Prims& p, const dnnl::primitive_desc& pd,
+                                              int32_t kind, const Sequence& t,
+                                              dnnl::stream& s) {
+  auto& eng = cpu_engine();
+  std::unordered_map<int, memory> args = {
+      {DNNL_ARG_SRC_LAYER, memory(p.src_layer, eng, t.xs)},
+      {DNNL_ARG_SRC_ITER, memory(p.iter, eng, t.h0)},
+      {DNNL_ARG_WEIGHTS_LAYER, as_layout(p.w_layer, arg_md(pd, DNNL_ARG_WEIGHTS_LAYER), t.w_x, s)},
+      {DNNL_ARG_WEIGHTS_ITER, as_layout(p.w_iter, arg_md(pd, DNNL_ARG_WEIGHTS_ITER), t.w_h, s)},
+      {DNNL_ARG_BIAS, memory(p.bias, eng, t.bias)},
+      {DNNL_ARG_DST_LAYER, memory(p.dst_layer, eng, t.hs)},
+      {DNNL_ARG_DST_ITER, memory(p.iter, eng, t.h_last)},
+      {DNNL_ARG_WORKSPACE, memory(pd.workspace_desc(), eng, t.workspace)},
+  };
+  if (kind == kLstm) {
+    args[DNNL_ARG_SRC_ITER_C] = memory(p.iter, eng, t.c0);
+    args[DNNL_ARG_DST_ITER_C] = memory(p.iter, eng, t.c_last);
+  }
+  return args;
+}
+
+// Runs `prim` with a scratchpad of its own (malloc'ed, not zero-filled).
+void execute(const dnnl::primitive& prim, const dnnl::primitive_desc& pd,
+             std::unordered_map<int, memory>& args, dnnl::stream& s) {
+  std::unique_ptr<uint8_t[]> scratch(new uint8_t[pd.scratchpad_desc().get_size()]);
+  args[DNNL_ARG_SCRATCHPAD] = memory(pd.scratchpad_desc(), cpu_engine(), scratch.get());
+  prim.execute(s, args);
+  s.wait();
+}
+
 ffi::Error Forward(ffi::AnyBuffer xs, ffi::AnyBuffer h0, ffi::AnyBuffer c0, ffi::AnyBuffer w_x,
                    ffi::AnyBuffer w_h, ffi::AnyBuffer bias, ffi::Result<ffi::AnyBuffer> hs,
                    ffi::Result<ffi::AnyBuffer> h_last, ffi::Result<ffi::AnyBuffer> c_last,
@@ -211,29 +247,11 @@ ffi::Error Forward(ffi::AnyBuffer xs, ffi::AnyBuffer h0, ffi::AnyBuffer c0, ffi:
   return guarded("forward", [&] {
     const Prims& p = prims_for(key_of(kind, reverse, batch_major, xs.dimensions(),
                                       h0.dimensions()));
-    auto& eng = cpu_engine();
-    dnnl::stream s(eng);
-    const auto& pd = p.fwd_pd;
-    std::vector<uint8_t> scratch(pd.scratchpad_desc().get_size());
-    std::unordered_map<int, memory> args = {
-        {DNNL_ARG_SRC_LAYER, memory(p.src_layer, eng, data(xs))},
-        {DNNL_ARG_SRC_ITER, memory(p.iter, eng, data(h0))},
-        {DNNL_ARG_WEIGHTS_LAYER,
-         as_layout(p.w_layer, arg_md(pd, DNNL_ARG_WEIGHTS_LAYER), data(w_x), s)},
-        {DNNL_ARG_WEIGHTS_ITER,
-         as_layout(p.w_iter, arg_md(pd, DNNL_ARG_WEIGHTS_ITER), data(w_h), s)},
-        {DNNL_ARG_BIAS, memory(p.bias, eng, data(bias))},
-        {DNNL_ARG_DST_LAYER, memory(p.dst_layer, eng, data(hs))},
-        {DNNL_ARG_DST_ITER, memory(p.iter, eng, data(h_last))},
-        {DNNL_ARG_WORKSPACE, memory(pd.workspace_desc(), eng, data(workspace))},
-        {DNNL_ARG_SCRATCHPAD, memory(pd.scratchpad_desc(), eng, scratch.data())},
-    };
-    if (kind == kLstm) {
-      args[DNNL_ARG_SRC_ITER_C] = memory(p.iter, eng, data(c0));
-      args[DNNL_ARG_DST_ITER_C] = memory(p.iter, eng, data(c_last));
-    }
-    p.fwd.execute(s, args);
-    s.wait();
+    dnnl::stream s(cpu_engine());
+    Sequence t{data(xs),     data(h0),     data(c0),     data(w_x),    data(w_h),
+               data(bias),   data(hs),     data(h_last), data(c_last), data(workspace)};
+    auto args = sequence_args(p, p.fwd_pd, kind, t, s);
+    execute(p.fwd, p.fwd_pd, args, s);
   });
 }
 
@@ -251,35 +269,23 @@ ffi::Error Backward(ffi::AnyBuffer xs, ffi::AnyBuffer h0, ffi::AnyBuffer c0, ffi
     auto& eng = cpu_engine();
     dnnl::stream s(eng);
     const auto& pd = p.bwd_pd;
-    std::vector<uint8_t> scratch(pd.scratchpad_desc().get_size());
+    Sequence t{data(xs),   data(h0), data(c0),     data(w_x),    data(w_h),
+               data(bias), data(hs), data(h_last), data(c_last), data(workspace)};
+    auto args = sequence_args(p, pd, kind, t, s);
     memory dwl = zeroed(p.w_layer, arg_md(pd, DNNL_ARG_DIFF_WEIGHTS_LAYER), data(d_w_x));
     memory dwi = zeroed(p.w_iter, arg_md(pd, DNNL_ARG_DIFF_WEIGHTS_ITER), data(d_w_h));
-    memory db = zeroed(p.bias, p.bias, data(d_bias));
-    std::unordered_map<int, memory> args = {
-        {DNNL_ARG_SRC_LAYER, memory(p.src_layer, eng, data(xs))},
-        {DNNL_ARG_SRC_ITER, memory(p.iter, eng, data(h0))},
-        {DNNL_ARG_WEIGHTS_LAYER, as_layout(p.w_layer, arg_md(pd, DNNL_ARG_WEIGHTS_LAYER), data(w_x), s)},
-        {DNNL_ARG_WEIGHTS_ITER, as_layout(p.w_iter, arg_md(pd, DNNL_ARG_WEIGHTS_ITER), data(w_h), s)},
-        {DNNL_ARG_BIAS, memory(p.bias, eng, data(bias))},
-        {DNNL_ARG_DST_LAYER, memory(p.dst_layer, eng, data(hs))},
-        {DNNL_ARG_DST_ITER, memory(p.iter, eng, data(h_last))},
-        {DNNL_ARG_WORKSPACE, memory(pd.workspace_desc(), eng, data(workspace))},
-        {DNNL_ARG_DIFF_SRC_LAYER, memory(p.src_layer, eng, data(d_xs))},
-        {DNNL_ARG_DIFF_SRC_ITER, memory(p.iter, eng, data(d_h0))},
-        {DNNL_ARG_DIFF_WEIGHTS_LAYER, dwl},
-        {DNNL_ARG_DIFF_WEIGHTS_ITER, dwi},
-        {DNNL_ARG_DIFF_BIAS, db},
-        {DNNL_ARG_DIFF_DST_LAYER, memory(p.dst_layer, eng, data(d_hs))},
-        {DNNL_ARG_DIFF_DST_ITER, memory(p.iter, eng, data(d_h_last))},
-        {DNNL_ARG_SCRATCHPAD, memory(pd.scratchpad_desc(), eng, scratch.data())},
-    };
+    args[DNNL_ARG_DIFF_WEIGHTS_LAYER] = dwl;
+    args[DNNL_ARG_DIFF_WEIGHTS_ITER] = dwi;
+    args[DNNL_ARG_DIFF_BIAS] = zeroed(p.bias, p.bias, data(d_bias));
+    args[DNNL_ARG_DIFF_SRC_LAYER] = memory(p.src_layer, eng, data(d_xs));
+    args[DNNL_ARG_DIFF_SRC_ITER] = memory(p.iter, eng, data(d_h0));
+    args[DNNL_ARG_DIFF_DST_LAYER] = memory(p.dst_layer, eng, data(d_hs));
+    args[DNNL_ARG_DIFF_DST_ITER] = memory(p.iter, eng, data(d_h_last));
     if (kind == kLstm) {
-      args[DNNL_ARG_SRC_ITER_C] = memory(p.iter, eng, data(c0));
-      args[DNNL_ARG_DST_ITER_C] = memory(p.iter, eng, data(c_last));
       args[DNNL_ARG_DIFF_SRC_ITER_C] = memory(p.iter, eng, data(d_c0));
       args[DNNL_ARG_DIFF_DST_ITER_C] = memory(p.iter, eng, data(d_c_last));
     }
-    p.bwd.execute(s, args);
+    execute(p.bwd, pd, args, s);
     copy_back(dwl, p.w_layer, data(d_w_x), s);
     copy_back(dwi, p.w_iter, data(d_w_h), s);
     s.wait();
