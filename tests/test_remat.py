@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
 from pathlib import Path
 
 import jax
@@ -12,19 +10,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import CELLS, assert_close, random_carry, random_params
+from test_bench import load_bench
 
 import rnn_jax as rj
 from rnn_jax.remat import segment_length
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench", ROOT / "experiments" / "bench.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench"] = module  # dataclasses look their module up while being defined
-    spec.loader.exec_module(module)
-    return module
 
 
 def outputs_and_grads(cell, params, xs, carry, lengths, **options):
