@@ -11,6 +11,8 @@ Usage::
     python experiments/mnist_rows.py --cell lstm --out runs/mnist-lstm
     python experiments/mnist_rows.py --cell gru --gradient manual --steps 300 --out runs/quick
     python experiments/mnist_rows.py --out runs/mnist-lstm --resume   # continue after a crash
+    python -m rnn_jax.launch --num-processes 2 -- experiments/mnist_rows.py --cell lstm \
+        --out runs/two   # 2 processes, same global batches (README: Scaling out)
 
 A run folder (``--out``) holds ``config.json``, ``metrics.jsonl`` (one line per step: loss,
 accuracy, grad_norm; plus ``test_accuracy``/``val_accuracy`` every ``--eval-every`` steps),
