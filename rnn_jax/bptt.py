@@ -76,7 +76,9 @@ def bptt(
     Returns:
       ``(d_params, d_xs, d_carry0)``: same structures as ``params``, ``xs``, ``carry``.
 
-    Example (equal to ``jax.vjp`` through ``rj.unroll``):
+    Examples:
+      Equal to ``jax.vjp`` through ``rj.unroll``:
+
       >>> import jax, jax.numpy as jnp, rnn_jax as rj
       >>> params = rj.lstm.init(jax.random.PRNGKey(0), input_size=3, hidden_size=4)
       >>> xs = jax.random.normal(jax.random.PRNGKey(1), (2, 5, 3))
