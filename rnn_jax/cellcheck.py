@@ -109,7 +109,7 @@ def check_cell(
       raise_on_failure: raise ``AssertionError`` (message: the table, then one line per
         failing leaf) instead of returning a failing report.
 
-    Example:
+    Examples:
       >>> import jax, rnn_jax as rj
       >>> with jax.enable_x64(True):
       ...     report = rj.check_cell(rj.gru, input_size=3, hidden_size=4)

@@ -568,7 +568,7 @@ def check_gradients(
       ``GradReport`` with rows for ``params.<name>``, ``xs`` and ``carry`` (``carry.h``,
       ``carry.c`` for the LSTM); ``str(report)`` is a table.
 
-    Example:
+    Examples:
       >>> import jax, rnn_jax as rj
       >>> params = rj.lstm.init(jax.random.PRNGKey(0), input_size=3, hidden_size=4)
       >>> xs = jax.random.normal(jax.random.PRNGKey(1), (2, 5, 3))

@@ -92,7 +92,7 @@ def init_stack(
 ) -> list:
     """A list of ``num_layers`` layer params; layer l > 0 reads layer l-1's outputs.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp, rnn_jax as rj
       >>> stack = rj.init_stack(rj.lstm, jax.random.PRNGKey(0), 3, 8, num_layers=2,
       ...                       bidirectional=True)

@@ -64,7 +64,7 @@ def unroll(
     Returns:
       ``(final_carry, hs)`` with ``hs (B, T, H)`` (``(T, B, H)`` if time-major).
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp, rnn_jax as rj
       >>> params = rj.gru.init(jax.random.PRNGKey(0), input_size=3, hidden_size=4)
       >>> xs = jnp.ones((2, 5, 3))                               # (batch, time, features)

@@ -106,7 +106,7 @@ def make_cell(
       sizes: ``params -> (input_size, hidden_size)``; default reads ``w_x (I, ...)`` and
         ``w_h (H, ...)`` of a dict of parameters.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp, rnn_jax as rj
       >>> def init(key, input_size, hidden_size, *, dtype=jnp.float32):
       ...     k1, k2 = jax.random.split(key)

@@ -7,7 +7,7 @@
 
 Parameters ``{"w_x": (I, 3H), "w_h": (H, 3H), "b_x": (3H,), "b_h": (3H,)}``; carry ``h``.
 
-Example:
+Examples:
   >>> import jax, jax.numpy as jnp, rnn_jax as rj
   >>> params = rj.gru.init(jax.random.PRNGKey(0), input_size=3, hidden_size=4)
   >>> h, out = rj.gru.step(params, rj.gru.zero_carry(2, 4), jnp.ones((2, 3)))

@@ -6,7 +6,9 @@
 
 Parameters ``{"w_x": (I, 4H), "w_h": (H, 4H), "b": (4H,)}``; carry ``LSTMCarry(h, c)``.
 
-Example (one step, and its hand-written backward):
+Examples:
+  One step, and its hand-written backward:
+
   >>> import jax, jax.numpy as jnp, rnn_jax as rj
   >>> params = rj.lstm.init(jax.random.PRNGKey(0), input_size=3, hidden_size=4)
   >>> carry = rj.lstm.zero_carry(2, 4)                      # LSTMCarry(h (2, 4), c (2, 4))

@@ -2,7 +2,7 @@
 
 Parameters ``{"w_x": (I, H), "w_h": (H, H), "b": (H,)}``; carry ``h`` (B, H).
 
-Example:
+Examples:
   >>> import jax, jax.numpy as jnp, rnn_jax as rj
   >>> params = rj.simple.init(jax.random.PRNGKey(0), input_size=3, hidden_size=4)
   >>> h, out = rj.simple.relu.step(params, rj.simple.zero_carry(2, 4), jnp.ones((2, 3)))
