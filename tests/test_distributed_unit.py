@@ -67,3 +67,28 @@ def test_bad_arguments_are_refused_before_anything_starts():
         distributed.initialize("127.0.0.1:1234", num_processes=2, process_id=2)
     assert distributed.is_main_process() and jax.process_count() == 1
     distributed.sync("alone")  # a no-op in one process
+
+
+def test_readme_all_reduce_sizes_are_the_classifiers_gradient_bytes():
+    """The README's table of bytes all-reduced per step: float32 gradients of the row-MNIST
+    classifier, i.e. 4 x its parameter count."""
+    import re
+    from pathlib import Path
+
+    import rnn_jax as rj
+    from rnn_jax.models import classifier
+
+    assert rj.count_params(classifier(rj.lstm, 128, 10).init(jax.random.key(0), 28)) == 81_674
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    names = {"tanh RNN": "simple", "LSTM": "lstm", "GRU": "gru"}
+    rows = re.findall(r"^\| (tanh RNN|LSTM|GRU) \| ([\d,]+) params, ([\d.]+) kB \| "
+                      r"([\d,]+) params, ([\d.]+) MB \|$", readme, re.M)  # fmt: skip
+    assert [r[0] for r in rows] == list(names)
+    for name, small, small_kb, big, big_mb in rows:
+        for hidden, count, size, unit in ((128, small, small_kb, 1e3), (1024, big, big_mb, 1e6)):
+            init = classifier(getattr(rj, names[name]), hidden, 10).init
+            shapes = jax.eval_shape(lambda k, init=init: init(k, 28), jax.random.key(0))
+            num = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))  # no compute
+            assert num == int(count.replace(",", "")), (name, hidden)
+            decimals = len(size.partition(".")[2])  # as rounded in the README
+            assert round(4 * num / unit, decimals) == float(size)
