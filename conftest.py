@@ -3,6 +3,10 @@
 A module that imports an optional dependency at its top (torch, keras, a compiled backend's
 package) is left out of doctest collection when that dependency is not installed, so a
 minimal install can still run ``pytest``; with the dependency present it is collected as usual.
+
+Under ``tests/`` only ``test_*.py`` (and ``conftest.py``) are collected: ``--doctest-modules``
+imports every module it collects, and a helper script there (a worker that parses its own
+command line at import) must not run inside pytest.
 """
 
 from __future__ import annotations
@@ -11,7 +15,9 @@ import ast
 import importlib.util
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parent / "rnn_jax"
+ROOT = Path(__file__).resolve().parent
+PACKAGE = ROOT / "rnn_jax"
+TESTS = ROOT / "tests"
 
 
 def _top_level_imports(path: Path) -> set[str]:
@@ -34,8 +40,20 @@ def missing_imports(path: Path) -> set[str]:
     }
 
 
+def is_test_helper(path: Path) -> bool:
+    """A ``.py`` file under ``tests/`` that is neither a test module nor a conftest."""
+    return (
+        path.suffix == ".py"
+        and TESTS in path.parents
+        and not path.name.startswith("test_")
+        and path.name != "conftest.py"
+    )
+
+
 def pytest_ignore_collect(collection_path, config):
     path = Path(collection_path)
     if path.suffix == ".py" and PACKAGE in path.parents and missing_imports(path):
+        return True
+    if is_test_helper(path):
         return True
     return None

@@ -131,3 +131,8 @@ def test_doctest_collection_leaves_out_modules_whose_optional_deps_are_missing(t
     assert root_conftest.missing_imports(module) == {"not_installed_pkg_xyz"}
     module.write_text("import numpy, jax\nfrom flax import nnx\n")
     assert root_conftest.missing_imports(module) == set()
+    # Helper scripts under tests/ are never imported by collection (a worker parses its argv).
+    tests = ROOT / "tests"
+    assert root_conftest.is_test_helper(tests / "distributed_eval_worker.py")
+    assert not root_conftest.is_test_helper(tests / "test_docs.py")
+    assert not root_conftest.is_test_helper(tests / "conftest.py")
