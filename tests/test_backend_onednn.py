@@ -27,6 +27,7 @@ from rnn_jax.gradcheck import random_problem
 CELLS = {"tanh": rj.simple.cell, "relu": rj.simple.relu, "lstm": rj.lstm.cell, "gru": rj.gru.cell}
 VALUE_TOL = 1e-5  # of each array's largest entry (at least 1)
 GRAD_TOL = 1e-4
+rng = np.random.default_rng
 
 # (B, T, I, H, time_major, reverse): B=1, T=1, H not a multiple of 8, both layouts, reverse.
 SHAPES = [
@@ -77,6 +78,16 @@ def test_values_and_gradients_equal_scan(name, shape):
     )
     _assert_trees_close(fused[0], scan[0], VALUE_TOL)
     _assert_trees_close(fused[1], scan[1], GRAD_TOL)
+
+
+@pytest.mark.parametrize("name", CELLS)
+def test_forward_only_runs_inference_and_equals_scan(name):
+    """A call nobody differentiates runs oneDNN's forward_inference (no workspace)."""
+    params, xs, carry = random_problem(CELLS[name], (3, 5, 4, 6), jnp.float32, rng(8))
+    run = jax.jit(lambda p, x, c: rj.unroll(CELLS[name], p, x, c, reverse=True, backend="onednn"))
+    assert "training = false" in run.lower(params, xs, carry).as_text()
+    expected = rj.unroll(CELLS[name], params, xs, carry, reverse=True)
+    _assert_trees_close(run(params, xs, carry), expected, VALUE_TOL)
 
 
 def test_default_carry_and_eager_call():

@@ -46,7 +46,9 @@ def _attrs(kind: str, reverse: bool, batch_major: bool):
     return {"kind": np.int32(KIND_CODES[kind]), "reverse": reverse, "batch_major": batch_major}
 
 
-def _forward(kind, reverse, batch_major, xs, h0, c0, w_layer, w_iter, bias):
+def _forward(kind, reverse, batch_major, xs, h0, c0, w_layer, w_iter, bias, training=True):
+    """oneDNN's forward_training (keeps the workspace for the backward) or, with
+    ``training=False``, forward_inference (no workspace)."""
     library = build.load()
     batch, hidden = h0.shape
     steps, input_size = xs.shape[1 if batch_major else 0], xs.shape[2]
@@ -62,12 +64,11 @@ def _forward(kind, reverse, batch_major, xs, h0, c0, w_layer, w_iter, bias):
         jax.ShapeDtypeStruct(hs_shape, xs.dtype),
         jax.ShapeDtypeStruct(h0.shape, h0.dtype),
         jax.ShapeDtypeStruct(c0.shape, c0.dtype),
-        jax.ShapeDtypeStruct((workspace,), jnp.uint8),
+        jax.ShapeDtypeStruct((workspace if training else 0,), jnp.uint8),
     )
     call = jax.ffi.ffi_call(build.FORWARD_TARGET, results, vmap_method="sequential")
-    hs, h_last, c_last, ws = call(
-        xs, h0, c0, w_layer, w_iter, bias, **_attrs(kind, reverse, batch_major)
-    )
+    attrs = _attrs(kind, reverse, batch_major)
+    hs, h_last, c_last, ws = call(xs, h0, c0, w_layer, w_iter, bias, **attrs, training=training)
     residuals = (xs, h0, c0, w_layer, w_iter, bias, hs, h_last, c_last, ws)
     return (hs, h_last, c_last), residuals
 
@@ -75,7 +76,8 @@ def _forward(kind, reverse, batch_major, xs, h0, c0, w_layer, w_iter, bias):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
 def fused_sequence(kind, reverse, batch_major, xs, h0, c0, w_layer, w_iter, bias):
     """``(hs, h_T, c_T)`` of one oneDNN RNN layer; ``c0``/``c_T`` are ``(0,)`` unless LSTM."""
-    return _forward(kind, reverse, batch_major, xs, h0, c0, w_layer, w_iter, bias)[0]
+    args = (xs, h0, c0, w_layer, w_iter, bias)
+    return _forward(kind, reverse, batch_major, *args, training=False)[0]
 
 
 def _backward(kind, reverse, batch_major, residuals, cotangents):

@@ -57,11 +57,13 @@ dnnl::engine& cpu_engine() {
 int64_t num_gates(int32_t kind) { return kind == kLstm ? 4 : kind == kGru ? 3 : 1; }
 int64_t num_bias_gates(int32_t kind) { return kind == kGru ? 4 : num_gates(kind); }
 
-// The user-side memory descriptors (what XLA's buffers hold) and the two primitives.
+// The user-side memory descriptors (what XLA's buffers hold) and the three primitives:
+// forward_training (writes the workspace), backward, forward_inference (no workspace: the
+// forward of a call nobody differentiates).
 struct Prims {
   memory::desc src_layer, dst_layer, iter, w_layer, w_iter, bias;
-  dnnl::primitive_desc fwd_pd, bwd_pd;
-  dnnl::primitive fwd, bwd;
+  dnnl::primitive_desc fwd_pd, bwd_pd, infer_pd;
+  dnnl::primitive fwd, bwd, infer;
 };
 
 template <class FwdPd, class BwdPd, class Fwd, class Bwd, class... Extra>
@@ -73,10 +75,14 @@ void make_pds(Prims& p, const memory::desc& wl_any, const memory::desc& wi_any,
   BwdPd bwd_pd(eng, dnnl::prop_kind::backward, extra..., dir, p.src_layer, p.iter, wl_any,
                wi_any, p.bias, p.dst_layer, p.iter, p.src_layer, p.iter, wl_any, wi_any, p.bias,
                p.dst_layer, p.iter, fwd_pd, attr);
+  FwdPd infer_pd(eng, dnnl::prop_kind::forward_inference, extra..., dir, p.src_layer, p.iter,
+                 wl_any, wi_any, p.bias, p.dst_layer, p.iter, attr);
   p.fwd_pd = fwd_pd;
   p.bwd_pd = bwd_pd;
+  p.infer_pd = infer_pd;
   p.fwd = Fwd(fwd_pd);
   p.bwd = Bwd(bwd_pd);
+  p.infer = Fwd(infer_pd);
 }
 
 void make_lstm_pds(Prims& p, const memory::desc& wl_any, const memory::desc& wi_any,
@@ -90,10 +96,15 @@ void make_lstm_pds(Prims& p, const memory::desc& wl_any, const memory::desc& wi_
       eng, dnnl::prop_kind::backward, dir, p.src_layer, it, it, wl_any, wi_any, p.bias,
       p.dst_layer, it, it, p.src_layer, it, it, wl_any, wi_any, p.bias, p.dst_layer, it, it,
       fwd_pd, attr);
+  dnnl::lstm_forward::primitive_desc infer_pd(eng, dnnl::prop_kind::forward_inference, dir,
+                                              p.src_layer, it, it, wl_any, wi_any, p.bias,
+                                              p.dst_layer, it, it, attr);
   p.fwd_pd = fwd_pd;
   p.bwd_pd = bwd_pd;
+  p.infer_pd = infer_pd;
   p.fwd = dnnl::lstm_forward(fwd_pd);
   p.bwd = dnnl::lstm_backward(bwd_pd);
+  p.infer = dnnl::lstm_forward(infer_pd);
 }
 
 std::unique_ptr<Prims> build(const Key& k) {
@@ -221,8 +232,10 @@ std::unordered_map<int, memory> sequence_args(const Prims& p, const dnnl::primit
       {DNNL_ARG_BIAS, memory(p.bias, eng, t.bias)},
       {DNNL_ARG_DST_LAYER, memory(p.dst_layer, eng, t.hs)},
       {DNNL_ARG_DST_ITER, memory(p.iter, eng, t.h_last)},
-      {DNNL_ARG_WORKSPACE, memory(pd.workspace_desc(), eng, t.workspace)},
   };
+  if (pd.workspace_desc().get_size() > 0) {
+    args[DNNL_ARG_WORKSPACE] = memory(pd.workspace_desc(), eng, t.workspace);
+  }
   if (kind == kLstm) {
     args[DNNL_ARG_SRC_ITER_C] = memory(p.iter, eng, t.c0);
     args[DNNL_ARG_DST_ITER_C] = memory(p.iter, eng, t.c_last);
@@ -243,15 +256,16 @@ ffi::Error Forward(ffi::AnyBuffer xs, ffi::AnyBuffer h0, ffi::AnyBuffer c0, ffi:
                    ffi::AnyBuffer w_h, ffi::AnyBuffer bias, ffi::Result<ffi::AnyBuffer> hs,
                    ffi::Result<ffi::AnyBuffer> h_last, ffi::Result<ffi::AnyBuffer> c_last,
                    ffi::Result<ffi::AnyBuffer> workspace, int32_t kind, bool reverse,
-                   bool batch_major) {
+                   bool batch_major, bool training) {
   return guarded("forward", [&] {
     const Prims& p = prims_for(key_of(kind, reverse, batch_major, xs.dimensions(),
                                       h0.dimensions()));
     dnnl::stream s(cpu_engine());
     Sequence t{data(xs),     data(h0),     data(c0),     data(w_x),    data(w_h),
                data(bias),   data(hs),     data(h_last), data(c_last), data(workspace)};
-    auto args = sequence_args(p, p.fwd_pd, kind, t, s);
-    execute(p.fwd, p.fwd_pd, args, s);
+    const auto& pd = training ? p.fwd_pd : p.infer_pd;
+    auto args = sequence_args(p, pd, kind, t, s);
+    execute(training ? p.fwd : p.infer, pd, args, s);
   });
 }
 
@@ -321,10 +335,11 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnJaxOnednnForward, Forward,
                                   .Ret<ffi::AnyBuffer>()  // hs
                                   .Ret<ffi::AnyBuffer>()  // h_last
                                   .Ret<ffi::AnyBuffer>()  // c_last
-                                  .Ret<ffi::AnyBuffer>()  // workspace
+                                  .Ret<ffi::AnyBuffer>()  // workspace ((0,) unless training)
                                   .Attr<int32_t>("kind")
                                   .Attr<bool>("reverse")
-                                  .Attr<bool>("batch_major"));
+                                  .Attr<bool>("batch_major")
+                                  .Attr<bool>("training"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnJaxOnednnBackward, Backward,
                               ffi::Ffi::Bind()
