@@ -76,6 +76,7 @@ def classifier(
     dropout: float = 0.0,
     gradient: str = "autodiff",
     matmul_dtype=None,
+    backend: str = "scan",
     **init_kwargs,
 ) -> Model:
     """Recurrent layer(s) -> dense readout of the last valid hidden state.
@@ -85,6 +86,7 @@ def classifier(
     ``key`` turns on dropout between layers (training); evaluation passes none.
     ``matmul_dtype`` (e.g. ``jnp.bfloat16``): the recurrent layers' matrix products in that
     dtype, state and readout in float32 (``rj.unroll``'s mixed precision).
+    ``backend``: ``rj.unroll``'s (``"onednn"`` runs each layer as one fused oneDNN kernel).
 
     Examples:
       >>> import jax, jax.numpy as jnp, rnn_jax as rj
@@ -113,6 +115,7 @@ def classifier(
         finals, _ = unroll_stack(
             cell, params["rnn"], xs, lengths=lengths, merge=merge,
             dropout=dropout, key=key, gradient=gradient, matmul_dtype=matmul_dtype,
+            backend=backend,
         )  # fmt: skip
         last_bidirectional = is_bidirectional(params["rnn"][-1])
         h = last_hidden(cell, finals[-1], bidirectional=last_bidirectional, merge=merge)

@@ -265,3 +265,22 @@ def test_thread_count_setting(monkeypatch):
     monkeypatch.setenv(build.THREADS_ENV, "two")
     with pytest.raises(ValueError, match="RNN_JAX_ONEDNN_THREADS must be an int >= 0, got 'two'"):
         build.threads_from_env()
+
+
+def test_classifier_takes_the_backend():
+    from rnn_jax import models
+
+    xs = jnp.asarray(rng(9).normal(size=(4, 6, 5)), jnp.float32)
+    labels = jnp.array([0, 1, 2, 1])
+    results = {}
+    for backend in ("onednn", "scan"):
+        model = models.classifier(rj.lstm, hidden_size=7, num_classes=3, backend=backend)
+        params = model.init(jax.random.PRNGKey(0), input_size=5)
+
+        def loss(params, apply=model.apply):
+            logp = jax.nn.log_softmax(apply(params, xs))
+            return -jnp.mean(logp[jnp.arange(4), labels])
+
+        results[backend] = jax.jit(jax.value_and_grad(loss))(params)
+    _assert_trees_close(results["onednn"][0], results["scan"][0], VALUE_TOL)
+    _assert_trees_close(results["onednn"][1], results["scan"][1], GRAD_TOL)
