@@ -68,6 +68,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--matmul-dtype", choices=("bfloat16",), default=None,
                    help="mixed precision: the recurrent matrix products in bfloat16, state in "
                    "float32 (default: all float32)")
+    p.add_argument("--backend", choices=("scan", "onednn", "cudnn", "auto"), default="scan",
+                   help="rj.unroll's backend: lax.scan, or a fused oneDNN (CPU) / cuDNN (GPU, "
+                   "LSTM) kernel; see the README's 'Fused backends'")
     p.add_argument("--initializer", choices=("default", "torch"), default="default",
                    help="default: Glorot input weights, orthogonal recurrent weights; "
                    "torch: U(+-1/sqrt(H))")
@@ -138,6 +141,7 @@ def build_model(config: dict):
         gradient=config["gradient"],
         initializer=config["initializer"],
         matmul_dtype=config.get("matmul_dtype"),  # absent in runs saved before the option
+        backend=config.get("backend", "scan"),
     )
     clip = {"clip_norm": config["clip_norm"], "clip_value": config["clip_value"]}
     optimizer = common.make_optimizer(config["optimizer"], learning_rate(config), **clip)
