@@ -150,6 +150,11 @@ def _custom_lstm():
             r"runs only the built-in cells \('lstm',\), got 'gru'",
         ),
         (dict(cell=_custom_lstm()), "runs only the built-in cells"),
+        pytest.param(
+            dict(backend="cudnn"),
+            "backend='cudnn' needs a GPU; JAX's default is cpu",
+            marks=pytest.mark.skipif(jax.default_backend() != "cpu", reason="a CPU-only error"),
+        ),
         (dict(backend="fused"), "backend must be one of"),
     ],
 )

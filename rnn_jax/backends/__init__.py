@@ -74,7 +74,7 @@ def _platform_backend(kind: str) -> str | None:
     return None
 
 
-def resolve(backend: str, cell, dtype, options: dict) -> tuple[str, str | None]:
+def resolve(backend: str, cell, params, options: dict) -> tuple[str, str | None]:
     """``(backend to run, fused kind)``; ``options`` maps scan-only option names to their
     values (None = unset). An explicit fused backend raises for anything it cannot run."""
     backend = check_backend(backend)
@@ -82,6 +82,8 @@ def resolve(backend: str, cell, dtype, options: dict) -> tuple[str, str | None]:
         return "scan", None
     kind = fused_kind(cell)
     used = [name for name, value in options.items() if value is not None]
+    # Only the built-in cells' params are known to be dicts with a "w_x".
+    dtype = None if kind is None else params["w_x"].dtype
     if backend == "auto":
         if kind is None or used or dtype != jnp.float32:
             return "scan", None
@@ -100,6 +102,8 @@ def resolve(backend: str, cell, dtype, options: dict) -> tuple[str, str | None]:
         )
     if dtype != jnp.float32:
         raise TypeError(f"backend={backend!r} runs float32 only, got params of dtype {dtype}")
+    if backend == "cudnn" and jax.default_backend() != "gpu":
+        raise ValueError(f"backend='cudnn' needs a GPU; JAX's default is {jax.default_backend()}")
     return backend, kind
 
 
@@ -110,7 +114,7 @@ def dispatch(backend: str, cell, params, xs, carry, *, reverse, time_major, opti
     ``carry`` is the checked initial carry (zeros filled in); ``xs`` is as the caller gave
     it, batch- or time-major.
     """
-    chosen, kind = resolve(backend, cell, params["w_x"].dtype, options)
+    chosen, kind = resolve(backend, cell, params, options)
     if chosen == "scan":
         return None
     if min(xs.shape[:2]) == 0:
