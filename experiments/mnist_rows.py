@@ -241,7 +241,7 @@ def make_fns(model):
 # Settings that change the model, the loss or the optimizer, i.e. the compiled functions.
 MODEL_KEYS = ("cell", "hidden_size", "layers", "bidirectional", "gradient", "initializer")
 MODEL_KEYS += ("optimizer", "lr", "clip_norm", "clip_value", "lr_schedule", "warmup_steps")
-MODEL_KEYS += ("decay_steps", "matmul_dtype")
+MODEL_KEYS += ("decay_steps", "matmul_dtype", "backend")
 
 
 def _model_key(config: dict) -> str:
