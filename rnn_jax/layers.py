@@ -47,6 +47,7 @@ def layer_output_size(cell, hidden_size: int, *, bidirectional: bool, merge="con
 
 
 def is_bidirectional(layer_params) -> bool:
+    """Whether a layer's params are a bidirectional ``{"fwd": ..., "bwd": ...}`` pair."""
     return isinstance(layer_params, dict) and set(layer_params) == {"fwd", "bwd"}
 
 

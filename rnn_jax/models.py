@@ -26,6 +26,8 @@ from rnn_jax.layers import (
 
 
 class Model(NamedTuple):
+    """A model as ``(init, apply)`` pure functions (``stax`` style)."""
+
     init: Callable
     apply: Callable
 

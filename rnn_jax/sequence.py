@@ -23,6 +23,8 @@ from rnn_jax.checks import (
 
 
 class Prepared(NamedTuple):
+    """Checked inputs of ``unroll``/``bptt``, time-major."""
+
     cell: object  # a Cell (fused) or GenericCell
     xs: jax.Array  # (T, B, I), time-major
     carry: object  # initial carry, checked

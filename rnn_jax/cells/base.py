@@ -53,6 +53,7 @@ def with_hidden(carry: Carry, h: Array) -> Carry:
 
 
 def bias_names(params: Params) -> tuple[str, ...]:
+    """The fused cell's bias names: ``("b",)`` (one fused bias) or ``("b_x", "b_h")``."""
     return ("b",) if "b" in params else ("b_x", "b_h")
 
 

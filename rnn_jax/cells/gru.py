@@ -27,6 +27,8 @@ from rnn_jax.init import fused_params
 
 
 class GRUGates(NamedTuple):
+    """What a GRU step keeps for its backward, each ``(B, H)``."""
+
     r: jax.Array  # (B, H), after the nonlinearity; so are z, n
     z: jax.Array
     n: jax.Array
@@ -42,6 +44,7 @@ def init(key, input_size: int, hidden_size: int, *, dtype=jnp.float32, initializ
 
 
 def pointwise(z_x, z_h, h):
+    """``z_x, z_h (B, 3H)``, ``h (B, H)`` -> ``(h' (B, H), GRUGates)``."""
     x_r, x_z, x_n = split_gates(z_x, 3)
     h_r, h_z, h_n = split_gates(z_h, 3)
     r = jax.nn.sigmoid(x_r + h_r)

@@ -32,6 +32,8 @@ FORGET_GATE = 1
 
 
 class LSTMGates(NamedTuple):
+    """What an LSTM step keeps for its backward, each ``(B, H)``."""
+
     i: jax.Array  # (B, H), after the nonlinearity; so are f, g, o
     f: jax.Array
     g: jax.Array
@@ -62,6 +64,7 @@ def init(
 
 
 def pointwise(z_x, z_h, carry: LSTMCarry):
+    """``z_x, z_h (B, 4H)``, ``carry`` -> ``(LSTMCarry(h', c'), LSTMGates)``."""
     i, f, g, o = split_gates(z_x + z_h, 4)
     i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
     c = f * carry.c + i * g

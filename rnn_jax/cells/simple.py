@@ -27,6 +27,7 @@ def init(key, input_size: int, hidden_size: int, *, dtype=jnp.float32, initializ
 
 
 def tanh_pointwise(z_x, z_h, h):
+    """``z_x, z_h (B, H)`` -> ``(h', h')``: the new carry, and h' kept for the backward."""
     h_new = jnp.tanh(z_x + z_h)
     return h_new, h_new
 
@@ -38,6 +39,7 @@ def tanh_pointwise_backward(h_new, d_h):
 
 
 def relu_pointwise(z_x, z_h, h):
+    """``z_x, z_h (B, H)`` -> ``(h', h')`` with ``h' = relu(z_x + z_h)``."""
     h_new = jax.nn.relu(z_x + z_h)  # derivative 0 at z = 0, as the backward
     return h_new, h_new
 
