@@ -233,6 +233,7 @@ def test_cudnn_packing_matches_lstm_ref(monkeypatch, time_major, reverse):
 
 
 @pytest.mark.gpu
+@pytest.mark.ci_may_skip(reason="CI runs on CPUs: the skip is hardware, not a broken install")
 @pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN needs a GPU")
 def test_cudnn_values_and_gradients_equal_scan():
     params, xs, carry = random_problem(
