@@ -153,9 +153,8 @@ def test_custom_cell_with_correct_backward_passes(options):
 def test_custom_cell_with_wrong_backward_fails():
     with jax.enable_x64(True):
         params, xs, carry = random_problem(BROKEN, (2, 4, 3, 3), "float64", seed=1)
-        with pytest.raises(
-            AssertionError, match=r"^check_gradients minimal_gated_broken (?s:.*)failing: .*params\.w_x"
-        ):
+        expected = r"^check_gradients minimal_gated_broken (?s:.*)failing: .*params\.w_x"
+        with pytest.raises(AssertionError, match=expected):
             check_gradients(BROKEN, params, xs, carry)
         report = check_gradients(BROKEN, params, xs, carry, raise_on_failure=False)
     assert not report.ok

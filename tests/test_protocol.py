@@ -11,10 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import assert_close
 from custom_cells import CUSTOM_CELLS, broken_peephole, layernorm_lstm, normalised, peephole
 
 import rnn_jax as rj
-from conftest import assert_close
 from rnn_jax.gradcheck import random_problem
 
 CELL_IDS = list(CUSTOM_CELLS)
