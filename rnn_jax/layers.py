@@ -9,8 +9,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from rnn_jax.checks import as_cell, check_params
+from rnn_jax.checks import as_cell, check_carry, check_params, params_dtype
 from rnn_jax.scan import unroll
+from rnn_jax.sequence import prepare
 
 MERGES = {
     "concat": lambda f, b: jnp.concatenate([f, b], axis=-1),
@@ -73,6 +74,9 @@ def bidirectional(cell, params, xs, carry=None, *, lengths=None, merge="concat",
     if not is_bidirectional(params):
         raise ValueError(f"bidirectional params must be {{'fwd', 'bwd'}}, got keys {_keys(params)}")
     carry_fwd, carry_bwd = (None, None) if carry is None else carry
+    # The backward direction is checked before the forward one runs (no compute on bad input).
+    time_major = unroll_kwargs.get("time_major", False)
+    prepare(cell, params["bwd"], xs, carry_bwd, lengths, time_major=time_major)
     final_fwd, hs_fwd = unroll(cell, params["fwd"], xs, carry_fwd, lengths=lengths, **unroll_kwargs)
     final_bwd, hs_bwd = unroll(
         cell, params["bwd"], xs, carry_bwd, lengths=lengths, reverse=True, **unroll_kwargs
@@ -144,10 +148,10 @@ def unroll_stack(
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
     _merge_fn(merge)  # checked up front: a stack without bidirectional layers never merges
-    check_stack_sizes(cell, params, getattr(xs, "shape", (0,))[-1], merge)
     carries = [None] * len(params) if carry is None else list(carry)
     if len(carries) != len(params):
         raise ValueError(f"carry has {len(carries)} entries for {len(params)} layers")
+    check_stack_sizes(cell, params, xs, merge, carries=carries, time_major=time_major)
     keys = [None] * len(params) if key is None else list(jax.random.split(key, len(params)))
     finals = []
     hs = xs
@@ -163,13 +167,25 @@ def unroll_stack(
     return finals, hs
 
 
-def check_stack_sizes(cell, params: list, input_size: int, merge: str) -> None:
-    """Every layer reads what the layer below writes; checked before any layer runs."""
+def check_stack_sizes(cell, params: list, xs, merge: str, *, carries=None, time_major=False):
+    """Every layer reads what the layer below writes, and every given carry fits its layer;
+    checked before any layer runs. ``xs`` is the stack's input (only its shape is read)."""
     cell = as_cell(cell)
-    for index, layer in enumerate(params):
+    shape = getattr(xs, "shape", (0,))
+    input_size = shape[-1]
+    batch_size = shape[1 if time_major else 0] if len(shape) == 3 else None
+    carries = [None] * len(params) if carries is None else carries
+    for index, (layer, layer_carry) in enumerate(zip(params, carries, strict=True)):
         bidir = is_bidirectional(layer)
-        for direction in (layer["fwd"], layer["bwd"]) if bidir else (layer,):
+        directions = (layer["fwd"], layer["bwd"]) if bidir else (layer,)
+        direction_carries = (None,) * len(directions) if layer_carry is None else layer_carry
+        if not bidir and layer_carry is not None:
+            direction_carries = (layer_carry,)
+        for direction, direction_carry in zip(directions, direction_carries, strict=True):
             expects, hidden_size = check_params(cell, direction)
+            if direction_carry is not None and batch_size is not None:
+                dtype = params_dtype(direction)
+                check_carry(cell, direction_carry, batch_size, hidden_size, dtype)
             if expects != input_size:
                 source = "xs" if index == 0 else f"layer {index - 1}'s output"
                 raise ValueError(

@@ -248,15 +248,6 @@ def test_model_tokens_checked():
 
 
 _BI = (jnp.zeros((B, H)), jnp.zeros((B, H + 1)))
-# Found by the wider guard (issue 16 item 9), left to the owner of layers.py: the forward
-# direction / layer 0 runs before the backward direction's or a later layer's params and
-# carry are checked. strict: once they are checked up front these pass and must be unmarked.
-_RUNS_FIRST = pytest.mark.xfail(
-    reason="rj.bidirectional / unroll_stack check the bwd direction's and later layers' "
-    "params and carries only when they reach them (after a scan has run)",
-    raises=AssertionError,
-    strict=True,
-)
 
 
 @pytest.mark.parametrize(
@@ -273,9 +264,9 @@ _RUNS_FIRST = pytest.mark.xfail(
         (lambda p, s, bi: rj.unroll_stack(rj.gru, s, XS, lengths=jnp.array([3, 2, 1])), r"lengths must have shape \(2,\), got \(3,\)"),
         (lambda p, s, bi: rj.unroll_stack(rj.gru, s, jnp.ones((B, T, 5))), r"stack layer 0: xs has 5 features .* input_size=3"),
         (lambda p, s, bi: rj.bidirectional(rj.gru, bi, jnp.ones((B, T, 5))), r"xs has 5 features .* input_size=3"),
-        pytest.param(lambda p, s, bi: rj.bidirectional(rj.gru, bi, XS, _BI), r"gru carry.h must be \(2, 4\), got \(2, 5\)", marks=_RUNS_FIRST),
-        pytest.param(lambda p, s, bi: rj.bidirectional(rj.gru, {**bi, "bwd": {**bi["bwd"], "w_h": bi["bwd"]["w_h"][:, :6]}}, XS), r"gru with 3 gate\(s\) expects", marks=_RUNS_FIRST),
-        pytest.param(lambda p, s, bi: rj.unroll_stack(rj.gru, s, XS, [None, jnp.zeros((B, H + 1))]), r"gru carry.h must be \(2, 4\), got \(2, 5\)", marks=_RUNS_FIRST),
+        (lambda p, s, bi: rj.bidirectional(rj.gru, bi, XS, _BI), r"gru carry.h must be \(2, 4\), got \(2, 5\)"),
+        (lambda p, s, bi: rj.bidirectional(rj.gru, {**bi, "bwd": {**bi["bwd"], "w_h": bi["bwd"]["w_h"][:, :6]}}, XS), r"gru with 3 gate\(s\) expects"),
+        (lambda p, s, bi: rj.unroll_stack(rj.gru, s, XS, [None, jnp.zeros((B, H + 1))]), r"gru carry.h must be \(2, 4\), got \(2, 5\)"),
     ],
     ids=["bptt-xs-2d", "bptt-features", "bptt-lengths", "bptt-carry", "bptt-truncate", "remat-features", "remat-lengths", "remat-0", "stack-lengths", "stack-features", "bidirectional-features", "bidirectional-bwd-carry", "bidirectional-bwd-params", "stack-layer-1-carry"],
 )  # fmt: skip
