@@ -18,6 +18,7 @@ each stage.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +28,7 @@ from rnn_jax.checks import as_cell, check_like
 from rnn_jax.gradcheck import (
     DEFAULT_TOL,
     LeafReport,
+    LeafRow,
     _leaf_names,
     _normal_like,
     _numpy_rng,
@@ -215,14 +217,5 @@ def _step_stage(cell, params, carry, x, rng, rtol, atol):
     rows = []
     for name, m, r in zip(names, jax.tree.leaves(manual), jax.tree.leaves(reference), strict=True):
         max_abs, max_rel, ok, message = compare_leaf(m, r, rtol, atol, "step_backward vs jax.vjp")
-        rows.append(_StepRow(name, max_abs, max_rel, ok, message))
+        rows.append(LeafRow(name, max_abs, max_rel, math.nan, ok, message))  # no FD at a step
     return rows
-
-
-@dataclasses.dataclass(frozen=True)
-class _StepRow:
-    path: str
-    max_abs_err: float
-    max_rel_err: float
-    ok: bool
-    message: str

@@ -18,6 +18,19 @@ import jax.numpy as jnp
 
 import rnn_jax as rj
 
+
+def autodiff_and_hand_written(name, init, forward, backward, zero_carry):
+    """The same cell twice: backward by ``jax.vjp`` of its step, and by ``backward``."""
+
+    def step(params, carry, x):
+        new_carry, h, _ = forward(params, carry, x)
+        return new_carry, h
+
+    derived = rj.make_cell(f"{name}_autodiff", init, step, zero_carry=zero_carry)
+    written = rj.make_cell(name, init, step, zero_carry=zero_carry, step_forward=forward,
+                           step_backward=backward)  # fmt: skip
+    return derived, written
+
 # --------------------------------------------------------------------------------------
 # Peephole LSTM
 # --------------------------------------------------------------------------------------
@@ -76,13 +89,9 @@ def peephole_backward(params, residuals, d_h, d_carry, *, bug=None):
     return d_params, d_z @ params["w_x"].T, carry_prev
 
 
-peephole_autodiff = rj.make_cell(
-    "peephole_autodiff", peephole_init, peephole_step, zero_carry=peephole_zero_carry
+peephole_autodiff, peephole = autodiff_and_hand_written(
+    "peephole", peephole_init, peephole_forward, peephole_backward, peephole_zero_carry
 )
-peephole = rj.make_cell(
-    "peephole", peephole_init, peephole_step, zero_carry=peephole_zero_carry,
-    step_forward=peephole_forward, step_backward=peephole_backward,
-)  # fmt: skip
 
 
 def broken_peephole(bug):
@@ -139,10 +148,6 @@ def ln_forward(params, carry, x):
     return rj.LSTMCarry(h_new, c_new), h_new, residuals
 
 
-def ln_step(params, carry, x):
-    carry, h, _ = ln_forward(params, carry, x)
-    return carry, h
-
 
 def ln_backward(params, residuals, d_h, d_carry):
     x, h, c, i, f, g, o, tanh_c, norm_x, norm_h, norm_c = residuals
@@ -166,13 +171,9 @@ def ln_backward(params, residuals, d_h, d_carry):
     return d_params, d_ax @ params["w_x"].T, carry_prev
 
 
-layernorm_lstm_autodiff = rj.make_cell(
-    "layernorm_lstm_autodiff", ln_init, ln_step, zero_carry=peephole_zero_carry
+layernorm_lstm_autodiff, layernorm_lstm = autodiff_and_hand_written(
+    "layernorm_lstm", ln_init, ln_forward, ln_backward, peephole_zero_carry
 )
-layernorm_lstm = rj.make_cell(
-    "layernorm_lstm", ln_init, ln_step, zero_carry=peephole_zero_carry,
-    step_forward=ln_forward, step_backward=ln_backward,
-)  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------
@@ -203,10 +204,6 @@ def norm_forward(params, carry, x):
     return NormCarry(h_new, c_new, n_new), h_new, residuals
 
 
-def norm_step(params, carry, x):
-    carry, h, _ = norm_forward(params, carry, x)
-    return carry, h
-
 
 def norm_backward(params, residuals, d_h, d_carry):
     x, carry, i, f, g, o, c_new, n_new, scale = residuals
@@ -228,13 +225,9 @@ def norm_init(key, input_size, hidden_size, *, dtype=jnp.float32):
     return rj.lstm.init(key, input_size, hidden_size, dtype=dtype)
 
 
-normalised_autodiff = rj.make_cell(
-    "normalised_autodiff", norm_init, norm_step, zero_carry=norm_zero_carry
+normalised_autodiff, normalised = autodiff_and_hand_written(
+    "normalised", norm_init, norm_forward, norm_backward, norm_zero_carry
 )
-normalised = rj.make_cell(
-    "normalised", norm_init, norm_step, zero_carry=norm_zero_carry,
-    step_forward=norm_forward, step_backward=norm_backward,
-)  # fmt: skip
 
 CUSTOM_CELLS = {
     "peephole_autodiff": peephole_autodiff,
