@@ -40,15 +40,20 @@ from rnn_jax.cells.base import (
 )
 from rnn_jax.checks import check_carry
 from rnn_jax.sequence import (
+    accepts_unbatched,
     flip_valid,
     keep_where,
     prepare,
+    reading_order,
     scan_forward,
     to_layout,
     zero_where_invalid,
 )
 
 
+@accepts_unbatched(
+    arrays=("d_hs", "lengths", "mask", "resets"), trees=("carry", "d_carry"), results=(1, 2)
+)
 def bptt(
     cell,
     params,
@@ -58,6 +63,8 @@ def bptt(
     *,
     d_carry=None,
     lengths=None,
+    mask=None,
+    resets=None,
     reverse: bool = False,
     time_major: bool = False,
     truncate: int | None = None,
@@ -66,11 +73,12 @@ def bptt(
 
     Args:
       cell: any cell (``rj.lstm``, ``rj.make_cell(...)``, ...); params: its parameters.
-      xs: ``(B, T, I)`` (``(T, B, I)`` if ``time_major``).
+      xs: ``(B, T, I)`` (``(T, B, I)`` if ``time_major``), or one sequence ``(T, I)`` (then
+        ``d_hs (T, H)``, carries and ``d_carry0`` without the batch axis).
       d_hs: dL/dhs, same layout, ``(B, T, H)``.
       carry: initial carry (None: zeros).
       d_carry: dL/d(final carry) (None: zeros).
-      lengths, reverse, time_major: as in ``rj.unroll``.
+      lengths, mask, resets, reverse, time_major: as in ``rj.unroll``.
       truncate: None for full BPTT, else k >= 1 (see module docstring).
 
     Returns:
@@ -89,7 +97,8 @@ def bptt(
       True
       >>> d_params, _, _ = rj.bptt(rj.lstm, params, xs, d_hs, truncate=2)  # truncated BPTT(2)
     """
-    prep = prepare(cell, params, xs, carry, lengths, time_major=time_major)
+    steps = dict(mask=mask, resets=resets, reverse=reverse)
+    prep = prepare(cell, params, xs, carry, lengths, time_major=time_major, **steps)
     truncate = _check_truncate(truncate)
     hs_shape = prep.xs.shape[:2] + (prep.output_size,)
     want = hs_shape if time_major else (hs_shape[1], hs_shape[0], hs_shape[2])
@@ -106,12 +115,15 @@ def bptt(
         d_carry = check_carry(
             prep.cell, d_carry, batch_size, prep.hidden_size, xs.dtype, name="d_carry"
         )
-    xs_tm = flip_valid(prep.xs, prep.lengths) if reverse else prep.xs
+    xs_tm, valid, resets = reading_order(prep, reverse)
     d_hs_tm = flip_valid(d_hs_tm, prep.lengths) if reverse else d_hs_tm
-    _, hs, gates = scan_forward(prep.cell, params, xs_tm, prep.carry, prep.valid, keep_gates=True)
-    d_params, d_xs, d_carry0 = backward_sweep(
-        prep.cell, params, xs_tm, prep.carry, hs, gates, d_hs_tm, d_carry, prep.valid, truncate
+    _, hs, gates = scan_forward(
+        prep.cell, params, xs_tm, prep.carry, valid, resets=resets, keep_gates=True
     )
+    d_params, d_xs, d_carry0 = backward_sweep(
+        prep.cell, params, xs_tm, prep.carry, hs, gates, d_hs_tm, d_carry, valid, truncate,
+        resets=resets,
+    )  # fmt: skip
     d_xs = flip_valid(d_xs, prep.lengths) if reverse else d_xs
     return d_params, to_layout(d_xs, time_major), d_carry0
 
@@ -128,14 +140,15 @@ def _check_truncate(truncate) -> int | None:
 
 
 def backward_sweep(
-    cell, params, xs, carry0, hs, gates, d_hs, d_final, valid, truncate, *, unroll=1
+    cell, params, xs, carry0, hs, gates, d_hs, d_final, valid, truncate, *, unroll=1, resets=None
 ):
     """The hand-written backward over a whole sequence (all time-major).
 
     ``xs (T, B, I)``, ``hs (T, B, H)`` and ``gates`` (the stacked residuals) from
     ``scan_forward(keep_gates=True)``; ``d_hs (T, B, H)``, or None when the loss does not read
     ``hs`` (classify from the final carry: nothing per step to add, and no (T, B, H) of zeros
-    to stream through the loop); ``d_final`` the cotangent of the final carry.
+    to stream through the loop); ``d_final`` the cotangent of the final carry; ``valid`` and
+    ``resets`` (``(T, B)`` bool or None) as given to ``scan_forward``.
     Returns ``(d_params, d_xs (T, B, I), d_carry0)``.
     """
     num_steps = xs.shape[0]
@@ -143,23 +156,27 @@ def backward_sweep(
         return jax.tree.map(jnp.zeros_like, params), jnp.zeros_like(xs), d_final
     # k > T never drops anything, so it is full BPTT; k == T still drops at carry0.
     slots = None if truncate is None or truncate > num_steps else truncate
-    if not isinstance(cell, Cell):
-        return _generic_sweep(cell, params, gates, d_hs, d_final, valid, slots, unroll)
+    if not isinstance(cell, Cell) or resets is not None:
+        # With resets the forward kept full residuals (scan_forward): the per-step backward.
+        return _generic_sweep(cell, params, gates, d_hs, d_final, valid, resets, slots, unroll)
     return _fused_sweep(cell, params, xs, carry0, hs, gates, d_hs, d_final, valid, slots, unroll)
 
 
-def _generic_sweep(cell, params, residuals, d_hs, d_final, valid, slots, unroll):
+def _generic_sweep(cell, params, residuals, d_hs, d_final, valid, resets, slots, unroll):
     """Reverse loop of ``cell.step_backward``; ``d_params`` accumulated in the loop.
 
     A padded row (``valid`` False) gets zero cotangents into the step, so its (linear)
-    backward adds nothing, and its carry cotangent passes the step unchanged.
+    backward adds nothing, and its carry cotangent passes the step unchanged. Where a step
+    read the initial carry (``resets``), its carry cotangent goes to ``d_carry0`` and none to
+    the step before.
     """
     state = d_final if slots is None else jax.tree.map(lambda a: _in_first_slot(a, slots), d_final)
     lead = 0 if slots is None else 1
+    d_start = None if resets is None else jax.tree.map(jnp.zeros_like, state)
 
     def body(loop_state, inputs):
-        state, d_params = loop_state
-        res_t, d_h_t, valid_t = inputs
+        state, d_params, d_start = loop_state
+        res_t, d_h_t, valid_t, reset_t = inputs
         masked = zero_where_invalid(valid_t, state, lead)
         d_carry = masked if slots is None else jax.tree.map(lambda a: a.sum(0), masked)
         d_h = jnp.zeros_like(cell.hidden_of(d_carry)) if d_h_t is None else d_h_t
@@ -170,13 +187,19 @@ def _generic_sweep(cell, params, residuals, d_hs, d_final, valid, slots, unroll)
             d_prev = jax.vmap(prev_of_slot)(_in_first_slot(d_h, slots), masked)
             d_prev = jax.tree.map(_age_one_step, d_prev)
         d_prev = keep_where(valid_t, d_prev, state, lead)
+        if reset_t is not None:
+            d_start = jax.tree.map(jnp.add, d_start, zero_where_invalid(reset_t, d_prev, lead))
+            d_prev = zero_where_invalid(~reset_t, d_prev, lead)
         d_params = jax.tree.map(jnp.add, d_params, d_p)
-        return (d_prev, d_params), zero_where_invalid(valid_t, d_x)
+        return (d_prev, d_params, d_start), zero_where_invalid(valid_t, d_x)
 
     d_params = jax.tree.map(jnp.zeros_like, params)
-    (state, d_params), d_xs = jax.lax.scan(
-        body, (state, d_params), (residuals, d_hs, valid), reverse=True, unroll=unroll
-    )
+    (state, d_params, d_start), d_xs = jax.lax.scan(
+        body, (state, d_params, d_start), (residuals, d_hs, valid, resets), reverse=True,
+        unroll=unroll,
+    )  # fmt: skip
+    if d_start is not None:
+        state = jax.tree.map(jnp.add, state, d_start)
     d_carry0 = state if slots is None else jax.tree.map(lambda a: a.sum(0), state)
     return d_params, d_xs, d_carry0
 
@@ -237,27 +260,30 @@ def _age_one_step(slotted):
     return jnp.concatenate([jnp.zeros_like(slotted[:1]), slotted[:-1]], axis=0)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 5, 6))
-def manual_scan(cell, params, xs, carry0, valid, truncate, unroll):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 6, 7))
+def manual_scan(cell, params, xs, carry0, valid, resets, truncate, unroll):
     """``scan_forward`` whose VJP is the hand-written ``backward_sweep``.
 
-    Time-major ``xs (T, B, I)``; returns ``(final_carry, hs (T, B, H))``.
+    Time-major ``xs (T, B, I)``, ``valid``/``resets`` ``(T, B)`` bool or None; returns
+    ``(final_carry, hs (T, B, H))``.
     """
-    final, hs, _ = scan_forward(cell, params, xs, carry0, valid, unroll=unroll)
+    final, hs, _ = scan_forward(cell, params, xs, carry0, valid, resets=resets, unroll=unroll)
     return final, hs
 
 
-def _manual_scan_fwd(cell, params, xs, carry0, valid, truncate, unroll):
+def _manual_scan_fwd(cell, params, xs, carry0, valid, resets, truncate, unroll):
     # symbolic_zeros=True: every leaf arrives as CustomVJPPrimal(value, perturbed).
-    params, xs, carry0, valid = jax.tree.map(
-        lambda leaf: leaf.value, (params, xs, carry0, valid), is_leaf=_is_primal
+    params, xs, carry0, valid, resets = jax.tree.map(
+        lambda leaf: leaf.value, (params, xs, carry0, valid, resets), is_leaf=_is_primal
     )
-    final, hs, gates = scan_forward(cell, params, xs, carry0, valid, unroll=unroll, keep_gates=True)
-    return (final, hs), (params, xs, carry0, valid, hs, gates)
+    final, hs, gates = scan_forward(
+        cell, params, xs, carry0, valid, resets=resets, unroll=unroll, keep_gates=True
+    )
+    return (final, hs), (params, xs, carry0, valid, resets, hs, gates)
 
 
 def _manual_scan_bwd(cell, truncate, unroll, residuals, cotangents):
-    params, xs, carry0, valid, hs, gates = residuals
+    params, xs, carry0, valid, resets, hs, gates = residuals
     d_final, d_hs = cotangents
     # A loss that reads only the final carry leaves d_hs a symbolic zero: skip it.
     d_hs = None if isinstance(d_hs, SymbolicZero) else d_hs
@@ -268,9 +294,10 @@ def _manual_scan_bwd(cell, truncate, unroll, residuals, cotangents):
         is_leaf=lambda d: isinstance(d, SymbolicZero),
     )
     d_params, d_xs, d_carry0 = backward_sweep(
-        cell, params, xs, carry0, hs, gates, d_hs, d_final, valid, truncate, unroll=unroll
-    )
-    return d_params, d_xs, d_carry0, None
+        cell, params, xs, carry0, hs, gates, d_hs, d_final, valid, truncate, unroll=unroll,
+        resets=resets,
+    )  # fmt: skip
+    return d_params, d_xs, d_carry0, None, None
 
 
 def _is_primal(leaf) -> bool:

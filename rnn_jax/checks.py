@@ -137,7 +137,10 @@ def check_sequence(xs, input_size: int, dtype, *, time_major: bool, name="xs"):
     layout = "(time, batch, input_size)" if time_major else "(batch, time, input_size)"
     if not hasattr(xs, "ndim") or xs.ndim != 3:
         shape = getattr(xs, "shape", type(xs).__name__)
-        raise ValueError(f"{name} must be 3-D {layout}, got shape {shape}")
+        raise ValueError(
+            f"{name} must be 3-D {layout} or 2-D (time, input_size) for one sequence, "
+            f"got shape {shape}"
+        )
     if not jnp.issubdtype(xs.dtype, jnp.floating):
         raise TypeError(f"{name} must be a floating-point array, got dtype {xs.dtype}")
     if xs.shape[-1] != input_size:
@@ -150,6 +153,24 @@ def check_sequence(xs, input_size: int, dtype, *, time_major: bool, name="xs"):
             f"{name} dtype {xs.dtype} does not match the params dtype {dtype}; cast one of them "
             f"(e.g. xs.astype(params['w_x'].dtype))"
         )
+
+
+def check_steps(flags, name: str, batch_size: int, num_steps: int, *, time_major: bool):
+    """Per-step flags (``mask``, ``resets``): bool ``(B, T)``, ``(T, B)`` if ``time_major``.
+
+    Returns them time-major ``(T, B)``, or None for None.
+    """
+    if flags is None:
+        return None
+    expected = (num_steps, batch_size) if time_major else (batch_size, num_steps)
+    layout = "(time, batch)" if time_major else "(batch, time)"
+    shape = getattr(flags, "shape", type(flags).__name__)
+    if shape != expected:
+        raise ValueError(f"{name} must be {layout} = {expected} bool, got shape {shape}")
+    if flags.dtype != jnp.bool_:
+        raise TypeError(f"{name} must be bool {expected}, got dtype {flags.dtype}")
+    flags = jnp.asarray(flags)
+    return flags if time_major else flags.T
 
 
 def check_carry(cell, carry, batch_size: int, hidden_size: int, dtype, name="carry"):

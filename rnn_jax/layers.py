@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from rnn_jax.checks import as_cell, check_carry, check_params, params_dtype
 from rnn_jax.scan import unroll
-from rnn_jax.sequence import prepare
+from rnn_jax.sequence import accepts_unbatched, prepare
 
 MERGES = {
     "concat": lambda f, b: jnp.concatenate([f, b], axis=-1),
@@ -62,11 +62,14 @@ def init_bidirectional(cell, key, input_size: int, hidden_size: int, **init_kwar
     }
 
 
+@accepts_unbatched(arrays=("lengths",), trees=("carry",), results=(0, 1))
 def bidirectional(cell, params, xs, carry=None, *, lengths=None, merge="concat", **unroll_kwargs):
     """Run a forward and a backward cell over ``xs`` and merge their outputs.
 
-    ``carry``: None or ``(carry_fwd, carry_bwd)``. With ``lengths`` the backward cell reads
-    each valid prefix backwards, as PyTorch's bidirectional RNN on a packed batch.
+    ``xs (B, T, I)``, or one sequence ``(T, I)`` with unbatched carries and results (as
+    ``rj.unroll``). ``carry``: None or ``(carry_fwd, carry_bwd)``. With ``lengths`` the
+    backward cell reads each valid prefix backwards, as PyTorch's bidirectional RNN on a
+    packed batch.
     Returns ``((final_fwd, final_bwd), hs)``; ``hs`` is ``(B, T, 2H)`` for ``"concat"``,
     ``(B, T, H)`` otherwise; both halves aligned with the input positions.
     """
@@ -120,6 +123,7 @@ def init_stack(
     return layers
 
 
+@accepts_unbatched(arrays=("lengths",), trees=("carry",), results=(0, 1))
 def unroll_stack(
     cell,
     params: list,
@@ -136,7 +140,8 @@ def unroll_stack(
     """Run a stack of layers; returns ``(final_carries, hs)`` of the last layer.
 
     ``cell``: any cell; ``params``: a list of layer params from ``init_stack`` (``xs (B, T,
-    I)`` for the first, each later layer reading the one below). Other keyword arguments
+    I)`` for the first, each later layer reading the one below; or one sequence ``(T, I)``,
+    with unbatched carries and results, as ``rj.unroll``). Other keyword arguments
     (``gradient``, ``truncate``, ``remat``, ``reverse`` ...) go to every ``rj.unroll``.
 
     ``carry``: None or a list with one entry per layer (a pair for bidirectional layers).

@@ -61,7 +61,7 @@ def remat_scan_forward(
     def run_segment(carry, inputs):
         xs_k, valid_k = inputs
         if manual:
-            return manual_scan(cell, params, xs_k, carry, valid_k, None, unroll)
+            return manual_scan(cell, params, xs_k, carry, valid_k, None, None, unroll)
         final, hs_k, _ = scan_forward(cell, params, xs_k, carry, valid_k, unroll=unroll)
         return final, hs_k
 

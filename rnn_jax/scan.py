@@ -4,17 +4,26 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 
 from rnn_jax.backends import check_backend, dispatch
 from rnn_jax.bptt import _check_truncate, manual_scan
 from rnn_jax.cells.base import Cell
 from rnn_jax.remat import remat_scan_forward, segment_length
-from rnn_jax.sequence import flip_valid, prepare, scan_forward, to_layout
+from rnn_jax.sequence import (
+    accepts_unbatched,
+    flip_valid,
+    prepare,
+    reading_order,
+    scan_forward,
+    to_layout,
+)
 
 GRADIENTS = ("autodiff", "manual")
 
 
+@accepts_unbatched(arrays=("lengths", "mask", "resets"), trees=("carry",), results=(0, 1, 2))
 def unroll(
     cell,
     params,
@@ -22,6 +31,9 @@ def unroll(
     carry=None,
     *,
     lengths=None,
+    mask=None,
+    resets=None,
+    return_carries: bool = False,
     reverse: bool = False,
     time_major: bool = False,
     unroll: int = 1,
@@ -37,11 +49,28 @@ def unroll(
       cell: ``rj.simple``, ``rj.lstm``, ``rj.gru``, a variant such as ``rj.simple.relu``, or
         any cell of the protocol (``rj.make_cell``).
       params: the cell's parameters (for the library cells a dict, ``rj.lstm.init``'s).
-      xs: ``(B, T, I)``, or ``(T, B, I)`` with ``time_major=True``.
+      xs: ``(B, T, I)``, or ``(T, B, I)`` with ``time_major=True``; or one sequence
+        ``(T, I)``, as PyTorch accepts: then the carry is unbatched too (``(H,)``), ``lengths``
+        a scalar, ``mask``/``resets`` ``(T,)``, and the results lose their batch axis.
       carry: initial carry, as ``cell.zero_carry`` returns (``(B, H)``, ``LSTMCarry``, or a
         custom cell's pytree); None means zeros.
       lengths: optional ``(B,)`` ints in ``[0, T]``. Outputs past a row's length are zero and
-        its final carry is the carry after its last valid step.
+        its final carry is the carry after its last valid step. The fast path for right
+        padding; ``mask`` for gaps.
+      mask: optional ``(B, T)`` bool (``(T, B)`` time-major), False at steps to skip: there
+        the carry is kept and the output is zero. Keras' masking instead repeats the previous
+        output at a masked step; its carries and its outputs at unmasked steps are the same as
+        here. Combined with ``lengths`` a step runs where both allow it.
+      resets: optional ``(B, T)`` bool (``(T, B)`` time-major): where True, step t reads the
+        initial ``carry`` instead of the previous one (episode boundaries, as Haiku's
+        ``ResetCore``): the same as running each segment separately from ``carry``, values and
+        gradients; with ``reverse`` too (each episode read backwards, so a bidirectional layer
+        equals one per episode; not combined with ``mask``). A reset at a masked or padded
+        step is ignored.
+      return_carries: also return the carry after every step (``(final, hs, carries)``),
+        ``carries`` the carry's pytree with leaves ``(B, T, ...)`` (``(T, B, ...)`` if
+        time-major), e.g. ``LSTMCarry(h, c)`` holding every ``c_t``; at a masked or padded
+        step the kept carry. Differentiable with ``gradient="autodiff"``.
       reverse: read each sequence backwards (only its valid prefix when ``lengths`` is given).
         Outputs stay aligned with the inputs: ``hs[:, t]`` is the state right after reading
         ``xs[:, t]``; the final carry is the state after reading position 0.
@@ -62,7 +91,8 @@ def unroll(
         See ``rnn_jax.backends`` for what each supports.
 
     Returns:
-      ``(final_carry, hs)`` with ``hs (B, T, H)`` (``(T, B, H)`` if time-major).
+      ``(final_carry, hs)`` with ``hs (B, T, H)`` (``(T, B, H)`` if time-major); with
+      ``return_carries``, ``(final_carry, hs, carries)``.
 
     Examples:
       >>> import jax, jax.numpy as jnp, rnn_jax as rj
@@ -73,6 +103,17 @@ def unroll(
       ((2, 5, 4), (2, 4))
       >>> bool(jnp.all(hs[1, 2:] == 0))                          # past row 1's length
       True
+
+      Two episodes in one row, every step's LSTM carry, one unbatched sequence:
+
+      >>> params = rj.lstm.init(jax.random.PRNGKey(0), input_size=3, hidden_size=4)
+      >>> resets = jnp.array([[False, False, True, False, False]])   # episode 2 starts at t=2
+      >>> final, hs, carries = rj.unroll(rj.lstm, params, jnp.ones((1, 5, 3)), resets=resets,
+      ...                                return_carries=True)
+      >>> carries.c.shape, bool(jnp.allclose(hs[0, 2:4], hs[0, :2]))
+      ((1, 5, 4), True)
+      >>> rj.unroll(rj.lstm, params, jnp.ones((5, 3)))[1].shape        # (T, I) -> (T, H)
+      (5, 4)
     """
     check_backend(backend)
     if gradient not in GRADIENTS:
@@ -82,8 +123,11 @@ def unroll(
     truncate = _check_truncate(truncate)
     if not isinstance(unroll, int) or unroll < 1:
         raise ValueError(f"unroll must be an int >= 1, got {unroll!r}")
-    prep = prepare(cell, params, xs, carry, lengths, time_major=time_major)
-    scan_only = dict(lengths=lengths, truncate=truncate, remat=remat, matmul_dtype=matmul_dtype)
+    steps = dict(mask=mask, resets=resets, reverse=reverse)
+    prep = prepare(cell, params, xs, carry, lengths, time_major=time_major, **steps)
+    _check_step_options(prep, remat, gradient, return_carries)
+    scan_only = dict(lengths=lengths, truncate=truncate, remat=remat, matmul_dtype=matmul_dtype,
+                     mask=mask, resets=resets, return_carries=return_carries or None)  # fmt: skip
     fused = dispatch(
         backend, prep.cell, params, xs, prep.carry, reverse=reverse, time_major=time_major,
         options=scan_only,
@@ -102,16 +146,44 @@ def unroll(
             )
         # The dtype rides on the (hashable, static) Cell so the manual backward sees it too.
         cell = dataclasses.replace(cell, matmul_dtype=jnp.dtype(matmul_dtype).name)
-    xs_tm = flip_valid(prep.xs, prep.lengths) if reverse else prep.xs
+    xs_tm, valid, resets = reading_order(prep, reverse)
     manual = gradient == "manual"
     if segment is not None:
         final, hs = remat_scan_forward(
-            cell, params, xs_tm, prep.carry, prep.valid, segment=segment, unroll=unroll,
+            cell, params, xs_tm, prep.carry, valid, segment=segment, unroll=unroll,
             manual=manual,
         )  # fmt: skip
     elif manual:
-        final, hs = manual_scan(cell, params, xs_tm, prep.carry, prep.valid, truncate, unroll)
+        final, hs = manual_scan(cell, params, xs_tm, prep.carry, valid, resets, truncate, unroll)
     else:
-        final, hs, _ = scan_forward(cell, params, xs_tm, prep.carry, prep.valid, unroll=unroll)
+        final, hs, _ = scan_forward(
+            cell, params, xs_tm, prep.carry, valid, resets=resets, unroll=unroll,
+            keep_carries=return_carries,
+        )  # fmt: skip
+    if return_carries:
+        hs, carries = hs
+        carries = jax.tree.map(lambda c: _to_caller(c, prep.lengths, reverse, time_major), carries)
+        return final, _to_caller(hs, prep.lengths, reverse, time_major), carries
     hs = flip_valid(hs, prep.lengths) if reverse else hs
     return final, to_layout(hs, time_major)
+
+
+def _to_caller(seq_tm, lengths, reverse: bool, time_major: bool):
+    """A time-major sequence in reading order back to input positions and the caller's layout."""
+    return to_layout(flip_valid(seq_tm, lengths) if reverse else seq_tm, time_major)
+
+
+def _check_step_options(prep, remat, gradient: str, return_carries: bool) -> None:
+    """Refuse, before any compute, the combinations of mask/resets/return_carries not built."""
+    if prep.resets is not None and remat is not None:
+        raise ValueError(
+            "remat with mask= or resets= is not supported: the checkpointed segments restart "
+            "from their own first carry; use remat=None"
+        )
+    if return_carries and gradient == "manual":
+        raise ValueError(
+            "return_carries=True needs gradient='autodiff': the hand-written BPTT takes "
+            "cotangents for hs and the final carry only"
+        )
+    if return_carries is not True and return_carries is not False:
+        raise TypeError(f"return_carries must be True or False, got {return_carries!r}")

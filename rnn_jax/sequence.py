@@ -1,11 +1,14 @@
 """The forward pass over a whole sequence, and what ``unroll`` and ``bptt`` share:
-argument checking, the validity mask from ``lengths``, and prefix reversal.
+argument checking, the validity mask from ``lengths`` and ``mask``, episode resets, prefix
+reversal, and unbatched ``(T, I)`` input.
 
 Internally everything is time-major: ``xs (T, B, I)``, ``hs (T, B, H)``, ``valid (T, B)``.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import NamedTuple
 
 import jax
@@ -18,6 +21,7 @@ from rnn_jax.checks import (
     check_lengths,
     check_params,
     check_sequence,
+    check_steps,
     params_dtype,
 )
 
@@ -29,13 +33,25 @@ class Prepared(NamedTuple):
     xs: jax.Array  # (T, B, I), time-major
     carry: object  # initial carry, checked
     lengths: jax.Array | None  # (B,) int32
-    valid: jax.Array | None  # (T, B) bool: t < lengths[b]
+    valid: jax.Array | None  # (T, B) bool: t < lengths[b] and mask[b, t]
     hidden_size: int
     output_size: int  # width of each step's output h (hidden_size unless the cell projects)
+    # (T, B) bool, True where a valid step starts from the initial carry; None when every row
+    # reads a prefix of its steps from one start (no mask, no resets): the fast path.
+    resets: jax.Array | None = None
 
 
-def prepare(cell, params, xs, carry, lengths, *, time_major: bool) -> Prepared:
-    """Check everything ``unroll``/``bptt`` receive and bring ``xs`` to time-major."""
+def prepare(
+    cell, params, xs, carry, lengths, *, time_major: bool, mask=None, resets=None, reverse=False
+) -> Prepared:
+    """Check everything ``unroll``/``bptt`` receive and bring ``xs`` to time-major.
+
+    ``mask`` and ``resets`` are ``(B, T)`` bool (``(T, B)`` time-major) or None.
+    """
+    if reverse and mask is not None and resets is not None:
+        # Read backwards, an episode restarts at the valid step before its first one, which
+        # a mask with gaps moves by a data-dependent distance: not built.
+        raise ValueError("resets= with mask= and reverse=True is not supported; use lengths=")
     cell = as_cell(cell)
     input_size, hidden_size = check_params(cell, params)
     dtype = params_dtype(params)
@@ -48,8 +64,45 @@ def prepare(cell, params, xs, carry, lengths, *, time_major: bool) -> Prepared:
         carry = check_carry(cell, carry, batch_size, hidden_size, dtype)
     lengths = check_lengths(lengths, batch_size, num_steps)
     valid = None if lengths is None else valid_mask(lengths, num_steps)
+    mask = check_steps(mask, "mask", batch_size, num_steps, time_major=time_major)
+    resets = check_steps(resets, "resets", batch_size, num_steps, time_major=time_major)
+    valid, resets = _step_flags(valid, mask, resets)
     output_size = jax.eval_shape(cell.hidden_of, carry).shape[-1]
-    return Prepared(cell, xs_tm, carry, lengths, valid, hidden_size, output_size)
+    return Prepared(cell, xs_tm, carry, lengths, valid, hidden_size, output_size, resets)
+
+
+def _step_flags(valid, mask, resets):
+    """Combine the lengths' ``valid``, ``mask`` and ``resets`` (each ``(T, B)`` bool or None).
+
+    A reset counts only at a valid step: a masked step keeps the carry it was given, and the
+    backward must not send a cotangent to the initial carry through a step that never ran.
+    With a mask, ``resets`` becomes all False rather than None: the steps a row reads are no
+    longer a prefix, so the hand-written backward needs each step's own residuals.
+    """
+    if mask is not None:
+        valid = mask if valid is None else valid & mask
+        resets = jnp.zeros_like(mask) if resets is None else resets
+    if resets is not None and valid is not None:
+        resets = resets & valid
+    return valid, resets
+
+
+def reading_order(prep: Prepared, reverse: bool):
+    """``(xs, valid, resets)`` (time-major) in the order the cell reads them.
+
+    With ``reverse`` each row's valid prefix is flipped (``flip_valid``); a mask is flipped
+    with it. Read backwards, an episode starts at its last step, so the restart moves to the
+    step after its first one in reading order (``prepare`` refuses this with a mask).
+    """
+    if not reverse:
+        return prep.xs, prep.valid, prep.resets
+    xs = flip_valid(prep.xs, prep.lengths)
+    if prep.resets is None:  # a lengths prefix maps onto itself: no gather needed
+        return xs, prep.valid, None
+    flip = lambda flags: None if flags is None else flip_valid(flags, prep.lengths)
+    valid, resets = flip(prep.valid), flip(prep.resets)
+    resets = jnp.concatenate([jnp.zeros_like(resets[:1]), resets[:-1]])
+    return xs, valid, resets if valid is None else resets & valid
 
 
 def valid_mask(lengths: jax.Array, num_steps: int) -> jax.Array:
@@ -95,25 +148,36 @@ def _row_mask(valid_t: jax.Array, like: jax.Array, lead: int) -> jax.Array:
     return valid_t.reshape(valid_t.shape + (1,) * (like.ndim - lead - 1))
 
 
-def scan_forward(cell, params, xs, carry, valid, *, unroll: int = 1, keep_gates=False):
+def scan_forward(
+    cell, params, xs, carry, valid, *, resets=None, unroll=1, keep_gates=False, keep_carries=False
+):
     """Run ``cell`` over time-major ``xs (T, B, I)``.
 
     Returns ``(final_carry, hs (T, B, H), residuals)``; ``residuals`` stacks each step's
     residuals along time when ``keep_gates`` (for the hand-written backward), else None: a
-    fused ``Cell`` keeps only its gate values (BPTT has ``xs`` and ``hs``), any other cell
-    all of its ``step_forward`` residuals. Past a row's length the carry is frozen and the
-    output is zero.
+    fused ``Cell`` keeps only its gate values (BPTT has ``xs`` and ``hs``) unless ``resets``
+    is given, any other cell all of its ``step_forward`` residuals. At an invalid step
+    (``valid (T, B)`` False) the carry is kept and the output is zero. Where ``resets (T, B)``
+    is True the step reads the initial ``carry`` instead of the previous one.
+    With ``keep_carries`` the second result is ``(hs, carries)``, ``carries`` the carry after
+    every step stacked along time (leaves ``(T, B, ...)``).
     """
     fused = isinstance(cell, Cell)
+    # Resets or gaps: a step may not read the previous output, so the fused backward (which
+    # rebuilds h_{t-1} from hs) cannot serve; the step keeps its full residuals instead.
+    keep_all = not fused or resets is not None
+    start = carry
 
     def body(carry, inputs):
-        x_t, valid_t = inputs
-        new_carry, h, residuals = cell.step_forward(params, carry, x_t)
+        x_t, valid_t, reset_t = inputs
+        read = carry if reset_t is None else keep_where(reset_t, start, carry)
+        new_carry, h, residuals = cell.step_forward(params, read, x_t)
         new_carry = keep_where(valid_t, new_carry, carry)
-        kept = (residuals.gates if fused else residuals) if keep_gates else None
-        return new_carry, (zero_where_invalid(valid_t, h), kept)
+        kept = (residuals if keep_all else residuals.gates) if keep_gates else None
+        h = zero_where_invalid(valid_t, h)
+        return new_carry, ((h, new_carry) if keep_carries else h, kept)
 
-    final, (hs, residuals) = jax.lax.scan(body, carry, (xs, valid), unroll=unroll)
+    final, (hs, residuals) = jax.lax.scan(body, carry, (xs, valid, resets), unroll=unroll)
     if fused and isinstance(final, tuple) and not isinstance(final, LSTMCarry):
         final = LSTMCarry(*final)
     return final, hs, residuals
@@ -122,3 +186,60 @@ def scan_forward(cell, params, xs, carry, valid, *, unroll: int = 1, keep_gates=
 def to_layout(seq_tm: jax.Array, time_major: bool) -> jax.Array:
     """Time-major ``(T, B, ...)`` back to the caller's layout."""
     return seq_tm if time_major else jnp.swapaxes(seq_tm, 0, 1)
+
+
+# Per-step arguments a layer passes on to ``rj.unroll`` through its ``**kwargs``.
+PASSED_ON = ("mask", "resets")
+
+
+def accepts_unbatched(arrays=(), trees=(), results=()):
+    """Let a batched entry point (``xs (B, T, I)``) also take one sequence ``xs (T, I)``.
+
+    For unbatched ``xs`` the wrapped function runs on a batch of one: a leading axis is
+    added to ``xs``, to the array arguments named in ``arrays`` (``lengths`` a scalar,
+    ``mask (T,)``) and to every leaf of the pytree arguments in ``trees`` (carries
+    ``(H,)`` -> ``(1, H)``), with ``time_major=False``; then it is stripped from the results
+    whose positions are in ``results`` (every leaf of those). ``mask``/``resets`` inside a
+    layer's ``**kwargs`` (passed on to ``rj.unroll``) get the axis too. Batched calls pass
+    through.
+    """
+
+    def wrap(fn):
+        signature = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            bound = signature.bind(*args, **kwargs)
+            if getattr(bound.arguments.get("xs"), "ndim", None) != 2:
+                return fn(*args, **kwargs)
+            named = bound.arguments
+            var_kw = _var_keyword(signature)
+            passed_on = named.setdefault(var_kw, {}) if var_kw else {}
+            for name in dict.fromkeys(("xs", *arrays, *PASSED_ON)):
+                where = passed_on if name in passed_on else named
+                if where.get(name) is not None:
+                    where[name] = jnp.asarray(where[name])[None]
+            for name in trees:
+                named[name] = jax.tree.map(lambda leaf: jnp.asarray(leaf)[None], named.get(name))
+            if "time_major" in signature.parameters:
+                named["time_major"] = False
+            else:
+                passed_on["time_major"] = False
+            try:
+                out = fn(*bound.args, **bound.kwargs)
+            except (ValueError, TypeError) as err:
+                added = ["xs", *arrays, *trees]
+                err.add_note(f"unbatched xs (T, I): a batch axis of 1 was added to {added}")
+                raise
+            strip = lambda tree: jax.tree.map(lambda leaf: leaf[0], tree)
+            return tuple(strip(v) if i in results else v for i, v in enumerate(out))
+
+        return wrapper
+
+    return wrap
+
+
+def _var_keyword(signature) -> str | None:
+    """The name of a function's ``**kwargs`` parameter, if it has one."""
+    names = [p.name for p in signature.parameters.values() if p.kind is p.VAR_KEYWORD]
+    return names[0] if names else None

@@ -44,9 +44,9 @@ XS = jnp.ones((B, T, D))
     ("xs", "error", "match"),
     [
         (
-            jnp.ones((B, D)),
+            jnp.ones((D,)),  # (B, D) is now one unbatched (T, I) sequence
             ValueError,
-            r"xs must be 3-D \(batch, time, input_size\), got shape \(2, 3\)",
+            r"xs must be 3-D \(batch, time, input_size\) or 2-D .* got shape \(3,\)",
         ),
         (jnp.ones((1, B, T, D)), ValueError, r"must be 3-D .* got shape \(1, 2, 5, 3\)"),
         ([[[1.0, 2.0, 3.0]]], ValueError, r"xs must be 3-D .* got shape list"),
@@ -62,7 +62,7 @@ def test_bad_xs(xs, error, match):
 
 def test_time_major_layout_named_in_message():
     with pytest.raises(ValueError, match=r"\(time, batch, input_size\)"):
-        rj.unroll(rj.gru, params_of(rj.gru), jnp.ones((T, D)), time_major=True)
+        rj.unroll(rj.gru, params_of(rj.gru), jnp.ones((D,)), time_major=True)  # (T, D) is unbatched
 
 
 def test_xs_dtype_must_match_params(x64):
@@ -253,7 +253,7 @@ _BI = (jnp.zeros((B, H)), jnp.zeros((B, H + 1)))
 @pytest.mark.parametrize(
     ("run", "match"),
     [
-        (lambda p, s, bi: rj.bptt(rj.gru, p, jnp.ones((B, D)), jnp.ones((B, T, H))), r"xs must be 3-D .* got shape \(2, 3\)"),
+        (lambda p, s, bi: rj.bptt(rj.gru, p, jnp.ones((D,)), jnp.ones((B, T, H))), r"xs must be 3-D .* got shape \(3,\)"),
         (lambda p, s, bi: rj.bptt(rj.gru, p, jnp.ones((B, T, 5)), jnp.ones((B, T, H))), r"xs has 5 features .* input_size=3"),
         (lambda p, s, bi: rj.bptt(rj.gru, p, XS, jnp.ones((B, T, H)), lengths=jnp.array([T + 1, 2])), r"lengths must lie in \[0, 5\] .* max 6"),
         (lambda p, s, bi: rj.bptt(rj.gru, p, XS, jnp.ones((B, T, H)), jnp.zeros((B, H + 1))), r"gru carry.h must be \(2, 4\), got \(2, 5\)"),
