@@ -1,7 +1,8 @@
 """rnn_jax: recurrent neural networks for JAX as pure functions.
 
 Cells are objects of pure functions over parameter pytrees (``rj.simple``, ``rj.lstm``,
-``rj.gru``, or your own from ``rj.make_cell``); ``rj.unroll`` runs one over a sequence with
+``rj.gru``, ``rj.mgu``, ``rj.layernorm_lstm`` and their variants, or your own from
+``rj.make_cell``); ``rj.unroll`` runs one over a sequence with
 ``lax.scan``; ``rj.bptt`` is the hand-written backward through time; ``rj.check_cell`` and
 ``rj.check_gradients`` prove a backward against ``jax.grad``.
 
@@ -12,7 +13,7 @@ import importlib
 
 from rnn_jax.bptt import bptt
 from rnn_jax.cellcheck import CellReport, check_cell
-from rnn_jax.cells import gru, lstm, simple
+from rnn_jax.cells import gru, layernorm_lstm, lstm, mgu, simple
 from rnn_jax.cells.base import Cell, LSTMCarry
 from rnn_jax.cells.generic import GenericCell, RecurrentCell, make_cell
 from rnn_jax.gradcheck import check_gradients, hidden_grad_norms
@@ -67,8 +68,10 @@ __all__ = [
     "hidden_grad_norms",
     "init_bidirectional",
     "init_stack",
+    "layernorm_lstm",
     "lstm",
     "make_cell",
+    "mgu",
     "output_size",
     "simple",
     "summary",

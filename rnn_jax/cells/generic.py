@@ -144,6 +144,13 @@ def make_cell(
     )
 
 
+def step_of_forward(step_forward, params, carry, x):
+    """``step`` from a ``step_forward``: the same computation without the residuals (unused
+    outputs are dead code under jit). ``functools.partial(step_of_forward, forward)``."""
+    new_carry, h, _ = step_forward(params, carry, x)
+    return new_carry, h
+
+
 def _forward_keeping_inputs(step, params, carry, x):
     new_carry, h = step(params, carry, x)
     return new_carry, h, (carry, x)

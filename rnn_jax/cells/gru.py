@@ -7,6 +7,9 @@
 
 Parameters ``{"w_x": (I, 3H), "w_h": (H, 3H), "b_x": (3H,), "b_h": (3H,)}``; carry ``h``.
 
+``rnn_jax.gru.reset_before`` is the original GRU (Cho et al. 2014; Keras
+``GRU(reset_after=False)``, Haiku ``hk.GRU``): ``n = tanh(x_n + (r * h) @ w_hn)``, one bias.
+
 Examples:
   >>> import jax, jax.numpy as jnp, rnn_jax as rj
   >>> params = rj.gru.init(jax.random.PRNGKey(0), input_size=3, hidden_size=4)
@@ -17,12 +20,20 @@ Examples:
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from rnn_jax.cells.base import Cell, split_gates
+from rnn_jax.cells.base import (
+    Cell,
+    StepResiduals,
+    input_projection,
+    input_weight_backward,
+    split_gates,
+)
+from rnn_jax.cells.generic import make_cell, step_of_forward
 from rnn_jax.init import fused_params
 
 
@@ -62,15 +73,94 @@ def pointwise_backward(gates: GRUGates, d_h):
     dh (direct) = dh' * z
     """
     r, z, n, h_n, h_prev = gates
-    d_n = d_h * (1 - z) * (1 - n * n)
+    d_n, d_z, d_h_direct = update_backward(z, n, h_prev, d_h)
     d_r = d_n * h_n * r * (1 - r)
-    d_z = d_h * (h_prev - n) * z * (1 - z)
+    d_z = d_z * z * (1 - z)
     d_zx = jnp.concatenate([d_r, d_z, d_n], axis=-1)
     d_zh = jnp.concatenate([d_r, d_z, d_n * r], axis=-1)
-    return d_zx, d_zh, d_h * z
+    return d_zx, d_zh, d_h_direct
+
+
+def update_backward(z, n, h_prev, d_h):
+    """Backward of ``h' = (1 - z) * n + z * h`` with ``n = tanh(a)``, each ``(B, H)``.
+
+    Returns ``(dL/da, dL/dz, dL/dh direct)``; ``dL/dz`` is before the gate's sigmoid
+    derivative, which each cell applies (the MGU adds its reset path to it first). Shared by
+    the GRU, its reset-before variant and the MGU.
+    """
+    return d_h * (1 - z) * (1 - n * n), d_h * (h_prev - n), d_h * z
 
 
 cell = Cell("gru", 3, init, pointwise, pointwise_backward, biases=("b_x", "b_h"))
+
+
+# --------------------------------------------------------------------------------------
+# Reset before the product (Cho et al. 2014; Keras reset_after=False, Haiku hk.GRU)
+#
+# The reset gate scales h *before* w_hn, so the recurrent product depends on r: two products
+# per step, (B, H) @ (H, 2H) for r, z and then (r * h) @ (H, H). That does not fit the fused
+# Cell (one product of h), so it is a protocol cell with its own hand-written backward.
+
+
+class ResetBeforeGates(NamedTuple):
+    """What a reset-before GRU step keeps for its backward, each ``(B, H)``."""
+
+    r: jax.Array  # (B, H), after the sigmoid; so is z; n after the tanh
+    z: jax.Array
+    n: jax.Array
+    r_h: jax.Array  # r * h, the input of w_hn
+
+
+def init_reset_before(
+    key, input_size: int, hidden_size: int, *, dtype=jnp.float32, initializer="default"
+):
+    """``{"w_x": (I, 3H), "w_h": (H, 3H), "b": (3H,)}``, gates r, z, n; one bias (Keras'
+    ``reset_after=False`` has one, and an ``h``-side bias of n would sit inside ``r * h``)."""
+    return fused_params(
+        key, input_size, hidden_size, 3, ("b",), initializer=initializer, dtype=dtype
+    )
+
+
+def reset_before_forward(params, h, x):
+    """``(params, h (B, H), x (B, I)) -> (h', h', StepResiduals)``::
+
+    r, z = sigmoid(x_r + h @ w_hr), sigmoid(x_z + h @ w_hz)    x_* = x @ w_x + b
+    n = tanh(x_n + (r * h) @ w_hn),   h' = (1 - z) * n + z * h
+    """
+    hidden = h.shape[-1]
+    x_r, x_z, x_n = split_gates(input_projection(params, x), 3)
+    h_r, h_z = split_gates(h @ params["w_h"][:, : 2 * hidden], 2)
+    r, z = jax.nn.sigmoid(x_r + h_r), jax.nn.sigmoid(x_z + h_z)
+    r_h = r * h
+    n = jnp.tanh(x_n + r_h @ params["w_h"][:, 2 * hidden :])
+    h_new = (1 - z) * n + z * h
+    return h_new, h_new, StepResiduals(x, h, ResetBeforeGates(r, z, n, r_h))
+
+
+def reset_before_backward(params, residuals: StepResiduals, d_h, d_carry):
+    """Hand-written VJP of the reset-before step: ``(d_params, d_x (B, I), d_h_prev (B, H))``.
+
+    dn_pre, dz, dh_direct from ``update_backward``;  d(r h) = dn_pre @ w_hn^T;
+    dr_pre = d(r h) * h * r(1 - r);  dh_prev = dh_direct + d(r h) * r + [dr_pre, dz_pre] @ w_hrz^T
+    """
+    x, h, (r, z, n, r_h) = residuals
+    hidden = h.shape[-1]
+    w_rz, w_n = params["w_h"][:, : 2 * hidden], params["w_h"][:, 2 * hidden :]
+    d_n, d_z, d_h_direct = update_backward(z, n, h, d_h + d_carry)
+    d_r_h = d_n @ w_n.T
+    d_rz = jnp.concatenate([d_r_h * h * r * (1 - r), d_z * z * (1 - z)], axis=-1)
+    d_params, d_x = input_weight_backward(params, x, jnp.concatenate([d_rz, d_n], axis=-1))
+    d_params["w_h"] = jnp.concatenate([h.T @ d_rz, r_h.T @ d_n], axis=1)
+    return d_params, d_x, d_h_direct + d_r_h * r + d_rz @ w_rz.T
+
+
+reset_before = make_cell(
+    "gru_reset_before",
+    init_reset_before,
+    functools.partial(step_of_forward, reset_before_forward),
+    step_forward=reset_before_forward,
+    step_backward=reset_before_backward,
+)
 
 zero_carry = cell.zero_carry
 hidden_of = cell.hidden_of

@@ -6,6 +6,8 @@
 
 Parameters ``{"w_x": (I, 4H), "w_h": (H, 4H), "b": (4H,)}``; carry ``LSTMCarry(h, c)``.
 
+``rnn_jax.lstm.peephole`` adds peephole connections (Gers & Schmidhuber 2000).
+
 Examples:
   One step, and its hand-written backward:
 
@@ -20,12 +22,23 @@ Examples:
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from rnn_jax.cells.base import Cell, LSTMCarry, split_gates
+from rnn_jax.cells.base import (
+    Cell,
+    LSTMCarry,
+    StepResiduals,
+    hidden_projection,
+    hidden_weight_backward,
+    input_projection,
+    input_weight_backward,
+    split_gates,
+)
+from rnn_jax.cells.generic import make_cell, step_of_forward
 from rnn_jax.init import fused_params, set_gate_bias
 
 FORGET_GATE = 1
@@ -63,10 +76,15 @@ def init(
     return params
 
 
+def activate(z):
+    """``(B, 4H)`` pre-activations -> ``i, f, g, o`` (B, H): sigmoid, sigmoid, tanh, sigmoid."""
+    i, f, g, o = split_gates(z, 4)
+    return jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
+
+
 def pointwise(z_x, z_h, carry: LSTMCarry):
     """``z_x, z_h (B, 4H)``, ``carry`` -> ``(LSTMCarry(h', c'), LSTMGates)``."""
-    i, f, g, o = split_gates(z_x + z_h, 4)
-    i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
+    i, f, g, o = activate(z_x + z_h)
     c = f * carry.c + i * g
     tanh_c = jnp.tanh(c)
     return LSTMCarry(o * tanh_c, c), LSTMGates(i, f, g, o, carry.c, tanh_c)
@@ -80,11 +98,19 @@ def pointwise_backward(gates: LSTMGates, d_carry: LSTMCarry):
     d_i  = dc * g,   d_f = dc * c,   d_g = dc * i,   dc_prev = dc * f
     d_z  = [d_i i(1-i), d_f f(1-f), d_g (1-g^2), d_o o(1-o)]        (B, 4H)
     """
-    i, f, g, o, c_prev, tanh_c = gates
     d_h, d_c = d_carry
-    d_o = d_h * tanh_c
-    d_c = d_c + d_h * o * (1 - tanh_c * tanh_c)
-    d_z = jnp.concatenate(
+    d_o = d_h * gates.tanh_c
+    d_c = d_c + d_h * gates.o * (1 - gates.tanh_c * gates.tanh_c)
+    d_z = gate_backward(gates, d_c, d_o)
+    return d_z, d_z, LSTMCarry(jnp.zeros_like(d_h), d_c * gates.f)
+
+
+def gate_backward(gates: LSTMGates, d_c, d_o):
+    """dL/dc' (total) and dL/do (after the sigmoid), each ``(B, H)``, -> dL/d(pre-activations)
+    ``(B, 4H)`` in gate order i, f, g, o. Shared by every LSTM variant: they differ only in
+    how ``c'`` reaches ``h'`` (peepholes, a layer norm), not in ``c' = f * c + i * g``."""
+    i, f, g, o, c_prev, _ = gates
+    return jnp.concatenate(
         [
             d_c * g * i * (1 - i),
             d_c * c_prev * f * (1 - f),
@@ -93,10 +119,77 @@ def pointwise_backward(gates: LSTMGates, d_carry: LSTMCarry):
         ],
         axis=-1,
     )
-    return d_z, d_z, LSTMCarry(jnp.zeros_like(d_h), d_c * f)
 
 
 cell = Cell("lstm", 4, init, pointwise, pointwise_backward, has_cell_state=True)
+
+
+# --------------------------------------------------------------------------------------
+# Peephole LSTM (Gers & Schmidhuber 2000): i and f read c, o reads c', through diagonal
+# weights. The peepholes enter the gates inside the step, so the gate math needs parameters:
+# a protocol cell with a hand-written backward, on the LSTM's projections and gate backward.
+
+PEEPHOLES = ("p_i", "p_f", "p_o")
+
+
+def init_peephole(key, input_size: int, hidden_size: int, *, dtype=jnp.float32, **options):
+    """``rj.lstm.init``'s params (same ``options``) plus peephole weights ``p_i, p_f, p_o``
+    (H,), zero (the cell starts as a plain LSTM)."""
+    params = init(key, input_size, hidden_size, dtype=dtype, **options)
+    return params | {name: jnp.zeros((hidden_size,), dtype) for name in PEEPHOLES}
+
+
+def peephole_forward(params, carry: LSTMCarry, x):
+    """``(params, LSTMCarry(h, c) (B, H) each, x (B, I)) -> (carry', h', StepResiduals)``::
+
+    i, f = sigmoid(z_i + p_i * c), sigmoid(z_f + p_f * c);  g = tanh(z_g)
+    c' = f * c + i * g;  o = sigmoid(z_o + p_o * c');  h' = o * tanh(c')
+    """
+    h, c = carry
+    z_i, z_f, z_g, z_o = split_gates(input_projection(params, x) + hidden_projection(params, h), 4)
+    i = jax.nn.sigmoid(z_i + params["p_i"] * c)
+    f = jax.nn.sigmoid(z_f + params["p_f"] * c)
+    g = jnp.tanh(z_g)
+    c_new = f * c + i * g
+    o = jax.nn.sigmoid(z_o + params["p_o"] * c_new)
+    tanh_c = jnp.tanh(c_new)
+    h_new = o * tanh_c
+    gates = LSTMGates(i, f, g, o, c, tanh_c)
+    return LSTMCarry(h_new, c_new), h_new, StepResiduals(x, carry, gates)
+
+
+def peephole_backward(params, residuals: StepResiduals, d_h, d_carry: LSTMCarry):
+    """Hand-written VJP of the peephole step: ``(d_params, d_x (B, I), d_carry_prev)``.
+
+    The LSTM's, plus: o's pre-activation reaches c' through ``p_o``, so
+    ``dc' += dz_o * p_o``; i and f reach c through ``p_i, p_f``:
+    ``dc_prev = dc' * f + dz_i * p_i + dz_f * p_f``; ``dp_* = sum_B dz_* * (c or c')``.
+    """
+    x, (h, c), gates = residuals
+    d_h = d_h + d_carry.h
+    d_o = d_h * gates.tanh_c
+    d_zo = d_o * gates.o * (1 - gates.o)
+    d_c = d_carry.c + d_h * gates.o * (1 - gates.tanh_c * gates.tanh_c) + d_zo * params["p_o"]
+    d_z = gate_backward(gates, d_c, d_o)
+    d_zi, d_zf, _, _ = split_gates(d_z, 4)
+    c_new = gates.f * c + gates.i * gates.g
+    d_params, d_x = input_weight_backward(params, x, d_z)
+    d_params |= hidden_weight_backward(params, h, d_z)
+    d_params |= {"p_i": (d_zi * c).sum(0), "p_f": (d_zf * c).sum(0),
+                 "p_o": (d_zo * c_new).sum(0)}  # fmt: skip
+    d_c_prev = d_c * gates.f + d_zi * params["p_i"] + d_zf * params["p_f"]
+    return d_params, d_x, LSTMCarry(d_z @ params["w_h"].T, d_c_prev)
+
+
+peephole = make_cell(
+    "lstm_peephole",
+    init_peephole,
+    functools.partial(step_of_forward, peephole_forward),
+    zero_carry=cell.zero_carry,
+    hidden_of=cell.hidden_of,
+    step_forward=peephole_forward,
+    step_backward=peephole_backward,
+)
 
 zero_carry = cell.zero_carry
 hidden_of = cell.hidden_of
