@@ -134,6 +134,14 @@ def _check_torch_module(module, cell: Cell) -> None:
         )
 
 
+def _check_torch_cell(cell) -> None:
+    if cell.name not in _TORCH_MODES.values():
+        raise ValueError(
+            f"PyTorch has no module with the weights of rnn_jax's {cell.name!r} cell; the torch "
+            f"converters handle {sorted(_TORCH_MODES.values())}"
+        )
+
+
 def _layer_from_torch(state: dict, suffix: str, cell: Cell, used: set) -> dict:
     """One direction of one layer: ``weight_ih{suffix}`` ... -> a cell's params (numpy)."""
     names = [f"{n}{suffix}" for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
@@ -192,6 +200,7 @@ def from_torch(module_or_state_dict, cell, *, dtype=None):
       ((2, 3), [1.5, 1.5, 1.5])
     """
     cell = as_cell(cell)
+    _check_torch_cell(cell)
     state = module_or_state_dict
     if hasattr(state, "state_dict") and callable(state.state_dict):
         _check_torch_module(state, cell)
@@ -281,6 +290,7 @@ def to_torch(params, cell, *, bias: bool = True, as_tensors: bool = True) -> dic
       True
     """
     cell = as_cell(cell)
+    _check_torch_cell(cell)
     layers, is_stack = _layers_of(params)
     state: dict = {}
     for k, layer in enumerate(layers):
@@ -299,29 +309,59 @@ def to_torch(params, cell, *, bias: bool = True, as_tensors: bool = True) -> dic
 
 
 # ---------------------------------------------------------------------------------------
-# Flax linen: SimpleCell, LSTMCell, OptimizedLSTMCell, GRUCell (and nn.RNN, nn.Bidirectional)
+# Flax linen: SimpleCell, LSTMCell, OptimizedLSTMCell, GRUCell, MGUCell (and nn.RNN,
+# nn.Bidirectional)
 #
 # Flax keeps one Dense per gate and path, kernels (in, out) like ours:
 #   SimpleCell          i {kernel, bias}, h {kernel}
 #   (Optimized)LSTMCell ii, if, ig, io {kernel};  hi, hf, hg, ho {kernel, bias}
 #   GRUCell             ir, iz, in {kernel, bias};  hr, hz {kernel};  hn {kernel, bias}
+#   MGUCell             if, in {kernel, bias};  hf {kernel};  hn {kernel, bias if reset_gate}
 # GRUCell computes n = tanh(W_in x + b_in + r * (W_hn h + b_hn)), h' = (1-z) n + z h: our
-# reset-after GRU, with the recurrent r/z biases folded into the input ones.
+# reset-after GRU, with the recurrent r/z biases folded into the input ones; MGUCell the same
+# with r = z = f (our rj.mgu), or without the reset, n = tanh(W_in x + b_in + W_hn h).
 
-_LSTM_GATES = ("i", "f", "g", "o")
-_GRU_GATES = ("r", "z", "n")
+# Gate names per kind; in the reset-after kinds (GRU, MGU) the last gate, n, is the one whose
+# recurrent bias sits inside the reset.
+_FLAX_GATES = {
+    "lstm": ("i", "f", "g", "o"),
+    "gru": ("r", "z", "n"),
+    "mgu": ("f", "n"),
+    "mgu_without_reset": ("f", "n"),
+}
 
 
 def _flax_kind(cell: Cell) -> str:
-    return {"simple": "simple", "simple_relu": "simple", "lstm": "lstm", "gru": "gru"}[cell.name]
+    if isinstance(cell, Cell) and cell.num_gates == 1:
+        return "simple"  # any activation: Flax's SimpleCell(activation_fn=...)
+    if cell.name not in _FLAX_GATES:
+        raise ValueError(
+            f"Flax linen has no cell with the weights of rnn_jax's {cell.name!r} cell; the Flax "
+            f"converters handle the Elman cells and {sorted(_FLAX_GATES)}"
+        )
+    return cell.name
 
 
 def _flax_names(cell: Cell) -> set:
     kind = _flax_kind(cell)
     if kind == "simple":
         return {"i", "h"}
-    gates = _LSTM_GATES if kind == "lstm" else _GRU_GATES
-    return {p + g for p in "ih" for g in gates}
+    return {p + g for p in "ih" for g in _FLAX_GATES[kind]}
+
+
+def _check_flax_mgu_bias(tree, kind: str) -> None:
+    """MGUCell's ``hn`` has a bias exactly when ``reset_gate=True``: say which cell fits."""
+    has_bias = isinstance(tree["hn"], Mapping) and "bias" in tree["hn"]
+    if kind == "mgu" and not has_bias:
+        raise ValueError(
+            "these Flax MGUCell params have no hn bias: they come from reset_gate=False, "
+            "which is rj.mgu.without_reset"
+        )
+    if kind == "mgu_without_reset" and has_bias:
+        raise ValueError(
+            "these Flax MGUCell params have an hn bias: they come from reset_gate=True (the "
+            "default), which is rj.mgu"
+        )
 
 
 def _unwrap_flax(tree):
@@ -345,21 +385,22 @@ def _cell_from_flax(tree, cell: Cell, dtype) -> dict:
     bias = lambda name: _numpy(tree[name]["bias"])  # noqa: E731
     kind = _flax_kind(cell)
     if kind == "simple":
-        params = {"w_x": kernel("i"), "w_h": kernel("h"), "b": bias("i")}
-    elif kind == "lstm":
-        params = {
-            "w_x": np.concatenate([kernel("i" + g) for g in _LSTM_GATES], axis=1),
-            "w_h": np.concatenate([kernel("h" + g) for g in _LSTM_GATES], axis=1),
-            "b": np.concatenate([bias("h" + g) for g in _LSTM_GATES]),
-        }
-    else:
+        return _finish(cell, {"w_x": kernel("i"), "w_h": kernel("h"), "b": bias("i")}, dtype)
+    if kind.startswith("mgu"):
+        _check_flax_mgu_bias(tree, kind)
+    gates = _FLAX_GATES[kind]
+    params = {
+        "w_x": np.concatenate([kernel("i" + g) for g in gates], axis=1),
+        "w_h": np.concatenate([kernel("h" + g) for g in gates], axis=1),
+    }
+    if kind == "lstm":
+        params["b"] = np.concatenate([bias("h" + g) for g in gates])
+    elif kind == "mgu_without_reset":
+        params["b"] = np.concatenate([bias("i" + g) for g in gates])
+    else:  # reset after: only n has a recurrent bias in Flax
         b_hn = bias("hn")
-        params = {
-            "w_x": np.concatenate([kernel("i" + g) for g in _GRU_GATES], axis=1),
-            "w_h": np.concatenate([kernel("h" + g) for g in _GRU_GATES], axis=1),
-            "b_x": np.concatenate([bias("i" + g) for g in _GRU_GATES]),
-            "b_h": np.concatenate([_zeros(2 * b_hn.shape[0], b_hn.dtype), b_hn]),
-        }
+        params["b_x"] = np.concatenate([bias("i" + g) for g in gates])
+        params["b_h"] = np.concatenate([_zeros((len(gates) - 1) * b_hn.shape[0], b_hn.dtype), b_hn])
     return _finish(cell, params, dtype)
 
 
@@ -367,10 +408,13 @@ def from_flax(variables_or_params, cell, *, dtype=None):
     """Flax linen cell variables -> rnn_jax params.
 
     Accepts the variables (``{"params": ...}``) or params of a ``SimpleCell``,
-    ``LSTMCell``, ``OptimizedLSTMCell`` (same tree as ``LSTMCell``) or ``GRUCell``, or of an
+    ``LSTMCell``, ``OptimizedLSTMCell`` (same tree as ``LSTMCell``), ``GRUCell`` or
+    ``MGUCell`` (``rj.mgu``; ``reset_gate=False``: ``rj.mgu.without_reset``), or of an
     ``nn.RNN`` around one (``{"cell": ...}``) -> the cell's params dict; of an
     ``nn.Bidirectional`` of two ``nn.RNN`` -> ``{"fwd", "bwd"}``. ``dtype``: as in
-    ``from_torch``. GRU: ``b_x = [b_ir, b_iz, b_in]``, ``b_h = [0, 0, b_hn]``.
+    ``from_torch``. GRU: ``b_x = [b_ir, b_iz, b_in]``, ``b_h = [0, 0, b_hn]``; MGU:
+    ``b_x = [b_if, b_in]``, ``b_h = [0, b_hn]`` (without reset ``b = [b_if, b_in]``).
+    ``SimpleCell(activation_fn=f)`` reads into ``rj.simple.with_activation(f)``.
 
     Examples:
       >>> import jax, numpy as np, rnn_jax as rj
@@ -397,31 +441,32 @@ def _cell_to_flax(layer: dict, cell: Cell) -> dict:
     kind = _flax_kind(cell)
     if kind == "simple":
         return {"i": {"kernel": p["w_x"], "bias": p["b"]}, "h": {"kernel": p["w_h"]}}
-    if kind == "lstm":
-        tree = {"i" + g: {"kernel": chunk(p["w_x"], k)} for k, g in enumerate(_LSTM_GATES)}
-        for k, g in enumerate(_LSTM_GATES):
-            tree["h" + g] = {"kernel": chunk(p["w_h"], k), "bias": chunk(p["b"], k)}
+    gates = _FLAX_GATES[kind]
+    paths = (("i", "w_x"), ("h", "w_h"))
+    tree = {side + g: {"kernel": chunk(p[w], k)} for side, w in paths for k, g in enumerate(gates)}
+    if kind in ("lstm", "mgu_without_reset"):
+        side = "h" if kind == "lstm" else "i"
+        for k, g in enumerate(gates):
+            tree[side + g]["bias"] = chunk(p["b"], k)
         return tree
-    # GRU: Flax has no recurrent r/z biases; they only ever add to the input ones.
+    # Reset after (GRU, MGU): Flax has no recurrent bias but n's; the others only ever add
+    # to the input ones.
     b_x, b_h = p["b_x"], p["b_h"]
-    return {
-        "ir": {"kernel": chunk(p["w_x"], 0), "bias": chunk(b_x, 0) + chunk(b_h, 0)},
-        "iz": {"kernel": chunk(p["w_x"], 1), "bias": chunk(b_x, 1) + chunk(b_h, 1)},
-        "in": {"kernel": chunk(p["w_x"], 2), "bias": chunk(b_x, 2)},
-        "hr": {"kernel": chunk(p["w_h"], 0)},
-        "hz": {"kernel": chunk(p["w_h"], 1)},
-        "hn": {"kernel": chunk(p["w_h"], 2), "bias": chunk(b_h, 2)},
-    }
+    last = len(gates) - 1
+    for k, g in enumerate(gates[:-1]):
+        tree["i" + g]["bias"] = chunk(b_x, k) + chunk(b_h, k)
+    tree["in"]["bias"], tree["hn"]["bias"] = chunk(b_x, last), chunk(b_h, last)
+    return tree
 
 
 def to_flax(params, cell, *, rnn: bool = False) -> dict:
     """rnn_jax params -> Flax linen variables ``{"params": ...}`` (jax arrays).
 
     A cell's params -> variables of ``SimpleCell``/``LSTMCell``/``OptimizedLSTMCell``/
-    ``GRUCell`` (``rnn=True``: of ``nn.RNN(cell)``, nested under ``"cell"``); a
+    ``GRUCell``/``MGUCell`` (``rnn=True``: of ``nn.RNN(cell)``, nested under ``"cell"``); a
     ``{"fwd", "bwd"}`` layer -> variables of ``nn.Bidirectional(nn.RNN(c), nn.RNN(c))``.
-    The GRU's recurrent r/z biases are folded into Flax's input biases (the same model;
-    exact when they are zero, as ``from_flax`` makes them).
+    The GRU's recurrent r/z biases (the MGU's f bias) are folded into Flax's input biases
+    (the same model; exact when they are zero, as ``from_flax`` makes them).
 
     Examples:
       >>> import jax, rnn_jax as rj
@@ -481,14 +526,51 @@ def carry_to_flax(carry, cell):
 
 
 # ---------------------------------------------------------------------------------------
-# Keras: SimpleRNN, LSTM, GRU(reset_after=True), as ``layer.get_weights()`` lists
+# Keras: SimpleRNN, LSTM, GRU, as ``layer.get_weights()`` lists
 #
 #   SimpleRNN  [kernel (I, H),  recurrent_kernel (H, H),  bias (H,)]
 #   LSTM       [kernel (I, 4H), recurrent_kernel (H, 4H), bias (4H,)]    gates i, f, c, o
 #   GRU        [kernel (I, 3H), recurrent_kernel (H, 3H), bias (2, 3H)]  gates z, r, h;
-#              bias[0] input side, bias[1] recurrent side
+#              bias[0] input side, bias[1] recurrent side (reset_after=True, rj.gru)
+#   GRU        [kernel (I, 3H), recurrent_kernel (H, 3H), bias (3H,)]    reset_after=False
+#              (rj.gru.reset_before)
 # (no bias entry with use_bias=False). Keras' LSTM order is ours; the GRU's first two gate
 # blocks swap (z, r <-> r, z), a permutation that is its own inverse.
+
+# cell name -> (gates, two bias rows, swap the first two gate blocks); Elman cells of any
+# activation are SimpleRNN's.
+_KERAS_LAYOUTS = {
+    "lstm": (4, False, False),
+    "gru": (3, True, True),
+    "gru_reset_before": (3, False, True),
+}
+
+
+def _keras_layout(cell) -> tuple[int, bool, bool]:
+    if isinstance(cell, Cell) and cell.num_gates == 1:
+        return 1, False, False
+    if cell.name not in _KERAS_LAYOUTS:
+        raise ValueError(
+            f"Keras has no layer with the weights of rnn_jax's {cell.name!r} cell; the Keras "
+            f"converters handle the Elman cells (SimpleRNN) and {sorted(_KERAS_LAYOUTS)}"
+        )
+    return _KERAS_LAYOUTS[cell.name]
+
+
+def _keras_bias_error(cell, got: tuple, expected: tuple) -> str:
+    """What a wrong bias shape means; for the GRU, which ``reset_after`` it came from."""
+    if cell.name == "gru" and got == expected[1:]:
+        return (
+            "Keras GRU weights with a (3H,) bias come from reset_after=False, which applies the "
+            "reset gate before the recurrent matmul: load them into rj.gru.reset_before "
+            "(rj.gru is reset_after=True, the Keras default, as PyTorch and cuDNN)"
+        )
+    if cell.name == "gru_reset_before" and got == (2, *expected):
+        return (
+            "Keras GRU weights with a (2, 3H) bias come from reset_after=True (the Keras "
+            "default): load them into rj.gru; rj.gru.reset_before is reset_after=False"
+        )
+    return f"expected a Keras {cell.name} bias of shape {expected}, got {got}"
 
 
 def _swap_first_two_gates(array: np.ndarray, hidden: int) -> np.ndarray:
@@ -504,36 +586,25 @@ def _cell_from_keras(weights: Sequence, cell: Cell, dtype) -> dict:
             f"expected Keras weights [kernel, recurrent_kernel, bias] (or without bias), got "
             f"{len(weights)} arrays"
         )
+    num_gates, two_biases, swapped = _keras_layout(cell)
     kernel, recurrent = _numpy(weights[0]), _numpy(weights[1])
     hidden = recurrent.shape[0]
-    width = cell.num_gates * hidden
+    width = num_gates * hidden
     if kernel.ndim != 2 or kernel.shape[1] != width or recurrent.shape != (hidden, width):
         raise ValueError(
-            f"{cell.name} has {cell.num_gates} gate(s): expected kernel (I, {width}) and "
+            f"{cell.name} has {num_gates} gate(s): expected kernel (I, {width}) and "
             f"recurrent_kernel ({hidden}, {width}), got {kernel.shape} and {recurrent.shape}"
         )
-    gru = not _fused(cell)
-    bias_shape = (2, width) if gru else (width,)
+    bias_shape = (2, width) if two_biases else (width,)
     bias = _numpy(weights[2]) if len(weights) == 3 else np.zeros(bias_shape, kernel.dtype)
-    if gru and bias.shape == (width,):
-        raise ValueError(
-            "Keras GRU weights with a (3H,) bias come from reset_after=False, which applies "
-            "the reset gate before the recurrent matmul; rnn_jax's GRU is reset_after=True "
-            "(the Keras 2+ default, as PyTorch and cuDNN)"
-        )
     if bias.shape != bias_shape:
-        raise ValueError(
-            f"expected a Keras {cell.name} bias of shape {bias_shape}, got {bias.shape}"
-        )
-    if not gru:
-        return _finish(cell, {"w_x": kernel, "w_h": recurrent, "b": bias}, dtype)
-    swap = lambda a: _swap_first_two_gates(a, hidden)  # noqa: E731
-    params = {
-        "w_x": swap(kernel),
-        "w_h": swap(recurrent),
-        "b_x": swap(bias[0]),
-        "b_h": swap(bias[1]),
-    }
+        raise ValueError(_keras_bias_error(cell, bias.shape, bias_shape))
+    order = (lambda a: _swap_first_two_gates(a, hidden)) if swapped else (lambda a: a)
+    params = {"w_x": order(kernel), "w_h": order(recurrent)}
+    if two_biases:
+        params |= {"b_x": order(bias[0]), "b_h": order(bias[1])}
+    else:
+        params["b"] = order(bias)
     return _finish(cell, params, dtype)
 
 
@@ -541,8 +612,10 @@ def from_keras(weights: Sequence, cell, *, bidirectional: bool = False, dtype=No
     """Keras ``SimpleRNN``/``LSTM``/``GRU`` ``layer.get_weights()`` -> rnn_jax params.
 
     ``bidirectional=True`` reads a ``keras.layers.Bidirectional`` layer's list (forward
-    layer's weights, then the backward layer's) -> ``{"fwd", "bwd"}``. The GRU must be
-    ``reset_after=True`` (the Keras default); its gates are reordered z, r, h -> r, z, n.
+    layer's weights, then the backward layer's) -> ``{"fwd", "bwd"}``. A ``GRU`` goes into
+    ``rj.gru`` (``reset_after=True``, the Keras default) or ``rj.gru.reset_before``
+    (``reset_after=False``); its gates are reordered z, r, h -> r, z, n. A
+    ``SimpleRNN(activation=f)`` goes into ``rj.simple.with_activation(f)``.
 
     Examples:
       >>> import numpy as np, rnn_jax as rj
@@ -571,13 +644,11 @@ def from_keras(weights: Sequence, cell, *, bidirectional: bool = False, dtype=No
 
 def _cell_to_keras(layer: dict, cell: Cell, use_bias: bool) -> list:
     p = _np_params(layer)
-    if _fused(cell):
-        weights, bias = [p["w_x"], p["w_h"]], p["b"]
-    else:
-        hidden = p["w_h"].shape[0]
-        swap = lambda a: _swap_first_two_gates(a, hidden)  # noqa: E731
-        weights = [swap(p["w_x"]), swap(p["w_h"])]
-        bias = np.stack([swap(p["b_x"]), swap(p["b_h"])])
+    _, two_biases, swapped = _keras_layout(cell)
+    hidden = p["w_h"].shape[0]
+    order = (lambda a: _swap_first_two_gates(a, hidden)) if swapped else (lambda a: a)
+    weights = [order(p["w_x"]), order(p["w_h"])]
+    bias = np.stack([order(p["b_x"]), order(p["b_h"])]) if two_biases else order(p["b"])
     if use_bias:
         return [np.ascontiguousarray(w) for w in [*weights, bias]]
     if np.any(bias):
@@ -588,7 +659,8 @@ def _cell_to_keras(layer: dict, cell: Cell, use_bias: bool) -> list:
 def to_keras(params, cell, *, use_bias: bool = True) -> list:
     """rnn_jax params -> the list for a Keras layer's ``set_weights`` (numpy arrays).
 
-    A cell's params -> ``SimpleRNN``/``LSTM``/``GRU(reset_after=True)``; ``{"fwd", "bwd"}``
+    A cell's params -> ``SimpleRNN``/``LSTM``/``GRU(reset_after=True)`` (``rj.gru``)/
+    ``GRU(reset_after=False)`` (``rj.gru.reset_before``); ``{"fwd", "bwd"}``
     -> ``keras.layers.Bidirectional`` (forward weights then backward). ``use_bias=False``
     for a layer built without bias (the biases must then be zero).
 

@@ -2,9 +2,12 @@
 and once with a hand-written backward. The tests of the open cell protocol run them.
 
 - peephole LSTM (Gers & Schmidhuber 2000): ``i, f`` read ``c_{t-1}``, ``o`` reads ``c_t``,
-  through diagonal weights ``p_i, p_f, p_o``;
+  through diagonal weights ``p_i, p_f, p_o``. Written here as a user would (the library has
+  its own, ``rj.lstm.peephole``, tested against ``peephole_autodiff``); this one stays for the
+  deliberately broken backwards ``check_cell`` must catch;
 - layer-normalised LSTM (Ba, Kiros & Hinton 2016): ``x W_x`` and ``h W_h`` normalised
-  separately, and ``c'`` before its tanh, each with a gain and a shift;
+  separately, and ``c'`` before its tanh, each with a gain and a shift. The hand-written one
+  is the library's ``rj.layernorm_lstm``; the autodiff one is written here from the equations;
 - a cell with a three-part carry ``(h, c, n)``: an LSTM with a normaliser state (sLSTM-like,
   with sigmoid gates), ``h' = o * c' / sqrt(1 + n'^2)``.
 """
@@ -30,6 +33,7 @@ def autodiff_and_hand_written(name, init, forward, backward, zero_carry):
     written = rj.make_cell(name, init, step, zero_carry=zero_carry, step_forward=forward,
                            step_backward=backward)  # fmt: skip
     return derived, written
+
 
 # --------------------------------------------------------------------------------------
 # Peephole LSTM
@@ -104,75 +108,34 @@ def broken_peephole(bug):
 
 
 # --------------------------------------------------------------------------------------
-# Layer-normalised LSTM
+# Layer-normalised LSTM: the library's rj.layernorm_lstm (hand-written backward), and this
+# file's own autodiff-only formulation of the same equations, as its independent reference.
 # --------------------------------------------------------------------------------------
 
 EPS = 1e-5
 
 
 def layer_norm(a, gain, shift):
-    """Over the last axis; returns ``(y, (a_hat, inv_std))``."""
+    """Over the last axis, written directly from the definition."""
     mean = a.mean(-1, keepdims=True)
-    inv_std = jax.lax.rsqrt(((a - mean) ** 2).mean(-1, keepdims=True) + EPS)
-    a_hat = (a - mean) * inv_std
-    return a_hat * gain + shift, (a_hat, inv_std)
+    var = ((a - mean) ** 2).mean(-1, keepdims=True)
+    return (a - mean) / jnp.sqrt(var + EPS) * gain + shift
 
 
-def layer_norm_backward(d_y, gain, a_hat, inv_std):
-    """``(d_a, d_gain, d_shift)``."""
-    d_hat = d_y * gain
-    d_a = inv_std * (
-        d_hat - d_hat.mean(-1, keepdims=True) - a_hat * (d_hat * a_hat).mean(-1, keepdims=True)
-    )
-    return d_a, (d_y * a_hat).sum(0), d_y.sum(0)
-
-
-def ln_init(key, input_size, hidden_size, *, dtype=jnp.float32):
-    params = rj.lstm.init(key, input_size, hidden_size, dtype=dtype)
-    ones, zeros = jnp.ones((4 * hidden_size,), dtype), jnp.zeros((4 * hidden_size,), dtype)
-    norms = {"gain_x": ones, "shift_x": zeros, "gain_h": ones, "shift_h": zeros}
-    return params | norms | {"gain_c": ones[:hidden_size], "shift_c": zeros[:hidden_size]}
-
-
-def ln_forward(params, carry, x):
+def ln_step(params, carry, x):
     h, c = carry
-    zx, norm_x = layer_norm(x @ params["w_x"], params["gain_x"], params["shift_x"])
-    zh, norm_h = layer_norm(h @ params["w_h"], params["gain_h"], params["shift_h"])
+    zx = layer_norm(x @ params["w_x"], params["gain_x"], params["shift_x"])
+    zh = layer_norm(h @ params["w_h"], params["gain_h"], params["shift_h"])
     z_i, z_f, z_g, z_o = jnp.split(zx + zh + params["b"], 4, axis=-1)
     i, f, g, o = jax.nn.sigmoid(z_i), jax.nn.sigmoid(z_f), jnp.tanh(z_g), jax.nn.sigmoid(z_o)
     c_new = f * c + i * g
-    c_norm, norm_c = layer_norm(c_new, params["gain_c"], params["shift_c"])
-    tanh_c = jnp.tanh(c_norm)
-    h_new = o * tanh_c
-    residuals = (x, h, c, i, f, g, o, tanh_c, norm_x, norm_h, norm_c)
-    return rj.LSTMCarry(h_new, c_new), h_new, residuals
+    h_new = o * jnp.tanh(layer_norm(c_new, params["gain_c"], params["shift_c"]))
+    return rj.LSTMCarry(h_new, c_new), h_new
 
 
-
-def ln_backward(params, residuals, d_h, d_carry):
-    x, h, c, i, f, g, o, tanh_c, norm_x, norm_h, norm_c = residuals
-    d_h = d_h + d_carry.h
-    d_o = d_h * tanh_c
-    d_cn = d_h * o * (1 - tanh_c**2)
-    d_c_ln, d_gain_c, d_shift_c = layer_norm_backward(d_cn, params["gain_c"], *norm_c)
-    d_c = d_carry.c + d_c_ln
-    d_z = jnp.concatenate(
-        [d_c * g * i * (1 - i), d_c * c * f * (1 - f), d_c * i * (1 - g**2), d_o * o * (1 - o)],
-        axis=-1,
-    )
-    d_ax, d_gain_x, d_shift_x = layer_norm_backward(d_z, params["gain_x"], *norm_x)
-    d_ah, d_gain_h, d_shift_h = layer_norm_backward(d_z, params["gain_h"], *norm_h)
-    d_params = {
-        "w_x": x.T @ d_ax, "w_h": h.T @ d_ah, "b": d_z.sum(0),
-        "gain_x": d_gain_x, "shift_x": d_shift_x, "gain_h": d_gain_h, "shift_h": d_shift_h,
-        "gain_c": d_gain_c, "shift_c": d_shift_c,
-    }  # fmt: skip
-    carry_prev = rj.LSTMCarry(d_ah @ params["w_h"].T, d_c * f)
-    return d_params, d_ax @ params["w_x"].T, carry_prev
-
-
-layernorm_lstm_autodiff, layernorm_lstm = autodiff_and_hand_written(
-    "layernorm_lstm", ln_init, ln_forward, ln_backward, peephole_zero_carry
+layernorm_lstm = rj.layernorm_lstm.cell
+layernorm_lstm_autodiff = rj.make_cell(
+    "layernorm_lstm_autodiff", rj.layernorm_lstm.init, ln_step, zero_carry=peephole_zero_carry
 )
 
 
@@ -202,7 +165,6 @@ def norm_forward(params, carry, x):
     h_new = o * c_new * scale
     residuals = (x, carry, i, f, g, o, c_new, n_new, scale)
     return NormCarry(h_new, c_new, n_new), h_new, residuals
-
 
 
 def norm_backward(params, residuals, d_h, d_carry):
