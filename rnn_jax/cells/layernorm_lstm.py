@@ -16,7 +16,7 @@ Examples:
   >>> import jax, jax.numpy as jnp, rnn_jax as rj
   >>> params = rj.layernorm_lstm.init(jax.random.PRNGKey(0), input_size=3, hidden_size=4)
   >>> rj.count_params(params)        # LSTM's 4(I*H + H*H + H) + 2 * 2 * 4H + 2 * H
-  184
+  200
   >>> carry, hs = rj.unroll(rj.layernorm_lstm, params, jnp.ones((2, 5, 3)), gradient="manual")
   >>> hs.shape, carry.c.shape
   ((2, 5, 4), (2, 4))
