@@ -55,9 +55,23 @@ CONFIGS = {
     "wide": (64, 64, 256, 1024),
 }
 QUICK_CONFIG = (4, 3, 5, 6)
-CELLS = ("simple", "lstm", "gru")
+CELLS = ("simple", "lstm", "gru", "gru_reset_before", "mgu", "lstm_peephole", "layernorm_lstm")
 MODES = ("train", "inference")
-NUM_GATES = {"simple": 1, "lstm": 4, "gru": 3}
+NUM_GATES = {"simple": 1, "lstm": 4, "gru": 3, "gru_reset_before": 3, "mgu": 2, "lstm_peephole": 4,
+             "layernorm_lstm": 4}  # fmt: skip
+# The cells each peer library has (the others are skipped for it).
+PEER_CELLS = {
+    "flax": ("simple", "lstm", "gru", "mgu"),
+    "equinox": ("lstm", "gru"),
+    "torch": ("simple", "lstm", "gru"),
+}
+
+
+def _needs_peer_cell(peer: str, cell: str) -> None:
+    if cell not in PEER_CELLS[peer]:
+        raise Skip(f"{peer} has no {cell} cell")
+
+
 NUM_CLASSES = 10
 # A user's own cells (``--cell module:attr``), by their spec; rnn_jax implementations only.
 USER_CELLS: dict[str, object] = {}
@@ -175,7 +189,7 @@ def make_rnn_jax(cell, cfg, mode, x, y, *, gradient="autodiff", **unroll_options
     from rnn_jax.checks import as_cell
 
     _, _, input_size, hidden_size = cfg
-    module = as_cell(USER_CELLS[cell] if cell in USER_CELLS else getattr(rj, cell))
+    module = as_cell(_cell_of(cell))
     rnn_params = module.init(jax.random.key(0), input_size, hidden_size)
 
     def forward(p, xs):
@@ -183,6 +197,18 @@ def make_rnn_jax(cell, cfg, mode, x, y, *, gradient="autodiff", **unroll_options
         return module.hidden_of(carry)
 
     return lambda name: _jax_bench(name, forward, rnn_params, hidden_size, mode, x, y)
+
+
+def _cell_of(cell: str):
+    """A user's cell (``--cell module:attr``) or the library cell of that name."""
+    if cell in USER_CELLS:
+        return USER_CELLS[cell]
+    here = str(Path(__file__).resolve().parent)
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    import common  # a sibling file, see common.py
+
+    return common.library_cell(cell)
 
 
 def _needs_unroll_option(name):
@@ -204,10 +230,9 @@ def make_rnn_jax_bf16(cell, cfg, mode, x, y):
 def make_rnn_jax_backend(backend, cell, cfg, mode, x, y):
     """``rj.unroll(..., backend=backend)``: a fused kernel; skipped where it cannot run."""
     _needs_unroll_option("backend")
-    import rnn_jax as rj
     from rnn_jax import backends
 
-    module = USER_CELLS[cell] if cell in USER_CELLS else getattr(rj, cell)
+    module = _cell_of(cell)
     if backends.fused_kind(module) is None:
         raise Skip(f"backend={backend!r} runs only the built-in cells")
     if backend == "onednn" and not backends.onednn_available():
@@ -221,6 +246,7 @@ def make_rnn_jax_remat(cell, cfg, mode, x, y, gradient="autodiff"):
 
 
 def make_flax(cell, cfg, mode, x, y):
+    _needs_peer_cell("flax", cell)
     try:
         import flax.linen as nn
     except ImportError as e:
@@ -232,6 +258,7 @@ def make_flax(cell, cfg, mode, x, y):
         "simple": nn.SimpleCell,
         "lstm": nn.OptimizedLSTMCell,
         "gru": nn.GRUCell,
+        "mgu": nn.MGUCell,
     }[cell](features=hidden_size)
     layer = nn.RNN(flax_cell, return_carry=True)
     rnn_params = layer.init(jax.random.key(0), x[:, :, :])["params"]
@@ -248,8 +275,7 @@ def make_equinox(cell, cfg, mode, x, y):
         import equinox as eqx
     except ImportError as e:
         raise Skip(f"equinox not importable: {e}") from e
-    if cell == "simple":
-        raise Skip("equinox has no Elman (tanh RNN) cell")
+    _needs_peer_cell("equinox", cell)
     import jax
     import jax.numpy as jnp
 
@@ -276,6 +302,7 @@ def make_equinox(cell, cfg, mode, x, y):
 
 def make_torch(cell, cfg, mode, x, y):
     """PyTorch in a worker process (module docstring); it regenerates ``x``, ``y`` itself."""
+    _needs_peer_cell("torch", cell)
     worker = subprocess.Popen(
         [sys.executable, str(Path(__file__).resolve()), TORCH_WORKER_FLAG],
         stdin=subprocess.PIPE,

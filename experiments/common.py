@@ -130,6 +130,31 @@ def existing_dir(text: str) -> str:
     return text
 
 
+# The library cells the scripts' --cell/--cells flags name, by their path under ``rnn_jax``.
+CELL_PATHS = {
+    "simple": "simple",
+    "relu": "simple.relu",
+    "lstm": "lstm",
+    "gru": "gru",
+    "gru_reset_before": "gru.reset_before",
+    "mgu": "mgu",
+    "mgu_without_reset": "mgu.without_reset",
+    "lstm_peephole": "lstm.peephole",
+    "layernorm_lstm": "layernorm_lstm",
+}
+
+
+def library_cell(name: str):
+    """The rnn_jax cell a script's ``--cell`` names (a key of ``CELL_PATHS``)."""
+    import rnn_jax as rj
+    from rnn_jax.checks import as_cell
+
+    found = rj
+    for part in CELL_PATHS[name].split("."):
+        found = getattr(found, part)
+    return as_cell(found)
+
+
 def load_object(spec: str) -> Any:
     """``"package.module:attr"`` -> that attribute (``"rnn_jax:lstm"``, ``"my_cells:cell"``);
     ``"package.module"`` alone -> the module. Errors are ArgumentTypeErrors naming the spec,

@@ -39,7 +39,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (a sibling file, see common.py)
 
-CELLS = ("simple", "lstm", "gru")
+CELLS = ("simple", "lstm", "gru", "gru_reset_before", "mgu", "mgu_without_reset", "lstm_peephole",
+         "layernorm_lstm")  # fmt: skip
 SCHEDULES = ("constant", "cosine", "linear")
 NUM_CLASSES = 10
 EXIT_DIVERGED = 3
@@ -129,11 +130,10 @@ def config_of(args: argparse.Namespace) -> dict[str, Any]:
 
 def build_model(config: dict):
     """``(Model, optimizer)`` for the config."""
-    import rnn_jax as rj
     from rnn_jax.models import classifier
 
     model = classifier(
-        getattr(rj, config["cell"]),
+        common.library_cell(config["cell"]),
         config["hidden_size"],
         NUM_CLASSES,
         num_layers=config["layers"],
