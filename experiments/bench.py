@@ -692,7 +692,8 @@ def parse_args(argv=None):
     p.add_argument("--configs", default=None,
                    help=f"comma list of {sorted(CONFIGS)} (default: mnist)")
     p.add_argument("--config", action="append", default=[], help="custom B,T,I,H (repeatable)")
-    p.add_argument("--cells", default=",".join(CELLS), help="comma list of built-in cells")
+    p.add_argument("--cells", default="simple,lstm,gru",
+                   help=f"comma list of built-in cells, of {', '.join(CELLS)}")
     p.add_argument("--cell", action="append", default=[], metavar="MODULE:ATTR",
                    help="also time a user's cell, e.g. my_cells:cell (rnn_jax impls only)")
     p.add_argument("--modes", default=",".join(MODES), help=f"comma list of {MODES}")
