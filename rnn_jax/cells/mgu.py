@@ -24,6 +24,7 @@ Examples:
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -45,7 +46,11 @@ class MGUGates(NamedTuple):
     h_prev: jax.Array
 
 
-def _init(biases, key, input_size, hidden_size, *, dtype, initializer, forget_bias):
+def _init(biases, key, input_size, hidden_size, *, dtype=jnp.float32, initializer="default",
+          forget_bias: float | None = 1.0):  # fmt: skip
+    """``{"w_x": (I, 2H), "w_h": (H, 2H)}`` and ``biases`` (each ``(2H,)``); the gate's input
+    bias set to ``forget_bias`` (Flax's default initialiser: ones); None keeps the
+    initializer's."""
     params = fused_params(
         key, input_size, hidden_size, 2, biases, initializer=initializer, dtype=dtype
     )
@@ -54,33 +59,10 @@ def _init(biases, key, input_size, hidden_size, *, dtype, initializer, forget_bi
     return params
 
 
-def init(
-    key,
-    input_size: int,
-    hidden_size: int,
-    *,
-    dtype=jnp.float32,
-    initializer="default",
-    forget_bias: float | None = 1.0,
-):
-    """``{"w_x": (I, 2H), "w_h": (H, 2H), "b_x": (2H,), "b_h": (2H,)}``; the gate's input bias
-    set to ``forget_bias`` (Flax's default initialiser: ones); None keeps the initializer's."""
-    return _init(("b_x", "b_h"), key, input_size, hidden_size, dtype=dtype,
-                 initializer=initializer, forget_bias=forget_bias)  # fmt: skip
-
-
-def init_without_reset(
-    key,
-    input_size: int,
-    hidden_size: int,
-    *,
-    dtype=jnp.float32,
-    initializer="default",
-    forget_bias: float | None = 1.0,
-):
-    """``{"w_x": (I, 2H), "w_h": (H, 2H), "b": (2H,)}``; ``forget_bias`` as in ``init``."""
-    return _init(("b",), key, input_size, hidden_size, dtype=dtype, initializer=initializer,
-                 forget_bias=forget_bias)  # fmt: skip
+# ``init(key, I, H, *, dtype, initializer, forget_bias)``: b_x and b_h (the reset scales
+# h @ w_hn + b_hn, so the two cannot be fused); without the reset, one fused b.
+init = functools.partial(_init, ("b_x", "b_h"))
+init_without_reset = functools.partial(_init, ("b",))
 
 
 def pointwise(z_x, z_h, h):
