@@ -254,3 +254,22 @@ def test_with_activation_is_cached_static_and_keeps_the_fused_cells():
         rj.simple.with_activation(lambda z: z.sum(-1))
     with pytest.raises(TypeError, match=r"activation must be 'tanh', 'relu' or an element-wise"):
         rj.simple.with_activation("gelu")
+
+
+def test_wrong_params_are_named_before_compute():
+    key, xs = jax.random.PRNGKey(0), jnp.ones((2, 5, 3))
+    gru_params = rj.gru.init(key, 3, 4)
+    with pytest.raises(TypeError, match=r"gru_reset_before params .* must have keys \['b', 'w_h', "
+                       r"'w_x'\], got \['b_h', 'b_x', 'w_h', 'w_x'\]"):  # fmt: skip
+        rj.unroll(rj.gru.reset_before, gru_params, xs)
+    with pytest.raises(ValueError, match=r"mgu with 2 gate\(s\) expects w_x \(I, 8\)"):
+        rj.unroll(rj.mgu, gru_params, xs)
+    with pytest.raises(ValueError, match=r"mgu_without_reset params must have keys \['b', 'w_h'"):
+        rj.unroll(rj.mgu.without_reset, rj.mgu.init(key, 3, 4), xs)
+    with pytest.raises(TypeError, match=r"layernorm_lstm params .* must have keys \['b', 'gain_c'"):
+        rj.unroll(rj.layernorm_lstm, rj.lstm.init(key, 3, 4), xs)
+    bad = rj.lstm.peephole.init(key, 3, 4) | {"p_o": jnp.zeros(5)}
+    with pytest.raises(
+        ValueError, match=r"lstm_peephole params .*\['p_o'\] must be \(4,\), got \(5,\)"
+    ):
+        rj.unroll(rj.lstm.peephole, bad, xs)
