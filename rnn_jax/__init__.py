@@ -13,7 +13,7 @@ import importlib
 
 from rnn_jax.bptt import bptt
 from rnn_jax.cellcheck import CellReport, check_cell
-from rnn_jax.cells import gru, layernorm_lstm, lstm, mgu, simple
+from rnn_jax.cells import gru, layernorm_lstm, lru, lstm, mgu, mingru, minlstm, simple
 from rnn_jax.cells.base import Cell, LSTMCarry
 from rnn_jax.cells.generic import GenericCell, RecurrentCell, make_cell
 from rnn_jax.gradcheck import check_gradients, hidden_grad_norms
@@ -24,6 +24,7 @@ from rnn_jax.layers import (
     output_size,
     unroll_stack,
 )
+from rnn_jax.linear import linear_scan
 from rnn_jax.scan import unroll
 from rnn_jax.summary import count_params, summary
 
@@ -69,9 +70,13 @@ __all__ = [
     "init_bidirectional",
     "init_stack",
     "layernorm_lstm",
+    "linear_scan",
+    "lru",
     "lstm",
     "make_cell",
     "mgu",
+    "mingru",
+    "minlstm",
     "output_size",
     "simple",
     "summary",

@@ -185,9 +185,10 @@ def _check_contract(cell, sizes, dtype, rng, params, rtol, atol):
     for path, leaf in jax.tree_util.tree_flatten_with_path(zero)[0]:
         call = f"{name}.zero_carry({batch_size}, {hidden_size}, {dtype.name})"
         where = call + jax.tree_util.keystr(path)
-        if leaf.ndim == 0 or leaf.shape[0] != batch_size or leaf.dtype != dtype:
-            raise ValueError(f"{where} must be ({batch_size}, ...) {dtype.name} (batch first), "
-                             f"got {leaf.shape} {leaf.dtype}")  # fmt: skip
+        # A complex leaf (the LRU's state) counts as its real part's dtype, as in params.
+        if leaf.ndim == 0 or leaf.shape[0] != batch_size or jnp.finfo(leaf.dtype).dtype != dtype:
+            raise ValueError(f"{where} must be ({batch_size}, ...) {dtype.name} (batch first, "
+                             f"or its complex dtype), got {leaf.shape} {leaf.dtype}")  # fmt: skip
     carry = random_carry(cell, batch_size, hidden_size, dtype, rng)
     x = jnp.asarray(rng.normal(size=(batch_size, input_size)), dtype)
     new_carry, h = cell.step(params, carry, x)

@@ -45,6 +45,7 @@ def as_cell(cell):
         step_forward=cell.step_forward,
         step_backward=cell.step_backward,
         sizes=getattr(cell, "sizes", fused_sizes),
+        parallel=getattr(cell, "parallel", None),
     )
 
 

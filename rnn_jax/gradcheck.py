@@ -83,8 +83,10 @@ def _run(cell, params, carry, xs):
 
 
 def _vdot_tree(a, b):
-    """``sum <a_leaf, b_leaf>`` over two pytrees of the same structure."""
-    return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+    """``sum Re(sum(a_leaf * b_leaf))`` over two pytrees of the same structure: the real loss
+    whose JAX cotangent on a (complex) ``b`` is ``a`` (JAX transposes without conjugating)."""
+    pairs = zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    return sum(jnp.real(jnp.sum(x * y)) for x, y in pairs)
 
 
 def _row_positions(length: int, reverse: bool) -> np.ndarray:
@@ -516,11 +518,13 @@ def _fd_errors(loss_fn, args, grads, rng, num_directions, eps):
         worst = 0.0
         for _ in range(num_directions):
             v = rng.normal(size=leaf.shape)
+            if np.iscomplexobj(leaf):
+                v = v + 1j * rng.normal(size=leaf.shape)
             v /= max(np.linalg.norm(v), 1e-300)
             plus, minus = list(leaves), list(leaves)
             plus[i], minus[i] = leaf + eps * v, leaf - eps * v
             fd = (float(loss_flat(plus)) - float(loss_flat(minus))) / (2 * eps)
-            analytic = float(np.vdot(grad, v))
+            analytic = float(np.real(np.sum(grad * v)))  # dL = Re(g dz) in JAX's convention
             worst = max(worst, abs(fd - analytic) / max(1.0, abs(analytic)))
         errors.append(worst)
     return errors

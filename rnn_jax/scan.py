@@ -21,6 +21,7 @@ from rnn_jax.sequence import (
 )
 
 GRADIENTS = ("autodiff", "manual")
+MODES = ("sequential", "parallel")
 
 
 @accepts_unbatched(arrays=("lengths", "mask", "resets"), trees=("carry",), results=(0, 1, 2))
@@ -42,6 +43,7 @@ def unroll(
     remat: int | str | None = None,
     matmul_dtype=None,
     backend: str = "scan",
+    mode: str | None = None,
 ):
     """Run ``cell`` over ``xs``; returns ``(final_carry, hs)``.
 
@@ -89,6 +91,10 @@ def unroll(
         (GPU, LSTM) for a fused per-sequence kernel with its own fused backward (``unroll``
         and ``gradient`` do not apply), or ``"auto"``: fused where it applies, else scan.
         See ``rnn_jax.backends`` for what each supports.
+      mode: ``"sequential"`` (the cell's ``step`` in ``lax.scan``) or ``"parallel"`` (the
+        whole sequence at once, for a cell with a ``parallel`` path: the linear recurrences
+        ``rj.mingru``, ``rj.minlstm``, ``rj.lru``, through ``rj.linear_scan``). Same values and
+        gradients. None: parallel where the cell has it, else sequential.
 
     Returns:
       ``(final_carry, hs)`` with ``hs (B, T, H)`` (``(T, B, H)`` if time-major); with
@@ -147,6 +153,10 @@ def unroll(
         # The dtype rides on the (hashable, static) Cell so the manual backward sees it too.
         cell = dataclasses.replace(cell, matmul_dtype=jnp.dtype(matmul_dtype).name)
     xs_tm, valid, resets = reading_order(prep, reverse)
+    if resolve_mode(mode, cell) == "parallel":
+        _check_parallel_options(cell, truncate, remat, return_carries)
+        final, hs = cell.parallel(params, xs_tm, prep.carry, valid, resets)
+        return final, _to_caller(hs, prep.lengths, reverse, time_major)
     manual = gradient == "manual"
     if segment is not None:
         final, hs = remat_scan_forward(
@@ -166,6 +176,33 @@ def unroll(
         return final, _to_caller(hs, prep.lengths, reverse, time_major), carries
     hs = flip_valid(hs, prep.lengths) if reverse else hs
     return final, to_layout(hs, time_major)
+
+
+def resolve_mode(mode: str | None, cell) -> str:
+    """``mode`` of ``unroll``: None picks ``"parallel"`` where ``cell`` has a parallel path."""
+    has_parallel = getattr(cell, "parallel", None) is not None
+    if mode is None:
+        return "parallel" if has_parallel else "sequential"
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES} or None, got {mode!r}")
+    if mode == "parallel" and not has_parallel:
+        raise ValueError(
+            f"mode='parallel' needs a cell with a parallel path (a linear recurrence such as "
+            f"rj.mingru, rj.minlstm, rj.lru); {cell.name} runs step by step: use "
+            "mode='sequential'"
+        )
+    return mode
+
+
+def _check_parallel_options(cell, truncate, remat, return_carries) -> None:
+    """The options that need step-by-step evaluation, refused in parallel mode."""
+    asked = {"truncate": truncate, "remat": remat, "return_carries": return_carries or None}
+    for option, value in asked.items():
+        if value is not None:
+            raise ValueError(
+                f"{option}={value!r} runs step by step: pass mode='sequential' to use it with "
+                f"{cell.name} (mode='parallel' is its default)"
+            )
 
 
 def _to_caller(seq_tm, lengths, reverse: bool, time_major: bool):

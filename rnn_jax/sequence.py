@@ -97,12 +97,18 @@ def reading_order(prep: Prepared, reverse: bool):
     if not reverse:
         return prep.xs, prep.valid, prep.resets
     xs = flip_valid(prep.xs, prep.lengths)
-    if prep.resets is None:  # a lengths prefix maps onto itself: no gather needed
-        return xs, prep.valid, None
-    flip = lambda flags: None if flags is None else flip_valid(flags, prep.lengths)
-    valid, resets = flip(prep.valid), flip(prep.resets)
+    return (xs, *flags_in_reading_order(prep.valid, prep.resets, prep.lengths))
+
+
+def flags_in_reading_order(valid, resets, lengths):
+    """``(valid, resets)`` (time-major ``(T, B)`` bool or None) for a backwards reading of
+    each row's valid prefix (``reading_order``)."""
+    if resets is None:  # a lengths prefix maps onto itself: no gather needed
+        return valid, None
+    flip = lambda flags: None if flags is None else flip_valid(flags, lengths)
+    valid, resets = flip(valid), flip(resets)
     resets = jnp.concatenate([jnp.zeros_like(resets[:1]), resets[:-1]])
-    return xs, valid, resets if valid is None else resets & valid
+    return valid, resets if valid is None else resets & valid
 
 
 def valid_mask(lengths: jax.Array, num_steps: int) -> jax.Array:

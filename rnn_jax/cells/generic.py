@@ -70,6 +70,7 @@ class GenericCell:
     step_backward: Callable
     sizes: Callable
     hand_written: bool = True
+    parallel: Callable | None = None
 
     def check_params(self, params) -> tuple[int, int]:
         """Validate ``params`` against ``init``'s shapes; return ``(input_size, hidden_size)``."""
@@ -88,6 +89,7 @@ def make_cell(
     step_forward: Callable | None = None,
     step_backward: Callable | None = None,
     sizes: Callable | None = None,
+    parallel: Callable | None = None,
 ) -> GenericCell:
     """A cell from plain functions, usable everywhere a library cell is.
 
@@ -105,6 +107,11 @@ def make_cell(
         can start with autodiff and write the backward later.
       sizes: ``params -> (input_size, hidden_size)``; default reads ``w_x (I, ...)`` and
         ``w_h (H, ...)`` of a dict of parameters.
+      parallel: for a recurrence that can run over a whole sequence at once (a linear one,
+        see ``rj.linear_scan``): ``(params, xs (T, B, I), carry, valid (T, B) | None, starts,
+        *, method) -> (final_carry, hs (T, B, H_out))``, time-major, past a row's length
+        the carry frozen and the output zero, ``starts (T, B) | None`` where the carry
+        restarts from the initial one. ``rj.unroll`` uses it with ``mode="parallel"``.
 
     Examples:
       >>> import jax, jax.numpy as jnp, rnn_jax as rj
@@ -141,6 +148,7 @@ def make_cell(
         step_backward=step_backward,
         sizes=sizes or fused_sizes,
         hand_written=hand_written,
+        parallel=parallel,
     )
 
 

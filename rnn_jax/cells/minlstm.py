@@ -1,0 +1,81 @@
+"""minLSTM (Feng et al. 2024, "Were RNNs All We Needed?"): an LSTM whose gates read only ``x``.
+
+``f = sigmoid(x W_f + b_f)``, ``i = sigmoid(x W_i + b_i)``, ``h~ = x W_h + b_h``; the gates are
+normalised to sum to one, ``f' = f / (f + i)``, ``i' = i / (f + i)``, and
+``h' = f' * h + i' * h~``. Linear in ``h``: parallel over time (``mode="parallel"``, the default)
+or step by step, with equal values. Parameters ``{"w_x": (I, 3H), "b": (3H,)}`` (gates f, i, h~);
+carry ``h (B, H)``. ``rj.minlstm.log_space`` uses ``h~ = g(x W_h + b_h)`` as the paper's
+log-space version (see ``rj.mingru``).
+
+Examples:
+  >>> import jax, jax.numpy as jnp, rnn_jax as rj
+  >>> params = rj.minlstm.init(jax.random.PRNGKey(0), input_size=3, hidden_size=4)
+  >>> carry, hs = rj.unroll(rj.minlstm, params, jnp.ones((2, 6, 3)), lengths=jnp.array([6, 2]))
+  >>> hs.shape, bool(jnp.all(hs[1, 2:] == 0)), bool(jnp.allclose(carry[1], hs[1, 1]))
+  ((2, 6, 4), True, True)
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from rnn_jax.cells.gated_linear import (
+    gated_linear_cell,
+    positive,
+    positive_derivative,
+    split_gates,
+)
+
+
+def _normalised_gates(k_f, k_i):
+    f, i = jax.nn.sigmoid(k_f), jax.nn.sigmoid(k_i)
+    total = f + i
+    return f, i, f / total, i / total, total
+
+
+def _gates_backward(f, i, f_norm, i_norm, total, d_f_norm, d_i_norm):
+    """Through ``f' = f / (f + i)``, ``i' = i / (f + i)`` and the two sigmoids."""
+    spread = (d_f_norm - d_i_norm) / total
+    d_f, d_i = spread * i_norm, -spread * f_norm
+    return d_f * f * (1 - f), d_i * i * (1 - i)
+
+
+def coefficients(k):
+    k_f, k_i, k_h = split_gates(k, 3)
+    f, i, f_norm, i_norm, total = _normalised_gates(k_f, k_i)
+    return f_norm, i_norm * k_h, (f, i, f_norm, i_norm, total, k_h, k_h)
+
+
+def log_space_coefficients(k):
+    k_f, k_i, k_h = split_gates(k, 3)
+    f, i, f_norm, i_norm, total = _normalised_gates(k_f, k_i)
+    candidate = positive(k_h)
+    return f_norm, i_norm * candidate, (f, i, f_norm, i_norm, total, candidate, k_h)
+
+
+def coefficients_backward(residuals, d_a, d_b):
+    *gates, candidate, _ = residuals
+    d_k_f, d_k_i = _gates_backward(*gates, d_a, d_b * candidate)
+    return jnp.concatenate([d_k_f, d_k_i, d_b * gates[3]], axis=-1)
+
+
+def log_space_coefficients_backward(residuals, d_a, d_b):
+    *gates, candidate, k_h = residuals
+    d_k_f, d_k_i = _gates_backward(*gates, d_a, d_b * candidate)
+    d_k_h = d_b * gates[3] * positive_derivative(k_h)
+    return jnp.concatenate([d_k_f, d_k_i, d_k_h], axis=-1)
+
+
+cell = gated_linear_cell("minlstm", 3, coefficients, coefficients_backward)
+log_space = gated_linear_cell(
+    "minlstm_log_space", 3, log_space_coefficients, log_space_coefficients_backward
+)
+
+init = cell.init
+zero_carry = cell.zero_carry
+hidden_of = cell.hidden_of
+step = cell.step
+step_forward = cell.step_forward
+step_backward = cell.step_backward
+parallel = cell.parallel
