@@ -183,6 +183,7 @@ def _xla_temp_bytes(compiled) -> int | None:
 
 
 def make_rnn_jax(cell, cfg, mode, x, y, *, gradient="autodiff", **unroll_options) -> Callable:
+    """``mode`` is the bench's ("train"/"inference"); ``unroll_mode`` is ``rj.unroll``'s."""
     import jax
 
     import rnn_jax as rj
@@ -191,6 +192,9 @@ def make_rnn_jax(cell, cfg, mode, x, y, *, gradient="autodiff", **unroll_options
     _, _, input_size, hidden_size = cfg
     module = as_cell(_cell_of(cell))
     rnn_params = module.init(jax.random.key(0), input_size, hidden_size)
+
+    if "unroll_mode" in unroll_options:
+        unroll_options["mode"] = unroll_options.pop("unroll_mode")
 
     def forward(p, xs):
         carry, _ = rj.unroll(module, p, xs, gradient=gradient, **unroll_options)
@@ -577,6 +581,78 @@ def remat_memory(cell="lstm", batch=32, input_size=64, hidden_size=256, steps=(5
     return rows
 
 
+# The linear recurrences against the sequential cells (issue "parallel-in-time"): train steps
+# at B=16, I=128, H=256 for each sequence length, every row in one round robin per length.
+LINEAR_LENGTHS = (784, 4096, 16384)
+LINEAR_SHAPE = (16, 128, 256)  # B, I, H
+LINEAR_BASELINE = "lstm manual"
+LINEAR_ROWS = {  # row -> (cell, rj.unroll options)
+    "mingru parallel": ("mingru", {"unroll_mode": "parallel"}),
+    "mingru sequential": ("mingru", {"unroll_mode": "sequential", "gradient": "manual"}),
+    "minlstm parallel": ("minlstm", {"unroll_mode": "parallel"}),
+    "minlstm sequential": ("minlstm", {"unroll_mode": "sequential", "gradient": "manual"}),
+    "lru parallel": ("lru", {"unroll_mode": "parallel"}),
+    "lru sequential": ("lru", {"unroll_mode": "sequential", "gradient": "manual"}),
+    LINEAR_BASELINE: ("lstm", {"gradient": "manual"}),
+    "gru manual": ("gru", {"gradient": "manual"}),
+}
+
+
+def linear_recurrences(steps: int, warmup: int, log, lengths=LINEAR_LENGTHS) -> list[dict]:
+    """Train-step ms and XLA temp memory of ``LINEAR_ROWS`` and PyTorch's LSTM, per length;
+    ``speedup`` = the LSTM's (manual gradient) median / the row's."""
+    import jax
+
+    rows = []
+    for num_steps in lengths:
+        batch, input_size, hidden_size = LINEAR_SHAPE
+        cfg = (batch, num_steps, input_size, hidden_size)
+        x, y = make_inputs(cfg)
+        log(f"linear recurrences {cfg}")
+        with contextlib.ExitStack() as cleanup:
+            benches = [make_rnn_jax(cell, cfg, "train", x, y, **options)(row)
+                       for row, (cell, options) in LINEAR_ROWS.items()]  # fmt: skip
+            try:
+                benches.append(make_torch("lstm", cfg, "train", x, y)("torch lstm"))
+                cleanup.callback(benches[-1].close)
+            except Skip as e:
+                log(f"  skip torch lstm: {e}")
+            for bench in benches:
+                for _ in range(warmup):
+                    bench.run()
+            time_round_robin(benches, steps)
+        medians = {b.name: float(np.median(b.times)) for b in benches}
+        for b in benches:
+            speedup = medians[LINEAR_BASELINE] / medians[b.name]
+            iqr = float(np.subtract(*np.percentile(b.times, [75, 25])))
+            rows.append({"impl": b.name, "config": dict(zip("BTIH", cfg, strict=True)),
+                         "steps": len(b.times), "median_ms": 1e3 * medians[b.name],
+                         "iqr_ms": 1e3 * iqr, "speedup_vs_lstm": speedup,
+                         "peak_memory_bytes": b.memory_bytes})  # fmt: skip
+            log(f"  {b.name:20s} {1e3 * medians[b.name]:10.1f} ms  {speedup:5.2f}x the LSTM")
+        jax.clear_caches()
+    return rows
+
+
+def linear_markdown(rows: list[dict]) -> list[str]:
+    lines = [
+        "",
+        "Linear recurrences (parallel = one projection for all steps, then the scan; sequential",
+        "= the cell's step in lax.scan with the hand-written BPTT) against the LSTM and GRU",
+        "(manual gradient) and PyTorch's LSTM: train step, one round robin per length.",
+        "",
+        "| B,T,I,H | impl | median ms (IQR) | speedup vs rj.lstm manual | peak MiB |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        c, mem = r["config"], r["peak_memory_bytes"]
+        mem = "–" if mem is None else f"{mem / 2**20:.0f}"
+        lines.append(f"| {c['B']},{c['T']},{c['I']},{c['H']} | {r['impl']} | "
+                     f"{r['median_ms']:.1f} ({r['iqr_ms']:.1f}) | {r['speedup_vs_lstm']:.2f} | "
+                     f"{mem} |")  # fmt: skip
+    return lines
+
+
 # ----------------------------------------------------------------------------- reporting
 
 
@@ -673,6 +749,8 @@ def to_markdown(report: dict) -> str:
                 f"{r['ms_per_step']:.1f} | {r['examples_per_s']:.0f} | "
                 f"{r['ratio_to_one_process']:.2f} |"
             )
+    if report.get("linear_recurrences"):
+        lines += linear_markdown(report["linear_recurrences"])
     if report["skipped"]:
         lines += ["", "Skipped: " + "; ".join(report["skipped"])]
     return "\n".join(lines) + "\n"
@@ -706,6 +784,10 @@ def parse_args(argv=None):
     p.add_argument("--name", default=None, help="file stem (default: bench-<date>)")
     p.add_argument("--remat-memory", action="store_true",
                    help="also report remat memory (LSTM B=32 I=64 H=256, T=512 and 4096)")
+    p.add_argument("--linear", default=None, metavar="T1,T2,...",
+                   help="also time minGRU/minLSTM/LRU (parallel and sequential) against the "
+                   f"LSTM, GRU and PyTorch at B,I,H={LINEAR_SHAPE} for these sequence lengths "
+                   f"(the issue's: {','.join(map(str, LINEAR_LENGTHS))})")
     p.add_argument("--quick", action="store_true", help="tiny config, 3 steps: a smoke run")
     p.add_argument("--processes", type=common.int_at_least(0), default=0, metavar="STEPS",
                    help="also time STEPS row-MNIST LSTM train steps: 1 process on every core vs "
@@ -728,6 +810,13 @@ def parse_args(argv=None):
     if args.quick:
         args.configs, args.config = "", [",".join(map(str, QUICK_CONFIG))]
         args.steps, args.warmup = 3, 1
+    if args.linear is not None:
+        try:
+            args.linear = tuple(int(v) for v in args.linear.split(","))
+        except ValueError:
+            args.linear = ()
+        if not args.linear or min(args.linear) < 1:
+            p.error("argument --linear: expected sequence lengths T1,T2,... (positive ints)")
     try:
         args.selected = selected_configs(args)
     except ValueError as e:
@@ -784,6 +873,9 @@ def main(argv=None) -> dict:
         for r in report["process_scaling"]:
             ratio = r["ratio_to_one_process"]
             log(f"  {r['setup']:24s} {r['ms_per_step']:8.1f} ms/step  x{ratio:.2f}")
+    if args.linear:
+        report["linear_recurrences"] = linear_recurrences(args.steps, args.warmup, log,
+                                                          args.linear)  # fmt: skip
     if args.remat_memory:
         report["remat_memory"] = remat_memory()
         for r in report["remat_memory"]:

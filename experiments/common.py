@@ -141,6 +141,9 @@ CELL_PATHS = {
     "mgu_without_reset": "mgu.without_reset",
     "lstm_peephole": "lstm.peephole",
     "layernorm_lstm": "layernorm_lstm",
+    "mingru": "mingru",
+    "minlstm": "minlstm",
+    "lru": "lru",
 }
 
 

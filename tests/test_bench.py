@@ -89,3 +89,18 @@ def test_useful_flops_counts_gates():
     cfg = (2, 3, 4, 5)
     assert bench.useful_flops("lstm", cfg, "inference") == 2 * 2 * 3 * (4 + 5) * 4 * 5
     assert bench.useful_flops("gru", cfg, "train") == 3 * 2 * 2 * 3 * (4 + 5) * 3 * 5
+
+
+def test_bench_linear_recurrences_rows(tmp_path, monkeypatch):
+    """``--linear``: every linear-recurrence row and the LSTM baseline in one round robin."""
+    bench = load_bench()
+    monkeypatch.setattr(bench, "LINEAR_SHAPE", (2, 4, 4))  # B, I, H: tiny
+    argv = ["--config", "2,3,4,5", "--cells", "lstm", "--modes", "train", "--impls", "rnn_jax"]
+    argv += ["--steps", "2", "--warmup", "1", "--linear", "3", "--out", str(tmp_path)]
+    report = bench.main(argv + ["--name", "linear"])
+
+    rows = {r["impl"]: r for r in report["linear_recurrences"]}
+    assert set(bench.LINEAR_ROWS) | {"torch lstm"} == set(rows)
+    assert rows["lstm manual"]["speedup_vs_lstm"] == 1.0
+    assert all(r["steps"] == 2 and r["config"]["T"] == 3 for r in rows.values())
+    assert "| 2,3,4,4 | mingru parallel |" in (tmp_path / "linear.md").read_text()
