@@ -18,10 +18,10 @@ Three ways to evaluate a scan (``method``), with equal values:
 
 ``"auto"`` (the default) is ``"sequential"`` on CPU and ``"associative"`` elsewhere: on this
 project's 2-core CPU the sequential loop is memory-bound and fastest (B=16, T=4096, H=256,
-forward and backward: sequential 170 ms, chunked 340-390 ms, associative 650 ms), while the
-associative scan's O(log T) depth is what a GPU or TPU needs. ``gated_scan`` goes further for
-cells whose coefficients are element-wise functions of a projection: the gate math runs
-inside the loop, forward and backward.
+forward and backward, quiet machine: sequential 90 ms, chunked 217 ms, associative 295 ms),
+while the associative scan's O(log T) depth is what a GPU or TPU needs. (Moving minGRU's gate
+math into the loop body, forward and backward, was measured slower: 535 against 476 ms for a
+whole minGRU layer's train step at those sizes.)
 
 Internally everything is time-major, ``(T, B, ...)``, as in ``rnn_jax.sequence``.
 """
@@ -266,72 +266,3 @@ def _check_resets(resets, batch_size: int, num_steps: int):
             f"got {resets.shape} {resets.dtype}"
         )
     return resets.T
-
-
-def gated_scan(gates, k, h0, valid=None, starts=None):
-    """``h_t = a_t * h_{t-1} + b_t`` with ``(a_t, b_t) = gates.coefficients(k_t)``, the gate
-    math inside the loop: ``(final (B, H), hs (T, B, H))`` from time-major ``k (T, B, G*H)``.
-
-    What ``scan_states`` computes for coefficients given as element-wise functions of a
-    projection, without materialising ``a`` and ``b``; the backward is one reverse loop that
-    recomputes the gates and emits ``d_k`` (``gates.coefficients_backward``). This is the
-    fastest evaluation on a CPU (``experiments/bench.py --linear``). ``valid``, ``starts``
-    as in ``scan_states``; ``gates`` is hashable (a jit-static ``Variant``).
-    """
-    if k.shape[0] == 0:
-        return h0, jnp.zeros(k.shape[:2] + h0.shape[1:], h0.dtype)
-    states = _gated_states(gates, k, h0, valid, starts)
-    hs = states if valid is None else jnp.where(valid[..., None], states, 0)
-    return states[-1], hs
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _gated_states(gates, k, h0, valid, starts):
-    """The state after each step (frozen, not zeroed, past a row's length)."""
-    return _gated_forward(gates, k, h0, valid, starts)[0]
-
-
-def _gated_forward(gates, k, h0, valid, starts):
-    def step(h, inputs):
-        k_t, valid_t, start_t = inputs
-        a, b, _ = gates.coefficients(k_t)
-        h_in = h if start_t is None else jnp.where(start_t[:, None], h0, h)
-        h_new = a * h_in + b
-        h_new = h_new if valid_t is None else jnp.where(valid_t[:, None], h_new, h)
-        return h_new, h_new
-
-    _, states = jax.lax.scan(step, h0, (k, valid, starts))
-    return states, (k, h0, valid, starts, states)
-
-
-def _gated_backward(gates, residuals, d_states):
-    k, h0, valid, starts, states = residuals
-    states_prev = jnp.concatenate([h0[None], states[:-1]], axis=0)
-
-    def step(carry, inputs):
-        d_next, d_h0 = carry  # dL/d(state after this step) from later steps; dL/dh0 so far
-        k_t, h_prev, d_out, valid_t, start_t = inputs
-        d_state = d_out + d_next
-        h_in = h_prev if start_t is None else jnp.where(start_t[:, None], h0, h_prev)
-        a, _, residuals_t = gates.coefficients(k_t)
-        d_k = gates.coefficients_backward(residuals_t, d_state * h_in, d_state)
-        d_in = d_state * a
-        if valid_t is not None:  # a skipped step passes its cotangent through unchanged
-            d_k = jnp.where(valid_t[:, None], d_k, 0)
-            d_in = jnp.where(valid_t[:, None], d_in, d_state)
-        if start_t is None:
-            return (d_in, d_h0), d_k
-        restart = start_t[:, None] & (True if valid_t is None else valid_t[:, None])
-        return (jnp.where(restart, 0, d_in), d_h0 + jnp.where(restart, d_in, 0)), d_k
-
-    zeros = jnp.zeros_like(h0)
-    inputs = (k, states_prev, d_states, valid, starts)
-    (d_first, d_h0), d_k = jax.lax.scan(step, (zeros, zeros), inputs, reverse=True)
-    # Step 0 reads h0 unless it restarted (then d_first is already in d_h0 and zero here).
-    return d_k, d_h0 + d_first, None, None
-
-
-_gated_states.defvjp(
-    lambda gates, k, h0, valid, starts: _gated_forward(gates, k, h0, valid, starts),
-    _gated_backward,
-)

@@ -187,8 +187,7 @@ def test_parallel_equals_sequential_values_and_gradients(name, reverse, x64):
 
 @pytest.mark.parametrize("name", ["mingru", "lru"])
 def test_every_scan_method_of_a_cell_agrees(name, x64):
-    """``cell.parallel`` by each ``linear_scan`` method (the CPU default is a fused loop for
-    minGRU/minLSTM and ``"sequential"`` for the LRU), with lengths and resets."""
+    """``cell.parallel`` by each ``linear_scan`` method, with lengths and resets."""
     cell, params, xs, carry = _cell_problem(name, np.random.default_rng(6), num_steps=70)
     xs_tm = xs.swapaxes(0, 1)
     valid = jnp.arange(70)[:, None] < jnp.array([70, 33, 0])[None, :]

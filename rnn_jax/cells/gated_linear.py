@@ -78,20 +78,14 @@ class Variant:
         return d_params, d_k @ params["w_x"].T, d_total * a
 
     def parallel(self, params, xs, h0, valid, starts=None, *, method="auto"):
-        """Time-major ``xs (T, B, I)`` -> ``(final h (B, H), hs (T, B, H))`` in one pass.
-
-        ``method`` as in ``rj.linear_scan``; ``"auto"`` on a CPU runs ``gated_scan`` (the
-        gates computed inside the loop), elsewhere the associative scan.
-        """
-        from rnn_jax.linear import gated_scan, scan_states  # they import rnn_jax.sequence
+        """Time-major ``xs (T, B, I)`` -> ``(final h (B, H), hs (T, B, H))``: one product for
+        every step's gates, then ``rj.linear_scan``'s core (``method`` as there)."""
+        from rnn_jax.linear import scan_states  # rnn_jax.linear imports rnn_jax.sequence
 
         num_steps, batch_size, input_size = xs.shape
         # A 2-D product: its gradient is ~3x faster than a (T, B, I) contraction's on CPU.
         k = xs.reshape(-1, input_size) @ params["w_x"] + params["b"]
-        k = k.reshape(num_steps, batch_size, -1)
-        if method == "auto" and jax.default_backend() == "cpu":
-            return gated_scan(self, k, h0, valid, starts)
-        a, b, _ = self.coefficients(k)
+        a, b, _ = self.coefficients(k.reshape(num_steps, batch_size, -1))
         return scan_states(a, b, h0, valid=valid, starts=starts, method=method)
 
 
