@@ -273,3 +273,23 @@ def test_wrong_params_are_named_before_compute():
         ValueError, match=r"lstm_peephole params .*\['p_o'\] must be \(4,\), got \(5,\)"
     ):
         rj.unroll(rj.lstm.peephole, bad, xs)
+
+
+@pytest.mark.parametrize("initializer", ["default", "torch"])
+def test_layernorm_lstm_gradient_through_zero_inputs(initializer, x64):
+    """The docstring's warning: with the default (per-gate constant) biases, zero inputs keep
+    h = c = 0 and each step back through them multiplies the gradient by > 1e4 (the layer
+    norms' 1/sqrt(eps) at a constant vector); random biases (initializer="torch") do not."""
+    cell = rj.layernorm_lstm
+    params = cell.init(jax.random.PRNGKey(0), 3, 8, initializer=initializer, dtype=jnp.float64)
+    blank = jnp.zeros((2, 3, 3), jnp.float64)
+    carry, _ = rj.unroll(cell, params, blank)
+    assert bool(jnp.all(carry.c == 0)) == (initializer == "default")
+
+    def grad_b(num_blank):
+        xs = jnp.zeros((2, num_blank + 1, 3), jnp.float64).at[:, -1].set(1.0)
+        last = lambda p: jnp.sum(rj.unroll(cell, p, xs, gradient="manual")[1][:, -1])  # noqa: E731
+        return float(jnp.abs(jax.grad(last)(params)["b"]).max())
+
+    growth = grad_b(3) / grad_b(2)
+    assert growth > 1e4 if initializer == "default" else growth < 10

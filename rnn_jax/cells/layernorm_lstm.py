@@ -9,6 +9,12 @@
 (all 4H pre-activations together, as in the paper). The carry keeps the un-normalised ``c'``.
 ``b`` and the two shifts are redundant with each other, as in the paper's equations.
 
+A layer norm's derivative at a constant vector is ``gain / sqrt(1e-5)``, about 316 x gain. With
+``init``'s default biases (constant per gate) all-zero inputs keep ``h = c = 0`` exactly, so
+each step back through such a run multiplies the gradient by about 1e4 (row-MNIST's blank top
+rows overflow float32 at the first step). ``initializer="torch"`` draws random biases, which
+break that symmetry.
+
 Parameters ``{"w_x": (I, 4H), "w_h": (H, 4H), "b": (4H,), "gain_x", "shift_x", "gain_h",
 "shift_h": (4H,), "gain_c", "shift_c": (H,)}``; carry ``LSTMCarry(h, c)``.
 
