@@ -25,6 +25,7 @@ from rnn_jax.layers import (
     unroll_stack,
 )
 from rnn_jax.linear import linear_scan
+from rnn_jax.regularize import regularized
 from rnn_jax.scan import unroll
 from rnn_jax.summary import count_params, summary
 
@@ -78,6 +79,7 @@ __all__ = [
     "mingru",
     "minlstm",
     "output_size",
+    "regularized",
     "simple",
     "summary",
     "unroll",

@@ -7,6 +7,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from rnn_jax import regularize
 from rnn_jax.backends import check_backend, dispatch
 from rnn_jax.bptt import _check_truncate, manual_scan
 from rnn_jax.cells.base import Cell
@@ -44,6 +45,11 @@ def unroll(
     matmul_dtype=None,
     backend: str = "scan",
     mode: str | None = None,
+    input_dropout: float = 0.0,
+    recurrent_dropout: float = 0.0,
+    zoneout=None,
+    key=None,
+    training: bool | None = None,
 ):
     """Run ``cell`` over ``xs``; returns ``(final_carry, hs)``.
 
@@ -95,6 +101,17 @@ def unroll(
         whole sequence at once, for a cell with a ``parallel`` path: the linear recurrences
         ``rj.mingru``, ``rj.minlstm``, ``rj.lru``, through ``rj.linear_scan``). Same values and
         gradients. None: parallel where the cell has it, else sequential.
+      input_dropout, recurrent_dropout: variational dropout rates in ``[0, 1)`` (Gal &
+        Ghahramani 2016, Keras ``dropout``/``recurrent_dropout``): one mask per sequence,
+        ``(B, I)`` on every ``x`` and ``(B, H)`` on ``h_{t-1}`` in the recurrent product
+        (``rj.regularized`` says where for custom cells), values 0 or ``1/(1-rate)``.
+      zoneout: None, ``z`` or ``(z_h, z_c)`` in ``[0, 1)`` (Krueger et al. 2016): in
+        training each unit of ``h`` (``c``) keeps its previous value with probability ``z``,
+        a fresh mask per step; in evaluation ``h' = z * h + (1 - z) * h_new``.
+      key: PRNG key the masks are drawn from (split per mask kind).
+      training: None: training when ``key`` is given. Out of training dropout is off (the
+        plain cell's results exactly) and zoneout mixes. Works with both ``gradient``s,
+        ``truncate``, ``remat``, ``lengths``/``mask``/``resets``; sequential mode only.
 
     Returns:
       ``(final_carry, hs)`` with ``hs (B, T, H)`` (``(T, B, H)`` if time-major); with
@@ -129,11 +146,13 @@ def unroll(
     truncate = _check_truncate(truncate)
     if not isinstance(unroll, int) or unroll < 1:
         raise ValueError(f"unroll must be an int >= 1, got {unroll!r}")
+    regs = regularize.options(input_dropout, recurrent_dropout, zoneout, key, training)
     steps = dict(mask=mask, resets=resets, reverse=reverse)
     prep = prepare(cell, params, xs, carry, lengths, time_major=time_major, **steps)
     _check_step_options(prep, remat, gradient, return_carries)
     scan_only = dict(lengths=lengths, truncate=truncate, remat=remat, matmul_dtype=matmul_dtype,
-                     mask=mask, resets=resets, return_carries=return_carries or None)  # fmt: skip
+                     mask=mask, resets=resets, return_carries=return_carries or None,
+                     **({} if regs is None else regs.as_dict()))  # fmt: skip
     fused = dispatch(
         backend, prep.cell, params, xs, prep.carry, reverse=reverse, time_major=time_major,
         options=scan_only,
@@ -152,6 +171,9 @@ def unroll(
             )
         # The dtype rides on the (hashable, static) Cell so the manual backward sees it too.
         cell = dataclasses.replace(cell, matmul_dtype=jnp.dtype(matmul_dtype).name)
+    if regs is not None:  # masks in the inputs, the cell wrapped (rnn_jax.regularize)
+        cell, xs_regularized = regularize.apply(regs, cell, prep.xs, prep.carry, key)
+        prep = prep._replace(xs=xs_regularized)
     xs_tm, valid, resets = reading_order(prep, reverse)
     if resolve_mode(mode, cell) == "parallel":
         _check_parallel_options(cell, truncate, remat, return_carries)

@@ -153,12 +153,20 @@ class Cell:
         h = jnp.zeros((batch_size, hidden_size), dtype)
         return LSTMCarry(h, jnp.zeros_like(h)) if self.has_cell_state else h
 
-    def step_forward(self, params: Params, carry: Carry, x: Array):
-        """One step that also returns what its backward needs: ``(carry', h', StepResiduals)``."""
+    def step_forward(self, params: Params, carry: Carry, x: Array, h_read=None):
+        """One step that also returns what its backward needs: ``(carry', h', StepResiduals)``.
+
+        ``h_read`` (B, H): what the recurrent product ``h @ w_h`` reads instead of the carry's
+        ``h``, which the gate math still sees (recurrent dropout, ``rj.regularized``: Keras
+        drops ``h`` in the product only). None: the carry's ``h``.
+        """
         z_x = input_projection(params, x, self.matmul_dtype)
-        z_h = hidden_projection(params, hidden_of(carry), self.matmul_dtype)
+        read = hidden_of(carry) if h_read is None else h_read
+        z_h = hidden_projection(params, read, self.matmul_dtype)
         new_carry, gates = self.pointwise(z_x, z_h, carry)
-        return new_carry, hidden_of(new_carry), StepResiduals(x, carry, gates)
+        # The residual carry's h is what w_h read: its gradient is read^T d_zh.
+        kept = carry if h_read is None else with_hidden(carry, h_read)
+        return new_carry, hidden_of(new_carry), StepResiduals(x, kept, gates)
 
     def step(self, params: Params, carry: Carry, x: Array):
         """``(params, carry (B, H)|LSTMCarry, x (B, I)) -> (carry', h' (B, H))``, pure."""
@@ -171,16 +179,23 @@ class Cell:
         ``d_h`` (B, H) is dL/dh' from the step's output, ``d_carry`` dL/dcarry' from the next
         step (None: zero). Returns ``(d_params, d_x (B, I), d_carry_prev)``.
         """
+        d_params, d_x, d_prev, d_read = self.step_backward_parts(params, residuals, d_h, d_carry)
+        return d_params, d_x, with_hidden(d_prev, hidden_of(d_prev) + d_read)
+
+    def step_backward_parts(self, params: Params, residuals: StepResiduals, d_h, d_carry=None):
+        """``step_backward`` with dL/dh_prev left in its two parts: ``(d_params, d_x (B, I),
+        d_carry_direct, d_read (B, H))``, ``d_carry_direct`` the part that skips ``w_h`` and
+        ``d_read = d_zh @ w_h^T`` the gradient of what the product read (``h_read``); their
+        sum is dL/dh_prev. Recurrent dropout scales only ``d_read``."""
         if d_carry is None:
             d_carry = jax.tree.map(jnp.zeros_like, residuals.carry)
         d_carry = with_hidden(d_carry, hidden_of(d_carry) + d_h)
-        d_zx, d_zh, d_prev = recurrent_backward(
-            params, residuals.gates, d_carry, self.pointwise_backward, self.matmul_dtype
-        )
+        d_zx, d_zh, d_prev = self.pointwise_backward(residuals.gates, d_carry)
+        d_read = matmul(d_zh, params["w_h"].T, self.matmul_dtype)
         d_params, d_x = input_weight_backward(params, residuals.x, d_zx, self.matmul_dtype)
         h_prev = hidden_of(residuals.carry)
         d_params |= hidden_weight_backward(params, h_prev, d_zh, self.matmul_dtype)
-        return d_params, d_x, d_prev
+        return d_params, d_x, d_prev, d_read
 
 
 def split_gates(z: Array, num_gates: int) -> list[Array]:
