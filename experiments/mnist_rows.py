@@ -56,6 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The flags, each checked here (a bad value exits with code 2 before anything runs)."""
     pos_int, nonneg_int = common.int_at_least(1), common.int_at_least(0)
     positive = common.float_range(0.0, low_open=True)
+    rate = common.float_range(0.0, 1.0, high_open=True)
     p = common.ArgumentParser(
         description="Train an RNN on MNIST read row by row (28 steps x 28 pixels)."
     )
@@ -72,6 +73,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--backend", choices=("scan", "onednn", "cudnn", "auto"), default="scan",
                    help="rj.unroll's backend: lax.scan, or a fused oneDNN (CPU) / cuDNN (GPU, "
                    "LSTM) kernel; see the README's 'Fused backends'")
+    p.add_argument("--input-dropout", type=rate, default=0.0,
+                   help="variational dropout on each row's pixels, one mask per image")
+    p.add_argument("--recurrent-dropout", type=rate, default=0.0,
+                   help="variational dropout on h_{t-1} in the recurrent product")
+    p.add_argument("--zoneout", type=rate, default=0.0,
+                   help="zoneout rate of h (and the LSTM's c); its mix at evaluation")
     p.add_argument("--initializer", choices=("default", "torch"), default="default",
                    help="default: Glorot input weights, orthogonal recurrent weights; "
                    "torch: U(+-1/sqrt(H))")
@@ -142,6 +149,7 @@ def build_model(config: dict):
         initializer=config["initializer"],
         matmul_dtype=config.get("matmul_dtype"),  # absent in runs saved before the option
         backend=config.get("backend", "scan"),
+        **regularizers(config),
     )
     clip = {"clip_norm": config["clip_norm"], "clip_value": config["clip_value"]}
     optimizer = common.make_optimizer(config["optimizer"], learning_rate(config), **clip)
@@ -215,16 +223,23 @@ def make_batch_fn(train: tuple, config: dict, mesh=None):
     return batch_fn
 
 
-def make_fns(model):
-    """``loss_fn`` for training and ``metric_fn`` (masked sums) for evaluation."""
+def regularizers(config: dict) -> dict:
+    """The classifier's regulariser options (absent in runs saved before them: off)."""
+    return {"input_dropout": config.get("input_dropout", 0.0),
+            "recurrent_dropout": config.get("recurrent_dropout", 0.0),
+            "zoneout": config.get("zoneout", 0.0) or None}  # fmt: skip
+
+
+def make_fns(model, *, regularized: bool = False):
+    """``loss_fn`` for training and ``metric_fn`` (masked sums) for evaluation; with
+    ``regularized`` the training step's RNG key draws the dropout/zoneout masks."""
     import jax.numpy as jnp
     import optax
 
     from rnn_jax.train import accuracy, example_mask, softmax_cross_entropy
 
     def loss_fn(params, batch, rng):
-        del rng  # no dropout here; the RNG still advances in the TrainState
-        logits = model.apply(params, batch["x"])
+        logits = model.apply(params, batch["x"], key=rng if regularized else None)
         loss = softmax_cross_entropy(logits, batch["y"])
         return loss, {"accuracy": accuracy(logits, batch["y"])}
 
@@ -257,7 +272,8 @@ def _compiled(model_key: str, mesh=None):
 
     config = json.loads(model_key)
     model, optimizer = build_model(config)
-    loss_fn, metric_fn = make_fns(model)
+    regularized = any(regularizers(config).values())
+    loss_fn, metric_fn = make_fns(model, regularized=regularized)
     return model, optimizer, metric_fn, make_train_step(loss_fn, optimizer, mesh=mesh)
 
 

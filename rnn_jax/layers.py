@@ -80,10 +80,15 @@ def bidirectional(cell, params, xs, carry=None, *, lengths=None, merge="concat",
     # The backward direction is checked before the forward one runs (no compute on bad input).
     time_major = unroll_kwargs.get("time_major", False)
     prepare(cell, params["bwd"], xs, carry_bwd, lengths, time_major=time_major)
-    final_fwd, hs_fwd = unroll(cell, params["fwd"], xs, carry_fwd, lengths=lengths, **unroll_kwargs)
-    final_bwd, hs_bwd = unroll(
-        cell, params["bwd"], xs, carry_bwd, lengths=lengths, reverse=True, **unroll_kwargs
+    key = unroll_kwargs.pop("key", None)  # regularisers: each direction its own masks
+    keys = (None, None) if key is None else tuple(jax.random.split(key))
+    final_fwd, hs_fwd = unroll(
+        cell, params["fwd"], xs, carry_fwd, lengths=lengths, key=keys[0], **unroll_kwargs
     )
+    final_bwd, hs_bwd = unroll(
+        cell, params["bwd"], xs, carry_bwd, lengths=lengths, reverse=True, key=keys[1],
+        **unroll_kwargs,
+    )  # fmt: skip
     return (final_fwd, final_bwd), merge_fn(hs_fwd, hs_bwd)
 
 
@@ -147,6 +152,9 @@ def unroll_stack(
     ``carry``: None or a list with one entry per layer (a pair for bidirectional layers).
     ``dropout``: rate of inverted dropout on the outputs between layers (not after the
     last). It is applied only when ``key`` is given, so evaluation simply passes no key.
+    ``input_dropout``, ``recurrent_dropout``, ``zoneout``, ``training`` in ``unroll_kwargs``
+    regularise every layer's recurrence (``rj.unroll``), each layer with masks from its own
+    key (``fold_in(layer key, 1)``, so the between-layer masks are those without them).
     """
     if not isinstance(params, (list, tuple)) or not params:
         raise TypeError(f"stack params must be a non-empty list of layer params, got {params!r}")
@@ -163,7 +171,8 @@ def unroll_stack(
     for index, (layer, layer_carry) in enumerate(zip(params, carries, strict=True)):
         if index > 0 and dropout > 0.0 and keys[index] is not None:
             hs = _dropout(keys[index], hs, dropout)
-        kwargs = dict(lengths=lengths, time_major=time_major, **unroll_kwargs)
+        layer_key = None if keys[index] is None else jax.random.fold_in(keys[index], 1)
+        kwargs = dict(lengths=lengths, time_major=time_major, key=layer_key, **unroll_kwargs)
         if is_bidirectional(layer):
             final, hs = bidirectional(cell, layer, hs, layer_carry, merge=merge, **kwargs)
         else:

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rnn_jax import regularize
 from rnn_jax.checks import as_cell
 from rnn_jax.layers import (
     MERGES,
@@ -79,6 +80,9 @@ def classifier(
     gradient: str = "autodiff",
     matmul_dtype=None,
     backend: str = "scan",
+    input_dropout: float = 0.0,
+    recurrent_dropout: float = 0.0,
+    zoneout=None,
     **init_kwargs,
 ) -> Model:
     """Recurrent layer(s) -> dense readout of the last valid hidden state.
@@ -89,6 +93,8 @@ def classifier(
     ``matmul_dtype`` (e.g. ``jnp.bfloat16``): the recurrent layers' matrix products in that
     dtype, state and readout in float32 (``rj.unroll``'s mixed precision).
     ``backend``: ``rj.unroll``'s (``"onednn"`` runs each layer as one fused oneDNN kernel).
+    ``input_dropout``, ``recurrent_dropout``, ``zoneout``: ``rj.unroll``'s regularisers in
+    every layer, in training (a ``key``) only; zoneout's evaluation mix without one.
 
     Examples:
       >>> import jax, jax.numpy as jnp, rnn_jax as rj
@@ -103,6 +109,9 @@ def classifier(
       (4, 10)
     """
     cell = as_cell(cell)
+    regularizers = dict(input_dropout=input_dropout, recurrent_dropout=recurrent_dropout,
+                        zoneout=zoneout)  # fmt: skip
+    regularize.options(**regularizers, training=False)  # bad rates raise here, at build
 
     def init_fn(key, input_size: int, dtype=jnp.float32):
         k_rnn, k_out = jax.random.split(key)
@@ -117,7 +126,7 @@ def classifier(
         finals, _ = unroll_stack(
             cell, params["rnn"], xs, lengths=lengths, merge=merge,
             dropout=dropout, key=key, gradient=gradient, matmul_dtype=matmul_dtype,
-            backend=backend,
+            backend=backend, **regularizers,
         )  # fmt: skip
         last_bidirectional = is_bidirectional(params["rnn"][-1])
         h = last_hidden(cell, finals[-1], bidirectional=last_bidirectional, merge=merge)
@@ -143,7 +152,8 @@ def language_model(
     ``init_fn(key, dtype=float32) -> {"embed": (V, E)?, "rnn": [...], "readout": ...}``
     ``apply_fn(params, tokens (B, T) int, carry=None, *, key=None, **unroll_kwargs)
     -> (logits (B, T, V), final_carries)``; pass ``final_carries`` back as ``carry`` to
-    continue a stream (truncated BPTT over consecutive chunks, sampling). Tokens outside
+    continue a stream (truncated BPTT over consecutive chunks, sampling); ``unroll_kwargs``
+    may hold ``rj.unroll``'s regularisers (``recurrent_dropout=``...). Tokens outside
     ``[0, V)`` raise ValueError when concrete; under ``jit`` they cannot be seen (see
     ``_check_tokens``).
 

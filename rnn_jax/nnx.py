@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from rnn_jax import regularize
 from rnn_jax.cells import gru, lstm, simple
 from rnn_jax.checks import as_cell, check_params
 from rnn_jax.layers import _merge_fn, init_stack, is_bidirectional, unroll_stack
@@ -68,6 +69,9 @@ class RNN(nnx.Module):
         ``"dropout"`` stream of ``rngs`` (or of the ``rngs`` given to ``__call__``).
       time_major, unroll, gradient: passed to ``rj.unroll`` (``gradient="manual"`` uses
         the hand-written BPTT).
+      input_dropout, recurrent_dropout, zoneout: ``rj.unroll``'s regularisers in every
+        layer while ``deterministic`` is False (keys from the ``dropout`` stream);
+        ``model.eval()`` turns dropout off and zoneout to its evaluation mix.
       rngs: ``nnx.Rngs``; ``params`` stream for the initial weights, ``dropout`` for masks.
       dtype, initializer, **init_kwargs: passed to the cell's ``init``.
     """
@@ -86,6 +90,9 @@ class RNN(nnx.Module):
         unroll: int = 1,
         gradient: str = "autodiff",
         deterministic: bool = False,
+        input_dropout: float = 0.0,
+        recurrent_dropout: float = 0.0,
+        zoneout=None,
         rngs: nnx.Rngs | None = None,
         params=None,
         dtype=jnp.float32,
@@ -101,6 +108,9 @@ class RNN(nnx.Module):
             )  # fmt: skip
         layers = list(params) if isinstance(params, (list, tuple)) else [params]
         self._setup(cell, layers, merge, dropout, time_major, unroll, gradient, deterministic)
+        self.regularizers = dict(input_dropout=input_dropout,
+                                 recurrent_dropout=recurrent_dropout, zoneout=zoneout)  # fmt: skip
+        regularize.options(**self.regularizers, training=False)  # bad rates raise here
         # Like nnx.Dropout: a forked stream, so the module owns its dropout key state.
         self.rngs = rngs["dropout"].fork() if rngs is not None else nnx.data(None)
 
@@ -154,12 +164,14 @@ class RNN(nnx.Module):
         """
         deterministic = self.deterministic if deterministic is None else deterministic
         key = None
-        if self.dropout > 0.0 and not deterministic and len(self.layers) > 1:
+        regularized = regularize.options(**self.regularizers, key=0, training=True)
+        between = self.dropout > 0.0 and len(self.layers) > 1
+        if (between or regularized is not None) and not deterministic:
             key = self._dropout_key(rngs)
         return unroll_stack(
             self.cell, self.params, xs, carry, lengths=lengths, time_major=self.time_major,
             merge=self.merge, dropout=self.dropout, key=key, unroll=self.unroll,
-            gradient=self.gradient,
+            gradient=self.gradient, training=not deterministic, **self.regularizers,
         )  # fmt: skip
 
     def _dropout_key(self, rngs) -> jax.Array:
