@@ -7,6 +7,7 @@ logits = apply_fn(params, images)            # images (B, T=28, I=28) -> (B, 10)
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -15,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rnn_jax import regularize
+from rnn_jax.blocks import apply_residual, init_residual
 from rnn_jax.checks import as_cell
 from rnn_jax.layers import (
     MERGES,
@@ -83,6 +85,10 @@ def classifier(
     input_dropout: float = 0.0,
     recurrent_dropout: float = 0.0,
     zoneout=None,
+    block: str = "plain",
+    expansion: int = 2,
+    pool: str = "last",
+    mode: str | None = None,
     **init_kwargs,
 ) -> Model:
     """Recurrent layer(s) -> dense readout of the last valid hidden state.
@@ -95,6 +101,10 @@ def classifier(
     ``backend``: ``rj.unroll``'s (``"onednn"`` runs each layer as one fused oneDNN kernel).
     ``input_dropout``, ``recurrent_dropout``, ``zoneout``: ``rj.unroll``'s regularisers in
     every layer, in training (a ``key``) only; zoneout's evaluation mix without one.
+    ``block="residual"``: ``num_layers`` residual blocks of width ``hidden_size`` instead of
+    plain layers (``rnn_jax.blocks``: norm -> recurrence -> gated MLP with ``expansion``; the
+    deep stacks linear recurrences need). ``pool``: ``"last"`` reads the state after the last
+    valid step, ``"mean"`` the mean output over valid steps. ``mode``: ``rj.unroll``'s.
 
     Examples:
       >>> import jax, jax.numpy as jnp, rnn_jax as rj
@@ -112,6 +122,12 @@ def classifier(
     regularizers = dict(input_dropout=input_dropout, recurrent_dropout=recurrent_dropout,
                         zoneout=zoneout)  # fmt: skip
     regularize.options(**regularizers, training=False)  # bad rates raise here, at build
+    _check_choice("pool", pool, POOLS)
+    _check_block(block, bidirectional=bidirectional, dropout=dropout, matmul_dtype=matmul_dtype,
+                 backend=backend != "scan", **regularizers)  # fmt: skip
+    if block == "residual":
+        return _residual_classifier(cell, hidden_size, num_classes, num_layers, expansion, pool,
+                                    dict(gradient=gradient, mode=mode), init_kwargs)  # fmt: skip
 
     def init_fn(key, input_size: int, dtype=jnp.float32):
         k_rnn, k_out = jax.random.split(key)
@@ -123,11 +139,13 @@ def classifier(
         return {"rnn": rnn, "readout": dense_init(k_out, width, num_classes, dtype)}
 
     def apply_fn(params, xs, *, lengths=None, key=None):
-        finals, _ = unroll_stack(
+        finals, hs = unroll_stack(
             cell, params["rnn"], xs, lengths=lengths, merge=merge,
             dropout=dropout, key=key, gradient=gradient, matmul_dtype=matmul_dtype,
-            backend=backend, **regularizers,
+            backend=backend, mode=mode, **regularizers,
         )  # fmt: skip
+        if pool == "mean":
+            return dense(params["readout"], mean_over_valid(hs, lengths))
         last_bidirectional = is_bidirectional(params["rnn"][-1])
         h = last_hidden(cell, finals[-1], bidirectional=last_bidirectional, merge=merge)
         return dense(params["readout"], h)
@@ -144,6 +162,8 @@ def language_model(
     embed_size: int | None = None,
     dropout: float = 0.0,
     gradient: str = "autodiff",
+    block: str = "plain",
+    expansion: int = 2,
     **init_kwargs,
 ) -> Model:
     """Tokens -> embedding (one-hot when ``embed_size`` is None) -> recurrent layer(s) ->
@@ -155,7 +175,8 @@ def language_model(
     continue a stream (truncated BPTT over consecutive chunks, sampling); ``unroll_kwargs``
     may hold ``rj.unroll``'s regularisers (``recurrent_dropout=``...). Tokens outside
     ``[0, V)`` raise ValueError when concrete; under ``jit`` they cannot be seen (see
-    ``_check_tokens``).
+    ``_check_tokens``). ``block="residual"``: residual blocks (``rnn_jax.blocks``) of width
+    ``hidden_size`` instead of plain layers, as in ``classifier``.
 
     Examples:
       >>> import jax, jax.numpy as jnp, rnn_jax as rj
@@ -169,6 +190,8 @@ def language_model(
       >>> logits2, _ = model.apply(params, tokens, carries)  # continue the stream from there
     """
     cell = as_cell(cell)
+    _check_block(block, dropout=dropout)
+    residual = block == "residual"
 
     def init_fn(key, dtype=jnp.float32):
         k_embed, k_rnn, k_out = jax.random.split(key, 3)
@@ -177,10 +200,11 @@ def language_model(
         if embed_size is not None:
             params["embed"] = jax.random.normal(k_embed, (vocab_size, embed_size), dtype) * 0.1
             input_size = embed_size
-        params["rnn"] = init_stack(
+        init = functools.partial(init_residual, expansion=expansion) if residual else init_stack
+        params["rnn"] = init(
             cell, k_rnn, input_size, hidden_size, num_layers, dtype=dtype, **init_kwargs
         )
-        width = cell_output_size(cell, hidden_size)
+        width = hidden_size if residual else cell_output_size(cell, hidden_size)
         params["readout"] = dense_init(k_out, width, vocab_size, dtype)
         return params
 
@@ -191,11 +215,68 @@ def language_model(
             xs = params["embed"][tokens]
         else:
             xs = jax.nn.one_hot(tokens, vocab_size, dtype=dtype)
-        finals, hs = unroll_stack(
-            cell, params["rnn"], xs, carry, dropout=dropout, key=key,
-            gradient=unroll_kwargs.pop("gradient", gradient), **unroll_kwargs,
-        )  # fmt: skip
+        unroll_kwargs["gradient"] = unroll_kwargs.get("gradient", gradient)
+        if residual:
+            finals, hs = apply_residual(cell, params["rnn"], xs, carry, **unroll_kwargs)
+        else:
+            finals, hs = unroll_stack(cell, params["rnn"], xs, carry, dropout=dropout, key=key,
+                                      **unroll_kwargs)  # fmt: skip
         return dense(params["readout"], hs), finals
+
+    return Model(init_fn, apply_fn)
+
+
+BLOCKS = ("plain", "residual")
+POOLS = ("last", "mean")
+
+
+def _check_choice(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+
+
+def _check_block(block: str, **plain_only) -> None:
+    """``block`` is known; the options only plain layers have are off for residual blocks."""
+    _check_choice("block", block, BLOCKS)
+    used = sorted(name for name, value in plain_only.items() if value)
+    if block == "residual" and used:
+        raise ValueError(f"block='residual' does not take {used}: those options belong to "
+                         "plain layers (rnn_jax.layers)")  # fmt: skip
+
+
+def mean_over_valid(hs, lengths):
+    """``hs (B, T, H)`` -> ``(B, H)``: the mean over each row's first ``lengths`` steps."""
+    if lengths is None:
+        return hs.mean(axis=1)
+    valid = jnp.arange(hs.shape[1])[None, :] < jnp.asarray(lengths)[:, None]
+    total = jnp.where(valid[..., None], hs, 0).sum(axis=1)
+    return total / jnp.maximum(valid.sum(axis=1), 1)[:, None].astype(hs.dtype)
+
+
+def _last_valid_output(hs, lengths):
+    """``hs (B, T, H)`` at each row's last valid step (zeros for an empty row)."""
+    if lengths is None:
+        return hs[:, -1]
+    last = jnp.maximum(jnp.asarray(lengths) - 1, 0)
+    picked = hs[jnp.arange(hs.shape[0]), last]
+    return jnp.where((jnp.asarray(lengths) > 0)[:, None], picked, 0)
+
+
+def _residual_classifier(cell, width, num_classes, num_layers, expansion, pool, unroll_kwargs,
+                         init_kwargs) -> Model:  # fmt: skip
+    """``classifier(block="residual")``: ``rnn_jax.blocks``' stack, pooled, then dense."""
+
+    def init_fn(key, input_size: int, dtype=jnp.float32):
+        k_rnn, k_out = jax.random.split(key)
+        rnn = init_residual(cell, k_rnn, input_size, width, num_layers, expansion=expansion,
+                            dtype=dtype, **init_kwargs)  # fmt: skip
+        return {"rnn": rnn, "readout": dense_init(k_out, width, num_classes, dtype)}
+
+    def apply_fn(params, xs, *, lengths=None, key=None):
+        del key  # no dropout in residual blocks
+        _, hs = apply_residual(cell, params["rnn"], xs, lengths=lengths, **unroll_kwargs)
+        pooled = mean_over_valid(hs, lengths) if pool == "mean" else _last_valid_output(hs, lengths)
+        return dense(params["readout"], pooled)
 
     return Model(init_fn, apply_fn)
 

@@ -50,3 +50,46 @@ def test_rms_norm_and_errors():
         apply_residual(rj.mingru, params, jnp.ones((1, 2, 3)), [None])
     with pytest.raises(ValueError, match="num_layers, width and expansion must be >= 1"):
         init_residual(rj.mingru, jax.random.PRNGKey(0), 3, width=4, num_layers=0)
+
+
+def test_residual_classifier_pools_valid_steps():
+    from rnn_jax import models
+    from rnn_jax.blocks import apply_residual
+
+    model = models.classifier(rj.mingru, hidden_size=8, num_classes=3, num_layers=2,
+                              block="residual", pool="mean")  # fmt: skip
+    params = model.init(jax.random.PRNGKey(0), input_size=2)
+    xs = jax.random.normal(jax.random.PRNGKey(1), (2, 5, 2))
+    lengths = jnp.array([5, 2])
+    _, hs = apply_residual(rj.mingru, params["rnn"], xs, lengths=lengths)
+    pooled = jnp.stack([hs[0].mean(0), hs[1, :2].mean(0)])
+    expected = pooled @ params["readout"]["w"] + params["readout"]["b"]
+    assert_close(model.apply(params, xs, lengths=lengths), expected, 1e-6)
+    last = models.classifier(rj.mingru, 8, 3, num_layers=2, block="residual")
+    logits = last.apply(params, xs, lengths=lengths)
+    assert_close(logits[1], hs[1, 1] @ params["readout"]["w"] + params["readout"]["b"], 1e-6)
+
+
+def test_residual_language_model_streams_in_chunks():
+    """Two chunks with the carries passed on = the whole sequence at once."""
+    from rnn_jax import models
+
+    model = models.language_model(rj.lru, vocab_size=7, hidden_size=8, num_layers=2,
+                                  embed_size=4, block="residual")  # fmt: skip
+    params = model.init(jax.random.PRNGKey(0))
+    tokens = jax.random.randint(jax.random.PRNGKey(1), (2, 9), 0, 7)
+    whole, _ = model.apply(params, tokens)
+    first, carries = model.apply(params, tokens[:, :4])
+    second, _ = model.apply(params, tokens[:, 4:], carries)
+    assert_close(jnp.concatenate([first, second], axis=1), whole, 1e-5)
+
+
+def test_residual_models_refuse_plain_layer_options():
+    from rnn_jax import models
+
+    with pytest.raises(ValueError, match=r"block='residual' does not take \['bidirectional'\]"):
+        models.classifier(rj.mingru, 8, 3, block="residual", bidirectional=True)
+    with pytest.raises(ValueError, match="block must be one of"):
+        models.language_model(rj.mingru, 7, 8, block="deep")
+    with pytest.raises(ValueError, match="pool must be one of"):
+        models.classifier(rj.mingru, 8, 3, pool="max")
