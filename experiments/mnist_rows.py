@@ -40,7 +40,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (a sibling file, see common.py)
 
 CELLS = ("simple", "lstm", "gru", "gru_reset_before", "mgu", "mgu_without_reset", "lstm_peephole",
-         "layernorm_lstm")  # fmt: skip
+         "layernorm_lstm", "mingru", "minlstm", "lru")  # fmt: skip
+# How an image becomes a sequence: 28 rows of 28 pixels (the seed's task), 784 pixels one at a
+# time (sequential MNIST), or those 784 pixels in a fixed random order (permuted MNIST).
+INPUTS = ("rows", "pixels", "permuted")
+PERMUTATION_SEED = 92916  # the permuted task's pixel order: fixed, not the run's --seed
 SCHEDULES = ("constant", "cosine", "linear")
 NUM_CLASSES = 10
 EXIT_DIVERGED = 3
@@ -58,7 +62,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     positive = common.float_range(0.0, low_open=True)
     rate = common.float_range(0.0, 1.0, high_open=True)
     p = common.ArgumentParser(
-        description="Train an RNN on MNIST read row by row (28 steps x 28 pixels)."
+        description="Train an RNN on MNIST read row by row (28 steps x 28 pixels), or pixel "
+        "by pixel (--input pixels|permuted: 784 steps x 1 pixel)."
     )
     # fmt: off
     p.add_argument("--cell", choices=CELLS, default="simple", help="recurrent cell")
@@ -79,6 +84,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="variational dropout on h_{t-1} in the recurrent product")
     p.add_argument("--zoneout", type=rate, default=0.0,
                    help="zoneout rate of h (and the LSTM's c); its mix at evaluation")
+    p.add_argument("--input", choices=INPUTS, default="rows",
+                   help="rows: 28 steps of 28 pixels; pixels: 784 steps of one pixel "
+                   "(sequential MNIST); permuted: the pixels in a fixed random order")
+    p.add_argument("--block", choices=("plain", "residual"), default="plain",
+                   help="plain recurrent layers, or residual blocks of width --hidden-size "
+                   "(norm -> recurrence -> gated MLP; for the linear recurrences)")
+    p.add_argument("--expansion", type=pos_int, default=2,
+                   help="residual blocks: the gated MLP's width over --hidden-size")
+    p.add_argument("--pool", choices=("last", "mean"), default="last",
+                   help="classify the state after the last step, or the mean output over steps")
     p.add_argument("--initializer", choices=("default", "torch"), default="default",
                    help="default: Glorot input weights, orthogonal recurrent weights; "
                    "torch: U(+-1/sqrt(H))")
@@ -139,21 +154,57 @@ def build_model(config: dict):
     """``(Model, optimizer)`` for the config."""
     from rnn_jax.models import classifier
 
+    block = config.get("block", "plain")  # absent in runs saved before the option
+    cell = common.library_cell(config["cell"])
     model = classifier(
-        common.library_cell(config["cell"]),
+        cell,
         config["hidden_size"],
         NUM_CLASSES,
         num_layers=config["layers"],
         bidirectional=config["bidirectional"],
         gradient=config["gradient"],
-        initializer=config["initializer"],
         matmul_dtype=config.get("matmul_dtype"),  # absent in runs saved before the option
         backend=config.get("backend", "scan"),
+        block=block,
+        expansion=config.get("expansion", 2),
+        pool=config.get("pool", "last"),
         **regularizers(config),
+        **init_options(cell, config),
     )
+    model = model._replace(apply=_reading(model.apply, config.get("input", "rows")))
     clip = {"clip_norm": config["clip_norm"], "clip_value": config["clip_value"]}
     optimizer = common.make_optimizer(config["optimizer"], learning_rate(config), **clip)
     return model, optimizer
+
+
+def init_options(cell, config: dict) -> dict:
+    """``--initializer`` for the cells that have the choice; the LRU's eigenvalue ring at
+    ``|lambda|`` in [0.9, 0.999] (the paper's for long sequences); the others' own init."""
+    import inspect
+
+    if config["cell"] == "lru":
+        return {"r_min": 0.9, "r_max": 0.999}
+    if "initializer" in inspect.signature(cell.init).parameters:
+        return {"initializer": config["initializer"]}
+    if config["initializer"] != "default":
+        common.usage_error(f"--initializer {config['initializer']}: {config['cell']} has its "
+                           "own initialisation only")  # fmt: skip
+    return {}
+
+
+def _reading(apply, kind: str):
+    """``apply`` of images ``(B, 28, 28)`` read as ``kind`` (``INPUTS``)."""
+    import numpy as np
+
+    if kind == "rows":
+        return apply
+    order = np.random.default_rng(PERMUTATION_SEED).permutation(784) if kind == "permuted" else None
+
+    def apply_to_pixels(params, images, **kwargs):
+        pixels = images.reshape(images.shape[0], 784, 1)
+        return apply(params, pixels if order is None else pixels[:, order], **kwargs)
+
+    return apply_to_pixels
 
 
 def learning_rate(config: dict):
@@ -256,11 +307,13 @@ def make_fns(model, *, regularized: bool = False):
 # Settings that change the model, the loss or the optimizer, i.e. the compiled functions.
 MODEL_KEYS = ("cell", "hidden_size", "layers", "bidirectional", "gradient", "initializer")
 MODEL_KEYS += ("optimizer", "lr", "clip_norm", "clip_value", "lr_schedule", "warmup_steps")
-MODEL_KEYS += ("decay_steps", "matmul_dtype", "backend")
+MODEL_KEYS += ("decay_steps", "matmul_dtype", "backend", "input_dropout", "recurrent_dropout")
+MODEL_KEYS += ("zoneout", "input", "block", "expansion", "pool")
 
 
 def _model_key(config: dict) -> str:
-    return json.dumps({k: config[k] for k in MODEL_KEYS}, sort_keys=True)
+    # .get: runs saved before an option have no entry for it (the default then applies).
+    return json.dumps({k: config.get(k) for k in MODEL_KEYS}, sort_keys=True)
 
 
 @functools.lru_cache(maxsize=8)
@@ -290,7 +343,7 @@ def initial_state(model, optimizer, config: dict):
     from rnn_jax.train import TrainState
 
     k_init, k_train = jax.random.split(jax.random.key(config["seed"]))
-    params = model.init(k_init, 28)
+    params = model.init(k_init, 28 if config.get("input", "rows") == "rows" else 1)
     return TrainState.create(params, optimizer, k_train)
 
 
@@ -317,7 +370,9 @@ def evaluate_splits(metric_fn, params, eval_sets: dict[str, list], mesh=None) ->
 
 
 def plot(run_dir: Path, records: list[dict], config: dict) -> Path:
-    title = f"row-MNIST {config['cell']} H={config['hidden_size']} ({config['gradient']})"
+    task = {"rows": "row-MNIST", "pixels": "pixel-MNIST", "permuted": "permuted pixel-MNIST"}
+    title = (f"{task[config.get('input', 'rows')]} {config['cell']} H={config['hidden_size']} "
+             f"({config['gradient']})")  # fmt: skip
     return common.plot_curves(
         records,
         run_dir / "curves.png",
@@ -407,6 +462,7 @@ def make_callback(args, config, run_dir, metric_fn, eval_sets, log, bar, timer, 
             t0 = time.perf_counter()
             record.update(evaluate_splits(metric_fn, state.params, eval_sets, mesh))
             timer.eval_s += time.perf_counter() - t0
+            record["wall_s"] = timer.wall_s()  # the run so far (resumes included): accuracy vs time
         log.write(record)
         if "test_accuracy" in record and log.writes:
             plot(run_dir, log.records(), config)

@@ -238,3 +238,31 @@ def test_results_table_row():
         "| lstm | manual | 98.77% | 5000 | 412 s | 71.6 | 2.5 | H=128, batch 128, "
         "RMSProp 0.003, warm-up 200, cosine to 0, clip-norm 1, seed 0 |"
     )
+
+
+def test_pixel_inputs_read_each_image_as_784_steps():
+    """--input pixels|permuted: the model sees (B, 784, 1), in raster or the fixed order."""
+    seen = []
+    images = np.arange(2 * 784, dtype=np.float32).reshape(2, 28, 28)
+    for kind in ("pixels", "permuted"):
+        mnist_rows._reading(lambda params, xs: seen.append(np.asarray(xs)), kind)(None, images)
+    raster, permuted = seen
+    assert raster.shape == permuted.shape == (2, 784, 1)
+    np.testing.assert_array_equal(raster[1, :, 0], images[1].ravel())
+    order = np.random.default_rng(mnist_rows.PERMUTATION_SEED).permutation(784)
+    np.testing.assert_array_equal(permuted[:, :, 0], raster[:, order, 0])
+    assert not np.array_equal(order, np.arange(784))
+
+
+def test_residual_linear_recurrence_model_builds_for_pixels():
+    argv = ["--cell", "lru", "--input", "permuted", "--block", "residual", "--layers", "2",
+            "--hidden-size", "8", "--pool", "mean"]  # fmt: skip
+    config = mnist_rows.config_of(mnist_rows.parse_args(argv))
+    model, optimizer = mnist_rows.build_model(config)
+    state = mnist_rows.initial_state(model, optimizer, config)
+    assert state.params["rnn"]["encoder"]["w"].shape == (1, 8)  # one pixel per step
+    logits = model.apply(state.params, np.zeros((3, 28, 28), np.float32))
+    assert logits.shape == (3, 10)
+    bad = ["--cell", "mingru", "--initializer", "torch"]
+    with pytest.raises(SystemExit):
+        mnist_rows.build_model(mnist_rows.config_of(mnist_rows.parse_args(bad)))
