@@ -38,7 +38,8 @@ CELLS = {
     "gru": rj.gru.cell,
     # appended, so the cells above keep their seeds (CELLS_ORDER)
     **{name: common.library_cell(name) for name in ("gru_reset_before", "mgu", "mgu_without_reset",
-                                                     "lstm_peephole", "layernorm_lstm")},
+                                                     "lstm_peephole", "layernorm_lstm",
+                                                     "mingru", "minlstm", "lru")},
 }  # fmt: skip
 CASES = ("full", "truncated", "lengths", "reverse", "time-major")
 DTYPES = ("float32", "float64")
