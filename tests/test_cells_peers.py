@@ -26,7 +26,6 @@ NEW_CELLS = {
     "lstm_peephole": rj.lstm.peephole,
     "layernorm_lstm": rj.layernorm_lstm.cell,
     "simple_gelu": rj.simple.with_activation(jax.nn.gelu),
-    "simple_sin": rj.simple.with_activation(jnp.sin),
 }
 
 
