@@ -80,10 +80,13 @@ def layer_norm_backward(d_y, gain, norm: Normalised):
     return d_a, (d_y * a_hat).sum(0), d_y.sum(0)
 
 
-def init(key, input_size: int, hidden_size: int, *, dtype=jnp.float32, **options):
-    """``rj.lstm.init``'s params (same ``options``, forget-gate bias 1) plus gains (ones) and
-    shifts (zeros): ``gain_x, shift_x, gain_h, shift_h (4H,)``, ``gain_c, shift_c (H,)``."""
-    params = lstm.init(key, input_size, hidden_size, dtype=dtype, **options)
+def init(key, input_size: int, hidden_size: int, *, dtype=jnp.float32, initializer="default",
+         forget_bias: float | None = 1.0):  # fmt: skip
+    """``rj.lstm.init``'s params (same options) plus gains (ones) and shifts (zeros):
+    ``gain_x, shift_x, gain_h, shift_h (4H,)``, ``gain_c, shift_c (H,)``. See the module
+    docstring for why ``initializer="torch"`` trains where the default's constant biases may not."""
+    params = lstm.init(key, input_size, hidden_size, dtype=dtype, initializer=initializer,
+                       forget_bias=forget_bias)  # fmt: skip
     for part, width in (("x", 4 * hidden_size), ("h", 4 * hidden_size), ("c", hidden_size)):
         params[f"gain_{part}"] = jnp.ones((width,), dtype)
         params[f"shift_{part}"] = jnp.zeros((width,), dtype)

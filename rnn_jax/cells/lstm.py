@@ -132,10 +132,12 @@ cell = Cell("lstm", 4, init, pointwise, pointwise_backward, has_cell_state=True)
 PEEPHOLES = ("p_i", "p_f", "p_o")
 
 
-def init_peephole(key, input_size: int, hidden_size: int, *, dtype=jnp.float32, **options):
-    """``rj.lstm.init``'s params (same ``options``) plus peephole weights ``p_i, p_f, p_o``
-    (H,), zero (the cell starts as a plain LSTM)."""
-    params = init(key, input_size, hidden_size, dtype=dtype, **options)
+def init_peephole(key, input_size: int, hidden_size: int, *, dtype=jnp.float32,
+                  initializer="default", forget_bias: float | None = 1.0):  # fmt: skip
+    """``rj.lstm.init``'s params (same options) plus peephole weights ``p_i, p_f, p_o`` (H,),
+    zero (the cell starts as a plain LSTM)."""
+    params = init(key, input_size, hidden_size, dtype=dtype, initializer=initializer,
+                  forget_bias=forget_bias)  # fmt: skip
     return params | {name: jnp.zeros((hidden_size,), dtype) for name in PEEPHOLES}
 
 
