@@ -113,22 +113,22 @@ def scan_states(a, b, h0=None, *, valid=None, starts=None, method="auto"):
         a, b = jnp.where(mask, a, 1), jnp.where(mask, b, 0)  # the identity map: frozen
     if b.shape[0] == 0:
         return _initial(b, h0), b
-    starts = _first_step(b.shape[:2]) if starts is None else starts.at[0].set(True)
-    starts = starts.reshape(starts.shape + (1,) * (b.ndim - 2))
-    if h0 is not None:
-        # h0 enters as an input: a start step reads h0 instead of its predecessor (after the
-        # validity mask, so a row whose first steps are skipped holds h0 through them).
-        b = b + jnp.where(starts, a * h0, 0)
-    a = jnp.where(starts, 0, a)
+    # h0 enters as an input: a start step reads h0 instead of its predecessor (after the
+    # validity mask, so a row whose first steps are skipped holds h0 through them).
+    if starts is None:  # only step 0 starts: touch that step alone, not the whole sequence
+        if h0 is not None:
+            b = b.at[0].add(a[0] * h0)
+        a = a.at[0].set(0)
+    else:
+        starts = starts.at[0].set(True).reshape(starts.shape + (1,) * (b.ndim - 2))
+        if h0 is not None:
+            b = b + jnp.where(starts, a * h0, 0)
+        a = jnp.where(starts, 0, a)
     hs = recurrence(a, b, method)
     final = hs[-1]
     if valid is not None:
         hs = jnp.where(mask, hs, 0)
     return final, hs
-
-
-def _first_step(shape):
-    return jnp.zeros(shape, bool).at[0].set(True)
 
 
 def _initial(b, h0):
