@@ -95,6 +95,8 @@ def test_bench_linear_recurrences_rows(tmp_path, monkeypatch):
     """``--linear``: every linear-recurrence row and the LSTM baseline in one round robin."""
     bench = load_bench()
     monkeypatch.setattr(bench, "LINEAR_SHAPE", (2, 4, 4))  # B, I, H: tiny
+    rows = ("mingru parallel", "lru sequential", bench.LINEAR_BASELINE)  # fewer compiles
+    monkeypatch.setattr(bench, "LINEAR_ROWS", {r: bench.LINEAR_ROWS[r] for r in rows})
     argv = ["--config", "2,3,4,5", "--cells", "lstm", "--modes", "train", "--impls", "rnn_jax"]
     argv += ["--steps", "2", "--warmup", "1", "--linear", "3", "--out", str(tmp_path)]
     report = bench.main(argv + ["--name", "linear"])
