@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rnn_jax.cells.base import Cell, LSTMCarry, bias_names
-from rnn_jax.cells.generic import PROTOCOL, GenericCell, fused_sizes
+from rnn_jax.cells.generic import PROTOCOL, GenericCell, cell_of_functions
 
 
 def as_cell(cell):
@@ -36,17 +36,7 @@ def as_cell(cell):
             "build one from your functions with rj.make_cell"
         )
     name = getattr(cell, "name", None) or getattr(cell, "__name__", type(cell).__name__)
-    return GenericCell(
-        name=str(name),
-        init=cell.init,
-        step=cell.step,
-        zero_carry=cell.zero_carry,
-        hidden_of=cell.hidden_of,
-        step_forward=cell.step_forward,
-        step_backward=cell.step_backward,
-        sizes=getattr(cell, "sizes", fused_sizes),
-        parallel=getattr(cell, "parallel", None),
-    )
+    return cell_of_functions(str(name), cell)
 
 
 def check_params(cell, params) -> tuple[int, int]:

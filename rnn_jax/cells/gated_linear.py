@@ -18,23 +18,12 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from rnn_jax.cells.generic import GenericCell
+from rnn_jax.cells.generic import cell_of_functions
 
 
 def gated_linear_cell(name: str, num_gates: int, coefficients, coefficients_backward):
     """A ``GenericCell`` with a ``parallel`` path from a variant's gate functions."""
-    variant = Variant(num_gates, coefficients, coefficients_backward)
-    return GenericCell(
-        name=name,
-        init=variant.init,
-        step=variant.step,
-        zero_carry=_zero_carry,
-        hidden_of=_identity,
-        step_forward=variant.step_forward,
-        step_backward=variant.step_backward,
-        sizes=variant.sizes,
-        parallel=variant.parallel,
-    )
+    return cell_of_functions(name, Variant(num_gates, coefficients, coefficients_backward))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +44,14 @@ class Variant:
             "w_x": uniform(k_w, (input_size, width), dtype, minval=-bound, maxval=bound),
             "b": uniform(k_b, (width,), dtype, minval=-bound, maxval=bound),
         }
+
+    @staticmethod
+    def zero_carry(batch_size: int, hidden_size: int, dtype=jnp.float32):
+        return jnp.zeros((batch_size, hidden_size), dtype)
+
+    @staticmethod
+    def hidden_of(h):
+        return h
 
     def sizes(self, params) -> tuple[int, int]:
         return params["w_x"].shape[0], params["b"].shape[0] // self.num_gates
@@ -92,14 +89,6 @@ class Variant:
 def split_gates(k, num_gates: int):
     """``k (..., G*H)`` -> G arrays ``(..., H)``."""
     return jnp.split(k, num_gates, axis=-1)
-
-
-def _zero_carry(batch_size: int, hidden_size: int, dtype=jnp.float32):
-    return jnp.zeros((batch_size, hidden_size), dtype)
-
-
-def _identity(h):
-    return h
 
 
 def positive(v):

@@ -190,6 +190,22 @@ def default_hidden_of(carry):
     )
 
 
+def cell_of_functions(name: str, functions) -> GenericCell:
+    """A ``GenericCell`` from an object (a module, a class instance) that has the protocol's
+    functions as attributes, and optionally ``sizes`` and ``parallel``."""
+    return GenericCell(
+        name=name,
+        init=functions.init,
+        step=functions.step,
+        zero_carry=functions.zero_carry,
+        hidden_of=functions.hidden_of,
+        step_forward=functions.step_forward,
+        step_backward=functions.step_backward,
+        sizes=getattr(functions, "sizes", fused_sizes),
+        parallel=getattr(functions, "parallel", None),
+    )
+
+
 def fused_sizes(params) -> tuple[int, int]:
     """``(input_size, hidden_size)`` from ``params["w_x"] (I, ...)``, ``params["w_h"] (H, ...)``."""
     if not isinstance(params, dict) or "w_x" not in params or "w_h" not in params:

@@ -41,7 +41,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from rnn_jax.cells.generic import GenericCell
+from rnn_jax.cells.generic import GenericCell, cell_of_functions
 
 
 class LRUCarry(NamedTuple):
@@ -197,19 +197,8 @@ def with_state_size(state_size: int | None) -> GenericCell:
     """The LRU cell with ``N = state_size`` complex states (None: ``N = hidden_size``)."""
     if state_size is not None and (not isinstance(state_size, int) or state_size < 1):
         raise ValueError(f"state_size must be a positive int or None, got {state_size!r}")
-    functions = LRU(state_size)
     name = "lru" if state_size is None else f"lru_n{state_size}"
-    return GenericCell(
-        name=name,
-        init=functions.init,
-        step=functions.step,
-        zero_carry=functions.zero_carry,
-        hidden_of=functions.hidden_of,
-        step_forward=functions.step_forward,
-        step_backward=functions.step_backward,
-        sizes=functions.sizes,
-        parallel=functions.parallel,
-    )
+    return cell_of_functions(name, LRU(state_size))
 
 
 cell = with_state_size(None)
