@@ -705,10 +705,14 @@ def to_markdown(report: dict) -> str:
         "RMSProp. Median of interleaved steps (IQR); ratio = median / rnn_jax's (autodiff) "
         "median, so > 1 means slower than rnn_jax. GFLOP/s counts the matrix products only. "
         "Memory: JAX = XLA temp buffers; torch = tensors saved for backward.",
-        "",
-        "| config B,T,I,H | cell | mode | impl | median ms (IQR) | ratio | GFLOP/s | peak MiB |",
-        "|---|---|---|---|---|---|---|---|",
     ]
+    if report["results"]:  # a --linear run alone has none
+        lines += [
+            "",
+            "| config B,T,I,H | cell | mode | impl | median ms (IQR) | ratio | GFLOP/s | "
+            "peak MiB |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
     for r in report["results"]:
         c = r["config"]
         ratio = "–" if r["ratio_to_rnn_jax"] is None else f"{r['ratio_to_rnn_jax']:.2f}"
