@@ -61,7 +61,8 @@ from rnn_jax.tbptt import (  # noqa: E402
 )
 from rnn_jax.train import TrainState, check_state_finite, shard_batch, train_loop  # noqa: E402
 
-CELLS = {"lstm": rj.lstm, "gru": rj.gru, "simple": rj.simple}
+CELLS = {"lstm": rj.lstm, "gru": rj.gru, "simple": rj.simple, "mingru": rj.mingru,
+         "minlstm": rj.minlstm, "lru": rj.lru}  # fmt: skip
 LN2 = math.log(2.0)
 DATASETS = ("names", "shakespeare")
 # Settings that may change when a run is resumed (how long it runs, how often it reports).
@@ -84,6 +85,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cell", choices=sorted(CELLS), default="lstm", help="recurrent cell")
     p.add_argument("--hidden-size", type=pos_int, default=128, help="units per layer")
     p.add_argument("--layers", type=pos_int, default=1, help="stacked recurrent layers")
+    p.add_argument("--block", choices=["plain", "residual"], default="plain",
+                   help="plain layers, or residual blocks of width --hidden-size (norm -> "
+                   "recurrence -> gated MLP; for the linear recurrences mingru, minlstm, lru)")
     p.add_argument("--embed-size", type=nonneg_int, default=32, help="0: one-hot inputs")
     p.add_argument("--dropout", type=below_one, default=0.0, help="between layers")
     p.add_argument("--seq-len", type=pos_int, default=32, help="characters per chunk (BPTT length)")
@@ -131,6 +135,7 @@ def build(args, vocab_size: int):
     model = language_model(
         CELLS[args.cell], vocab_size, args.hidden_size, num_layers=args.layers,
         embed_size=args.embed_size or None, dropout=args.dropout, gradient=args.gradient,
+        block=getattr(args, "block", "plain"),  # runs saved before --block have none
     )  # fmt: skip
     if args.matmul_dtype != "float32":
         # Mixed precision: matrix products in bfloat16, carries/gates/loss in float32. One
@@ -360,7 +365,7 @@ def run(args, data) -> dict:
 
     summary = {
         "data": args.data, "cell": args.cell, "hidden_size": args.hidden_size,
-        "layers": args.layers, "vocab_size": vocab.size,
+        "layers": args.layers, "block": args.block, "vocab_size": vocab.size,
         "params": rj.count_params(state.params),
         "train_chars": int(train_ids.size), "val_chars": int(val_ids.size),
         "uniform_nats_per_char": math.log(vocab.size),

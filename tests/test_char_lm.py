@@ -139,3 +139,14 @@ def test_reset_rows_restarts_only_masked_streams():
     np.testing.assert_array_equal(out[0].h[:, 0], [1, 0, 1, 0])
     np.testing.assert_array_equal(out[0].c[:, 1], [2, 0, 2, 0])
     assert reset_rows(carry, np.zeros(4, bool)) is carry
+
+
+def test_residual_linear_recurrence_language_model_builds():
+    """--cell lru --block residual: a stack of residual LRU blocks, carries streamed."""
+    args = char_lm.parse_args(["--cell", "lru", "--block", "residual", "--layers", "2",
+                               "--hidden-size", "8", "--embed-size", "4"])  # fmt: skip
+    model, _ = char_lm.build(args, vocab_size=5)
+    params = model.init(jax.random.PRNGKey(0))
+    logits, carries = model.apply(params, jnp.zeros((2, 3), jnp.int32))
+    assert logits.shape == (2, 3, 5) and len(carries) == 2
+    assert carries[0].state.dtype == jnp.complex64  # the LRU's complex state, per block
