@@ -86,16 +86,22 @@ def apply_residual(cell, params, xs, carries=None, *, lengths=None, **unroll_kwa
     if len(carries) != len(blocks):
         raise ValueError(f"carries must hold one carry per block ({len(blocks)}), "
                          f"got {len(carries)}")  # fmt: skip
-    x = xs @ params["encoder"]["w"] + params["encoder"]["b"]
+    x = _product(xs, params["encoder"]["w"]) + params["encoder"]["b"]
     finals = []
     for block, carry in zip(blocks, carries, strict=True):
         final, mixed = unroll(cell, block["rnn"], rms_norm(block["norm"], x), carry,
                               lengths=lengths, **unroll_kwargs)  # fmt: skip
-        hidden = jax.nn.gelu(mixed @ block["w_gate"]) * (mixed @ block["w_up"])
-        x = x + hidden @ block["w_out"]
+        hidden = jax.nn.gelu(_product(mixed, block["w_gate"])) * _product(mixed, block["w_up"])
+        x = x + _product(hidden, block["w_out"])
         finals.append(final)
     hs = rms_norm(params["norm"], x)
     if lengths is not None:
         valid = jnp.arange(xs.shape[1])[None, :] < jnp.asarray(lengths)[:, None]
         hs = jnp.where(valid[..., None], hs, 0)
     return finals, hs
+
+
+def _product(x, w):
+    """``x (..., K) @ w (K, N)`` as one 2-D product: on XLA:CPU the weight gradient of a 3-D
+    ``(B, T, K)`` contraction is ~3x slower than the same product on ``(B*T, K)`` rows."""
+    return (x.reshape(-1, x.shape[-1]) @ w).reshape(x.shape[:-1] + (w.shape[-1],))
