@@ -1,0 +1,93 @@
+"""Test accuracy against wall time for several ``mnist_rows.py`` runs, in one plot.
+
+Usage::
+
+    python experiments/compare_runs.py runs/pixels-mingru runs/pixels-lstm \
+        --minutes 15 30 60 --out experiments/results/mnist_pixels
+
+Reads each run's ``metrics.jsonl`` (its evaluation records carry ``wall_s``, the run's time so
+far, resumes included) and ``config.json``; writes ``OUT.png`` (accuracy against minutes) and
+``OUT.md`` (a table: the last test accuracy measured by each mark, and the best overall).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402  (a sibling file, see common.py)
+
+
+def evaluations(run_dir: Path) -> list[tuple[float, int, float]]:
+    """``(minutes, step, test_accuracy)`` of every evaluation that recorded its wall time."""
+    rows = []
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if "test_accuracy" in record and "wall_s" in record:
+            rows.append((record["wall_s"] / 60, record["step"], record["test_accuracy"]))
+    return rows
+
+
+def label(run_dir: Path) -> str:
+    config = json.loads((run_dir / "config.json").read_text())
+    block = config.get("block", "plain")
+    layers = f"{config['layers']}x" if config["layers"] > 1 else ""
+    return (f"{config['cell']} {layers}{config['hidden_size']} ({block}, "
+            f"{config.get('input', 'rows')}, batch {config['batch_size']})")  # fmt: skip
+
+
+def at_minutes(rows, minutes: float) -> str:
+    """The last accuracy measured by ``minutes``, with its time and step."""
+    seen = [r for r in rows if r[0] <= minutes]
+    if not seen:
+        return "-"
+    time, step, accuracy = seen[-1]
+    return f"{100 * accuracy:.2f}% ({time:.1f} min, step {step})"
+
+
+def markdown(runs: dict[str, list], marks: list[float]) -> str:
+    head = "| run | " + " | ".join(f"by {m:g} min" for m in marks) + " | best (at) |"
+    lines = [head, "|---" * (len(marks) + 2) + "|"]
+    for name, rows in runs.items():
+        best = max(rows, key=lambda r: r[2]) if rows else None
+        best_text = "-" if best is None else f"{100 * best[2]:.2f}% ({best[0]:.1f} min)"
+        cells = " | ".join(at_minutes(rows, m) for m in marks)
+        lines.append(f"| {name} | {cells} | {best_text} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(runs: dict[str, list], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, rows in runs.items():
+        ax.plot([r[0] for r in rows], [100 * r[2] for r in rows], marker="o", label=name)
+    ax.set_xlabel("wall time (minutes)")
+    ax.set_ylabel("test accuracy (%, all 10,000 digits)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    common.save_figure(fig, path, dpi=120)  # atomic, and closes the figure
+
+
+def main(argv=None) -> int:
+    p = common.ArgumentParser(description=__doc__)
+    p.add_argument("runs", nargs="+", type=common.existing_dir, help="mnist_rows.py run folders")
+    p.add_argument("--minutes", type=float, nargs="+", default=[15, 30, 60], help="time marks")
+    p.add_argument("--out", required=True, help="output stem: writes OUT.png and OUT.md")
+    args = p.parse_args(argv)
+    runs = {label(Path(r)): evaluations(Path(r)) for r in args.runs}
+    out = Path(args.out)
+    plot(runs, out.with_suffix(".png"))
+    common.write_bytes_atomic(out.with_suffix(".md"), markdown(runs, args.minutes).encode())
+    print(markdown(runs, args.minutes), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

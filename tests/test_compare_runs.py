@@ -1,0 +1,43 @@
+"""experiments/compare_runs.py: accuracy at wall-time marks from mnist_rows.py run folders."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+PATH = Path(__file__).resolve().parents[1] / "experiments" / "compare_runs.py"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("compare_runs", PATH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["compare_runs"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(folder: Path, cell: str, evals: list[tuple[float, int, float]]) -> Path:
+    folder.mkdir()
+    config = {"cell": cell, "layers": 2, "hidden_size": 8, "batch_size": 4, "input": "pixels"}
+    (folder / "config.json").write_text(json.dumps(config))
+    lines = [json.dumps({"step": 1, "loss": 2.0})]  # a training record: no wall_s, skipped
+    lines += [json.dumps({"step": s, "test_accuracy": a, "wall_s": 60 * m}) for m, s, a in evals]
+    (folder / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def test_table_reads_the_last_accuracy_by_each_mark(tmp_path, capsys):
+    compare = _load()
+    fast = _run(tmp_path / "a", "mingru", [(5, 100, 0.5), (14, 300, 0.9), (31, 700, 0.95)])
+    slow = _run(tmp_path / "b", "lstm", [(20, 50, 0.3)])
+    code = compare.main([str(fast), str(slow), "--minutes", "15", "30", "--out",
+                         str(tmp_path / "cmp")])  # fmt: skip
+    assert code == 0
+    table = (tmp_path / "cmp.md").read_text()
+    assert "| mingru 2x8 (plain, pixels, batch 4) | 90.00% (14.0 min, step 300) | 90.00% " in table
+    assert "| 95.00% (31.0 min) |" in table
+    assert "| lstm 2x8 (plain, pixels, batch 4) | - | 30.00% (20.0 min, step 50) |" in table
+    assert (tmp_path / "cmp.png").read_bytes()[:4] == b"\x89PNG"
+    assert table in capsys.readouterr().out
