@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from rnn_jax.checks import as_cell
 from rnn_jax.scan import unroll
+from rnn_jax.sequence import valid_mask
 
 EPS = 1e-6
 
@@ -96,7 +97,7 @@ def apply_residual(cell, params, xs, carries=None, *, lengths=None, **unroll_kwa
         finals.append(final)
     hs = rms_norm(params["norm"], x)
     if lengths is not None:
-        valid = jnp.arange(xs.shape[1])[None, :] < jnp.asarray(lengths)[:, None]
+        valid = valid_mask(jnp.asarray(lengths), xs.shape[1]).T  # (B, T)
         hs = jnp.where(valid[..., None], hs, 0)
     return finals, hs
 

@@ -26,6 +26,7 @@ from rnn_jax.layers import (
     layer_output_size,
     unroll_stack,
 )
+from rnn_jax.sequence import valid_mask
 
 
 class Model(NamedTuple):
@@ -248,7 +249,7 @@ def mean_over_valid(hs, lengths):
     """``hs (B, T, H)`` -> ``(B, H)``: the mean over each row's first ``lengths`` steps."""
     if lengths is None:
         return hs.mean(axis=1)
-    valid = jnp.arange(hs.shape[1])[None, :] < jnp.asarray(lengths)[:, None]
+    valid = valid_mask(jnp.asarray(lengths), hs.shape[1]).T  # (B, T)
     total = jnp.where(valid[..., None], hs, 0).sum(axis=1)
     return total / jnp.maximum(valid.sum(axis=1), 1)[:, None].astype(hs.dtype)
 
