@@ -1,4 +1,4 @@
-"""Benchmark rnn_jax against Flax, Equinox and PyTorch on the CPU.
+"""Benchmark rnn_jax against Flax, Equinox, Keras (JAX backend) and PyTorch on the CPU.
 
 A *train step* is: forward over the sequence, softmax cross-entropy on a dense readout of the
 last hidden state (row-MNIST style classification, 10 classes), backward, RMSProp update.
@@ -64,6 +64,7 @@ PEER_CELLS = {
     "flax": ("simple", "lstm", "gru", "mgu"),
     "equinox": ("lstm", "gru"),
     "torch": ("simple", "lstm", "gru"),
+    "keras": ("simple", "lstm", "gru", "gru_reset_before"),
 }
 
 
@@ -78,7 +79,7 @@ USER_CELLS: dict[str, object] = {}
 LEARNING_RATE = 1e-3
 BASELINE = "rnn_jax"
 IMPLS = ("rnn_jax", "rnn_jax-manual", "rnn_jax-bf16", "rnn_jax-remat", "rnn_jax-manual-remat")
-IMPLS += ("rnn_jax-onednn", "flax", "equinox", "torch")
+IMPLS += ("rnn_jax-onednn", "flax", "equinox", "torch", "keras")
 DEFAULT_IMPLS = ("rnn_jax", "rnn_jax-manual", "flax", "equinox", "torch")
 THREADS = 2
 # Untimed pause before each step: the previous implementation's idle threads (torch's OpenMP,
@@ -304,6 +305,40 @@ def make_equinox(cell, cfg, mode, x, y):
     return lambda name: _jax_bench(name, forward, params, hidden_size, mode, x, y)
 
 
+def make_keras(cell, cfg, mode, x, y):
+    """A Keras 3 layer on its JAX backend: ``stateless_call`` inside the same jitted step.
+
+    Keras's recurrent layers run ``lax.scan`` on this backend, so this times Keras's own
+    cell code (its gate layout, its bias handling) under the same XLA as the others.
+    """
+    _needs_peer_cell("keras", cell)
+    os.environ.setdefault("KERAS_BACKEND", "jax")  # read only when keras is first imported
+    try:
+        import keras
+    except ImportError as e:
+        raise Skip(f"keras not importable: {e}") from e
+    if keras.backend.backend() != "jax":
+        raise Skip(f"keras runs on {keras.backend.backend()!r}; set KERAS_BACKEND=jax")
+
+    _, _, input_size, hidden_size = cfg
+    layers = keras.layers
+    layer = {
+        "simple": lambda: layers.SimpleRNN(hidden_size),
+        "lstm": lambda: layers.LSTM(hidden_size),
+        "gru": lambda: layers.GRU(hidden_size),
+        "gru_reset_before": lambda: layers.GRU(hidden_size, reset_after=False),
+    }[cell]()
+    layer.build((None, None, input_size))
+    rnn_params = [v.value for v in layer.trainable_variables]
+    seed_state = [v.value for v in layer.non_trainable_variables]  # its dropout seed
+
+    def forward(p, xs):
+        h_last, _ = layer.stateless_call(p, seed_state, xs)
+        return h_last
+
+    return lambda name: _jax_bench(name, forward, rnn_params, hidden_size, mode, x, y)
+
+
 def make_torch(cell, cfg, mode, x, y):
     """PyTorch in a worker process (module docstring); it regenerates ``x``, ``y`` itself."""
     _needs_peer_cell("torch", cell)
@@ -436,6 +471,7 @@ MAKERS = {
     "flax": make_flax,
     "equinox": make_equinox,
     "torch": make_torch,
+    "keras": make_keras,
 }
 
 

@@ -106,3 +106,15 @@ def test_bench_linear_recurrences_rows(tmp_path, monkeypatch):
     assert rows["lstm manual"]["speedup_vs_lstm"] == 1.0
     assert all(r["steps"] == 2 and r["config"]["T"] == 3 for r in rows.values())
     assert "| 2,3,4,4 | mingru parallel |" in (tmp_path / "linear.md").read_text()
+
+
+def test_bench_times_keras_layers_on_the_jax_backend(tmp_path):
+    """Keras is the peer that has the reset-before GRU: its row is timed in the same run."""
+    bench = load_bench()
+    argv = ["--config", "2,3,4,5", "--cells", "gru_reset_before", "--modes", "train"]
+    argv += ["--impls", "rnn_jax,keras", "--steps", "2", "--warmup", "1"]
+    bench.main(argv + ["--out", str(tmp_path), "--name", "keras"])
+
+    rows = json.loads((tmp_path / "keras.json").read_text())["results"]
+    assert [r["impl"] for r in rows] == ["rnn_jax", "keras"]
+    assert all(r["median_ms"] > 0 for r in rows)
