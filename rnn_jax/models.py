@@ -20,13 +20,12 @@ from rnn_jax.blocks import apply_residual, init_residual
 from rnn_jax.checks import as_cell
 from rnn_jax.layers import (
     MERGES,
-    cell_output_size,
     init_stack,
     is_bidirectional,
-    layer_output_size,
+    stack_output_size,
     unroll_stack,
 )
-from rnn_jax.sequence import valid_mask
+from rnn_jax.sequence import accepts_unbatched, valid_mask
 
 
 class Model(NamedTuple):
@@ -96,6 +95,7 @@ def classifier(
 
     ``init_fn(key, input_size, dtype=float32) -> {"rnn": [...], "readout": {"w", "b"}}``
     ``apply_fn(params, xs (B, T, I), *, lengths=None, key=None) -> logits (B, num_classes)``;
+    one unbatched sequence ``xs (T, I)`` (``lengths`` a scalar) gives ``(num_classes,)``.
     ``key`` turns on dropout between layers (training); evaluation passes none.
     ``matmul_dtype`` (e.g. ``jnp.bfloat16``): the recurrent layers' matrix products in that
     dtype, state and readout in float32 (``rj.unroll``'s mixed precision).
@@ -118,6 +118,8 @@ def classifier(
       >>> lengths = jnp.array([28, 20, 10, 1])  # padded sequences: the state at each last step
       >>> model.apply(params, images, lengths=lengths).shape
       (4, 10)
+      >>> model.apply(params, images[0]).shape  # one sequence (T, I), as PyTorch accepts
+      (10,)
     """
     cell = as_cell(cell)
     regularizers = dict(input_dropout=input_dropout, recurrent_dropout=recurrent_dropout,
@@ -136,9 +138,10 @@ def classifier(
             cell, k_rnn, input_size, hidden_size, num_layers,
             bidirectional=bidirectional, merge=merge, dtype=dtype, **init_kwargs,
         )  # fmt: skip
-        width = layer_output_size(cell, hidden_size, bidirectional=bidirectional, merge=merge)
+        width = stack_output_size(cell, rnn, merge)  # an LSTM's proj_size= in init_kwargs
         return {"rnn": rnn, "readout": dense_init(k_out, width, num_classes, dtype)}
 
+    @accepts_unbatched(arrays=("lengths",), results=None)
     def apply_fn(params, xs, *, lengths=None, key=None):
         finals, hs = unroll_stack(
             cell, params["rnn"], xs, lengths=lengths, merge=merge,
@@ -205,7 +208,7 @@ def language_model(
         params["rnn"] = init(
             cell, k_rnn, input_size, hidden_size, num_layers, dtype=dtype, **init_kwargs
         )
-        width = hidden_size if residual else cell_output_size(cell, hidden_size)
+        width = hidden_size if residual else stack_output_size(cell, params["rnn"])
         params["readout"] = dense_init(k_out, width, vocab_size, dtype)
         return params
 
@@ -273,6 +276,7 @@ def _residual_classifier(cell, width, num_classes, num_layers, expansion, pool, 
                             dtype=dtype, **init_kwargs)  # fmt: skip
         return {"rnn": rnn, "readout": dense_init(k_out, width, num_classes, dtype)}
 
+    @accepts_unbatched(arrays=("lengths",), results=None)
     def apply_fn(params, xs, *, lengths=None, key=None):
         del key  # no dropout in residual blocks
         _, hs = apply_residual(cell, params["rnn"], xs, lengths=lengths, **unroll_kwargs)

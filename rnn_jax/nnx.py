@@ -155,7 +155,7 @@ class RNN(nnx.Module):
         deterministic: bool | None = None,
         rngs: nnx.Rngs | jax.Array | None = None,
     ):
-        """``xs (B, T, I)`` (``(T, B, I)`` time-major) -> ``(finals, hs)``.
+        """``xs (B, T, I)`` (``(T, B, I)`` time-major; one sequence ``(T, I)``) -> ``(finals, hs)``.
 
         ``finals``: one final carry per layer (a ``(fwd, bwd)`` pair for bidirectional
         layers); ``hs``: the last layer's outputs ``(B, T, H or 2H)``. ``lengths``,

@@ -205,7 +205,8 @@ def accepts_unbatched(arrays=(), trees=(), results=()):
     added to ``xs``, to the array arguments named in ``arrays`` (``lengths`` a scalar,
     ``mask (T,)``) and to every leaf of the pytree arguments in ``trees`` (carries
     ``(H,)`` -> ``(1, H)``), with ``time_major=False``; then it is stripped from the results
-    whose positions are in ``results`` (every leaf of those). ``mask``/``resets`` inside a
+    whose positions are in ``results`` (every leaf of those; ``results=None``: of the whole
+    result, for a function returning one array or tree). ``mask``/``resets`` inside a
     layer's ``**kwargs`` (passed on to ``rj.unroll``) get the axis too. Batched calls pass
     through.
     """
@@ -238,6 +239,8 @@ def accepts_unbatched(arrays=(), trees=(), results=()):
                 err.add_note(f"unbatched xs (T, I): a batch axis of 1 was added to {added}")
                 raise
             strip = lambda tree: jax.tree.map(lambda leaf: leaf[0], tree)
+            if results is None:
+                return strip(out)
             return tuple(strip(v) if i in results else v for i, v in enumerate(out))
 
         return wrapper

@@ -345,3 +345,23 @@ def test_unbatched_carry_with_a_batch_axis_names_the_cause():
     with pytest.raises(ValueError, match=r"carry.h must be \(1, 4\), got \(1, 2, 4\)") as info:
         rj.unroll(rj.gru, params, jnp.ones((T, D)), jnp.zeros((B, H)))
     assert "unbatched xs (T, I): a batch axis of 1 was added" in str(info.value.__notes__)
+
+
+def test_models_and_nnx_take_one_unbatched_sequence():
+    """A classifier (plain and residual) and an ``rnn_jax.nnx`` layer read ``(T, I)`` too."""
+    from flax import nnx
+
+    from rnn_jax import models
+    from rnn_jax import nnx as rj_nnx
+
+    xs = jnp.asarray(np.random.default_rng(3).normal(size=(T, D)), jnp.float32)
+    for model in (models.classifier(rj.gru, H, 3, pool="mean"),
+                  models.classifier(rj.mingru, H, 3, block="residual")):  # fmt: skip
+        params = model.init(jax.random.PRNGKey(0), D)
+        logits = model.apply(params, xs, lengths=jnp.asarray(4))
+        assert logits.shape == (3,)
+        assert_close(logits, model.apply(params, xs[None], lengths=jnp.asarray([4]))[0], 1e-6)
+    layer = rj_nnx.LSTM(D, H, rngs=nnx.Rngs(0))
+    finals, hs = layer(xs)
+    assert hs.shape == (T, H)
+    assert_close((finals, hs), jax.tree.map(lambda a: a[0], layer(xs[None])), 1e-6)
