@@ -8,6 +8,11 @@ Usage::
 Reads each run's ``metrics.jsonl`` (its evaluation records carry ``wall_s``, the run's time so
 far, resumes included) and ``config.json``; writes ``OUT.png`` (accuracy against minutes) and
 ``OUT.md`` (a table: the last test accuracy measured by each mark, and the best overall).
+
+``--step-seconds S1 S2 ...`` (one per run) puts the runs on a *training time* axis instead,
+``step * S`` with ``S`` each model's seconds per training step measured on a quiet machine:
+accuracy against steps does not depend on what else the machine ran, wall time does, so
+runs made on a shared machine are compared this way (evaluation time is then left out).
 """
 
 from __future__ import annotations
@@ -20,13 +25,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (a sibling file, see common.py)
 
 
-def evaluations(run_dir: Path) -> list[tuple[float, int, float]]:
-    """``(minutes, step, test_accuracy)`` of every evaluation that recorded its wall time."""
+def evaluations(run_dir: Path, step_seconds: float | None = None) -> list[tuple[float, int, float]]:
+    """``(minutes, step, test_accuracy)`` of every evaluation that recorded its wall time;
+    minutes are ``step * step_seconds / 60`` where that is given."""
     rows = []
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
         record = json.loads(line)
         if "test_accuracy" in record and "wall_s" in record:
-            rows.append((record["wall_s"] / 60, record["step"], record["test_accuracy"]))
+            seconds = record["wall_s"] if step_seconds is None else record["step"] * step_seconds
+            rows.append((seconds / 60, record["step"], record["test_accuracy"]))
     return rows
 
 
@@ -58,7 +65,7 @@ def markdown(runs: dict[str, list], marks: list[float]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(runs: dict[str, list], path: Path) -> None:
+def plot(runs: dict[str, list], path: Path, xlabel: str = "wall time (minutes)") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -67,7 +74,7 @@ def plot(runs: dict[str, list], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, rows in runs.items():
         ax.plot([r[0] for r in rows], [100 * r[2] for r in rows], marker="o", label=name)
-    ax.set_xlabel("wall time (minutes)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("test accuracy (%, all 10,000 digits)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -80,10 +87,29 @@ def main(argv=None) -> int:
     p.add_argument("runs", nargs="+", type=common.existing_dir, help="mnist_rows.py run folders")
     p.add_argument("--minutes", type=float, nargs="+", default=[15, 30, 60], help="time marks")
     p.add_argument("--out", required=True, help="output stem: writes OUT.png and OUT.md")
+    p.add_argument(
+        "--step-seconds",
+        type=float,
+        nargs="+",
+        default=None,
+        help="seconds per training step of each run (quiet machine): time = steps x it",
+    )
     args = p.parse_args(argv)
-    runs = {label(Path(r)): evaluations(Path(r)) for r in args.runs}
+    step_seconds = args.step_seconds or [None] * len(args.runs)
+    if len(step_seconds) != len(args.runs):
+        p.error(f"--step-seconds needs one value per run ({len(args.runs)}), got "
+                f"{len(step_seconds)}")  # fmt: skip
+    runs = {
+        label(Path(r)): evaluations(Path(r), s)
+        for r, s in zip(args.runs, step_seconds, strict=True)
+    }
     out = Path(args.out)
-    plot(runs, out.with_suffix(".png"))
+    xlabel = (
+        "wall time (minutes)"
+        if args.step_seconds is None
+        else ("training time (minutes): steps x quiet-machine seconds per step")
+    )
+    plot(runs, out.with_suffix(".png"), xlabel)
     common.write_bytes_atomic(out.with_suffix(".md"), markdown(runs, args.minutes).encode())
     print(markdown(runs, args.minutes), end="")
     return 0

@@ -41,3 +41,18 @@ def test_table_reads_the_last_accuracy_by_each_mark(tmp_path, capsys):
     assert "| lstm 2x8 (plain, pixels, batch 4) | - | 30.00% (20.0 min, step 50) |" in table
     assert (tmp_path / "cmp.png").read_bytes()[:4] == b"\x89PNG"
     assert table in capsys.readouterr().out
+
+
+def test_step_seconds_put_runs_on_a_training_time_axis(tmp_path):
+    compare = _load()
+    # Made on a loaded machine: wall time says 14 min for 300 steps, the quiet rate 1.2 s/step.
+    run = _run(tmp_path / "a", "mingru", [(5, 100, 0.5), (14, 300, 0.9), (31, 700, 0.95)])
+    out = str(tmp_path / "cmp")
+    assert compare.main([str(run), "--minutes", "10", "--step-seconds", "1.2", "--out", out]) == 0
+    assert "| 90.00% (6.0 min, step 300) |" in (tmp_path / "cmp.md").read_text()
+    try:
+        compare.main([str(run), "--step-seconds", "1", "2", "--out", out])
+    except SystemExit as e:
+        assert e.code == 2
+    else:
+        raise AssertionError("two --step-seconds for one run must be refused")
