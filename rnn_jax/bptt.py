@@ -38,7 +38,7 @@ from rnn_jax.cells.base import (
     recurrent_backward,
     with_hidden,
 )
-from rnn_jax.checks import check_carry
+from rnn_jax.checks import carry_lead, check_carry
 from rnn_jax.sequence import (
     accepts_unbatched,
     flip_valid,
@@ -100,21 +100,19 @@ def bptt(
     steps = dict(mask=mask, resets=resets, reverse=reverse)
     prep = prepare(cell, params, xs, carry, lengths, time_major=time_major, **steps)
     truncate = _check_truncate(truncate)
-    hs_shape = prep.xs.shape[:2] + (prep.output_size,)
-    want = hs_shape if time_major else (hs_shape[1], hs_shape[0], hs_shape[2])
+    hs_shape = prep.xs.shape[:-1] + (prep.output_size,)  # (T, B, [*spatial,] H)
+    want = hs_shape if time_major else (hs_shape[1], hs_shape[0], *hs_shape[2:])
     if getattr(d_hs, "shape", None) != want or d_hs.dtype != xs.dtype:
         raise ValueError(
             f"d_hs must be {want} {xs.dtype} like unroll's hs, got "
             f"{getattr(d_hs, 'shape', None)} {getattr(d_hs, 'dtype', None)}"
         )
     d_hs_tm = d_hs if time_major else jnp.swapaxes(d_hs, 0, 1)
-    batch_size = hs_shape[1]
     if d_carry is None:
         d_carry = jax.tree.map(jnp.zeros_like, prep.carry)
     else:
-        d_carry = check_carry(
-            prep.cell, d_carry, batch_size, prep.hidden_size, xs.dtype, name="d_carry"
-        )
+        lead = carry_lead(prep.cell, prep.xs.shape[1:])
+        d_carry = check_carry(prep.cell, d_carry, lead, prep.hidden_size, xs.dtype, name="d_carry")
     xs_tm, valid, resets = reading_order(prep, reverse)
     d_hs_tm = flip_valid(d_hs_tm, prep.lengths) if reverse else d_hs_tm
     _, hs, gates = scan_forward(

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rnn_jax.checks import as_cell, check_like
+from rnn_jax.checks import as_cell, carry_lead, check_like, spatial_rank
 from rnn_jax.gradcheck import (
     DEFAULT_TOL,
     LeafReport,
@@ -33,6 +33,7 @@ from rnn_jax.gradcheck import (
     _normal_like,
     _numpy_rng,
     check_gradients,
+    check_spatial_shape,
     compare_leaf,
     random_carry,
 )
@@ -95,6 +96,7 @@ def check_cell(
     atol: float | None = None,
     num_directions: int = 2,
     raise_on_failure: bool = True,
+    spatial_shape=None,
 ) -> CellReport:
     """Check a cell's contract and its hand-written backward (module docstring).
 
@@ -110,6 +112,8 @@ def check_cell(
       rtol, atol, num_directions: as in ``rj.check_gradients``.
       raise_on_failure: raise ``AssertionError`` (message: the table, then one line per
         failing leaf) instead of returning a failing report.
+      spatial_shape: for a spatial cell (``rj.conv_lstm``) the inputs' spatial shape, e.g.
+        ``(5, 5)``: then ``x`` is ``(B, *spatial_shape, I)``; None: 4 along each axis.
 
     Examples:
       >>> import jax, rnn_jax as rj
@@ -127,11 +131,14 @@ def check_cell(
     rtol = tol if rtol is None else rtol
     atol = tol if atol is None else atol
     rng = _numpy_rng(key)
+    if spatial_shape is None:
+        spatial_shape = (4,) * spatial_rank(cell)
+    spatial = check_spatial_shape(cell, spatial_shape)
     sizes = (batch_size, input_size, hidden_size)
-    params, carry, x = _check_contract(cell, sizes, dtype, rng, params, rtol, atol)
+    params, carry, x = _check_contract(cell, sizes, spatial, dtype, rng, params, rtol, atol)
 
     step = _step_stage(cell, params, carry, x, rng, rtol, atol)
-    xs = jnp.asarray(rng.normal(size=(batch_size, num_steps, input_size)), dtype)
+    xs = jnp.asarray(rng.normal(size=(batch_size, num_steps, *spatial, input_size)), dtype)
     common = dict(rtol=rtol, atol=atol, num_directions=num_directions, key=int(rng.integers(2**31)),
                   raise_on_failure=False)  # fmt: skip
     full = check_gradients(cell, params, xs, carry, **common)
@@ -156,9 +163,11 @@ def check_cell(
     return report
 
 
-def _check_contract(cell, sizes, dtype, rng, params, rtol, atol):
-    """Raise on a broken contract; return random ``(params, carry, x)`` for the checks."""
+def _check_contract(cell, sizes, spatial, dtype, rng, params, rtol, atol):
+    """Raise on a broken contract; return random ``(params, carry, x)`` for the checks;
+    ``x (B, *spatial, I)``."""
     batch_size, input_size, hidden_size = sizes
+    lead = carry_lead(cell, (batch_size, *spatial, input_size))  # B, or (B, *spatial)
     name = cell.name
     try:
         shapes = jax.eval_shape(
@@ -181,16 +190,16 @@ def _check_contract(cell, sizes, dtype, rng, params, rtol, atol):
         made_for = (input_size, hidden_size)
         raise ValueError(f"{name}: sizes(params) says {tuple(found)}, but the params were made "
                          f"for (input_size, hidden_size) = {made_for}")  # fmt: skip
-    zero = cell.zero_carry(batch_size, hidden_size, dtype)
+    zero = cell.zero_carry(lead, hidden_size, dtype)
     for path, leaf in jax.tree_util.tree_flatten_with_path(zero)[0]:
-        call = f"{name}.zero_carry({batch_size}, {hidden_size}, {dtype.name})"
+        call = f"{name}.zero_carry({lead}, {hidden_size}, {dtype.name})"
         where = call + jax.tree_util.keystr(path)
         # A complex leaf (the LRU's state) counts as its real part's dtype, as in params.
         if leaf.ndim == 0 or leaf.shape[0] != batch_size or jnp.finfo(leaf.dtype).dtype != dtype:
             raise ValueError(f"{where} must be ({batch_size}, ...) {dtype.name} (batch first, "
                              f"or its complex dtype), got {leaf.shape} {leaf.dtype}")  # fmt: skip
-    carry = random_carry(cell, batch_size, hidden_size, dtype, rng)
-    x = jnp.asarray(rng.normal(size=(batch_size, input_size)), dtype)
+    carry = random_carry(cell, lead, hidden_size, dtype, rng)
+    x = jnp.asarray(rng.normal(size=(batch_size, *spatial, input_size)), dtype)
     new_carry, h = cell.step(params, carry, x)
     check_like(jax.eval_shape(lambda: zero), new_carry, f"{name}.step's new carry")
     h_of = cell.hidden_of(new_carry)

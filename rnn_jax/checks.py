@@ -123,20 +123,36 @@ def check_fused_params(cell: Cell, params) -> tuple[int, int]:
     return w_x.shape[0], hidden_size
 
 
-def check_sequence(xs, input_size: int, dtype, *, time_major: bool, name="xs"):
-    """``xs`` must be a float array ``(B, T, I)`` (``(T, B, I)`` time-major) of ``dtype``."""
+def spatial_rank(cell) -> int:
+    """How many spatial axes a cell's inputs and carry leaves have after the batch: 0 for a
+    cell of vectors, n for ``rj.conv_lstm`` over n-D inputs (``GenericCell.spatial_rank``)."""
+    return getattr(cell, "spatial_rank", 0)
+
+
+def carry_lead(cell, step_shape: tuple[int, ...]):
+    """``zero_carry``'s first argument for one step's input shape ``(B, *spatial, I)``: the
+    batch size ``B`` for a cell of vectors, the carry's leading shape ``(B, *spatial)`` for a
+    spatial cell."""
+    return step_shape[0] if spatial_rank(cell) == 0 else tuple(step_shape[:-1])
+
+
+def check_sequence(xs, input_size: int, dtype, *, time_major: bool, name="xs", spatial=0):
+    """``xs`` must be a float array ``(B, T, I)`` (``(T, B, I)`` time-major) of ``dtype``;
+    ``(B, T, *spatial, I)`` with ``spatial`` axes for a spatial cell (``spatial_rank``)."""
     layout = "(time, batch, input_size)" if time_major else "(batch, time, input_size)"
-    if not hasattr(xs, "ndim") or xs.ndim != 3:
+    if spatial:
+        axes = "DHW"[-spatial:] if spatial <= 3 else [f"s{i}" for i in range(spatial)]
+        layout = layout.replace("input_size)", f"{', '.join(axes)}, channels={input_size})")
+    if not hasattr(xs, "ndim") or xs.ndim != 3 + spatial:
         shape = getattr(xs, "shape", type(xs).__name__)
-        raise ValueError(
-            f"{name} must be 3-D {layout} or 2-D (time, input_size) for one sequence, "
-            f"got shape {shape}"
-        )
+        one = "" if spatial else " or 2-D (time, input_size) for one sequence"
+        raise ValueError(f"{name} must be {3 + spatial}-D {layout}{one}, got shape {shape}")
     if not jnp.issubdtype(xs.dtype, jnp.floating):
         raise TypeError(f"{name} must be a floating-point array, got dtype {xs.dtype}")
     if xs.shape[-1] != input_size:
+        where = "last axis" if not spatial else f"last axis (channels) of shape {xs.shape}"
         raise ValueError(
-            f"{name} has {xs.shape[-1]} features in its last axis but the cell's w_x expects "
+            f"{name} has {xs.shape[-1]} features in its {where} but the cell's w_x expects "
             f"input_size={input_size}"
         )
     if xs.dtype != dtype:
@@ -164,9 +180,10 @@ def check_steps(flags, name: str, batch_size: int, num_steps: int, *, time_major
     return flags if time_major else flags.T
 
 
-def check_carry(cell, carry, batch_size: int, hidden_size: int, dtype, name="carry"):
+def check_carry(cell, carry, batch_size, hidden_size: int, dtype, name="carry"):
     """The carry must be what ``cell.zero_carry(B, H, dtype)`` returns, in structure, shapes
-    and dtypes: ``(B, H)`` or, for the LSTM, ``LSTMCarry(h (B, H), c (B, H))``."""
+    and dtypes: ``(B, H)`` or, for the LSTM, ``LSTMCarry(h (B, H), c (B, H))``.
+    ``batch_size`` is ``(B, *spatial)`` for a spatial cell (``carry_lead``)."""
     if not isinstance(cell, Cell):
         expected = jax.eval_shape(lambda: cell.zero_carry(batch_size, hidden_size, dtype))
         check_like(expected, carry, f"{cell.name} {name}")

@@ -49,7 +49,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from rnn_jax.bptt import bptt
-from rnn_jax.checks import as_cell, check_lengths, check_params, params_dtype
+from rnn_jax.checks import (
+    as_cell,
+    carry_lead,
+    check_lengths,
+    check_params,
+    params_dtype,
+    spatial_rank,
+)
 from rnn_jax.scan import unroll
 
 # (a) vs (b): both sides do the same float operations in a different order, so they differ
@@ -283,8 +290,9 @@ def _reference_grads(cell, params, xs, carry, d_hs, d_carry, lengths, reverse, t
 def _default_carries(cell, params, xs, carry, d_carry, time_major):
     """Zeros for a missing initial carry or final-carry cotangent."""
     batch_size = xs.shape[1] if time_major else xs.shape[0]
+    lead = carry_lead(cell, (batch_size, *xs.shape[2:]))  # B, or (B, *spatial)
     hidden_size = check_params(cell, params)[1]
-    zeros = cell.zero_carry(batch_size, hidden_size, xs.dtype)
+    zeros = cell.zero_carry(lead, hidden_size, xs.dtype)
     return (zeros if carry is None else carry), (zeros if d_carry is None else d_carry)
 
 
@@ -441,14 +449,16 @@ def compare_leaf(manual, reference, rtol, atol, what="manual vs jax.grad"):
 # --------------------------------------------------------------------------------------
 
 
-def random_problem(cell, shape, dtype, rng: np.random.Generator, *, time_major=False):
+def random_problem(cell, shape, dtype, rng: np.random.Generator, *, time_major=False, spatial=()):
     """``(params, xs, carry)`` to check ``cell`` on: every parameter, biases included, and the
     initial carry N(0, 0.5^2) (zero biases or carries would hide a wrong slot), ``xs`` N(0, 1).
 
     ``shape = (B, T, I, H)``; ``xs`` is ``(B, T, I)``, or ``(T, B, I)`` if ``time_major``. Call
-    under ``jax.enable_x64`` for float64.
+    under ``jax.enable_x64`` for float64. A spatial cell (``rj.conv_lstm``) needs the
+    ``spatial`` shape, e.g. ``(5, 5)``: then ``xs`` is ``(B, T, *spatial, I)``.
     """
     cell = as_cell(cell)
+    spatial = check_spatial_shape(cell, spatial)
     batch_size, num_steps, input_size, hidden_size = shape
     shapes = jax.eval_shape(
         lambda key: cell.init(key, input_size, hidden_size, dtype=jnp.dtype(dtype)),
@@ -456,13 +466,27 @@ def random_problem(cell, shape, dtype, rng: np.random.Generator, *, time_major=F
     )
     params = _normal_like(rng, shapes, scale=0.5)
     seq = (num_steps, batch_size) if time_major else (batch_size, num_steps)
-    xs = jnp.asarray(rng.normal(size=(*seq, input_size)), dtype)
-    carry = random_carry(cell, batch_size, hidden_size, dtype, rng)
+    xs = jnp.asarray(rng.normal(size=(*seq, *spatial, input_size)), dtype)
+    carry = random_carry(cell, carry_lead(cell, (batch_size, *spatial, input_size)),
+                         hidden_size, dtype, rng)  # fmt: skip
     return params, xs, carry
 
 
-def random_carry(cell, batch_size: int, hidden_size: int, dtype, rng: np.random.Generator):
-    """A carry shaped like ``cell.zero_carry``'s with N(0, 0.5^2) entries."""
+def check_spatial_shape(cell, spatial) -> tuple[int, ...]:
+    """``spatial`` as a tuple of as many ints as ``cell`` has spatial axes (none for a cell of
+    vectors), or ``ValueError`` saying what the cell needs."""
+    spatial = tuple(int(n) for n in spatial)
+    if len(spatial) != spatial_rank(cell):
+        raise ValueError(
+            f"{cell.name} has {spatial_rank(cell)} spatial axes; got a spatial shape {spatial} "
+            f"of {len(spatial)}"
+        )
+    return spatial
+
+
+def random_carry(cell, batch_size, hidden_size: int, dtype, rng: np.random.Generator):
+    """A carry shaped like ``cell.zero_carry``'s with N(0, 0.5^2) entries (``batch_size``:
+    ``(B, *spatial)`` for a spatial cell)."""
     zero = jax.eval_shape(lambda: cell.zero_carry(batch_size, hidden_size, jnp.dtype(dtype)))
     return _normal_like(rng, zero, scale=0.5)
 
@@ -680,20 +704,19 @@ def hidden_grad_norms(cell, params, xs, carry=None, *, d_h_last=None, time_major
     """``(T,)``: ``||dL/dh_t||`` for ``L = <d_h_last, h_{T-1}>``, a loss on the last state only.
 
     ``h_t`` is the hidden state after reading ``xs[:, t]`` (the LSTM's ``h``, with ``c``
-    held fixed). ``d_h_last (B, H)`` defaults to a constant unit-norm cotangent, so
-    ``norms[T-1] == 1`` and ``norms[t]`` is how much of the signal survives ``T-1-t`` steps
-    back: decaying toward t = 0 is vanishing, growing is exploding. Each step back is one
-    ``rj.bptt`` over a single step, chaining its ``d_carry0``.
+    held fixed). ``d_h_last (B, H)`` (``(B, *spatial, H)`` for a spatial cell) defaults to a
+    constant unit-norm cotangent, so ``norms[T-1] == 1`` and ``norms[t]`` is how much of the
+    signal survives ``T-1-t`` steps back: decaying toward t = 0 is vanishing, growing is
+    exploding. Each step back is one ``rj.bptt`` over a single step, chaining its ``d_carry0``.
     """
     cell = as_cell(cell)
     xs_tm = xs if time_major else jnp.swapaxes(xs, 0, 1)
-    batch_size, hidden_size = xs_tm.shape[1], check_params(cell, params)[1]
+    hidden_size = check_params(cell, params)[1]
     if carry is None:
-        carry = cell.zero_carry(batch_size, hidden_size, xs.dtype)
+        carry = cell.zero_carry(carry_lead(cell, xs_tm.shape[1:]), hidden_size, xs.dtype)
     if d_h_last is None:
-        h_size = jax.eval_shape(cell.hidden_of, carry).shape[-1]
-        d_h_last = jnp.full((batch_size, h_size), 1 / math.sqrt(batch_size * h_size))
-        d_h_last = d_h_last.astype(xs.dtype)
+        h_shape = jax.eval_shape(cell.hidden_of, carry).shape  # (B, [*spatial,] H)
+        d_h_last = jnp.full(h_shape, 1 / math.sqrt(math.prod(h_shape)), xs.dtype)
     return _hidden_grad_norms(cell, params, xs_tm, carry, d_h_last)
 
 
@@ -711,7 +734,7 @@ def _hidden_grad_norms(cell, params, xs_tm, carry, d_h_last):
         # d_after = dL/d(carry after step t); one-step BPTT turns it into dL/d(carry before).
         x_t, c_before = inputs
         norm = jnp.linalg.norm(cell.hidden_of(d_after))
-        zero_d_hs = jnp.zeros(x_t.shape[:1] + (1, d_h_last.shape[-1]), x_t.dtype)
+        zero_d_hs = jnp.zeros((x_t.shape[0], 1, *d_h_last.shape[1:]), x_t.dtype)
         _, _, d_before = bptt(cell, params, x_t[:, None], zero_d_hs, c_before, d_carry=d_after)
         return d_before, norm
 

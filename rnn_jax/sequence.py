@@ -17,12 +17,14 @@ import jax.numpy as jnp
 from rnn_jax.cells.base import Cell, LSTMCarry
 from rnn_jax.checks import (
     as_cell,
+    carry_lead,
     check_carry,
     check_lengths,
     check_params,
     check_sequence,
     check_steps,
     params_dtype,
+    spatial_rank,
 )
 
 
@@ -46,7 +48,9 @@ def prepare(
 ) -> Prepared:
     """Check everything ``unroll``/``bptt`` receive and bring ``xs`` to time-major.
 
-    ``mask`` and ``resets`` are ``(B, T)`` bool (``(T, B)`` time-major) or None.
+    ``mask`` and ``resets`` are ``(B, T)`` bool (``(T, B)`` time-major) or None. For a
+    spatial cell (``rj.conv_lstm``) ``xs`` is ``(B, T, *spatial, I)`` and the zero carry
+    takes ``(B, *spatial)`` from it; masks act on whole ``(B,)`` rows as ever.
     """
     if reverse and mask is not None and resets is not None:
         # Read backwards, an episode restarts at the valid step before its first one, which
@@ -55,13 +59,14 @@ def prepare(
     cell = as_cell(cell)
     input_size, hidden_size = check_params(cell, params)
     dtype = params_dtype(params)
-    check_sequence(xs, input_size, dtype, time_major=time_major)
+    check_sequence(xs, input_size, dtype, time_major=time_major, spatial=spatial_rank(cell))
     xs_tm = xs if time_major else jnp.swapaxes(xs, 0, 1)
     num_steps, batch_size = xs_tm.shape[:2]
+    lead = carry_lead(cell, xs_tm.shape[1:])  # B, or (B, *spatial) for a spatial cell
     if carry is None:
-        carry = cell.zero_carry(batch_size, hidden_size, dtype)
+        carry = cell.zero_carry(lead, hidden_size, dtype)
     else:
-        carry = check_carry(cell, carry, batch_size, hidden_size, dtype)
+        carry = check_carry(cell, carry, lead, hidden_size, dtype)
     lengths = check_lengths(lengths, batch_size, num_steps)
     valid = None if lengths is None else valid_mask(lengths, num_steps)
     mask = check_steps(mask, "mask", batch_size, num_steps, time_major=time_major)

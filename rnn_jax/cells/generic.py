@@ -59,6 +59,8 @@ class GenericCell:
 
     ``sizes(params) -> (input_size, hidden_size)`` reads the sizes back from parameters;
     ``hand_written`` is False when ``step_backward`` was derived with ``jax.vjp``.
+    ``spatial_rank``: 0 for a cell of vectors; n for a cell whose inputs and carry leaves
+    have n spatial axes after the batch (``rj.conv_lstm``, see ``make_cell``).
     """
 
     name: str
@@ -71,6 +73,7 @@ class GenericCell:
     sizes: Callable
     hand_written: bool = True
     parallel: Callable | None = None
+    spatial_rank: int = 0
 
     def check_params(self, params) -> tuple[int, int]:
         """Validate ``params`` against ``init``'s shapes; return ``(input_size, hidden_size)``."""
@@ -90,6 +93,7 @@ def make_cell(
     step_backward: Callable | None = None,
     sizes: Callable | None = None,
     parallel: Callable | None = None,
+    spatial_rank: int = 0,
 ) -> GenericCell:
     """A cell from plain functions, usable everywhere a library cell is.
 
@@ -112,6 +116,10 @@ def make_cell(
         *, method) -> (final_carry, hs (T, B, H_out))``, time-major, past a row's length
         the carry frozen and the output zero, ``starts (T, B) | None`` where the carry
         restarts from the initial one. ``rj.unroll`` uses it with ``mode="parallel"``.
+      spatial_rank: n > 0 for a cell over n-D inputs (a convolutional cell): each step
+        reads ``x (B, *spatial, I)``, sequences are ``(B, T, *spatial, I)``, and
+        ``zero_carry`` takes the carry's leading shape ``(B, *spatial)`` in place of
+        ``batch_size`` (the checks build it from ``xs``). 0 (default): vectors.
 
     Examples:
       >>> import jax, jax.numpy as jnp, rnn_jax as rj
@@ -149,6 +157,7 @@ def make_cell(
         sizes=sizes or fused_sizes,
         hand_written=hand_written,
         parallel=parallel,
+        spatial_rank=spatial_rank,
     )
 
 
@@ -192,7 +201,7 @@ def default_hidden_of(carry):
 
 def cell_of_functions(name: str, functions) -> GenericCell:
     """A ``GenericCell`` from an object (a module, a class instance) that has the protocol's
-    functions as attributes, and optionally ``sizes`` and ``parallel``."""
+    functions as attributes, and optionally ``sizes``, ``parallel``, ``spatial_rank``."""
     return GenericCell(
         name=name,
         init=functions.init,
@@ -203,6 +212,7 @@ def cell_of_functions(name: str, functions) -> GenericCell:
         step_backward=functions.step_backward,
         sizes=getattr(functions, "sizes", fused_sizes),
         parallel=getattr(functions, "parallel", None),
+        spatial_rank=getattr(functions, "spatial_rank", 0),
     )
 
 
