@@ -35,6 +35,7 @@ from rnn_jax.cells.base import (
     hidden_of,
     hidden_weight_backward,
     input_weight_backward,
+    matmul,
     recurrent_backward,
     with_hidden,
 )
@@ -216,12 +217,18 @@ def _fused_sweep(cell: Cell, params, xs, carry0, hs, gates, d_hs, d_final, valid
     shared = []
     d_hidden = jax.tree.map(jnp.zeros_like, {k: params[k] for k in ("w_h", "b_h") if k in params})
 
+    projected = "w_hr" in params  # h' = m @ w_hr: d_w_hr = M^T dH' after the loop
+
     def body(loop_state, inputs):
         state, d_hidden = loop_state
         gates_t, d_h_t, valid_t, h_prev_t = inputs
         d_h_in = hidden_of(state)
         if d_h_t is not None:
             d_h_in = d_h_in + (d_h_t if slots is None else _in_first_slot(d_h_t, slots))
+        # dL/dh' of the step (all slots): an invalid step's is zero, as its d_zx.
+        d_out = None
+        if projected:
+            d_out = zero_where_invalid(valid_t, d_h_in if slots is None else d_h_in.sum(0))
         d_zx, d_zh, d_prev = recurrent_backward(
             params, gates_t, with_hidden(state, d_h_in), cell.pointwise_backward, cell.matmul_dtype
         )
@@ -234,9 +241,9 @@ def _fused_sweep(cell: Cell, params, xs, carry0, hs, gates, d_hs, d_final, valid
             d_zh = zero_where_invalid(valid_t, d_zh)
             step_grads = hidden_weight_backward(params, h_prev_t, d_zh, cell.matmul_dtype)
             d_hidden = jax.tree.map(jnp.add, d_hidden, step_grads)
-        return (d_prev, d_hidden), zero_where_invalid(valid_t, d_zx)
+        return (d_prev, d_hidden), (zero_where_invalid(valid_t, d_zx), d_out)
 
-    (state, d_hidden), d_zx = jax.lax.scan(
+    (state, d_hidden), (d_zx, d_outs) = jax.lax.scan(
         body, (state, d_hidden), (gates, d_hs, valid, h_prev), reverse=True, unroll=unroll
     )
     d_carry0 = state if slots is None else jax.tree.map(lambda a: a.sum(0), state)
@@ -245,6 +252,9 @@ def _fused_sweep(cell: Cell, params, xs, carry0, hs, gates, d_hs, d_final, valid
     d_params, d_xs = input_weight_backward(params, xs.reshape(rows, -1), d_zx, cell.matmul_dtype)
     if shared[0]:
         d_hidden = hidden_weight_backward(params, h_prev.reshape(rows, -1), d_zx, cell.matmul_dtype)
+    if projected:
+        m = gates.m.reshape(rows, -1)
+        d_hidden["w_hr"] = matmul(m.T, d_outs.reshape(rows, -1), cell.matmul_dtype)
     return d_params | d_hidden, d_xs.reshape(xs.shape), d_carry0
 
 

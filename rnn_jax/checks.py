@@ -99,7 +99,14 @@ def check_fused_params(cell: Cell, params) -> tuple[int, int]:
     """Validate a fused cell's parameter dict; return ``(input_size, hidden_size)``."""
     if not isinstance(params, dict):
         raise TypeError(f"{cell.name} params must be a dict of arrays, got {type(params).__name__}")
-    expected = {"w_x", "w_h", *cell.biases}
+    if cell.projectable and cell.proj_size is None and "w_hr" in params:
+        proj = getattr(params["w_hr"], "shape", (None, "P"))[-1]
+        raise ValueError(
+            f"{cell.name} params have an output projection w_hr: run them with "
+            f"rj.lstm.with_projection({proj}) (rj.unroll, rj.bptt and the layers pick it "
+            "from the params themselves)"
+        )
+    expected = {"w_x", "w_h", *cell.biases} | ({"w_hr"} if cell.proj_size else set())
     if set(params) != expected:
         raise ValueError(
             f"{cell.name} params must have keys {sorted(expected)}, got {sorted(params)}"
@@ -108,11 +115,13 @@ def check_fused_params(cell: Cell, params) -> tuple[int, int]:
     if w_x.ndim != 2 or w_h.ndim != 2:
         raise ValueError(f"{cell.name} w_x and w_h must be 2-D, got {w_x.shape} and {w_h.shape}")
     hidden_size = w_h.shape[0]
+    if cell.proj_size is not None:  # w_h reads the projected h: (P, G*H), w_hr (H, P)
+        hidden_size = _check_projection(cell, params["w_hr"], w_h)
     width = cell.num_gates * hidden_size
-    if w_h.shape != (hidden_size, width) or w_x.shape[1] != width:
+    if w_h.shape[1] != width or w_x.shape[1] != width:
         raise ValueError(
             f"{cell.name} with {cell.num_gates} gate(s) expects w_x (I, {width}) and "
-            f"w_h ({hidden_size}, {width}); got w_x {w_x.shape}, w_h {w_h.shape}"
+            f"w_h ({w_h.shape[0]}, {width}); got w_x {w_x.shape}, w_h {w_h.shape}"
         )
     for name in bias_names(params):
         if params[name].shape != (width,):
@@ -134,6 +143,30 @@ def carry_lead(cell, step_shape: tuple[int, ...]):
     batch size ``B`` for a cell of vectors, the carry's leading shape ``(B, *spatial)`` for a
     spatial cell."""
     return step_shape[0] if spatial_rank(cell) == 0 else tuple(step_shape[:-1])
+
+
+def _check_projection(cell: Cell, w_hr, w_h) -> int:
+    """``w_hr`` must be ``(H, P)`` with ``P = cell.proj_size`` and ``w_h (P, G*H)``; returns H."""
+    proj = cell.proj_size
+    if getattr(w_hr, "ndim", None) != 2 or w_hr.shape[1] != proj or w_h.shape[0] != proj:
+        raise ValueError(
+            f"{cell.name} expects w_hr (H, {proj}) and w_h ({proj}, {cell.num_gates}H); got "
+            f"w_hr {getattr(w_hr, 'shape', None)}, w_h {w_h.shape}"
+        )
+    return w_hr.shape[0]
+
+
+def cell_for(cell, params):
+    """The cell that runs ``params``: ``rj.lstm`` given params with an output projection
+    ``w_hr (H, P)`` runs as ``rj.lstm.with_projection(P)`` (its zero carry's h is ``(B, P)``);
+    any other cell as it is."""
+    cell = as_cell(cell)
+    if not (isinstance(cell, Cell) and cell.projectable and cell.proj_size is None):
+        return cell
+    w_hr = params.get("w_hr") if isinstance(params, dict) else None
+    if getattr(w_hr, "ndim", None) != 2:
+        return cell  # no projection (or a malformed one: check_params says which)
+    return cell.with_projection(int(w_hr.shape[1]))
 
 
 def check_sequence(xs, input_size: int, dtype, *, time_major: bool, name="xs", spatial=0):
@@ -197,6 +230,8 @@ def check_carry(cell, carry, batch_size, hidden_size: int, dtype, name="carry"):
                 f"got {type(carry).__name__} (wrap a pair as rj.LSTMCarry(h=..., c=...))"
             )
         parts = {"h": carry.h, "c": carry.c}
+        if cell.proj_size is not None:  # h is the projected output
+            expected = {"h": (batch_size, cell.proj_size), "c": expected}
     else:
         if isinstance(carry, tuple) or not hasattr(carry, "shape"):
             raise TypeError(
@@ -204,8 +239,9 @@ def check_carry(cell, carry, batch_size, hidden_size: int, dtype, name="carry"):
             )
         parts = {"h": carry}
     for part, value in parts.items():
-        if value.shape != expected:
-            raise ValueError(f"{cell.name} {name}.{part} must be {expected}, got {value.shape}")
+        want = expected[part] if isinstance(expected, dict) else expected
+        if value.shape != want:
+            raise ValueError(f"{cell.name} {name}.{part} must be {want}, got {value.shape}")
         if value.dtype != dtype:
             raise TypeError(
                 f"{cell.name} {name}.{part} dtype {value.dtype} != params dtype {dtype}"

@@ -52,6 +52,7 @@ from rnn_jax.bptt import bptt
 from rnn_jax.checks import (
     as_cell,
     carry_lead,
+    cell_for,
     check_lengths,
     check_params,
     params_dtype,
@@ -189,7 +190,7 @@ def frozen_starts(cell, params, xs, carry, *, lengths=None, reverse=False, time_
     ``(params, xs, carry)`` whose exact gradient is the truncated gradient (what finite
     differences need: they cannot see ``stop_gradient``).
     """
-    cell = as_cell(cell)
+    cell = cell_for(cell, params)
     zeros = jnp.zeros(xs.shape[:2] + (1,), xs.dtype)  # a dummy d_hs in xs' layout
     return [
         row_start_carries(cell, params, xs_row, carry_row)
@@ -220,7 +221,7 @@ def windowed_loss(
     initial carry (the plain loss). ``starts=None``: window starts are recomputed from the
     arguments under ``stop_gradient``; else a list from ``frozen_starts``.
     """
-    cell = as_cell(cell)
+    cell = cell_for(cell, params)
     loss = 0.0
     rows = _rows(cell, xs, d_hs, carry, d_carry, lengths, reverse, time_major)
     for b, (xs_row, d_hs_row, carry_row, d_carry_row) in enumerate(rows):
@@ -256,7 +257,7 @@ def truncated_reference_grads(
     each row's last valid step. ``truncate=None`` gives full BPTT. Slow (O(T k) steps):
     a test oracle, not a training tool.
     """
-    cell = as_cell(cell)
+    cell = cell_for(cell, params)
     carry, d_carry = _default_carries(cell, params, xs, carry, d_carry, time_major)
     batch_size, num_steps = _batch_major(xs, time_major).shape[:2]
     lengths = tuple(int(n) for n in _concrete_lengths(lengths, batch_size, num_steps))
@@ -604,7 +605,7 @@ def check_gradients(
       >>> report.ok, [row.path for row in report.rows]
       (True, ['params.b', 'params.w_h', 'params.w_x', 'xs', 'carry.h', 'carry.c'])
     """
-    cell = as_cell(cell)
+    cell = cell_for(cell, params)
     dtype = params_dtype(params)
     tol = DEFAULT_TOL.get(jnp.dtype(dtype).name, DEFAULT_TOL["float32"])
     rtol = tol if rtol is None else rtol
@@ -709,7 +710,7 @@ def hidden_grad_norms(cell, params, xs, carry=None, *, d_h_last=None, time_major
     signal survives ``T-1-t`` steps back: decaying toward t = 0 is vanishing, growing is
     exploding. Each step back is one ``rj.bptt`` over a single step, chaining its ``d_carry0``.
     """
-    cell = as_cell(cell)
+    cell = cell_for(cell, params)
     xs_tm = xs if time_major else jnp.swapaxes(xs, 0, 1)
     hidden_size = check_params(cell, params)[1]
     if carry is None:

@@ -27,8 +27,11 @@ def glorot_uniform(key, shape, dtype=jnp.float32):
     return jax.nn.initializers.glorot_uniform()(key, shape, dtype)
 
 
-def orthogonal_blocks(key, hidden_size: int, num_gates: int, dtype=jnp.float32):
-    """``(H, G*H)``: one orthogonal ``(H, H)`` block per gate.
+def orthogonal_blocks(key, hidden_size: int, num_gates: int, dtype=jnp.float32, *,
+                      rows: int | None = None):  # fmt: skip
+    """``(H, G*H)``: one orthogonal ``(H, H)`` block per gate (``rows=P < H``: ``(P, G*H)``,
+    each ``(P, H)`` block with orthonormal rows, for a recurrent product that reads a
+    projected ``h (B, P)``).
 
     Per-gate blocks keep each gate's recurrent map norm-preserving, which a single
     orthogonal ``(H, G*H)`` matrix (Keras' choice) does not.
@@ -44,7 +47,8 @@ def orthogonal_blocks(key, hidden_size: int, num_gates: int, dtype=jnp.float32):
       True
     """
     keys = jax.random.split(key, num_gates)
-    blocks = [jax.nn.initializers.orthogonal()(k, (hidden_size, hidden_size), dtype) for k in keys]
+    shape = (hidden_size if rows is None else rows, hidden_size)
+    blocks = [jax.nn.initializers.orthogonal()(k, shape, dtype) for k in keys]
     return jnp.concatenate(blocks, axis=1)
 
 

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rnn_jax.cells.base import Cell, LSTMCarry
-from rnn_jax.checks import as_cell, check_params
+from rnn_jax.checks import as_cell, cell_for, check_params
 from rnn_jax.layers import is_bidirectional
 
 _ZERO = -0.0
@@ -68,7 +68,7 @@ def _zeros(width: int, dtype) -> np.ndarray:
 def _finish(cell: Cell, params: dict, dtype) -> dict:
     """numpy -> jax arrays (cast to ``dtype`` if given), then the same checks as ``unroll``."""
     params = {k: jnp.asarray(v, dtype=dtype) for k, v in params.items()}
-    check_params(cell, params)
+    check_params(cell_for(cell, params), params)
     return params
 
 
@@ -90,7 +90,7 @@ def _layers_of(params) -> tuple[list, bool]:
 
 def _check_layer(cell: Cell, layer) -> None:
     for part in (layer["fwd"], layer["bwd"]) if is_bidirectional(layer) else (layer,):
-        check_params(cell, dict(part))
+        check_params(cell_for(cell, dict(part)), dict(part))
 
 
 def _np_params(layer) -> dict:
@@ -114,6 +114,11 @@ def _torch_mode(module) -> str:
     return {"LSTMCell": "LSTM", "GRUCell": "GRU"}.get(kind, kind)
 
 
+def _torch_name(cell: Cell) -> str:
+    """The cell's name among ``_TORCH_MODES``: a projected LSTM is PyTorch's LSTM too."""
+    return "lstm" if getattr(cell, "proj_size", None) and cell.projectable else cell.name
+
+
 def _check_torch_module(module, cell: Cell) -> None:
     mode = _torch_mode(module)
     expected = _TORCH_MODES.get(mode)
@@ -122,20 +127,15 @@ def _check_torch_module(module, cell: Cell) -> None:
             f"expected torch nn.RNN, nn.LSTM, nn.GRU or their Cell versions, got "
             f"{type(module).__name__}"
         )
-    if expected != cell.name:
+    if expected != _torch_name(cell):
         raise ValueError(
             f"the torch module is a {type(module).__name__} ({mode}), which is rnn_jax's "
             f"{expected!r} cell, but cell={cell.name!r} was given"
         )
-    if getattr(module, "proj_size", 0):
-        raise ValueError(
-            f"torch LSTM with proj_size={module.proj_size} has no rnn_jax equivalent "
-            "(the hidden state would be projected); use proj_size=0"
-        )
 
 
 def _check_torch_cell(cell) -> None:
-    if cell.name not in _TORCH_MODES.values():
+    if _torch_name(cell) not in _TORCH_MODES.values():
         raise ValueError(
             f"PyTorch has no module with the weights of rnn_jax's {cell.name!r} cell; the torch "
             f"converters handle {sorted(_TORCH_MODES.values())}"
@@ -151,12 +151,14 @@ def _layer_from_torch(state: dict, suffix: str, cell: Cell, used: set) -> dict:
     if (b_ih is None) != (b_hh is None):
         raise ValueError(f"the torch state_dict has only one of {names[2]}, {names[3]}")
     used.update(n for n in names if n in state)
-    hidden = w_hh.shape[-1]
+    w_hr = state.get(f"weight_hr{suffix}")  # (P, H): nn.LSTM(proj_size=P)'s projection
+    hidden = w_hh.shape[-1] if w_hr is None else w_hr.shape[-1]
+    reads = hidden if w_hr is None else w_hr.shape[0]  # what w_hh reads: h (B, H) or (B, P)
     width = cell.num_gates * hidden
-    if w_hh.shape != (width, hidden) or w_ih.ndim != 2 or w_ih.shape[0] != width:
+    if w_hh.shape != (width, reads) or w_ih.ndim != 2 or w_ih.shape[0] != width:
         raise ValueError(
             f"{cell.name} has {cell.num_gates} gate(s): expected {names[0]} ({width}, I) and "
-            f"{names[1]} ({width}, {hidden}), got {w_ih.shape} and {w_hh.shape} (is it "
+            f"{names[1]} ({width}, {reads}), got {w_ih.shape} and {w_hh.shape} (is it "
             f"another kind of RNN?)"
         )
     if b_ih is None:  # bias=False
@@ -166,6 +168,9 @@ def _layer_from_torch(state: dict, suffix: str, cell: Cell, used: set) -> dict:
         params["b"] = b_ih + b_hh  # PyTorch adds both; the sum is the same model
     else:
         params["b_x"], params["b_h"] = b_ih, b_hh
+    if w_hr is not None:
+        used.add(f"weight_hr{suffix}")
+        params["w_hr"] = w_hr.T
     return params
 
 
@@ -174,7 +179,8 @@ def from_torch(module_or_state_dict, cell, *, dtype=None):
 
     Args:
       module_or_state_dict: an ``nn.RNN``/``nn.LSTM``/``nn.GRU`` (any ``num_layers``,
-        ``bidirectional``, ``bias``), or its ``state_dict()`` (tensors or numpy arrays).
+        ``bidirectional``, ``bias``, the LSTM's ``proj_size``), or its ``state_dict()``
+        (tensors or numpy arrays).
         An ``nn.RNNCell``/``nn.LSTMCell``/``nn.GRUCell`` (keys without ``_l0``) works too.
       cell: ``rj.simple`` (``nonlinearity="tanh"``), ``rj.simple.relu``, ``rj.lstm`` or
         ``rj.gru``; checked against a module's kind.
@@ -186,7 +192,9 @@ def from_torch(module_or_state_dict, cell, *, dtype=None):
       ``{"fwd": ..., "bwd": ...}`` (the ``_reverse`` weights). Elman/LSTM get
       ``b = bias_ih + bias_hh``, the GRU ``b_x = bias_ih, b_h = bias_hh`` (its reset gate
       scales ``h @ W_hn + b_hn`` alone, so the two cannot be fused). ``bias=False`` gives
-      zero biases. For a Cell module/state_dict, the cell's params dict itself.
+      zero biases. ``proj_size=P`` adds ``w_hr = weight_hr.T (H, P)`` (``rj.lstm.init(...,
+      proj_size=P)``'s params; ``rj.unroll(rj.lstm, ...)`` runs them). For a Cell
+      module/state_dict, the cell's params dict itself.
 
     Examples:
       >>> import numpy as np, rnn_jax as rj
@@ -208,12 +216,6 @@ def from_torch(module_or_state_dict, cell, *, dtype=None):
     if not isinstance(state, Mapping):
         raise TypeError(f"expected a torch RNN module or a state_dict, got {type(state)}")
     state = {k: _numpy(v) for k, v in state.items()}
-    projections = sorted(k for k in state if k.startswith("weight_hr"))
-    if projections:
-        raise ValueError(
-            f"torch LSTM weights with a projection ({projections}, from proj_size > 0) have no "
-            "rnn_jax equivalent (the hidden state would be projected)"
-        )
     used: set = set()
     if "weight_ih" in state:  # nn.RNNCell / LSTMCell / GRUCell
         result = _finish(cell, _layer_from_torch(state, "", cell, used), dtype)
@@ -252,6 +254,8 @@ def _layer_to_torch(layer: dict, suffix: str, cell: Cell, bias: bool) -> dict:
         out[f"bias_ih{suffix}"], out[f"bias_hh{suffix}"] = b_ih, b_hh
     elif np.any(b_ih) or np.any(b_hh):
         raise ValueError("bias=False, but the params have non-zero biases that would be lost")
+    if "w_hr" in layer:  # after the biases, where nn.LSTM(proj_size=P) keeps it
+        out[f"weight_hr{suffix}"] = layer["w_hr"].T
     return out
 
 
@@ -269,7 +273,8 @@ def to_torch(params, cell, *, bias: bool = True, as_tensors: bool = True) -> dic
 
     Args:
       params: a stack (list of layers, each a cell's params or ``{"fwd", "bwd"}``) -> keys
-        of ``nn.RNN/LSTM/GRU`` (``weight_ih_l{k}[_reverse]``, ...); a single cell's params
+        of ``nn.RNN/LSTM/GRU`` (``weight_ih_l{k}[_reverse]``, ..., ``weight_hr_l{k}`` for an
+        LSTM with a projection ``w_hr``: ``nn.LSTM(proj_size=P)``); a single cell's params
         -> keys of ``nn.RNNCell/LSTMCell/GRUCell``; a single bidirectional layer -> a
         one-layer bidirectional module.
       cell: the params' cell.

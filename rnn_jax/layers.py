@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from rnn_jax.checks import as_cell, check_carry, check_params, params_dtype
+from rnn_jax.checks import as_cell, cell_for, check_carry, check_params, params_dtype
 from rnn_jax.scan import unroll
 from rnn_jax.sequence import accepts_unbatched, prepare
 
@@ -45,6 +45,16 @@ def layer_output_size(cell, hidden_size: int, *, bidirectional: bool, merge="con
     """Feature size of a layer of ``cell``'s outputs (both directions merged)."""
     return output_size(cell_output_size(cell, hidden_size), bidirectional=bidirectional,
                        merge=merge)  # fmt: skip
+
+
+def params_output_size(cell, layer, hidden_size: int, merge: str = "concat") -> int:
+    """``layer_output_size`` of a layer given its params: an LSTM with a projection ``w_hr
+    (H, P)`` outputs P features (bidirectional, concat: 2P), which ``hidden_size`` alone
+    cannot tell."""
+    bidir = is_bidirectional(layer)
+    direction = layer["fwd"] if bidir else layer
+    return layer_output_size(cell_for(cell, direction), hidden_size, bidirectional=bidir,
+                             merge=merge)  # fmt: skip
 
 
 def is_bidirectional(layer_params) -> bool:
@@ -124,7 +134,8 @@ def init_stack(
             )
         else:
             layers.append(cell.init(layer_key, input_size, hidden_size, **init_kwargs))
-        input_size = layer_output_size(cell, hidden_size, bidirectional=bidirectional, merge=merge)
+        # init_kwargs may add a projection (rj.lstm's proj_size=P): read the width from params
+        input_size = params_output_size(cell, layers[-1], hidden_size, merge)
     return layers
 
 
@@ -196,17 +207,18 @@ def check_stack_sizes(cell, params: list, xs, merge: str, *, carries=None, time_
         if not bidir and layer_carry is not None:
             direction_carries = (layer_carry,)
         for direction, direction_carry in zip(directions, direction_carries, strict=True):
-            expects, hidden_size = check_params(cell, direction)
+            direction_cell = cell_for(cell, direction)
+            expects, hidden_size = check_params(direction_cell, direction)
             if direction_carry is not None and batch_size is not None:
                 dtype = params_dtype(direction)
-                check_carry(cell, direction_carry, batch_size, hidden_size, dtype)
+                check_carry(direction_cell, direction_carry, batch_size, hidden_size, dtype)
             if expects != input_size:
                 source = "xs" if index == 0 else f"layer {index - 1}'s output"
                 raise ValueError(
                     f"stack layer {index}: {source} has {input_size} features but its w_x "
                     f"expects input_size={expects}"
                 )
-        input_size = layer_output_size(cell, hidden_size, bidirectional=bidir, merge=merge)
+        input_size = params_output_size(cell, layer, hidden_size, merge)
 
 
 def _dropout(key, values, rate: float):

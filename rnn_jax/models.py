@@ -22,7 +22,7 @@ from rnn_jax.layers import (
     MERGES,
     init_stack,
     is_bidirectional,
-    stack_output_size,
+    params_output_size,
     unroll_stack,
 )
 from rnn_jax.sequence import accepts_unbatched, valid_mask
@@ -138,7 +138,7 @@ def classifier(
             cell, k_rnn, input_size, hidden_size, num_layers,
             bidirectional=bidirectional, merge=merge, dtype=dtype, **init_kwargs,
         )  # fmt: skip
-        width = stack_output_size(cell, rnn, merge)  # an LSTM's proj_size= in init_kwargs
+        width = params_output_size(cell, rnn[-1], hidden_size, merge)  # LSTM proj_size=P: P
         return {"rnn": rnn, "readout": dense_init(k_out, width, num_classes, dtype)}
 
     @accepts_unbatched(arrays=("lengths",), results=None)
@@ -208,7 +208,10 @@ def language_model(
         params["rnn"] = init(
             cell, k_rnn, input_size, hidden_size, num_layers, dtype=dtype, **init_kwargs
         )
-        width = hidden_size if residual else stack_output_size(cell, params["rnn"])
+        if residual:
+            width = hidden_size
+        else:  # an LSTM's proj_size=P (in init_kwargs): P features
+            width = params_output_size(cell, params["rnn"][-1], hidden_size)
         params["readout"] = dense_init(k_out, width, vocab_size, dtype)
         return params
 

@@ -16,8 +16,8 @@ import jax.numpy as jnp
 
 from rnn_jax.cells.base import Cell, LSTMCarry
 from rnn_jax.checks import (
-    as_cell,
     carry_lead,
+    cell_for,
     check_carry,
     check_lengths,
     check_params,
@@ -56,7 +56,7 @@ def prepare(
         # Read backwards, an episode restarts at the valid step before its first one, which
         # a mask with gaps moves by a data-dependent distance: not built.
         raise ValueError("resets= with mask= and reverse=True is not supported; use lengths=")
-    cell = as_cell(cell)
+    cell = cell_for(cell, params)  # rj.lstm with a projection w_hr: its with_projection(P)
     input_size, hidden_size = check_params(cell, params)
     dtype = params_dtype(params)
     check_sequence(xs, input_size, dtype, time_major=time_major, spatial=spatial_rank(cell))

@@ -182,10 +182,8 @@ def test_torch_errors():
         match=r"lstm has 4 gate\(s\): expected weight_ih_l0 \(12, I\) and weight_hh_l0 \(12, 3\), got \(9, 2\)",
     ):
         interop.from_torch(gru_state, rj.lstm)
-    with pytest.raises(ValueError, match=r"proj_size=2 has no rnn_jax equivalent"):
-        interop.from_torch(torch.nn.LSTM(2, 3, proj_size=2), rj.lstm)
-    with pytest.raises(ValueError, match=r"projection \(\['weight_hr_l0'\], from proj_size > 0\)"):
-        interop.from_torch(torch.nn.LSTM(2, 3, proj_size=2).state_dict(), rj.lstm)
+    with pytest.raises(ValueError, match=r"lstm_proj1 expects w_hr \(H, 1\).*got w_hr \(3, 2\)"):
+        interop.from_torch(torch.nn.LSTM(2, 3, proj_size=2), rj.lstm.with_projection(1))
     with pytest.raises(ValueError, match=r"cannot represent: \['extra'\]"):
         interop.from_torch({**gru_state, "extra": np.zeros(2)}, rj.gru)
     with pytest.raises(

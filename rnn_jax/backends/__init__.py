@@ -80,6 +80,15 @@ def resolve(backend: str, cell, params, options: dict) -> tuple[str, str | None]
     backend = check_backend(backend)
     if backend == "scan":
         return "scan", None
+    proj_size = getattr(as_cell(cell), "proj_size", None)
+    if proj_size is not None:  # no fused kernel here projects h (cuDNN's could; not wired)
+        if backend == "auto":
+            return "scan", None
+        raise ValueError(
+            f"backend={backend!r} does not support an LSTM with an output projection "
+            f"(proj_size={proj_size}, params with w_hr); use backend='scan' (or backend='auto', "
+            "which falls back to scan for it)"
+        )
     kind = fused_kind(cell)
     used = [name for name, value in options.items() if value is not None]
     # Only the built-in cells' params are known to be dicts with a "w_x".

@@ -14,6 +14,7 @@ the projections, their backward, the carry helpers and the ``step`` / ``step_for
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -101,6 +102,39 @@ def hidden_weight_backward(params: Params, h_prev: Array, d_zh: Array, matmul_dt
     return d_params
 
 
+class ProjectedGates(NamedTuple):
+    """What a step with an output projection ``h' = m @ w_hr`` keeps for its backward."""
+
+    gates: Any  # the cell's own, from ``pointwise``
+    m: Array  # (B, H): the output before the projection
+
+
+def project_output(params: Params, carry: Carry, gates, matmul_dtype=None):
+    """The output projection (PyTorch ``nn.LSTM(proj_size=P)``): the pointwise carry's
+    ``m (B, H)`` -> ``h' = m @ w_hr (B, P)``, ``w_hr (H, P)``. Returns ``(carry with h',
+    ProjectedGates(gates, m))``."""
+    m = hidden_of(carry)
+    return with_hidden(carry, matmul(m, params["w_hr"], matmul_dtype)), ProjectedGates(gates, m)
+
+
+def pointwise_backward_of(params: Params, gates, d_carry: Carry, pointwise_backward,
+                          matmul_dtype=None):  # fmt: skip
+    """``pointwise_backward(gates, d_carry)``, through the output projection when ``params``
+    have one: ``d_m = d_h' @ w_hr^T`` (B, H) goes into the gate math. Returns ``(d_zx, d_zh,
+    d_carry_direct)``, the last shaped like ``d_carry`` (any leading slot axes too).
+
+    ``d_w_hr = m^T d_h'`` is left to the caller (one product per step or per sequence).
+    """
+    if "w_hr" not in params:
+        return pointwise_backward(gates, d_carry)
+    d_h = hidden_of(d_carry)
+    d_m = matmul(d_h, params["w_hr"].T, matmul_dtype)
+    d_zx, d_zh, d_prev = pointwise_backward(gates.gates, with_hidden(d_carry, d_m))
+    # A projectable cell's h reaches h' only through w_h (Cell.projectable), so the direct
+    # part of dL/dh_prev is zero: the LSTM's pointwise_backward returns zeros (B, H) here.
+    return d_zx, d_zh, with_hidden(d_prev, jnp.zeros_like(d_h))
+
+
 def recurrent_backward(
     params: Params, gates, d_carry: Carry, pointwise_backward, matmul_dtype=None
 ):
@@ -109,7 +143,9 @@ def recurrent_backward(
     ``d_carry`` may carry extra leading axes (BPTT's truncation slots); the gate residuals
     broadcast against them. Returns ``(d_zx, d_zh, d_carry_prev)``.
     """
-    d_zx, d_zh, d_prev = pointwise_backward(gates, d_carry)
+    d_zx, d_zh, d_prev = pointwise_backward_of(
+        params, gates, d_carry, pointwise_backward, matmul_dtype
+    )
     d_h_prev = hidden_of(d_prev) + matmul(d_zh, params["w_h"].T, matmul_dtype)
     return d_zx, d_zh, with_hidden(d_prev, d_h_prev)
 
@@ -127,6 +163,10 @@ class Cell:
     VJP, where ``d_carry_direct`` is the part of ``d_carry`` that skips ``w_h``.
     ``matmul_dtype``: None (products in the parameters' dtype) or a dtype name such as
     ``"bfloat16"`` for mixed precision; ``rj.unroll(..., matmul_dtype=)`` sets it.
+    ``projectable``: the carry's h reaches h' only through ``w_h`` (the LSTM), so params with
+    an output projection ``w_hr (H, P)`` are exact in the hand-written backward; the steps
+    project whenever the params have ``w_hr``. ``proj_size``: P, set by ``with_projection``:
+    the zero carry's h is then ``(B, P)``, and the params must have ``w_hr``.
     """
 
     name: str
@@ -137,6 +177,8 @@ class Cell:
     biases: tuple[str, ...] = ("b",)
     has_cell_state: bool = False
     matmul_dtype: str | None = None
+    projectable: bool = False
+    proj_size: int | None = None
 
     def hidden_of(self, carry: Carry) -> Array:
         """The hidden state ``h`` (B, H) inside the carry."""
@@ -149,9 +191,18 @@ class Cell:
         return check_fused_params(self, params)
 
     def zero_carry(self, batch_size: int, hidden_size: int, dtype=jnp.float32) -> Carry:
-        """Zeros: ``(B, H)``, or ``LSTMCarry`` of two ``(B, H)``."""
+        """Zeros: ``(B, H)``, or ``LSTMCarry`` of two ``(B, H)`` (h ``(B, P)`` with a
+        ``proj_size``)."""
         h = jnp.zeros((batch_size, hidden_size), dtype)
+        if self.proj_size is not None:
+            return LSTMCarry(jnp.zeros((batch_size, self.proj_size), dtype), h)
         return LSTMCarry(h, jnp.zeros_like(h)) if self.has_cell_state else h
+
+    def with_projection(self, proj_size: int) -> Cell:
+        """This cell with its output projected to ``proj_size`` features (PyTorch
+        ``nn.LSTM(proj_size=P)``): ``init`` adds ``w_hr (H, P)``, the zero carry's h is
+        ``(B, P)``. The same object for the same P (a static jit argument)."""
+        return _with_projection(self, proj_size)
 
     def step_forward(self, params: Params, carry: Carry, x: Array, h_read=None):
         """One step that also returns what its backward needs: ``(carry', h', StepResiduals)``.
@@ -164,6 +215,8 @@ class Cell:
         read = hidden_of(carry) if h_read is None else h_read
         z_h = hidden_projection(params, read, self.matmul_dtype)
         new_carry, gates = self.pointwise(z_x, z_h, carry)
+        if "w_hr" in params:  # pytree structure: decided while tracing
+            new_carry, gates = project_output(params, new_carry, gates, self.matmul_dtype)
         # The residual carry's h is what w_h read: its gradient is read^T d_zh.
         kept = carry if h_read is None else with_hidden(carry, h_read)
         return new_carry, hidden_of(new_carry), StepResiduals(x, kept, gates)
@@ -190,12 +243,29 @@ class Cell:
         if d_carry is None:
             d_carry = jax.tree.map(jnp.zeros_like, residuals.carry)
         d_carry = with_hidden(d_carry, hidden_of(d_carry) + d_h)
-        d_zx, d_zh, d_prev = self.pointwise_backward(residuals.gates, d_carry)
+        d_zx, d_zh, d_prev = pointwise_backward_of(
+            params, residuals.gates, d_carry, self.pointwise_backward, self.matmul_dtype
+        )
         d_read = matmul(d_zh, params["w_h"].T, self.matmul_dtype)
         d_params, d_x = input_weight_backward(params, residuals.x, d_zx, self.matmul_dtype)
         h_prev = hidden_of(residuals.carry)
         d_params |= hidden_weight_backward(params, h_prev, d_zh, self.matmul_dtype)
+        if "w_hr" in params:
+            d_params["w_hr"] = matmul(residuals.gates.m.T, hidden_of(d_carry), self.matmul_dtype)
         return d_params, d_x, d_prev, d_read
+
+
+@functools.cache
+def _with_projection(cell: Cell, proj_size: int) -> Cell:
+    if not cell.projectable:
+        raise ValueError(f"{cell.name} has no output projection (only the LSTM has, as PyTorch)")
+    if isinstance(proj_size, bool) or not isinstance(proj_size, int) or proj_size < 1:
+        raise ValueError(f"proj_size must be a positive int, got {proj_size!r}")
+    if cell.proj_size is not None:
+        raise ValueError(f"{cell.name} is already projected to {cell.proj_size}")
+    init = functools.partial(cell.init, proj_size=proj_size)
+    return dataclasses.replace(cell, name=f"{cell.name}_proj{proj_size}", init=init,
+                               proj_size=proj_size)  # fmt: skip
 
 
 def split_gates(z: Array, num_gates: int) -> list[Array]:

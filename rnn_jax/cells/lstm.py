@@ -8,6 +8,12 @@ Parameters ``{"w_x": (I, 4H), "w_h": (H, 4H), "b": (4H,)}``; carry ``LSTMCarry(h
 
 ``rnn_jax.lstm.peephole`` adds peephole connections (Gers & Schmidhuber 2000).
 
+With an output projection (PyTorch ``nn.LSTM(proj_size=P)``, Sak et al. 2014), ``init(...,
+proj_size=P)`` adds ``w_hr (H, P)``: ``h' = (o * tanh(c')) @ w_hr`` is ``(B, P)``, the
+recurrent product reads it (``w_h (P, 4H)``) and ``c`` stays ``(B, H)``. The same step
+functions run such params; ``rj.lstm.with_projection(P)`` is the cell whose zero carry has
+``h (B, P)`` (``rj.unroll``, ``rj.bptt`` and the layers choose it from the params).
+
 Examples:
   One step, and its hand-written backward:
 
@@ -18,11 +24,23 @@ Examples:
   >>> d_params, d_x, d_carry = rj.lstm.step_backward(params, residuals, jnp.ones((2, 4)))
   >>> h.shape, d_x.shape, sorted(d_params), d_carry.c.shape
   ((2, 4), (2, 3), ['b', 'w_h', 'w_x'], (2, 4))
+
+  A projected LSTM (PyTorch ``proj_size``): outputs and ``h`` of width P = 2, ``c`` of H = 4:
+
+  >>> params = rj.lstm.init(jax.random.PRNGKey(0), 3, 4, proj_size=2)
+  >>> {name: w.shape for name, w in sorted(params.items())}
+  {'b': (16,), 'w_h': (2, 16), 'w_hr': (4, 2), 'w_x': (3, 16)}
+  >>> carry, hs = rj.unroll(rj.lstm, params, jnp.ones((2, 5, 3)), gradient="manual")
+  >>> hs.shape, carry.h.shape, carry.c.shape
+  ((2, 5, 2), (2, 2), (2, 4))
+  >>> rj.lstm.with_projection(2).zero_carry(2, 4).h.shape
+  (2, 2)
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from typing import NamedTuple
 
 import jax
@@ -39,7 +57,7 @@ from rnn_jax.cells.base import (
     split_gates,
 )
 from rnn_jax.cells.generic import make_cell, step_of_forward
-from rnn_jax.init import fused_params, set_gate_bias
+from rnn_jax.init import fused_params, glorot_uniform, orthogonal_blocks, set_gate_bias, uniform
 
 FORGET_GATE = 1
 
@@ -63,17 +81,46 @@ def init(
     dtype=jnp.float32,
     initializer="default",
     forget_bias: float | None = 1.0,
+    proj_size: int | None = None,
 ):
     """``{"w_x": (I, 4H), "w_h": (H, 4H), "b": (4H,)}``; forget-gate bias set to ``forget_bias``.
 
     ``forget_bias=None`` keeps the initializer's bias (use with ``"torch"`` for PyTorch parity).
+    ``proj_size=P`` (``0 < P < H``, as PyTorch): the output projection ``w_hr (H, P)`` too,
+    and ``w_h (P, 4H)`` (``projection_params``). None: no projection.
     """
     params = fused_params(
         key, input_size, hidden_size, 4, ("b",), initializer=initializer, dtype=dtype
     )
     if forget_bias is not None:
         params["b"] = set_gate_bias(params["b"], FORGET_GATE, hidden_size, forget_bias)
+    if proj_size is not None:
+        key = jax.random.fold_in(key, 1)  # the unprojected draws stay those of no projection
+        params |= projection_params(key, hidden_size, proj_size, initializer, dtype)
     return params
+
+
+def projection_params(key, hidden_size: int, proj_size: int, initializer, dtype):
+    """``{"w_h": (P, 4H), "w_hr": (H, P)}``. ``"default"``: per-gate ``(P, H)`` blocks with
+    orthonormal rows, Glorot-uniform ``w_hr``; ``"torch"``: every entry U(±1/sqrt(H)), as
+    ``nn.LSTM(proj_size=P)``."""
+    if isinstance(proj_size, bool) or not isinstance(proj_size, int) or proj_size < 1:
+        raise ValueError(f"proj_size must be a positive int (or None), got {proj_size!r}")
+    if proj_size >= hidden_size:
+        raise ValueError(
+            f"proj_size must be smaller than hidden_size (as PyTorch's), got proj_size="
+            f"{proj_size} for hidden_size={hidden_size}"
+        )
+    k_h, k_hr = jax.random.split(key)
+    draw = jnp.promote_types(dtype, jnp.float32)  # as fused_params: QR has no bfloat16 kernel
+    if initializer == "default":
+        w_h = orthogonal_blocks(k_h, hidden_size, 4, draw, rows=proj_size)
+        w_hr = glorot_uniform(k_hr, (hidden_size, proj_size), draw)
+    else:
+        bound = 1.0 / math.sqrt(hidden_size)
+        w_h = uniform(k_h, (proj_size, 4 * hidden_size), bound, draw)
+        w_hr = uniform(k_hr, (hidden_size, proj_size), bound, draw)
+    return {"w_h": w_h.astype(dtype), "w_hr": w_hr.astype(dtype)}
 
 
 def activate(z):
@@ -121,7 +168,7 @@ def gate_backward(gates: LSTMGates, d_c, d_o):
     )
 
 
-cell = Cell("lstm", 4, init, pointwise, pointwise_backward, has_cell_state=True)
+cell = Cell("lstm", 4, init, pointwise, pointwise_backward, has_cell_state=True, projectable=True)
 
 
 # --------------------------------------------------------------------------------------
@@ -194,6 +241,7 @@ peephole = make_cell(
 )
 
 zero_carry = cell.zero_carry
+with_projection = cell.with_projection
 hidden_of = cell.hidden_of
 step = cell.step
 step_forward = cell.step_forward
