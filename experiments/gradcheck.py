@@ -40,6 +40,7 @@ CELLS = {
     **{name: common.library_cell(name) for name in ("gru_reset_before", "mgu", "mgu_without_reset",
                                                      "lstm_peephole", "layernorm_lstm",
                                                      "mingru", "minlstm", "lru")},
+    "lstm_proj2": rj.lstm.with_projection(2),  # PyTorch proj_size=2 (needs --hidden-size > 2)
 }  # fmt: skip
 CASES = ("full", "truncated", "lengths", "reverse", "time-major")
 DTYPES = ("float32", "float64")
