@@ -29,9 +29,6 @@ Examples:
   >>> carry, hs = rj.unroll(cell, params, xs)
   >>> hs.shape, carry.c.shape
   ((1, 5, 6, 6, 4), (1, 6, 6, 4))
-  >>> d_params, d_xs, d_carry0 = rj.bptt(cell, params, xs, jnp.ones_like(hs))  # hand-written
-  >>> d_params["w_h"].shape, d_xs.shape
-  ((3, 3, 4, 16), (1, 5, 6, 6, 2))
   >>> cell.zero_carry((1, 6, 6), 4).h.shape                    # leading shape (B, H, W)
   (1, 6, 6, 4)
 """
@@ -39,6 +36,7 @@ Examples:
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -46,7 +44,7 @@ import jax.numpy as jnp
 from rnn_jax.cells import lstm
 from rnn_jax.cells.base import LSTMCarry, StepResiduals
 from rnn_jax.cells.generic import make_cell, step_of_forward
-from rnn_jax.init import glorot_uniform, set_gate_bias
+from rnn_jax.init import set_gate_bias
 
 # Letters naming the spatial axes in lax's dimension-number strings; "N", "C", "I", "O" are
 # taken, any other letter is a spatial axis matched by name across lhs, rhs and output.
@@ -100,22 +98,28 @@ def conv_kernel_backward(x, d_out, kernel: tuple[int, ...]):
 def init(kernel_size: tuple[int, ...], key, input_size: int, hidden_size: int, *,
          dtype=jnp.float32, forget_bias: float | None = 1.0):  # fmt: skip
     """``{"w_x": (*kernel, C, 4F), "w_h": (*kernel, F, 4F), "b": (4F,)}``: Glorot-uniform
-    kernels (fans include the kernel's area; Keras' ``kernel`` initialiser, which also draws
+    kernels, ``U(+-sqrt(6 / (fan_in + fan_out)))`` with fans ``prod(kernel) * C_in`` and
+    ``prod(kernel) * C_out`` (Keras' ``kernel`` initialiser, which also draws
     ``recurrent_kernel`` orthogonal, Flax both lecun-normal), zero bias with ``forget_bias``
     on f (Keras' ``unit_forget_bias``; Flax adds its 1 inside the step)."""
     if input_size < 1 or hidden_size < 1:
         raise ValueError(f"input_size and hidden_size must be >= 1, got input_size="
                          f"{input_size}, hidden_size={hidden_size}")  # fmt: skip
     width = 4 * hidden_size
-    k_x, k_h = jax.random.split(key)
+    shapes = {"w_x": (*kernel_size, input_size, width), "w_h": (*kernel_size, hidden_size, width)}
+    sizes = [math.prod(shape) for shape in shapes.values()]
+    # One U(-1, 1) draw for both kernels, then scaled: XLA:CPU compiles a random draw per
+    # shape, which takes seconds; one shape instead of two halves that.
+    flat = jax.random.uniform(key, (sum(sizes),), dtype, -1.0, 1.0)
+    params = {}
+    for (name, shape), part in zip(shapes.items(), jnp.split(flat, [sizes[0]]), strict=True):
+        area = math.prod(kernel_size)
+        limit = math.sqrt(6 / (area * shape[-2] + area * shape[-1]))
+        params[name] = (part * limit).reshape(shape)
     b = jnp.zeros((width,), dtype)
     if forget_bias is not None:
         b = set_gate_bias(b, lstm.FORGET_GATE, hidden_size, forget_bias)
-    return {
-        "w_x": glorot_uniform(k_x, (*kernel_size, input_size, width), dtype),
-        "w_h": glorot_uniform(k_h, (*kernel_size, hidden_size, width), dtype),
-        "b": b,
-    }
+    return params | {"b": b}
 
 
 def zero_carry(rank: int, lead, hidden_size: int, dtype=jnp.float32) -> LSTMCarry:
