@@ -41,8 +41,9 @@ def label(run_dir: Path) -> str:
     config = json.loads((run_dir / "config.json").read_text())
     block = config.get("block", "plain")
     layers = f"{config['layers']}x" if config["layers"] > 1 else ""
+    schedule = f", {config['steps']} steps" if "steps" in config else ""  # tells reruns apart
     return (f"{config['cell']} {layers}{config['hidden_size']} ({block}, "
-            f"{config.get('input', 'rows')}, batch {config['batch_size']})")  # fmt: skip
+            f"{config.get('input', 'rows')}, batch {config['batch_size']}{schedule})")  # fmt: skip
 
 
 def at_minutes(rows, minutes: float) -> str:
