@@ -56,16 +56,27 @@ CONFIGS = {
 }
 QUICK_CONFIG = (4, 3, 5, 6)
 CELLS = ("simple", "lstm", "gru", "gru_reset_before", "mgu", "lstm_peephole", "layernorm_lstm")
+CELLS += ("lstm_proj",)  # the LSTM with an output projection to H // 2 (torch's proj_size)
 MODES = ("train", "inference")
 NUM_GATES = {"simple": 1, "lstm": 4, "gru": 3, "gru_reset_before": 3, "mgu": 2, "lstm_peephole": 4,
-             "layernorm_lstm": 4}  # fmt: skip
+             "layernorm_lstm": 4, "lstm_proj": 4}  # fmt: skip
 # The cells each peer library has (the others are skipped for it).
 PEER_CELLS = {
     "flax": ("simple", "lstm", "gru", "mgu"),
     "equinox": ("lstm", "gru"),
-    "torch": ("simple", "lstm", "gru"),
+    "torch": ("simple", "lstm", "gru", "lstm_proj"),
     "keras": ("simple", "lstm", "gru", "gru_reset_before"),
 }
+
+
+def projection_size(cell: str, hidden_size: int) -> int | None:
+    """The output projection's width P of a bench cell (``lstm_proj``: H // 2), else None."""
+    return max(1, hidden_size // 2) if cell == "lstm_proj" else None
+
+
+def output_width(cell: str, hidden_size: int) -> int:
+    """Width of the state the readout reads: P for a projected LSTM, else H."""
+    return projection_size(cell, hidden_size) or hidden_size
 
 
 def _needs_peer_cell(peer: str, cell: str) -> None:
@@ -192,7 +203,9 @@ def make_rnn_jax(cell, cfg, mode, x, y, *, gradient="autodiff", **unroll_options
 
     _, _, input_size, hidden_size = cfg
     module = as_cell(_cell_of(cell))
-    rnn_params = module.init(jax.random.key(0), input_size, hidden_size)
+    proj = projection_size(cell, hidden_size)
+    init_options = {} if proj is None else {"proj_size": proj}
+    rnn_params = module.init(jax.random.key(0), input_size, hidden_size, **init_options)
 
     if "unroll_mode" in unroll_options:
         unroll_options["mode"] = unroll_options.pop("unroll_mode")
@@ -201,13 +214,18 @@ def make_rnn_jax(cell, cfg, mode, x, y, *, gradient="autodiff", **unroll_options
         carry, _ = rj.unroll(module, p, xs, gradient=gradient, **unroll_options)
         return module.hidden_of(carry)
 
-    return lambda name: _jax_bench(name, forward, rnn_params, hidden_size, mode, x, y)
+    width = output_width(cell, hidden_size)
+    return lambda name: _jax_bench(name, forward, rnn_params, width, mode, x, y)
 
 
 def _cell_of(cell: str):
     """A user's cell (``--cell module:attr``) or the library cell of that name."""
     if cell in USER_CELLS:
         return USER_CELLS[cell]
+    if cell == "lstm_proj":  # rj.lstm; its params (w_hr) select the projected cell
+        import rnn_jax as rj
+
+        return rj.lstm
     here = str(Path(__file__).resolve().parent)
     if here not in sys.path:
         sys.path.insert(0, here)
@@ -238,6 +256,8 @@ def make_rnn_jax_backend(backend, cell, cfg, mode, x, y):
     from rnn_jax import backends
 
     module = _cell_of(cell)
+    if projection_size(cell, cfg[3]) is not None:
+        raise Skip(f"backend={backend!r} has no projected LSTM")
     if backends.fused_kind(module) is None:
         raise Skip(f"backend={backend!r} runs only the built-in cells")
     if backend == "onednn" and not backends.onednn_available():
@@ -414,10 +434,12 @@ def _torch_step(cell, cfg, mode, x, y) -> tuple[Callable[[], None], int]:
     torch.set_flush_denormal(True)
     _, _, input_size, hidden_size = cfg
     torch.manual_seed(0)
-    rnn = {"simple": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell](
-        input_size, hidden_size, batch_first=True
-    )
-    readout = torch.nn.Linear(hidden_size, NUM_CLASSES)
+    proj = projection_size(cell, hidden_size)
+    kind = {"simple": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU,
+            "lstm_proj": torch.nn.LSTM}[cell]  # fmt: skip
+    options = {} if proj is None else {"proj_size": proj}
+    rnn = kind(input_size, hidden_size, batch_first=True, **options)
+    readout = torch.nn.Linear(output_width(cell, hidden_size), NUM_CLASSES)
     model_params = list(rnn.parameters()) + list(readout.parameters())
     # optax.rmsprop defaults: decay 0.9, eps 1e-8 (torch's alpha, eps).
     optimizer = torch.optim.RMSprop(model_params, lr=LEARNING_RATE, alpha=0.9, eps=1e-8)
@@ -426,7 +448,7 @@ def _torch_step(cell, cfg, mode, x, y) -> tuple[Callable[[], None], int]:
 
     def logits():
         _, h_n = rnn(xt)
-        h_n = h_n[0] if cell == "lstm" else h_n
+        h_n = h_n[0] if kind is torch.nn.LSTM else h_n
         return readout(h_n[-1])
 
     def train():
@@ -486,7 +508,11 @@ def useful_flops(cell: str, cfg, mode: str) -> float:
     gates = NUM_GATES.get(cell) or getattr(user, "num_gates", None)
     if gates is None:  # a user's cell that does not say
         return None
-    forward = 2.0 * batch * steps * (input_size + hidden_size) * gates * hidden_size
+    proj = projection_size(cell, hidden_size)
+    recurrent = hidden_size if proj is None else proj  # the recurrent product reads h (B, P)
+    forward = 2.0 * batch * steps * (input_size + recurrent) * gates * hidden_size
+    if proj is not None:
+        forward += 2.0 * batch * steps * hidden_size * proj  # h' = m @ w_hr
     return forward * (3 if mode == "train" else 1)
 
 

@@ -89,6 +89,9 @@ def test_useful_flops_counts_gates():
     cfg = (2, 3, 4, 5)
     assert bench.useful_flops("lstm", cfg, "inference") == 2 * 2 * 3 * (4 + 5) * 4 * 5
     assert bench.useful_flops("gru", cfg, "train") == 3 * 2 * 2 * 3 * (4 + 5) * 3 * 5
+    # Projected LSTM, P = 5 // 2 = 2: the recurrent product reads h (B, P), plus m @ w_hr.
+    projected = 2 * 2 * 3 * ((4 + 2) * 4 * 5 + 5 * 2)
+    assert bench.useful_flops("lstm_proj", cfg, "inference") == projected
 
 
 def test_bench_linear_recurrences_rows(tmp_path, monkeypatch):
@@ -118,3 +121,16 @@ def test_bench_times_keras_layers_on_the_jax_backend(tmp_path):
     rows = json.loads((tmp_path / "keras.json").read_text())["results"]
     assert [r["impl"] for r in rows] == ["rnn_jax", "keras"]
     assert all(r["median_ms"] > 0 for r in rows)
+
+
+def test_bench_times_the_projected_lstm_against_torch_proj_size(tmp_path):
+    """``lstm_proj``: rj.lstm with proj_size=H//2 and torch.nn.LSTM(proj_size=H//2), one run."""
+    pytest.importorskip("torch")
+    bench = load_bench()
+    argv = ["--config", "2,3,4,5", "--cells", "lstm_proj", "--modes", "train"]
+    argv += ["--impls", "rnn_jax-manual,torch,flax", "--steps", "2", "--warmup", "1"]
+    report = bench.main(argv + ["--out", str(tmp_path), "--name", "proj"])
+
+    assert [r["impl"] for r in report["results"]] == ["rnn_jax-manual", "torch"]
+    assert all(r["median_ms"] > 0 for r in report["results"])
+    assert any("flax" in line for line in report["skipped"])  # no Flax counterpart
