@@ -715,6 +715,95 @@ def linear_markdown(rows: list[dict]) -> list[str]:
     return lines
 
 
+CONV_SHAPE = (8, 10, 16, 16, 4, 16, (3, 3))  # B, T, height, width, C, F, kernel
+
+
+def conv_lstm_benches(shape) -> list[Callable[[str], Bench]]:
+    """Makers of the ConvLSTM train steps: rj.conv_lstm (both gradients), Flax's
+    ``ConvLSTMCell`` in ``nn.RNN`` and Keras' ``ConvLSTM2D`` (JAX backend), each reading the
+    last ``h (B, H, W, F)``, flattened, into the same readout."""
+    import jax
+
+    import rnn_jax as rj
+
+    batch, steps, height, width, channels, features, kernel = shape
+    x = np.random.default_rng(0).normal(size=(batch, steps, height, width, channels))
+    x = x.astype(np.float32)
+    y = np.random.default_rng(1).integers(0, NUM_CLASSES, size=(batch,)).astype(np.int32)
+    flat = height * width * features
+    cell = rj.conv_lstm(kernel)
+    ours = cell.init(jax.random.key(0), channels, features)
+    makers = []
+    for gradient in ("autodiff", "manual"):
+
+        def forward(p, xs, gradient=gradient):
+            carry, _ = rj.unroll(cell, p, xs, gradient=gradient)
+            return carry.h.reshape(xs.shape[0], -1)
+
+        makers.append(lambda name, f=forward: _jax_bench(name, f, ours, flat, "train", x, y))
+    import flax.linen as nn
+
+    layer = nn.RNN(nn.ConvLSTMCell(features, kernel), return_carry=True)
+    flax_params = layer.init(jax.random.key(0), x)["params"]
+
+    def flax_forward(p, xs):
+        (_, h), _ = layer.apply({"params": p}, xs)  # Flax's carry is (c, h)
+        return h.reshape(xs.shape[0], -1)
+
+    makers.append(lambda name: _jax_bench(name, flax_forward, flax_params, flat, "train", x, y))
+    os.environ.setdefault("KERAS_BACKEND", "jax")
+    import keras
+
+    if keras.backend.backend() == "jax":
+        conv = keras.layers.ConvLSTM2D(features, kernel, padding="same")
+        conv.build((None, steps, height, width, channels))
+        keras_params = [v.value for v in conv.trainable_variables]
+        seed_state = [v.value for v in conv.non_trainable_variables]
+
+        def keras_forward(p, xs):
+            h, _ = conv.stateless_call(p, seed_state, xs)
+            return h.reshape(xs.shape[0], -1)
+
+        makers.append(lambda name: _jax_bench(name, keras_forward, keras_params, flat, "train",
+                                              x, y))  # fmt: skip
+    return makers
+
+
+CONV_NAMES = ("rj.conv_lstm", "rj.conv_lstm manual", "flax ConvLSTMCell", "keras ConvLSTM2D")
+
+
+def conv_lstm_rows(steps: int, warmup: int, log, shape=None) -> list[dict]:
+    """Train-step median ms of each ``conv_lstm_benches`` row, one round robin."""
+    shape = shape or CONV_SHAPE
+    log(f"conv_lstm B,T,H,W,C,F,kernel = {shape}")
+    makers = conv_lstm_benches(shape)  # no Keras row where keras runs on another backend
+    benches = [make(name) for make, name in zip(makers, CONV_NAMES[: len(makers)], strict=True)]
+    for bench in benches:
+        for _ in range(warmup):
+            bench.run()
+    time_round_robin(benches, steps)
+    first = float(np.median(benches[0].times))
+    rows = []
+    for b in benches:
+        median = float(np.median(b.times))
+        rows.append({"impl": b.name, "shape": list(shape[:6]), "kernel": list(shape[6]),
+                     "steps": len(b.times), "median_ms": 1e3 * median,
+                     "ratio_to_rnn_jax": median / first,
+                     "peak_memory_bytes": b.memory_bytes})  # fmt: skip
+        log(f"  {b.name:20s} {1e3 * median:10.1f} ms  x{median / first:.2f}")
+    return rows
+
+
+def conv_markdown(rows: list[dict]) -> list[str]:
+    lines = ["", 'ConvLSTM (2-D, "same" padding) train step, one round robin:', ""]
+    lines += ["| B,T,H,W,C,F | kernel | impl | median ms | ratio |", "|---|---|---|---|---|"]
+    for r in rows:
+        shape, kernel = ",".join(map(str, r["shape"])), "x".join(map(str, r["kernel"]))
+        lines.append(f"| {shape} | {kernel} | {r['impl']} | {r['median_ms']:.1f} | "
+                     f"{r['ratio_to_rnn_jax']:.2f} |")  # fmt: skip
+    return lines
+
+
 # ----------------------------------------------------------------------------- reporting
 
 
@@ -817,6 +906,8 @@ def to_markdown(report: dict) -> str:
             )
     if report.get("linear_recurrences"):
         lines += linear_markdown(report["linear_recurrences"])
+    if report.get("conv_lstm"):
+        lines += conv_markdown(report["conv_lstm"])
     if report["skipped"]:
         lines += ["", "Skipped: " + "; ".join(report["skipped"])]
     return "\n".join(lines) + "\n"
@@ -850,6 +941,9 @@ def parse_args(argv=None):
     p.add_argument("--name", default=None, help="file stem (default: bench-<date>)")
     p.add_argument("--remat-memory", action="store_true",
                    help="also report remat memory (LSTM B=32 I=64 H=256, T=512 and 4096)")
+    p.add_argument("--conv-lstm", action="store_true",
+                   help=f"also time rj.conv_lstm against Flax's ConvLSTMCell and Keras' "
+                   f"ConvLSTM2D (B,T,H,W,C,F,kernel = {CONV_SHAPE})")  # fmt: skip
     p.add_argument("--linear", default=None, metavar="T1,T2,...",
                    help="also time minGRU/minLSTM/LRU (parallel and sequential) against the "
                    f"LSTM, GRU and PyTorch at B,I,H={LINEAR_SHAPE} for these sequence lengths "
@@ -942,6 +1036,8 @@ def main(argv=None) -> dict:
     if args.linear:
         report["linear_recurrences"] = linear_recurrences(args.steps, args.warmup, log,
                                                           args.linear)  # fmt: skip
+    if args.conv_lstm:
+        report["conv_lstm"] = conv_lstm_rows(args.steps, args.warmup, log)
     if args.remat_memory:
         report["remat_memory"] = remat_memory()
         for r in report["remat_memory"]:

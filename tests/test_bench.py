@@ -134,3 +134,16 @@ def test_bench_times_the_projected_lstm_against_torch_proj_size(tmp_path):
     assert [r["impl"] for r in report["results"]] == ["rnn_jax-manual", "torch"]
     assert all(r["median_ms"] > 0 for r in report["results"])
     assert any("flax" in line for line in report["skipped"])  # no Flax counterpart
+
+
+def test_bench_conv_lstm_rows_against_flax_and_keras(tmp_path, monkeypatch):
+    """``--conv-lstm``: rj.conv_lstm (both gradients), Flax and Keras in one round robin."""
+    bench = load_bench()
+    monkeypatch.setattr(bench, "CONV_SHAPE", (2, 2, 3, 3, 1, 2, (2, 2)))
+    argv = ["--configs", "", "--conv-lstm", "--steps", "2", "--warmup", "1"]
+    report = bench.main(argv + ["--out", str(tmp_path), "--name", "conv"])
+
+    rows = report["conv_lstm"]
+    assert [r["impl"] for r in rows] == list(bench.CONV_NAMES)
+    assert all(r["median_ms"] > 0 for r in rows) and rows[0]["ratio_to_rnn_jax"] == 1.0
+    assert "| 2,2,3,3,1,2 | 2x2 | keras ConvLSTM2D |" in (tmp_path / "conv.md").read_text()
