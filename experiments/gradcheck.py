@@ -41,7 +41,10 @@ CELLS = {
                                                      "lstm_peephole", "layernorm_lstm",
                                                      "mingru", "minlstm", "lru")},
     "lstm_proj2": rj.lstm.with_projection(2),  # PyTorch proj_size=2 (needs --hidden-size > 2)
+    "conv_lstm_3": rj.conv_lstm((3,)),  # xs (B, T, SPATIAL_SIZE, I)
+    "conv_lstm_3x3": rj.conv_lstm((3, 3)),  # xs (B, T, SPATIAL_SIZE, SPATIAL_SIZE, I)
 }  # fmt: skip
+SPATIAL_SIZE = 4  # each spatial axis of a ConvLSTM's random inputs
 CASES = ("full", "truncated", "lengths", "reverse", "time-major")
 DTYPES = ("float32", "float64")
 TRUNCATE = 3
@@ -66,6 +69,11 @@ def case_options(case: str, batch_size: int, num_steps: int, rng) -> dict:
     return options
 
 
+def spatial_shape(cell) -> tuple[int, ...]:
+    """``(SPATIAL_SIZE,) * rank`` for a spatial cell (``rj.conv_lstm``), ``()`` otherwise."""
+    return (SPATIAL_SIZE,) * getattr(cell, "spatial_rank", 0)
+
+
 def run_case(
     name: str, case: str, dtype: str, shape, num_directions: int, seed: int, cell=None
 ) -> dict:
@@ -81,7 +89,8 @@ def run_case(
     options = case_options(case, batch_size, num_steps, rng)
     time_major = options.get("time_major", False)
     with jax.enable_x64(dtype == "float64"):
-        params, xs, carry = random_problem(cell, shape, dtype, rng, time_major=time_major)
+        params, xs, carry = random_problem(cell, shape, dtype, rng, time_major=time_major,
+                                           spatial=spatial_shape(cell))  # fmt: skip
         row = {"cell": name, "case": case, "dtype": dtype}
         try:
             report = check_gradients(
@@ -142,10 +151,11 @@ def grad_norms(names, scales, shape, seed: int) -> dict:
     """``{cell: {scale: (T,) list}}``: ``||dL/dh_t||`` at init with ``w_h *= scale``."""
     batch_size, num_steps, input_size, hidden_size = shape
     key_x, key_p = jax.random.split(jax.random.PRNGKey(seed))
-    xs = jax.random.normal(key_x, (batch_size, num_steps, input_size))
     out = {}
     for name in names:
         cell = CELLS[name]
+        xs_shape = (batch_size, num_steps, *spatial_shape(cell), input_size)
+        xs = jax.random.normal(key_x, xs_shape)
         params = cell.init(key_p, input_size, hidden_size)
         out[name] = {}
         for scale in scales:
