@@ -19,12 +19,13 @@ declares ``spatial_rank``; ``rj.unroll`` and ``rj.bptt`` build it from ``xs``).
 "same" padding follows Keras, Flax and ``lax`` (``"SAME"``): ``(k - 1) // 2`` before and
 ``k // 2`` after each spatial axis, so even kernels pad one more after.
 
-Known issue (found 2026-12-01 by ``experiments/gradcheck.py``, not yet explained): in
-float64, ``jax.grad`` through ``rj.unroll(cell, ..., gradient="autodiff")`` disagreed with
-central finite differences for some shapes (e.g. B, T, C, F = 3, 8, 4, 5, width 4, no
-``lengths``), while the hand-written gradient (``gradient="manual"``, ``rj.bptt``) agreed
-with them to 1e-9; float32 and the shapes in the tests agree. In float64, prefer
-``gradient="manual"`` until it is found.
+Known issue (found 2026-12-01 by ``experiments/gradcheck.py``): in float64, *eager*
+``jax.grad`` through ``rj.unroll(cell, ..., gradient="autodiff")`` disagreed with central
+finite differences for some shapes (e.g. B, T, C, F = 3, 8, 4, 5, width 4), while
+``jax.jit(jax.grad(...))`` and the hand-written gradient (``gradient="manual"``) agreed with
+them to 1e-9. It reproduces without rnn_jax (a conv LSTM step in ``lax.scan``, jax 0.10.2,
+CPU; ``experiments/results/jax-eager-scan-grad.md``): a JAX bug, so jit the gradient (as
+every training step does) or use ``gradient="manual"``.
 
 Examples:
   >>> import jax, jax.numpy as jnp, rnn_jax as rj
