@@ -24,8 +24,9 @@ Known issue (found 2026-12-01 by ``experiments/gradcheck.py``): in float64, *eag
 finite differences for some shapes (e.g. B, T, C, F = 3, 8, 4, 5, width 4), while
 ``jax.jit(jax.grad(...))`` and the hand-written gradient (``gradient="manual"``) agreed with
 them to 1e-9. It reproduces without rnn_jax (a conv LSTM step in ``lax.scan``, jax 0.10.2,
-CPU; ``experiments/results/jax-eager-scan-grad.md``): a JAX bug, so jit the gradient (as
-every training step does) or use ``gradient="manual"``.
+CPU; ``experiments/results/jax-eager-scan-grad.md``): a JAX/XLA bug. Jitting is no sure
+cure (``rj.check_gradients`` takes its reference inside ``jax.jit`` and still met it), so in
+float64 use ``gradient="manual"``, which finite differences confirm.
 
 Examples:
   >>> import jax, jax.numpy as jnp, rnn_jax as rj
