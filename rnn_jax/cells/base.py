@@ -255,12 +255,17 @@ class Cell:
         return d_params, d_x, d_prev, d_read
 
 
+def check_proj_size(proj_size) -> None:
+    """An output projection's width P must be a positive int (``with_projection``, ``init``)."""
+    if isinstance(proj_size, bool) or not isinstance(proj_size, int) or proj_size < 1:
+        raise ValueError(f"proj_size must be a positive int, got {proj_size!r}")
+
+
 @functools.cache
 def _with_projection(cell: Cell, proj_size: int) -> Cell:
     if not cell.projectable:
         raise ValueError(f"{cell.name} has no output projection (only the LSTM has, as PyTorch)")
-    if isinstance(proj_size, bool) or not isinstance(proj_size, int) or proj_size < 1:
-        raise ValueError(f"proj_size must be a positive int, got {proj_size!r}")
+    check_proj_size(proj_size)
     if cell.proj_size is not None:
         raise ValueError(f"{cell.name} is already projected to {cell.proj_size}")
     init = functools.partial(cell.init, proj_size=proj_size)

@@ -50,6 +50,7 @@ from rnn_jax.cells.base import (
     Cell,
     LSTMCarry,
     StepResiduals,
+    check_proj_size,
     hidden_projection,
     hidden_weight_backward,
     input_projection,
@@ -104,8 +105,7 @@ def projection_params(key, hidden_size: int, proj_size: int, initializer, dtype)
     """``{"w_h": (P, 4H), "w_hr": (H, P)}``. ``"default"``: per-gate ``(P, H)`` blocks with
     orthonormal rows, Glorot-uniform ``w_hr``; ``"torch"``: every entry U(±1/sqrt(H)), as
     ``nn.LSTM(proj_size=P)``."""
-    if isinstance(proj_size, bool) or not isinstance(proj_size, int) or proj_size < 1:
-        raise ValueError(f"proj_size must be a positive int (or None), got {proj_size!r}")
+    check_proj_size(proj_size)
     if proj_size >= hidden_size:
         raise ValueError(
             f"proj_size must be smaller than hidden_size (as PyTorch's), got proj_size="
