@@ -52,6 +52,26 @@ def test_1d_manual_bptt_equals_autodiff(x64):
     assert_close(manual, autodiff)
 
 
+def test_float64_gradient_where_xla_miscompiles_the_autodiff_scan(x64):
+    """At the shape where XLA:CPU computes the float64 autodiff backward scan wrongly (hidden 5,
+    width 4: ``experiments/results/jax-eager-scan-grad.md``), the two remedies the docstring
+    gives are right: the hand-written gradient equals central finite differences, and
+    autodiff with ``unroll=2`` equals the hand-written gradient."""
+    cell = rj.conv_lstm((3,))
+    params = cell.init(jax.random.PRNGKey(5), 4, 5, dtype=jnp.float64)
+    xs = jax.random.normal(jax.random.PRNGKey(1), (2, 3, 4, 4), dtype=jnp.float64)
+
+    def loss(xs, gradient, unroll=1):
+        return jnp.sum(rj.unroll(cell, params, xs, gradient=gradient, unroll=unroll)[1] ** 2)
+
+    manual = jax.grad(loss)(xs, "manual")
+    assert_close(jax.grad(loss)(xs, "autodiff", 2), manual)
+    for index in [(0, 0, 1, 2), (1, 2, 3, 0), (0, 2, 0, 3)]:
+        step = jnp.zeros_like(xs).at[index].set(1e-6)
+        central = (loss(xs + step, "manual") - loss(xs - step, "manual")) / 2e-6
+        assert abs(float(central) - float(manual[index])) < 1e-7, index
+
+
 def _flax_params(variables, num_features: int) -> dict:
     """Flax ConvLSTMCell's ``ih``/``hh`` convolutions (gates i, g, f, o; a bias in each; +1 on
     f inside the step) -> rnn_jax's ``{"w_x", "w_h", "b"}`` (gates i, f, g, o, one bias)."""

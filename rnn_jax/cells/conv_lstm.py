@@ -19,14 +19,14 @@ declares ``spatial_rank``; ``rj.unroll`` and ``rj.bptt`` build it from ``xs``).
 "same" padding follows Keras, Flax and ``lax`` (``"SAME"``): ``(k - 1) // 2`` before and
 ``k // 2`` after each spatial axis, so even kernels pad one more after.
 
-Known issue (found 2026-12-01 by ``experiments/gradcheck.py``): in float64, *eager*
-``jax.grad`` through ``rj.unroll(cell, ..., gradient="autodiff")`` disagreed with central
-finite differences for some shapes (e.g. B, T, C, F = 3, 8, 4, 5, width 4), while
-``jax.jit(jax.grad(...))`` and the hand-written gradient (``gradient="manual"``) agreed with
-them to 1e-9. It reproduces without rnn_jax (a conv LSTM step in ``lax.scan``, jax 0.10.2,
-CPU; ``experiments/results/jax-eager-scan-grad.md``): a JAX/XLA bug. Jitting is no sure
-cure (``rj.check_gradients`` takes its reference inside ``jax.jit`` and still met it), so in
-float64 use ``gradient="manual"``, which finite differences confirm.
+Known issue (found 2026-12-01 by ``experiments/gradcheck.py``): in float64 on XLA:CPU, the
+autodiff gradient through ``rj.unroll(cell, ..., gradient="autodiff")`` is wrong for some
+shapes (in a survey of hidden sizes 2-8 and widths 3, 4, 6: hidden 5 at width 4). XLA
+miscompiles the backward ``lax.scan`` when it runs as its own loop (eagerly, or inside a
+``jax.jit`` that does not fuse it away); the same loop body, each convolution and the forward
+residuals are right (``experiments/results/jax-eager-scan-grad.md``). In float64 use
+``gradient="manual"``, which finite differences confirm, or ``unroll=2``, which avoids the
+miscompiled loop in every case tried (both are tested at the failing shape).
 
 Examples:
   >>> import jax, jax.numpy as jnp, rnn_jax as rj
