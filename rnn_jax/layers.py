@@ -9,7 +9,15 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from rnn_jax.checks import as_cell, cell_for, check_carry, check_params, params_dtype
+from rnn_jax.checks import (
+    as_cell,
+    carry_lead,
+    cell_for,
+    check_carry,
+    check_params,
+    params_dtype,
+    spatial_rank,
+)
 from rnn_jax.scan import unroll
 from rnn_jax.sequence import accepts_unbatched, prepare
 
@@ -37,7 +45,8 @@ def output_size(hidden_size: int, *, bidirectional: bool, merge: str = "concat")
 def cell_output_size(cell, hidden_size: int) -> int:
     """Width of the ``h`` a cell outputs at each step (``hidden_of`` of its carry)."""
     cell = as_cell(cell)
-    carry = jax.eval_shape(lambda: cell.zero_carry(1, hidden_size, jnp.float32))
+    lead = carry_lead(cell, (1,) * (spatial_rank(cell) + 2))  # one example, one channel
+    carry = jax.eval_shape(lambda: cell.zero_carry(lead, hidden_size, jnp.float32))
     return jax.eval_shape(cell.hidden_of, carry).shape[-1]
 
 
@@ -198,7 +207,9 @@ def check_stack_sizes(cell, params: list, xs, merge: str, *, carries=None, time_
     cell = as_cell(cell)
     shape = getattr(xs, "shape", (0,))
     input_size = shape[-1]
-    batch_size = shape[1 if time_major else 0] if len(shape) == 3 else None
+    lead = None  # the carries' leading shape: B, or (B, *spatial) for a spatial cell
+    if len(shape) == 3 + spatial_rank(cell):
+        lead = carry_lead(cell, shape[1:] if time_major else shape[:1] + shape[2:])
     carries = [None] * len(params) if carries is None else carries
     for index, (layer, layer_carry) in enumerate(zip(params, carries, strict=True)):
         bidir = is_bidirectional(layer)
@@ -209,9 +220,9 @@ def check_stack_sizes(cell, params: list, xs, merge: str, *, carries=None, time_
         for direction, direction_carry in zip(directions, direction_carries, strict=True):
             direction_cell = cell_for(cell, direction)
             expects, hidden_size = check_params(direction_cell, direction)
-            if direction_carry is not None and batch_size is not None:
+            if direction_carry is not None and lead is not None:
                 dtype = params_dtype(direction)
-                check_carry(direction_cell, direction_carry, batch_size, hidden_size, dtype)
+                check_carry(direction_cell, direction_carry, lead, hidden_size, dtype)
             if expects != input_size:
                 source = "xs" if index == 0 else f"layer {index - 1}'s output"
                 raise ValueError(

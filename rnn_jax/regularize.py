@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from rnn_jax.cells.base import Cell
-from rnn_jax.checks import as_cell
+from rnn_jax.checks import as_cell, carry_lead, spatial_rank
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +58,11 @@ class Regularized:
     def name(self) -> str:
         return f"{self.inner.name}_regularized"
 
+    @property
+    def spatial_rank(self) -> int:
+        """The inner cell's: a ConvLSTM's masks are ``(B, *spatial, width)``."""
+        return spatial_rank(self.inner)
+
     def segments(self, carry) -> list[tuple[str, int]]:
         """``(name, width)`` of the masks after ``x`` in the step's input, for ``carry``."""
         width = {"m_h": lambda: self.inner.hidden_of(carry).shape[-1],
@@ -70,7 +75,7 @@ class Regularized:
 
     def extra(self, hidden_size: int) -> int:
         """How many input features the masks add to the inner cell's ``input_size``."""
-        zero = jax.eval_shape(lambda: self.inner.zero_carry(1, hidden_size, jnp.float32))
+        zero = jax.eval_shape(lambda: _one_zero_carry(self.inner, hidden_size))
         return sum(width for _, width in self.segments(zero))
 
     def init(self, key, input_size: int, hidden_size: int, *, dtype=jnp.float32, **options):
@@ -233,7 +238,7 @@ def _carry_fields(cell) -> set[str]:
     fields = set()
 
     def probe():
-        carry = cell.zero_carry(1, 2, jnp.float32)
+        carry = _one_zero_carry(cell, 2)
         h = cell.hidden_of(carry)
         settable = hasattr(carry, "_replace")
         if h is carry or (settable and h is getattr(carry, "h", None)):
@@ -244,6 +249,12 @@ def _carry_fields(cell) -> set[str]:
 
     jax.eval_shape(probe)
     return fields
+
+
+def _one_zero_carry(cell, hidden_size: int):
+    """The zero carry of one example (of one spatial position per axis)."""
+    lead = carry_lead(cell, (1,) * (spatial_rank(cell) + 2))
+    return cell.zero_carry(lead, hidden_size, jnp.float32)
 
 
 def get_leaf(carry, leaf: str):
@@ -308,12 +319,12 @@ def options(input_dropout=0.0, recurrent_dropout=0.0, zoneout=None, key=None, tr
 
 def apply(opts: Options, cell, xs_tm, carry, key):
     """``(cell', xs_tm')`` running ``opts`` over ``xs_tm (T, B, I)`` from ``carry``: the
-    input mask applied to ``xs``, the other masks appended to its features (``Regularized``)."""
+    input mask applied to ``xs``, the other masks appended to its features (``Regularized``).
+    A spatial cell's ``xs_tm (T, B, *spatial, C)`` gets masks ``(B, *spatial, width)``, one
+    value per position and channel, as Keras' ``ConvLSTM`` draws them."""
     keys = jax.random.split(key, 3) if opts.training else (None,) * 3
     if opts.input_dropout:
-        mask = dropout_mask(keys[0], (xs_tm.shape[1], xs_tm.shape[2]), opts.input_dropout,
-                            xs_tm.dtype)  # fmt: skip
-        xs_tm = xs_tm * mask
+        xs_tm = xs_tm * dropout_mask(keys[0], xs_tm.shape[1:], opts.input_dropout, xs_tm.dtype)
     if not opts.recurrent_dropout and opts.zoneout_h is None and opts.zoneout_c is None:
         return cell, xs_tm  # input dropout alone: the plain cell on the dropped inputs
     zoneout = (opts.zoneout_h, opts.zoneout_c)
@@ -321,12 +332,13 @@ def apply(opts: Options, cell, xs_tm, carry, key):
                           training=opts.training)  # fmt: skip
     parts = [xs_tm]
     for name, width in wrapped.segments(carry):
-        parts.append(_mask(opts, name, keys, (*xs_tm.shape[:2], width), xs_tm.dtype))
+        parts.append(_mask(opts, name, keys, (*xs_tm.shape[:-1], width), xs_tm.dtype))
     return as_cell(wrapped), jnp.concatenate(parts, axis=-1)
 
 
 def _mask(opts: Options, name: str, keys, shape, dtype):
-    """The ``(T, B, width)`` mask named ``name``: ``m_h`` one per sequence, ``k_*`` per step."""
+    """The ``(T, B, [*spatial,] width)`` mask ``name``: ``m_h`` one per sequence, ``k_*`` per
+    step."""
     if name == "m_h":
         mask = dropout_mask(keys[1], shape[1:], opts.recurrent_dropout, dtype)
         return jnp.broadcast_to(mask, shape)

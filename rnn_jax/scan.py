@@ -11,7 +11,6 @@ from rnn_jax import regularize
 from rnn_jax.backends import check_backend, dispatch
 from rnn_jax.bptt import _check_truncate, manual_scan
 from rnn_jax.cells.base import Cell
-from rnn_jax.checks import spatial_rank
 from rnn_jax.remat import remat_scan_forward, segment_length
 from rnn_jax.sequence import (
     accepts_unbatched,
@@ -173,11 +172,6 @@ def unroll(
         # The dtype rides on the (hashable, static) Cell so the manual backward sees it too.
         cell = dataclasses.replace(cell, matmul_dtype=jnp.dtype(matmul_dtype).name)
     if regs is not None:  # masks in the inputs, the cell wrapped (rnn_jax.regularize)
-        if spatial_rank(cell):
-            raise ValueError(
-                f"input_dropout, recurrent_dropout and zoneout act on (B, I) / (B, H) vectors; "
-                f"{cell.name} has spatial inputs and carries: not supported"
-            )
         cell, xs_regularized = regularize.apply(regs, cell, prep.xs, prep.carry, key)
         prep = prep._replace(xs=xs_regularized)
     xs_tm, valid, resets = reading_order(prep, reverse)

@@ -16,6 +16,7 @@ from conftest import assert_close, random_params
 from test_interop import _import_keras
 
 import rnn_jax as rj
+from rnn_jax import regularize
 from rnn_jax.cells.base import LSTMCarry
 from rnn_jax.gradcheck import random_problem
 
@@ -127,8 +128,9 @@ def test_keras_conv_lstm_parity(layer, kernel):
 
 
 def test_shape_errors_name_expected_and_received_before_compute():
-    """Wrong input rank, wrong channels, a carry of the wrong spatial shape, a vector-only
-    option and a bad kernel_size: each a ValueError/TypeError saying what was expected."""
+    """Wrong input rank, wrong channels, a carry of the wrong spatial shape, a stack whose
+    layers do not fit and a bad kernel_size: each a ValueError/TypeError saying what was
+    expected."""
     cell = rj.conv_lstm((3, 3))
     params = random_params(np.random.default_rng(3), cell, 2, 3, dtype=np.float32)
     xs = jnp.zeros((2, 4, 5, 5, 2), jnp.float32)
@@ -142,8 +144,8 @@ def test_shape_errors_name_expected_and_received_before_compute():
         rj.unroll(cell, params, xs, wrong)
     with pytest.raises(ValueError, match=r"d_hs must be \(2, 4, 5, 5, 3\)"):
         rj.bptt(cell, params, xs, jnp.zeros((2, 4, 5, 5, 2)))
-    with pytest.raises(ValueError, match="spatial inputs"):
-        rj.unroll(cell, params, xs, input_dropout=0.1, key=jax.random.PRNGKey(0))
+    with pytest.raises(ValueError, match=r"stack layer 1: layer 0's output has 3 features"):
+        rj.unroll_stack(cell, [params, params], xs, lengths=jnp.array([4, 2]))
     with pytest.raises(TypeError, match=r"leading shape \(B, \*spatial\), 3 ints, got \(2,\)"):
         cell.zero_carry(2, 3)
     one_d = random_params(np.random.default_rng(3), rj.conv_lstm((3,)), 2, 3, dtype=np.float32)
@@ -152,3 +154,62 @@ def test_shape_errors_name_expected_and_received_before_compute():
     for bad in (3, (3, 3, 3), (0,), (2.0,)):
         with pytest.raises(ValueError, match="kernel_size must be a tuple of 1 or 2"):
             rj.conv_lstm(bad)
+
+
+def test_bidirectional_stack_equals_its_layers_by_hand(x64):
+    """``rj.unroll_stack`` of two bidirectional 1-D ConvLSTM layers with lengths == the same
+    four ``rj.unroll`` calls composed by hand (values), and its hand-written gradient ==
+    autodiff's (params and inputs)."""
+    cell = rj.conv_lstm((3,))
+    stack = rj.init_stack(cell, jax.random.PRNGKey(0), 2, 3, num_layers=2, bidirectional=True,
+                          dtype=jnp.float64)  # fmt: skip
+    xs = jax.random.normal(jax.random.PRNGKey(1), (2, 4, 5, 2), jnp.float64)
+    lengths = jnp.array([4, 2])
+    finals, hs = rj.unroll_stack(cell, stack, xs, lengths=lengths)
+    by_hand = xs
+    for layer in stack:
+        _, fwd = rj.unroll(cell, layer["fwd"], by_hand, lengths=lengths)
+        _, bwd = rj.unroll(cell, layer["bwd"], by_hand, lengths=lengths, reverse=True)
+        by_hand = jnp.concatenate([fwd, bwd], -1)
+    assert hs.shape == (2, 4, 5, 6) and finals[1][0].c.shape == (2, 5, 3)
+    assert_close(hs, by_hand)
+
+    def loss(stack, xs, gradient):
+        return jnp.sum(jnp.sin(rj.unroll_stack(cell, stack, xs, lengths=lengths,
+                                               gradient=gradient)[1]))  # fmt: skip
+
+    grads = jax.jit(lambda *a: [jax.grad(loss, (0, 1))(*a, g) for g in ("manual", "autodiff")])
+    manual, autodiff = grads(stack, xs)
+    assert_close(manual, autodiff)
+
+
+def test_keras_conv_lstm_dropout_parity_given_the_same_masks():
+    """keras.layers.ConvLSTM1D(dropout=, recurrent_dropout=) in training, its masks replaced
+    by ours ((B, W, C) on x, (B, W, F) on h, one per sequence, shared by the four gates) ==
+    ``rj.regularized(rj.conv_lstm, recurrent_dropout=True)`` reading those masks, float32;
+    and ``rj.unroll(..., input_dropout=, recurrent_dropout=, key=)`` draws masks of those
+    shapes (its outputs differ from the undropped run's and are finite)."""
+    keras = _import_keras()
+    cell = rj.conv_lstm((3,))
+    rng = np.random.default_rng(4)
+    xs = rng.normal(size=(2, 3, 5, 2)).astype(np.float32)
+    params = random_params(rng, cell, 2, 3, dtype=np.float32)
+    m_x = np.asarray(regularize.dropout_mask(jax.random.PRNGKey(1), (2, 5, 2), 0.3))
+    m_h = np.asarray(regularize.dropout_mask(jax.random.PRNGKey(2), (2, 5, 3), 0.4))
+    conv = keras.layers.ConvLSTM1D(3, 3, padding="same", return_sequences=True, dropout=0.3,
+                                   recurrent_dropout=0.4, kernel_initializer="zeros",
+                                   recurrent_initializer="zeros")  # fmt: skip
+    conv.build(xs.shape)
+    conv.set_weights([np.asarray(params[name]) for name in ("w_x", "w_h", "b")])
+    conv.cell.get_dropout_mask = lambda x: [m_x] * 4
+    conv.cell.get_recurrent_dropout_mask = lambda h: [m_h] * 4
+    theirs = conv(xs, training=True)
+    wrapped = rj.regularized(cell, recurrent_dropout=True)
+    inputs = np.concatenate([xs * m_x[:, None], np.broadcast_to(m_h[:, None], (2, 3, 5, 3))], -1)
+    ours = rj.unroll(wrapped, params, jnp.asarray(inputs), gradient="manual")[1]
+    assert_close(ours, theirs, 1e-5)
+    drawn = rj.unroll(cell, params, jnp.asarray(xs), input_dropout=0.3, recurrent_dropout=0.4,
+                      zoneout=0.1, key=jax.random.PRNGKey(0))[1]  # fmt: skip
+    plain = rj.unroll(cell, params, jnp.asarray(xs))[1]
+    assert drawn.shape == plain.shape and bool(jnp.all(jnp.isfinite(drawn)))
+    assert float(jnp.abs(drawn - plain).max()) > 1e-2
