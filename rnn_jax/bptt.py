@@ -139,7 +139,8 @@ def _check_truncate(truncate) -> int | None:
 
 
 def backward_sweep(
-    cell, params, xs, carry0, hs, gates, d_hs, d_final, valid, truncate, *, unroll=1, resets=None
+    cell, params, xs, carry0, hs, gates, d_hs, d_final, valid, truncate, *, unroll=1, resets=None,
+    d_carries=None,
 ):
     """The hand-written backward over a whole sequence (all time-major).
 
@@ -147,7 +148,9 @@ def backward_sweep(
     ``scan_forward(keep_gates=True)``; ``d_hs (T, B, H)``, or None when the loss does not read
     ``hs`` (classify from the final carry: nothing per step to add, and no (T, B, H) of zeros
     to stream through the loop); ``d_final`` the cotangent of the final carry; ``valid`` and
-    ``resets`` (``(T, B)`` bool or None) as given to ``scan_forward``.
+    ``resets`` (``(T, B)`` bool or None) as given to ``scan_forward``; ``d_carries`` (leaves
+    ``(T, B, ...)``, or None) the cotangents of every step's carry (``return_carries``): each
+    joins the carry cotangent where the backward enters its step, as an output of that step.
     Returns ``(d_params, d_xs (T, B, I), d_carry0)``.
     """
     num_steps = xs.shape[0]
@@ -157,11 +160,17 @@ def backward_sweep(
     slots = None if truncate is None or truncate > num_steps else truncate
     if not isinstance(cell, Cell) or resets is not None:
         # With resets the forward kept full residuals (scan_forward): the per-step backward.
-        return _generic_sweep(cell, params, gates, d_hs, d_final, valid, resets, slots, unroll)
-    return _fused_sweep(cell, params, xs, carry0, hs, gates, d_hs, d_final, valid, slots, unroll)
+        return _generic_sweep(
+            cell, params, gates, d_hs, d_final, valid, resets, slots, unroll, d_carries
+        )
+    return _fused_sweep(
+        cell, params, xs, carry0, hs, gates, d_hs, d_final, valid, slots, unroll, d_carries
+    )
 
 
-def _generic_sweep(cell, params, residuals, d_hs, d_final, valid, resets, slots, unroll):
+def _generic_sweep(
+    cell, params, residuals, d_hs, d_final, valid, resets, slots, unroll, d_carries=None
+):
     """Reverse loop of ``cell.step_backward``; ``d_params`` accumulated in the loop.
 
     A padded row (``valid`` False) gets zero cotangents into the step, so its (linear)
@@ -175,7 +184,8 @@ def _generic_sweep(cell, params, residuals, d_hs, d_final, valid, resets, slots,
 
     def body(loop_state, inputs):
         state, d_params, d_start = loop_state
-        res_t, d_h_t, valid_t, reset_t = inputs
+        res_t, d_h_t, valid_t, reset_t, d_carry_t = inputs
+        state = _add_step_carry(state, d_carry_t, slots)
         masked = zero_where_invalid(valid_t, state, lead)
         d_carry = masked if slots is None else jax.tree.map(lambda a: a.sum(0), masked)
         d_h = jnp.zeros_like(cell.hidden_of(d_carry)) if d_h_t is None else d_h_t
@@ -194,8 +204,8 @@ def _generic_sweep(cell, params, residuals, d_hs, d_final, valid, resets, slots,
 
     d_params = jax.tree.map(jnp.zeros_like, params)
     (state, d_params, d_start), d_xs = jax.lax.scan(
-        body, (state, d_params, d_start), (residuals, d_hs, valid, resets), reverse=True,
-        unroll=unroll,
+        body, (state, d_params, d_start), (residuals, d_hs, valid, resets, d_carries),
+        reverse=True, unroll=unroll,
     )  # fmt: skip
     if d_start is not None:
         state = jax.tree.map(jnp.add, state, d_start)
@@ -203,7 +213,9 @@ def _generic_sweep(cell, params, residuals, d_hs, d_final, valid, resets, slots,
     return d_params, d_xs, d_carry0
 
 
-def _fused_sweep(cell: Cell, params, xs, carry0, hs, gates, d_hs, d_final, valid, slots, unroll):
+def _fused_sweep(
+    cell: Cell, params, xs, carry0, hs, gates, d_hs, d_final, valid, slots, unroll, d_carries=None
+):
     """The reverse scan of a fused cell plus the after-loop input products."""
     num_steps, batch_size = xs.shape[:2]
     state = d_final
@@ -221,7 +233,8 @@ def _fused_sweep(cell: Cell, params, xs, carry0, hs, gates, d_hs, d_final, valid
 
     def body(loop_state, inputs):
         state, d_hidden = loop_state
-        gates_t, d_h_t, valid_t, h_prev_t = inputs
+        gates_t, d_h_t, valid_t, h_prev_t, d_carry_t = inputs
+        state = _add_step_carry(state, d_carry_t, slots)
         d_h_in = hidden_of(state)
         if d_h_t is not None:
             d_h_in = d_h_in + (d_h_t if slots is None else _in_first_slot(d_h_t, slots))
@@ -244,8 +257,9 @@ def _fused_sweep(cell: Cell, params, xs, carry0, hs, gates, d_hs, d_final, valid
         return (d_prev, d_hidden), (zero_where_invalid(valid_t, d_zx), d_out)
 
     (state, d_hidden), (d_zx, d_outs) = jax.lax.scan(
-        body, (state, d_hidden), (gates, d_hs, valid, h_prev), reverse=True, unroll=unroll
-    )
+        body, (state, d_hidden), (gates, d_hs, valid, h_prev, d_carries), reverse=True,
+        unroll=unroll,
+    )  # fmt: skip
     d_carry0 = state if slots is None else jax.tree.map(lambda a: a.sum(0), state)
     rows = num_steps * batch_size
     d_zx = d_zx.reshape(rows, -1)
@@ -258,6 +272,16 @@ def _fused_sweep(cell: Cell, params, xs, carry0, hs, gates, d_hs, d_final, valid
     return d_params | d_hidden, d_xs.reshape(xs.shape), d_carry0
 
 
+def _add_step_carry(state, d_carry_t, slots):
+    """The carry cotangent entering a step plus that step's own (``return_carries``), which
+    starts its travel there (truncation: slot 0)."""
+    if d_carry_t is None:
+        return state
+    if slots is not None:
+        d_carry_t = jax.tree.map(lambda a: _in_first_slot(a, slots), d_carry_t)
+    return jax.tree.map(jnp.add, state, d_carry_t)
+
+
 def _in_first_slot(value, slots):
     """``(B, ...) -> (slots, B, ...)`` with ``value`` in slot 0 (age 0), zeros elsewhere."""
     return jnp.zeros((slots, *value.shape), value.dtype).at[0].set(value)
@@ -268,44 +292,65 @@ def _age_one_step(slotted):
     return jnp.concatenate([jnp.zeros_like(slotted[:1]), slotted[:-1]], axis=0)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 6, 7))
-def manual_scan(cell, params, xs, carry0, valid, resets, truncate, unroll):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 6, 7, 8))
+def manual_scan(cell, params, xs, carry0, valid, resets, truncate, unroll, keep_carries=False):
     """``scan_forward`` whose VJP is the hand-written ``backward_sweep``.
 
     Time-major ``xs (T, B, I)``, ``valid``/``resets`` ``(T, B)`` bool or None; returns
-    ``(final_carry, hs (T, B, H))``.
+    ``(final_carry, hs (T, B, H))``, with ``keep_carries`` ``(final_carry, (hs, carries))``
+    (``carries``: every step's carry, leaves ``(T, B, ...)``, as ``scan_forward``'s).
     """
-    final, hs, _ = scan_forward(cell, params, xs, carry0, valid, resets=resets, unroll=unroll)
+    final, hs, _ = scan_forward(
+        cell, params, xs, carry0, valid, resets=resets, unroll=unroll, keep_carries=keep_carries
+    )
     return final, hs
 
 
-def _manual_scan_fwd(cell, params, xs, carry0, valid, resets, truncate, unroll):
+def _manual_scan_fwd(cell, params, xs, carry0, valid, resets, truncate, unroll, keep_carries):
     # symbolic_zeros=True: every leaf arrives as CustomVJPPrimal(value, perturbed).
     params, xs, carry0, valid, resets = jax.tree.map(
         lambda leaf: leaf.value, (params, xs, carry0, valid, resets), is_leaf=_is_primal
     )
-    final, hs, gates = scan_forward(
-        cell, params, xs, carry0, valid, resets=resets, unroll=unroll, keep_gates=True
-    )
-    return (final, hs), (params, xs, carry0, valid, resets, hs, gates)
+    final, outputs, gates = scan_forward(
+        cell, params, xs, carry0, valid, resets=resets, unroll=unroll, keep_gates=True,
+        keep_carries=keep_carries,
+    )  # fmt: skip
+    hs = outputs[0] if keep_carries else outputs
+    return (final, outputs), (params, xs, carry0, valid, resets, hs, gates)
 
 
-def _manual_scan_bwd(cell, truncate, unroll, residuals, cotangents):
+def _manual_scan_bwd(cell, truncate, unroll, keep_carries, residuals, cotangents):
     params, xs, carry0, valid, resets, hs, gates = residuals
-    d_final, d_hs = cotangents
+    d_final, d_outputs = cotangents
+    d_hs, d_carries = d_outputs if keep_carries else (d_outputs, None)
     # A loss that reads only the final carry leaves d_hs a symbolic zero: skip it.
     d_hs = None if isinstance(d_hs, SymbolicZero) else d_hs
-    d_final = jax.tree.map(
-        lambda d, like: jnp.zeros_like(like) if isinstance(d, SymbolicZero) else d,
-        d_final,
-        carry0,
-        is_leaf=lambda d: isinstance(d, SymbolicZero),
-    )
+    d_final = _zeros_for_symbolic(d_final, carry0)
+    symbolic = jax.tree.leaves(d_carries, is_leaf=lambda d: isinstance(d, SymbolicZero))
+    if all(isinstance(d, SymbolicZero) for d in symbolic):
+        d_carries = None  # the loss reads no carry but the last: stream nothing
+    else:
+        d_carries = _zeros_for_symbolic(d_carries, jax.tree.map(_stacked_like(xs), carry0))
     d_params, d_xs, d_carry0 = backward_sweep(
         cell, params, xs, carry0, hs, gates, d_hs, d_final, valid, truncate, unroll=unroll,
-        resets=resets,
+        resets=resets, d_carries=d_carries,
     )  # fmt: skip
     return d_params, d_xs, d_carry0, None, None
+
+
+def _zeros_for_symbolic(cotangent, like):
+    """``cotangent`` with its symbolic-zero leaves made zeros shaped as ``like``'s."""
+    return jax.tree.map(
+        lambda d, leaf: jnp.zeros(leaf.shape, leaf.dtype) if isinstance(d, SymbolicZero) else d,
+        cotangent,
+        like,
+        is_leaf=lambda d: isinstance(d, SymbolicZero),
+    )
+
+
+def _stacked_like(xs):
+    """A leaf of the carry -> the shape/dtype of its stack over ``xs``'s T steps."""
+    return lambda leaf: jax.ShapeDtypeStruct((xs.shape[0], *leaf.shape), leaf.dtype)
 
 
 def _is_primal(leaf) -> bool:

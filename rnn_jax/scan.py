@@ -78,7 +78,10 @@ def unroll(
       return_carries: also return the carry after every step (``(final, hs, carries)``),
         ``carries`` the carry's pytree with leaves ``(B, T, ...)`` (``(T, B, ...)`` if
         time-major), e.g. ``LSTMCarry(h, c)`` holding every ``c_t``; at a masked or padded
-        step the kept carry. Differentiable with ``gradient="autodiff"``.
+        step the kept carry. Differentiable with either gradient (``"manual"``: each step's
+        carry cotangent joins the hand-written backward where it enters that step, and with
+        ``truncate=k`` travels at most k steps, as an output's); not with ``remat`` or in
+        ``mode="parallel"``.
       reverse: read each sequence backwards (only its valid prefix when ``lengths`` is given).
         Outputs stay aligned with the inputs: ``hs[:, t]`` is the state right after reading
         ``xs[:, t]``; the final carry is the state after reading position 0.
@@ -149,7 +152,7 @@ def unroll(
     regs = regularize.options(input_dropout, recurrent_dropout, zoneout, key, training)
     steps = dict(mask=mask, resets=resets, reverse=reverse)
     prep = prepare(cell, params, xs, carry, lengths, time_major=time_major, **steps)
-    _check_step_options(prep, remat, gradient, return_carries)
+    _check_step_options(prep, remat, return_carries)
     scan_only = dict(lengths=lengths, truncate=truncate, remat=remat, matmul_dtype=matmul_dtype,
                      mask=mask, resets=resets, return_carries=return_carries or None,
                      **({} if regs is None else regs.as_dict()))  # fmt: skip
@@ -186,7 +189,9 @@ def unroll(
             manual=manual,
         )  # fmt: skip
     elif manual:
-        final, hs = manual_scan(cell, params, xs_tm, prep.carry, valid, resets, truncate, unroll)
+        final, hs = manual_scan(
+            cell, params, xs_tm, prep.carry, valid, resets, truncate, unroll, return_carries
+        )
     else:
         final, hs, _ = scan_forward(
             cell, params, xs_tm, prep.carry, valid, resets=resets, unroll=unroll,
@@ -232,17 +237,17 @@ def _to_caller(seq_tm, lengths, reverse: bool, time_major: bool):
     return to_layout(flip_valid(seq_tm, lengths) if reverse else seq_tm, time_major)
 
 
-def _check_step_options(prep, remat, gradient: str, return_carries: bool) -> None:
+def _check_step_options(prep, remat, return_carries: bool) -> None:
     """Refuse, before any compute, the combinations of mask/resets/return_carries not built."""
     if prep.resets is not None and remat is not None:
         raise ValueError(
             "remat with mask= or resets= is not supported: the checkpointed segments restart "
             "from their own first carry; use remat=None"
         )
-    if return_carries and gradient == "manual":
-        raise ValueError(
-            "return_carries=True needs gradient='autodiff': the hand-written BPTT takes "
-            "cotangents for hs and the final carry only"
-        )
     if return_carries is not True and return_carries is not False:
         raise TypeError(f"return_carries must be True or False, got {return_carries!r}")
+    if return_carries and remat is not None:
+        raise ValueError(
+            "return_carries=True with remat is not supported: remat keeps only each segment's "
+            "first carry (that is its memory saving); use remat=None"
+        )
