@@ -140,7 +140,7 @@ def _check_truncate(truncate) -> int | None:
 
 def backward_sweep(
     cell, params, xs, carry0, hs, gates, d_hs, d_final, valid, truncate, *, unroll=1, resets=None,
-    d_carries=None,
+    d_carries=None, start_apart=False,
 ):
     """The hand-written backward over a whole sequence (all time-major).
 
@@ -151,7 +151,9 @@ def backward_sweep(
     ``resets`` (``(T, B)`` bool or None) as given to ``scan_forward``; ``d_carries`` (leaves
     ``(T, B, ...)``, or None) the cotangents of every step's carry (``return_carries``): each
     joins the carry cotangent where the backward enters its step, as an output of that step.
-    Returns ``(d_params, d_xs (T, B, I), d_carry0)``.
+    Returns ``(d_params, d_xs (T, B, I), d_carry0)``; with ``start_apart`` (and ``resets``)
+    ``d_carry0`` is the pair ``(d of the carry before step 0, d of the carry the resets
+    read)``, for a scan whose resets read a carry of their own (``remat`` segments).
     """
     num_steps = xs.shape[0]
     if num_steps == 0:  # the final carry is the initial one; nothing else was read
@@ -160,9 +162,14 @@ def backward_sweep(
     slots = None if truncate is None or truncate > num_steps else truncate
     if not isinstance(cell, Cell) or resets is not None:
         # With resets the forward kept full residuals (scan_forward): the per-step backward.
-        return _generic_sweep(
+        d_params, d_xs, d_carry0, d_start = _generic_sweep(
             cell, params, gates, d_hs, d_final, valid, resets, slots, unroll, d_carries
         )
+        if start_apart:
+            return d_params, d_xs, (d_carry0, d_start)
+        if d_start is not None:
+            d_carry0 = jax.tree.map(jnp.add, d_carry0, d_start)
+        return d_params, d_xs, d_carry0
     return _fused_sweep(
         cell, params, xs, carry0, hs, gates, d_hs, d_final, valid, slots, unroll, d_carries
     )
@@ -175,8 +182,9 @@ def _generic_sweep(
 
     A padded row (``valid`` False) gets zero cotangents into the step, so its (linear)
     backward adds nothing, and its carry cotangent passes the step unchanged. Where a step
-    read the initial carry (``resets``), its carry cotangent goes to ``d_carry0`` and none to
-    the step before.
+    read the initial carry (``resets``), its carry cotangent goes to ``d_start`` and none to
+    the step before. Returns ``(d_params, d_xs, d_carry0, d_start)`` (``d_start`` None
+    without resets).
     """
     state = d_final if slots is None else jax.tree.map(lambda a: _in_first_slot(a, slots), d_final)
     lead = 0 if slots is None else 1
@@ -207,10 +215,12 @@ def _generic_sweep(
         body, (state, d_params, d_start), (residuals, d_hs, valid, resets, d_carries),
         reverse=True, unroll=unroll,
     )  # fmt: skip
-    if d_start is not None:
-        state = jax.tree.map(jnp.add, state, d_start)
-    d_carry0 = state if slots is None else jax.tree.map(lambda a: a.sum(0), state)
-    return d_params, d_xs, d_carry0
+    unslot = (lambda tree: tree) if slots is None else _sum_slots
+    return d_params, d_xs, unslot(state), None if d_start is None else unslot(d_start)
+
+
+def _sum_slots(tree):
+    return jax.tree.map(lambda a: a.sum(0), tree)
 
 
 def _fused_sweep(
@@ -293,34 +303,40 @@ def _age_one_step(slotted):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 6, 7, 8))
-def manual_scan(cell, params, xs, carry0, valid, resets, truncate, unroll, keep_carries=False):
+def manual_scan(
+    cell, params, xs, carry0, valid, resets, truncate, unroll, keep_carries=False, start=None
+):
     """``scan_forward`` whose VJP is the hand-written ``backward_sweep``.
 
     Time-major ``xs (T, B, I)``, ``valid``/``resets`` ``(T, B)`` bool or None; returns
     ``(final_carry, hs (T, B, H))``, with ``keep_carries`` ``(final_carry, (hs, carries))``
     (``carries``: every step's carry, leaves ``(T, B, ...)``, as ``scan_forward``'s).
+    ``start``: the carry a reset reads (None: ``carry0``), with its own cotangent.
     """
     final, hs, _ = scan_forward(
-        cell, params, xs, carry0, valid, resets=resets, unroll=unroll, keep_carries=keep_carries
-    )
+        cell, params, xs, carry0, valid, resets=resets, unroll=unroll, keep_carries=keep_carries,
+        start=start,
+    )  # fmt: skip
     return final, hs
 
 
-def _manual_scan_fwd(cell, params, xs, carry0, valid, resets, truncate, unroll, keep_carries):
+def _manual_scan_fwd(
+    cell, params, xs, carry0, valid, resets, truncate, unroll, keep_carries, start
+):  # fmt: skip
     # symbolic_zeros=True: every leaf arrives as CustomVJPPrimal(value, perturbed).
-    params, xs, carry0, valid, resets = jax.tree.map(
-        lambda leaf: leaf.value, (params, xs, carry0, valid, resets), is_leaf=_is_primal
+    params, xs, carry0, valid, resets, start = jax.tree.map(
+        lambda leaf: leaf.value, (params, xs, carry0, valid, resets, start), is_leaf=_is_primal
     )
     final, outputs, gates = scan_forward(
         cell, params, xs, carry0, valid, resets=resets, unroll=unroll, keep_gates=True,
-        keep_carries=keep_carries,
+        keep_carries=keep_carries, start=start,
     )  # fmt: skip
     hs = outputs[0] if keep_carries else outputs
-    return (final, outputs), (params, xs, carry0, valid, resets, hs, gates)
+    return (final, outputs), (params, xs, carry0, valid, resets, hs, gates, start is not None)
 
 
 def _manual_scan_bwd(cell, truncate, unroll, keep_carries, residuals, cotangents):
-    params, xs, carry0, valid, resets, hs, gates = residuals
+    params, xs, carry0, valid, resets, hs, gates, own_start = residuals
     d_final, d_outputs = cotangents
     d_hs, d_carries = d_outputs if keep_carries else (d_outputs, None)
     # A loss that reads only the final carry leaves d_hs a symbolic zero: skip it.
@@ -333,9 +349,10 @@ def _manual_scan_bwd(cell, truncate, unroll, keep_carries, residuals, cotangents
         d_carries = _zeros_for_symbolic(d_carries, jax.tree.map(_stacked_like(xs), carry0))
     d_params, d_xs, d_carry0 = backward_sweep(
         cell, params, xs, carry0, hs, gates, d_hs, d_final, valid, truncate, unroll=unroll,
-        resets=resets, d_carries=d_carries,
+        resets=resets, d_carries=d_carries, start_apart=own_start,
     )  # fmt: skip
-    return d_params, d_xs, d_carry0, None, None
+    d_carry0, d_start = d_carry0 if own_start else (d_carry0, None)
+    return d_params, d_xs, d_carry0, None, None, d_start
 
 
 def _zeros_for_symbolic(cotangent, like):

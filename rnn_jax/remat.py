@@ -37,14 +37,16 @@ def segment_length(remat, num_steps: int) -> int | None:
 
 
 def remat_scan_forward(
-    cell: Cell, params, xs, carry, valid, *, segment: int, unroll: int = 1, manual: bool = False
-):
+    cell: Cell, params, xs, carry, valid, *, segment: int, unroll: int = 1, manual: bool = False,
+    resets=None,
+):  # fmt: skip
     """``scan_forward`` (no gates) with ``jax.checkpoint`` every ``segment`` steps.
 
-    ``xs (T, B, I)`` time-major, ``valid (T, B)`` or None. Returns ``(final_carry, hs (T, B, H))``,
-    equal to ``scan_forward``'s. A last partial segment is padded with invalid steps, which
-    freeze the carry and output zeros, then trimmed. ``manual``: hand-written BPTT inside
-    each segment.
+    ``xs (T, B, I)`` time-major, ``valid``/``resets`` ``(T, B)`` or None. Returns
+    ``(final_carry, hs (T, B, H))``, equal to ``scan_forward``'s. A last partial segment is
+    padded with invalid steps, which freeze the carry and output zeros, then trimmed.
+    ``manual``: hand-written BPTT inside each segment. A reset in any segment reads the
+    sequence's initial ``carry`` (each segment's scan gets it as ``start``).
     """
     num_steps, batch_size = xs.shape[:2]
     num_segments = -(-num_steps // segment)
@@ -52,19 +54,26 @@ def remat_scan_forward(
     if pad:
         if valid is None:
             valid = jnp.ones((num_steps, batch_size), bool)
-        xs = jnp.concatenate([xs, jnp.zeros((pad, *xs.shape[1:]), xs.dtype)])
-        valid = jnp.concatenate([valid, jnp.zeros((pad, batch_size), bool)])
-    xs_seg = xs.reshape(num_segments, segment, *xs.shape[1:])
-    valid_seg = None if valid is None else valid.reshape(num_segments, segment, batch_size)
+        xs, valid, resets = (
+            None if a is None else jnp.concatenate([a, jnp.zeros((pad, *a.shape[1:]), a.dtype)])
+            for a in (xs, valid, resets)
+        )
+    by_segment = lambda a: None if a is None else a.reshape(num_segments, segment, *a.shape[1:])
+    start = None if resets is None else carry
 
     @jax.checkpoint
     def run_segment(carry, inputs):
-        xs_k, valid_k = inputs
+        xs_k, valid_k, resets_k = inputs
         if manual:
-            return manual_scan(cell, params, xs_k, carry, valid_k, None, None, unroll)
-        final, hs_k, _ = scan_forward(cell, params, xs_k, carry, valid_k, unroll=unroll)
+            return manual_scan(
+                cell, params, xs_k, carry, valid_k, resets_k, None, unroll, False, start
+            )
+        final, hs_k, _ = scan_forward(
+            cell, params, xs_k, carry, valid_k, resets=resets_k, unroll=unroll, start=start
+        )
         return final, hs_k
 
-    final, hs = jax.lax.scan(run_segment, carry, (xs_seg, valid_seg))
+    segments = tuple(by_segment(a) for a in (xs, valid, resets))
+    final, hs = jax.lax.scan(run_segment, carry, segments)
     hs = hs.reshape(num_segments * segment, *hs.shape[2:])[:num_steps]
     return final, hs

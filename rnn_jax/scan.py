@@ -92,7 +92,8 @@ def unroll(
       remat: memory-bounded BPTT: an int k checkpoints every k steps and recomputes each
         segment's forward in the backward, ``"sqrt"`` uses k = sqrt(T); residual memory
         O(T/k + k) instead of O(T), for about one extra forward pass. Same values and
-        gradients, with either ``gradient`` (not with ``truncate``). None: off.
+        gradients, with either ``gradient``, ``mask`` and ``resets`` (not with ``truncate``
+        or ``return_carries``). None: off.
       matmul_dtype: e.g. ``jnp.bfloat16`` to run the matrix products (forward and the
         hand-written backward) in that dtype with accumulation, carries, gate math and
         outputs in the parameters' dtype. None: off (full precision).
@@ -186,7 +187,7 @@ def unroll(
     if segment is not None:
         final, hs = remat_scan_forward(
             cell, params, xs_tm, prep.carry, valid, segment=segment, unroll=unroll,
-            manual=manual,
+            manual=manual, resets=resets,
         )  # fmt: skip
     elif manual:
         final, hs = manual_scan(
@@ -239,11 +240,6 @@ def _to_caller(seq_tm, lengths, reverse: bool, time_major: bool):
 
 def _check_step_options(prep, remat, return_carries: bool) -> None:
     """Refuse, before any compute, the combinations of mask/resets/return_carries not built."""
-    if prep.resets is not None and remat is not None:
-        raise ValueError(
-            "remat with mask= or resets= is not supported: the checkpointed segments restart "
-            "from their own first carry; use remat=None"
-        )
     if return_carries is not True and return_carries is not False:
         raise TypeError(f"return_carries must be True or False, got {return_carries!r}")
     if return_carries and remat is not None:

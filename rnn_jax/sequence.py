@@ -160,7 +160,8 @@ def _row_mask(valid_t: jax.Array, like: jax.Array, lead: int) -> jax.Array:
 
 
 def scan_forward(
-    cell, params, xs, carry, valid, *, resets=None, unroll=1, keep_gates=False, keep_carries=False
+    cell, params, xs, carry, valid, *, resets=None, unroll=1, keep_gates=False, keep_carries=False,
+    start=None,
 ):
     """Run ``cell`` over time-major ``xs (T, B, I)``.
 
@@ -169,7 +170,7 @@ def scan_forward(
     fused ``Cell`` keeps only its gate values (BPTT has ``xs`` and ``hs``) unless ``resets``
     is given, any other cell all of its ``step_forward`` residuals. At an invalid step
     (``valid (T, B)`` False) the carry is kept and the output is zero. Where ``resets (T, B)``
-    is True the step reads the initial ``carry`` instead of the previous one.
+    is True the step reads ``start`` (None: the initial ``carry``) instead of the previous one.
     With ``keep_carries`` the second result is ``(hs, carries)``, ``carries`` the carry after
     every step stacked along time (leaves ``(T, B, ...)``).
     """
@@ -177,7 +178,7 @@ def scan_forward(
     # Resets or gaps: a step may not read the previous output, so the fused backward (which
     # rebuilds h_{t-1} from hs) cannot serve; the step keeps its full residuals instead.
     keep_all = not fused or resets is not None
-    start = carry
+    start = carry if start is None else start
 
     def body(carry, inputs):
         x_t, valid_t, reset_t = inputs

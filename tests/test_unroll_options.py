@@ -277,6 +277,32 @@ def test_return_carries_manual_gradient_equals_autodiff(x64, name, flags):
     assert_close(manual, autodiff)
 
 
+@pytest.mark.parametrize(
+    ("name", "flags", "remat"), [("lstm", "resets", 4), ("peephole", "mask", 2)]
+)
+def test_remat_with_mask_or_resets_equals_no_remat(x64, name, flags, remat):
+    """``remat`` segments (a last partial one too, T=6) with resets reading the sequence's
+    initial carry in every segment, or a mask with gaps: outputs, final carry and both
+    gradients (params, inputs, initial carry) equal those without remat."""
+    cell = {"lstm": rj.lstm.cell, "peephole": peephole}[name]
+    params, xs, carry, w_hs, w_final = setup(cell, seed=13)
+    step_flags = {flags: jnp.asarray(MASK if flags == "mask" else RESETS)}
+
+    def loss(params, xs, carry, gradient, remat):
+        final, hs = rj.unroll(cell, params, xs, carry, gradient=gradient, remat=remat,
+                              **step_flags)  # fmt: skip
+        return loss_of(w_hs, w_final)(final, hs), (final, hs)
+
+    def both(*args):
+        return [jax.grad(loss, (0, 1, 2), has_aux=True)(*args, gradient, r)
+                for gradient in ("autodiff", "manual") for r in (None, remat)]  # fmt: skip
+
+    (auto, auto_remat, manual, manual_remat) = jax.jit(both)(params, xs, carry)
+    assert_close(auto_remat, auto)
+    assert_close(manual_remat, manual)
+    assert_close(manual, auto)
+
+
 def test_unbatched_equals_a_batch_of_one(x64):
     rng = np.random.default_rng(9)
     cell = rj.lstm.cell
@@ -323,11 +349,6 @@ BAD = [
         dict(mask=np.zeros((B, T + 1), bool)),
         ValueError,
         r"mask must be \(batch, time\) = \(2, 6\) bool, got shape \(2, 7\)",
-    ),
-    (
-        dict(mask=jnp.ones((B, T), bool), remat=2),
-        ValueError,
-        r"remat with mask= or resets= is not supported",
     ),
     (
         dict(mask=jnp.ones((B, T), bool), resets=jnp.ones((B, T), bool), reverse=True),
