@@ -31,6 +31,14 @@ def test_check_cell_2d_float64(x64):
     assert report.ok and max(max(row.errors) for row in report.rows) < 1e-12
 
 
+def test_check_cell_3d_float64(x64):
+    """The 3-D cell (a 2x1x2 kernel: even sizes on two axes) through the same contract and
+    BPTT checks, on a 2x3x2 volume."""
+    report = rj.check_cell(rj.conv_lstm((2, 1, 2)), 2, 2, batch_size=2, num_steps=3, truncate=2,
+                           num_directions=0, spatial_shape=(2, 3, 2))  # fmt: skip
+    assert report.ok and max(max(row.errors) for row in report.rows) < 1e-12
+
+
 def test_1d_manual_bptt_equals_autodiff(x64):
     """1-D, kernel 2 (padded (0, 1)): jax.grad through rj.unroll(gradient="manual") == through
     gradient="autodiff" (params, inputs, initial carry), reading backwards with lengths and a
@@ -105,9 +113,11 @@ def test_flax_conv_lstm_cell_parity_2d(x64):
     assert_close((hs, final), (jnp.swapaxes(theirs, 0, 1), LSTMCarry(h, c)), 1e-12)
 
 
-@pytest.mark.parametrize(("layer", "kernel"), [("ConvLSTM1D", (2,)), ("ConvLSTM2D", (3, 2))])
+@pytest.mark.parametrize(
+    ("layer", "kernel"), [("ConvLSTM1D", (2,)), ("ConvLSTM2D", (3, 2)), ("ConvLSTM3D", (2, 1, 3))]
+)
 def test_keras_conv_lstm_parity(layer, kernel):
-    """keras.layers.ConvLSTM1D/2D(padding="same", return_sequences=True, return_state=True)
+    """keras.layers.ConvLSTM1D/2D/3D(padding="same", return_sequences=True, return_state=True)
     with its weights set from rnn_jax params (the same layout: kernel, recurrent_kernel,
     bias, gates i, f, c, o) == rj.unroll, float32."""
     keras = _import_keras()
@@ -151,8 +161,8 @@ def test_shape_errors_name_expected_and_received_before_compute():
     one_d = random_params(np.random.default_rng(3), rj.conv_lstm((3,)), 2, 3, dtype=np.float32)
     with pytest.raises(ValueError, match=r"w_h'\] must be \(3, 3, 3, 12\), got \(3, 3, 12\)"):
         rj.unroll(cell, one_d, xs)
-    for bad in (3, (3, 3, 3), (0,), (2.0,)):
-        with pytest.raises(ValueError, match="kernel_size must be a tuple of 1 or 2"):
+    for bad in (3, (3, 3, 3, 3), (0,), (2.0,)):
+        with pytest.raises(ValueError, match="kernel_size must be a tuple of 1 to 3"):
             rj.conv_lstm(bad)
 
 

@@ -1,4 +1,4 @@
-"""ConvLSTM (Shi et al. 2015) over 1-D or 2-D inputs: the LSTM with its two matrix products
+"""ConvLSTM (Shi et al. 2015) over 1-D, 2-D or 3-D inputs: the LSTM with its two matrix products
 replaced by ``"same"`` convolutions (stride 1), so the state keeps the input's spatial shape::
 
     z = conv(x, w_x) + conv(h, w_h) + b                     (B, *spatial, 4F)
@@ -6,7 +6,7 @@ replaced by ``"same"`` convolutions (stride 1), so the state keeps the input's s
     c' = f * c + i * g;   h' = o * tanh(c')
 
 Parameters ``{"w_x": (*kernel, C, 4F), "w_h": (*kernel, F, 4F), "b": (4F,)}``: Keras
-``ConvLSTM1D/2D``'s ``kernel``, ``recurrent_kernel`` and ``bias`` as they are (same gate order
+``ConvLSTM1D/2D/3D``'s ``kernel``, ``recurrent_kernel`` and ``bias`` as they are (same gate order
 i, f, c, o). Flax ``ConvLSTMCell`` orders its gates i, g, f, o, has a bias in each
 convolution and adds 1 to the forget pre-activation inside the step: its model is these
 parameters with ``b = b_ih + b_hh`` (plus 1 on f) and the gate blocks reordered.
@@ -57,7 +57,7 @@ from rnn_jax.init import set_gate_bias
 
 # Letters naming the spatial axes in lax's dimension-number strings; "N", "C", "I", "O" are
 # taken, any other letter is a spatial axis matched by name across lhs, rhs and output.
-SPATIAL_LETTERS = "HW"
+SPATIAL_LETTERS = "DHW"
 
 
 def _spatial(rank: int) -> str:
@@ -180,14 +180,16 @@ def sizes(params) -> tuple[int, int]:
 
 
 def conv_lstm(kernel_size):
-    """The ConvLSTM cell (module docstring) for ``kernel_size``, a tuple of 1 or 2 ints: its
+    """The ConvLSTM cell (module docstring) for ``kernel_size``, a tuple of 1 to 3 ints: its
     length is the spatial rank (``(3,)`` for ``(B, T, W, C)`` sequences, ``(3, 3)`` for
-    ``(B, T, H, W, C)``). Cached: the same ``kernel_size`` gives the same (hashable) cell.
+    ``(B, T, H, W, C)``, ``(3, 3, 3)`` for ``(B, T, D, H, W, C)``). Cached: the same
+    ``kernel_size`` gives the same (hashable) cell.
 
     ``init(key, input_size=C, hidden_size=F, *, dtype, forget_bias=1.0)``;
     ``zero_carry((B, *spatial), F, dtype)``. Runs in ``rj.unroll`` (both gradients,
     ``lengths``, ``mask``, ``resets``, ``reverse``, an initial carry), ``rj.bptt``,
-    ``rj.check_cell``, ``rj.check_gradients``; not in stacks or with the regularisers.
+    ``rj.check_cell``, ``rj.check_gradients``, stacked and bidirectional (``rj.unroll_stack``)
+    and with dropout and zoneout (masks ``(B, *spatial, width)``, as Keras').
 
     Examples:
       >>> import rnn_jax as rj
@@ -198,12 +200,13 @@ def conv_lstm(kernel_size):
       (2, 7, 3)
     """
     kernel = tuple(kernel_size) if isinstance(kernel_size, (tuple, list)) else ()
-    if len(kernel) not in (1, 2) or not all(
+    if len(kernel) not in (1, 2, 3) or not all(
         isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in kernel
     ):
         raise ValueError(
-            "kernel_size must be a tuple of 1 or 2 positive ints (its length is the spatial "
-            f"rank: (3,) for (B, T, W, C) inputs, (3, 3) for (B, T, H, W, C)), got {kernel_size!r}"
+            "kernel_size must be a tuple of 1 to 3 positive ints (its length is the spatial "
+            f"rank: (3,) for (B, T, W, C) inputs, (3, 3) for (B, T, H, W, C), (3, 3, 3) for "
+            f"(B, T, D, H, W, C)), got {kernel_size!r}"
         )
     return _cell(kernel)
 
