@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rnn_jax.cells.base import Cell, LSTMCarry
-from rnn_jax.checks import as_cell, cell_for, check_params
+from rnn_jax.checks import as_cell, cell_for, check_params, spatial_rank
 from rnn_jax.layers import is_bidirectional
 
 _ZERO = -0.0
@@ -377,8 +377,44 @@ def _unwrap_flax(tree):
     return tree
 
 
+def _conv_from_flax(tree, cell, dtype) -> dict:
+    """``ConvLSTMCell``'s ``ih``/``hh`` convolutions (gates i, g, f, o, a bias in each, +1 on
+    f inside the step) -> ``{"w_x", "w_h", "b"}`` (gates i, f, g, o, one bias)."""
+    if not isinstance(tree, Mapping) or set(tree) != {"ih", "hh"}:
+        got = sorted(tree) if isinstance(tree, Mapping) else type(tree).__name__
+        raise ValueError(f"expected the params of a Flax ConvLSTMCell (submodules ['hh', "
+                         f"'ih']), got {got}")  # fmt: skip
+    kernel_x, kernel_h = _numpy(tree["ih"]["kernel"]), _numpy(tree["hh"]["kernel"])
+    order, forget = _conv_gates(kernel_h.shape[-2], kernel_h.dtype)
+    bias = np.zeros(kernel_h.shape[-1], kernel_h.dtype)
+    for side in ("ih", "hh"):  # absent with use_bias=False
+        bias = bias + (_numpy(tree[side]["bias"]) if "bias" in tree[side] else 0.0)
+    params = {"w_x": kernel_x[..., order], "w_h": kernel_h[..., order], "b": bias[order] + forget}
+    return _finish(cell, params, dtype)
+
+
+def _conv_to_flax(p: dict) -> dict:
+    order, forget = _conv_gates(p["w_h"].shape[-2], p["b"].dtype)
+    flax_order = np.argsort(order)  # our i, f, g, o blocks back to Flax's i, g, f, o
+    return {
+        "ih": {"kernel": p["w_x"][..., flax_order], "bias": (p["b"] - forget)[flax_order]},
+        "hh": {"kernel": p["w_h"][..., flax_order], "bias": np.zeros_like(p["b"])},
+    }
+
+
+def _conv_gates(hidden: int, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """``(order, forget)``: Flax's gate columns in our order (``flax[..., order]``), and the
+    1 Flax adds to f inside its step, as a bias in our order (i, f, g, o)."""
+    i, g, f, o = np.arange(4 * hidden).reshape(4, hidden)
+    forget = np.zeros(4 * hidden, dtype)
+    forget[hidden : 2 * hidden] = 1.0
+    return np.concatenate([i, f, g, o]), forget
+
+
 def _cell_from_flax(tree, cell: Cell, dtype) -> dict:
     tree = _unwrap_flax(tree)
+    if spatial_rank(cell):
+        return _conv_from_flax(tree, cell, dtype)
     expected = _flax_names(cell)
     if not isinstance(tree, Mapping) or set(tree) != expected:
         got = sorted(tree) if isinstance(tree, Mapping) else type(tree).__name__
@@ -419,7 +455,9 @@ def from_flax(variables_or_params, cell, *, dtype=None):
     ``nn.Bidirectional`` of two ``nn.RNN`` -> ``{"fwd", "bwd"}``. ``dtype``: as in
     ``from_torch``. GRU: ``b_x = [b_ir, b_iz, b_in]``, ``b_h = [0, 0, b_hn]``; MGU:
     ``b_x = [b_if, b_in]``, ``b_h = [0, b_hn]`` (without reset ``b = [b_if, b_in]``).
-    ``SimpleCell(activation_fn=f)`` reads into ``rj.simple.with_activation(f)``.
+    ``SimpleCell(activation_fn=f)`` reads into ``rj.simple.with_activation(f)``. A
+    ``ConvLSTMCell`` reads into ``rj.conv_lstm(kernel_size)``: its gates i, g, f, o become
+    i, f, g, o, ``b = b_ih + b_hh`` plus the 1 Flax adds to f inside its step.
 
     Examples:
       >>> import jax, numpy as np, rnn_jax as rj
@@ -441,6 +479,8 @@ def from_flax(variables_or_params, cell, *, dtype=None):
 
 def _cell_to_flax(layer: dict, cell: Cell) -> dict:
     p = _np_params(layer)
+    if spatial_rank(cell):
+        return _conv_to_flax(p)
     hidden = p["w_h"].shape[0]
     chunk = lambda a, k: a[..., k * hidden : (k + 1) * hidden]  # noqa: E731
     kind = _flax_kind(cell)
@@ -472,6 +512,8 @@ def to_flax(params, cell, *, rnn: bool = False) -> dict:
     ``{"fwd", "bwd"}`` layer -> variables of ``nn.Bidirectional(nn.RNN(c), nn.RNN(c))``.
     The GRU's recurrent r/z biases (the MGU's f bias) are folded into Flax's input biases
     (the same model; exact when they are zero, as ``from_flax`` makes them).
+    ``rj.conv_lstm`` params -> ``ConvLSTMCell`` variables (``hh`` bias zero, the 1 Flax adds
+    to f taken off ``ih``'s).
 
     Examples:
       >>> import jax, rnn_jax as rj
@@ -586,6 +628,14 @@ def _swap_first_two_gates(array: np.ndarray, hidden: int) -> np.ndarray:
 
 
 def _cell_from_keras(weights: Sequence, cell: Cell, dtype) -> dict:
+    if spatial_rank(cell):  # ConvLSTM1D/2D/3D: rj.conv_lstm's params are Keras' as they are
+        if len(weights) not in (2, 3):
+            raise ValueError(f"expected Keras ConvLSTM weights [kernel, recurrent_kernel, bias] "
+                             f"(or without bias), got {len(weights)} arrays")  # fmt: skip
+        arrays = [_numpy(w) for w in weights]
+        if len(arrays) == 2:  # use_bias=False
+            arrays.append(np.zeros(arrays[1].shape[-1], arrays[1].dtype))
+        return _finish(cell, dict(zip(("w_x", "w_h", "b"), arrays, strict=True)), dtype)
     if len(weights) not in (2, 3):
         raise ValueError(
             f"expected Keras weights [kernel, recurrent_kernel, bias] (or without bias), got "
@@ -620,7 +670,8 @@ def from_keras(weights: Sequence, cell, *, bidirectional: bool = False, dtype=No
     layer's weights, then the backward layer's) -> ``{"fwd", "bwd"}``. A ``GRU`` goes into
     ``rj.gru`` (``reset_after=True``, the Keras default) or ``rj.gru.reset_before``
     (``reset_after=False``); its gates are reordered z, r, h -> r, z, n. A
-    ``SimpleRNN(activation=f)`` goes into ``rj.simple.with_activation(f)``.
+    ``SimpleRNN(activation=f)`` goes into ``rj.simple.with_activation(f)``; a
+    ``ConvLSTM1D/2D/3D`` into ``rj.conv_lstm(kernel_size)`` (the same arrays).
 
     Examples:
       >>> import numpy as np, rnn_jax as rj
@@ -649,11 +700,14 @@ def from_keras(weights: Sequence, cell, *, bidirectional: bool = False, dtype=No
 
 def _cell_to_keras(layer: dict, cell: Cell, use_bias: bool) -> list:
     p = _np_params(layer)
-    _, two_biases, swapped = _keras_layout(cell)
-    hidden = p["w_h"].shape[0]
-    order = (lambda a: _swap_first_two_gates(a, hidden)) if swapped else (lambda a: a)
-    weights = [order(p["w_x"]), order(p["w_h"])]
-    bias = np.stack([order(p["b_x"]), order(p["b_h"])]) if two_biases else order(p["b"])
+    if spatial_rank(cell):  # ConvLSTM: the arrays as they are
+        weights, bias = [p["w_x"], p["w_h"]], p["b"]
+    else:
+        _, two_biases, swapped = _keras_layout(cell)
+        hidden = p["w_h"].shape[0]
+        order = (lambda a: _swap_first_two_gates(a, hidden)) if swapped else (lambda a: a)
+        weights = [order(p["w_x"]), order(p["w_h"])]
+        bias = np.stack([order(p["b_x"]), order(p["b_h"])]) if two_biases else order(p["b"])
     if use_bias:
         return [np.ascontiguousarray(w) for w in [*weights, bias]]
     if np.any(bias):
@@ -667,7 +721,8 @@ def to_keras(params, cell, *, use_bias: bool = True) -> list:
     A cell's params -> ``SimpleRNN``/``LSTM``/``GRU(reset_after=True)`` (``rj.gru``)/
     ``GRU(reset_after=False)`` (``rj.gru.reset_before``); ``{"fwd", "bwd"}``
     -> ``keras.layers.Bidirectional`` (forward weights then backward). ``use_bias=False``
-    for a layer built without bias (the biases must then be zero).
+    for a layer built without bias (the biases must then be zero). ``rj.conv_lstm`` params
+    -> ``ConvLSTM1D/2D/3D`` (kernel, recurrent_kernel, bias as they are).
 
     Examples:
       >>> import jax, rnn_jax as rj

@@ -16,7 +16,7 @@ from conftest import assert_close, random_params
 from test_interop import _import_keras
 
 import rnn_jax as rj
-from rnn_jax import regularize
+from rnn_jax import interop, regularize
 from rnn_jax.cells.base import LSTMCarry
 from rnn_jax.gradcheck import random_problem
 
@@ -98,7 +98,9 @@ def _flax_params(variables, num_features: int) -> dict:
 
 def test_flax_conv_lstm_cell_parity_2d(x64):
     """flax.linen.ConvLSTMCell (kernel 2x3, random weights and biases) scanned from a random
-    carry == rj.unroll on the converted params: outputs and final carry, float64."""
+    carry == rj.unroll on ``interop.from_flax`` of its variables (which equals the conversion
+    written out above): outputs and final carry, float64; and Flax on ``interop.to_flax`` of
+    those params gives the same outputs again."""
     module = fnn.ConvLSTMCell(features=3, kernel_size=(2, 3), param_dtype=jnp.float64)
     rng = np.random.default_rng(1)
     xs = jnp.asarray(rng.normal(size=(2, 4, 4, 5, 2)))
@@ -106,11 +108,15 @@ def test_flax_conv_lstm_cell_parity_2d(x64):
     # Flax's own variable tree, filled with N(0, 0.5^2) (biases too) without running its init
     shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), (c0, h0), xs[:, 0])
     variables = jax.tree.map(lambda a: jnp.asarray(rng.normal(0, 0.5, a.shape)), shapes)
-    step = lambda carry, x: module.apply(variables, carry, x)  # noqa: E731
-    (c, h), theirs = jax.jit(lambda: jax.lax.scan(step, (c0, h0), jnp.swapaxes(xs, 0, 1)))()
-    params = _flax_params(variables, 3)
-    final, hs = rj.unroll(rj.conv_lstm((2, 3)), params, xs, LSTMCarry(h0, c0))
+    run = jax.jit(lambda v: jax.lax.scan(lambda c, x: module.apply(v, c, x), (c0, h0),
+                                         jnp.swapaxes(xs, 0, 1)))  # fmt: skip
+    (c, h), theirs = run(variables)
+    cell = rj.conv_lstm((2, 3))
+    params = interop.from_flax(variables, cell)
+    assert_close(params, _flax_params(variables, 3), 0.0)
+    final, hs = rj.unroll(cell, params, xs, LSTMCarry(h0, c0))
     assert_close((hs, final), (jnp.swapaxes(theirs, 0, 1), LSTMCarry(h, c)), 1e-12)
+    assert_close(run(interop.to_flax(params, cell))[1], theirs, 1e-12)
 
 
 @pytest.mark.parametrize(
@@ -118,8 +124,9 @@ def test_flax_conv_lstm_cell_parity_2d(x64):
 )
 def test_keras_conv_lstm_parity(layer, kernel):
     """keras.layers.ConvLSTM1D/2D/3D(padding="same", return_sequences=True, return_state=True)
-    with its weights set from rnn_jax params (the same layout: kernel, recurrent_kernel,
-    bias, gates i, f, c, o) == rj.unroll, float32."""
+    with its weights set from rnn_jax params by ``interop.to_keras`` (the same layout:
+    kernel, recurrent_kernel, bias, gates i, f, c, o) == rj.unroll, float32; and
+    ``interop.from_keras`` of its weights gives the params back."""
     keras = _import_keras()
     cell = rj.conv_lstm(kernel)
     rng = np.random.default_rng(2)
@@ -131,7 +138,8 @@ def test_keras_conv_lstm_parity(layer, kernel):
                                         return_state=True, kernel_initializer="zeros",
                                         recurrent_initializer="zeros")  # fmt: skip
     conv.build(xs.shape)
-    conv.set_weights([np.asarray(params[name]) for name in ("w_x", "w_h", "b")])
+    conv.set_weights(interop.to_keras(params, cell))
+    assert_close(interop.from_keras(conv.get_weights(), cell), params, 0.0)
     theirs_hs, theirs_h, theirs_c = conv(xs)
     final, hs = rj.unroll(cell, params, jnp.asarray(xs))
     assert_close((hs, final), (theirs_hs, LSTMCarry(theirs_h, theirs_c)), 1e-5)
@@ -161,6 +169,12 @@ def test_shape_errors_name_expected_and_received_before_compute():
     one_d = random_params(np.random.default_rng(3), rj.conv_lstm((3,)), 2, 3, dtype=np.float32)
     with pytest.raises(ValueError, match=r"w_h'\] must be \(3, 3, 3, 12\), got \(3, 3, 12\)"):
         rj.unroll(cell, one_d, xs)
+    weights = interop.to_keras(params, cell)  # a Keras layer with use_bias=False: no bias
+    assert not np.any(interop.from_keras(weights[:2], cell)["b"])
+    with pytest.raises(ValueError, match="use_bias=False, but the params have non-zero biases"):
+        interop.to_keras(params, cell, use_bias=False)
+    with pytest.raises(ValueError, match=r"conv_lstm_3x3 params .* must be \(8,\), got \(12,\)"):
+        interop.from_keras([weights[0], weights[0], weights[2]], cell)
     for bad in (3, (3, 3, 3, 3), (0,), (2.0,)):
         with pytest.raises(ValueError, match="kernel_size must be a tuple of 1 to 3"):
             rj.conv_lstm(bad)
