@@ -195,7 +195,7 @@ def _generic_sweep(
         res_t, d_h_t, valid_t, reset_t, d_carry_t = inputs
         state = _add_step_carry(state, d_carry_t, slots)
         masked = zero_where_invalid(valid_t, state, lead)
-        d_carry = masked if slots is None else jax.tree.map(lambda a: a.sum(0), masked)
+        d_carry = masked if slots is None else _sum_slots(masked)
         d_h = jnp.zeros_like(cell.hidden_of(d_carry)) if d_h_t is None else d_h_t
         d_h = zero_where_invalid(valid_t, d_h)
         d_p, d_x, d_prev = cell.step_backward(params, res_t, d_h, d_carry)
@@ -270,7 +270,7 @@ def _fused_sweep(
         body, (state, d_hidden), (gates, d_hs, valid, h_prev, d_carries), reverse=True,
         unroll=unroll,
     )  # fmt: skip
-    d_carry0 = state if slots is None else jax.tree.map(lambda a: a.sum(0), state)
+    d_carry0 = state if slots is None else _sum_slots(state)
     rows = num_steps * batch_size
     d_zx = d_zx.reshape(rows, -1)
     d_params, d_xs = input_weight_backward(params, xs.reshape(rows, -1), d_zx, cell.matmul_dtype)
