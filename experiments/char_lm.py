@@ -360,6 +360,7 @@ def run(args, data) -> dict:
     if status["val_step"] != step:
         last_val = validate(state.params)
         log.write({"step": step, **last_val, "time_s": round(timer.wall_s(), 2)})
+        meta["best_val"] = min(meta["best_val"] or math.inf, last_val["val_nats_per_char"])
     save(state, step)
     main and common.plot_curves(log.records(), run_dir / "curves.png", **PANELS)
 

@@ -99,6 +99,8 @@ def test_max_minutes_stops_cleanly(tmp_path):
     )  # fmt: skip
     assert summary["stopped"] == "max_minutes" and 1 <= summary["steps"] < 1000
     assert math.isfinite(summary["val_nats_per_char"])  # still validated and checkpointed
+    # The best validation counts the final one (here the only one).
+    assert summary["best_val_nats_per_char"] == summary["val_nats_per_char"]
     assert ckpt.latest_checkpoint(tmp_path / "budget").endswith(f"{summary['steps']:08d}.msgpack")
 
 
