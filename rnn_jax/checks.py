@@ -145,6 +145,12 @@ def carry_lead(cell, step_shape: tuple[int, ...]):
     return step_shape[0] if spatial_rank(cell) == 0 else tuple(step_shape[:-1])
 
 
+def one_zero_carry(cell, hidden_size: int, dtype=jnp.float32):
+    """``cell``'s zero carry for one example (one position per spatial axis), for probing
+    shapes and fields with ``jax.eval_shape``."""
+    return cell.zero_carry(carry_lead(cell, (1,) * (spatial_rank(cell) + 2)), hidden_size, dtype)
+
+
 def _check_projection(cell: Cell, w_hr, w_h) -> int:
     """``w_hr`` must be ``(H, P)`` with ``P = cell.proj_size`` and ``w_h (P, G*H)``; returns H."""
     proj = cell.proj_size

@@ -15,6 +15,7 @@ from rnn_jax.checks import (
     cell_for,
     check_carry,
     check_params,
+    one_zero_carry,
     params_dtype,
     spatial_rank,
 )
@@ -45,8 +46,7 @@ def output_size(hidden_size: int, *, bidirectional: bool, merge: str = "concat")
 def cell_output_size(cell, hidden_size: int) -> int:
     """Width of the ``h`` a cell outputs at each step (``hidden_of`` of its carry)."""
     cell = as_cell(cell)
-    lead = carry_lead(cell, (1,) * (spatial_rank(cell) + 2))  # one example, one channel
-    carry = jax.eval_shape(lambda: cell.zero_carry(lead, hidden_size, jnp.float32))
+    carry = jax.eval_shape(lambda: one_zero_carry(cell, hidden_size))
     return jax.eval_shape(cell.hidden_of, carry).shape[-1]
 
 

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from rnn_jax.cells.base import Cell
-from rnn_jax.checks import as_cell, carry_lead, spatial_rank
+from rnn_jax.checks import as_cell, one_zero_carry, spatial_rank
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +75,7 @@ class Regularized:
 
     def extra(self, hidden_size: int) -> int:
         """How many input features the masks add to the inner cell's ``input_size``."""
-        zero = jax.eval_shape(lambda: _one_zero_carry(self.inner, hidden_size))
+        zero = jax.eval_shape(lambda: one_zero_carry(self.inner, hidden_size))
         return sum(width for _, width in self.segments(zero))
 
     def init(self, key, input_size: int, hidden_size: int, *, dtype=jnp.float32, **options):
@@ -238,7 +238,7 @@ def _carry_fields(cell) -> set[str]:
     fields = set()
 
     def probe():
-        carry = _one_zero_carry(cell, 2)
+        carry = one_zero_carry(cell, 2)
         h = cell.hidden_of(carry)
         settable = hasattr(carry, "_replace")
         if h is carry or (settable and h is getattr(carry, "h", None)):
@@ -249,12 +249,6 @@ def _carry_fields(cell) -> set[str]:
 
     jax.eval_shape(probe)
     return fields
-
-
-def _one_zero_carry(cell, hidden_size: int):
-    """The zero carry of one example (of one spatial position per axis)."""
-    lead = carry_lead(cell, (1,) * (spatial_rank(cell) + 2))
-    return cell.zero_carry(lead, hidden_size, jnp.float32)
 
 
 def get_leaf(carry, leaf: str):
