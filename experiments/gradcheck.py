@@ -26,6 +26,7 @@ import numpy as np
 
 import rnn_jax as rj
 from rnn_jax.atomic import write_atomic
+from rnn_jax.checks import spatial_rank
 from rnn_jax.gradcheck import check_gradients, hidden_grad_norms, random_problem
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -71,7 +72,7 @@ def case_options(case: str, batch_size: int, num_steps: int, rng) -> dict:
 
 def spatial_shape(cell) -> tuple[int, ...]:
     """``(SPATIAL_SIZE,) * rank`` for a spatial cell (``rj.conv_lstm``), ``()`` otherwise."""
-    return (SPATIAL_SIZE,) * getattr(cell, "spatial_rank", 0)
+    return (SPATIAL_SIZE,) * spatial_rank(cell)
 
 
 def run_case(

@@ -153,7 +153,7 @@ def unroll(
     regs = regularize.options(input_dropout, recurrent_dropout, zoneout, key, training)
     steps = dict(mask=mask, resets=resets, reverse=reverse)
     prep = prepare(cell, params, xs, carry, lengths, time_major=time_major, **steps)
-    _check_step_options(prep, remat, return_carries)
+    _check_return_carries(remat, return_carries)
     scan_only = dict(lengths=lengths, truncate=truncate, remat=remat, matmul_dtype=matmul_dtype,
                      mask=mask, resets=resets, return_carries=return_carries or None,
                      **({} if regs is None else regs.as_dict()))  # fmt: skip
@@ -238,8 +238,9 @@ def _to_caller(seq_tm, lengths, reverse: bool, time_major: bool):
     return to_layout(flip_valid(seq_tm, lengths) if reverse else seq_tm, time_major)
 
 
-def _check_step_options(prep, remat, return_carries: bool) -> None:
-    """Refuse, before any compute, the combinations of mask/resets/return_carries not built."""
+def _check_return_carries(remat, return_carries: bool) -> None:
+    """``return_carries`` must be a bool, and is not built with ``remat``: refused before any
+    compute."""
     if return_carries is not True and return_carries is not False:
         raise TypeError(f"return_carries must be True or False, got {return_carries!r}")
     if return_carries and remat is not None:
