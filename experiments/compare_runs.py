@@ -40,6 +40,8 @@ def evaluations(run_dir: Path, step_seconds: float | None = None) -> list[tuple[
 def label(run_dir: Path) -> str:
     config = json.loads((run_dir / "config.json").read_text())
     block = config.get("block", "plain")
+    if block == "residual" and config.get("expansion", 2) != 2:  # 2: the script's default
+        block += f" x{config['expansion']} MLP"
     layers = f"{config['layers']}x" if config["layers"] > 1 else ""
     schedule = f", {config['steps']} steps" if "steps" in config else ""  # tells reruns apart
     return (f"{config['cell']} {layers}{config['hidden_size']} ({block}, "

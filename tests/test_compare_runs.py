@@ -56,3 +56,14 @@ def test_step_seconds_put_runs_on_a_training_time_axis(tmp_path):
         assert e.code == 2
     else:
         raise AssertionError("two --step-seconds for one run must be refused")
+
+
+def test_label_names_a_residual_mlp_expansion_other_than_the_default(tmp_path):
+    compare = _load()
+    run = _run(tmp_path / "a", "mingru", [(5, 100, 0.5)])
+    config = json.loads((run / "config.json").read_text())
+    assert compare.label(run) == "mingru 2x8 (plain, pixels, batch 4)"
+    for expansion, text in ((2, "residual"), (1, "residual x1 MLP")):
+        config.update(block="residual", expansion=expansion, steps=10)
+        (run / "config.json").write_text(json.dumps(config))
+        assert compare.label(run) == f"mingru 2x8 ({text}, pixels, batch 4, 10 steps)"
