@@ -100,7 +100,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--clip-norm", type=nonneg, default=5.0, help="0: no clipping")
     p.add_argument("--reset-prob", type=unit, default=0.01,
                    help="chance per chunk that a stream's state restarts from zero")
-    p.add_argument("--gradient", choices=["autodiff", "manual"], default="autodiff", help="BPTT by")
+    p.add_argument("--gradient", choices=["auto", "autodiff", "manual"], default="auto",
+                   help="BPTT by (auto: rj.unroll's default for the cell's mode)")
     p.add_argument("--matmul-dtype", choices=["float32", "bfloat16"], default="float32",
                    help="dtype of the matrix products (accumulating in float32)")
     p.add_argument("--seed", type=nonneg_int, default=0, help="initialisation, resets, samples")
@@ -134,7 +135,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def build(args, vocab_size: int):
     model = language_model(
         CELLS[args.cell], vocab_size, args.hidden_size, num_layers=args.layers,
-        embed_size=args.embed_size or None, dropout=args.dropout, gradient=args.gradient,
+        embed_size=args.embed_size or None, dropout=args.dropout,
+        gradient=None if args.gradient == "auto" else args.gradient,
         block=getattr(args, "block", "plain"),  # runs saved before --block have none
     )  # fmt: skip
     if args.matmul_dtype != "float32":

@@ -70,8 +70,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--hidden-size", type=pos_int, default=128, help="units per layer")
     p.add_argument("--layers", type=pos_int, default=1, help="stacked recurrent layers")
     p.add_argument("--bidirectional", action="store_true", help="bidirectional layers")
-    p.add_argument("--gradient", choices=("autodiff", "manual"), default="autodiff",
-                   help="jax.grad through lax.scan, or rnn_jax's hand-written BPTT (custom_vjp)")
+    p.add_argument("--gradient", choices=("auto", "autodiff", "manual"), default="auto",
+                   help="jax.grad through lax.scan, or rnn_jax's hand-written BPTT (custom_vjp); "
+                        "auto: rj.unroll's default (autodiff step by step, the hand-written "
+                        "reverse scan for a linear recurrence's parallel path)")
     p.add_argument("--matmul-dtype", choices=("bfloat16",), default=None,
                    help="mixed precision: the recurrent matrix products in bfloat16, state in "
                    "float32 (default: all float32)")
@@ -162,7 +164,7 @@ def build_model(config: dict):
         NUM_CLASSES,
         num_layers=config["layers"],
         bidirectional=config["bidirectional"],
-        gradient=config["gradient"],
+        gradient=None if config["gradient"] == "auto" else config["gradient"],
         matmul_dtype=config.get("matmul_dtype"),  # absent in runs saved before the option
         backend=config.get("backend", "scan"),
         block=block,

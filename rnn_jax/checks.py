@@ -11,21 +11,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rnn_jax.cells.base import Cell, LSTMCarry, bias_names
-from rnn_jax.cells.generic import PROTOCOL, GenericCell, cell_of_functions
+from rnn_jax.cell import PROTOCOL, Cell, cell_of_functions
+from rnn_jax.cells.base import LSTMCarry, bias_names
 
 
 def as_cell(cell):
     """A cell object from a cell or a cell module.
 
-    Accepts a ``Cell`` or ``GenericCell``; a module or object whose ``.cell`` is one
-    (``rj.lstm``); or any object with the protocol's functions (``rnn_jax.cells.generic``),
-    which is wrapped in a ``GenericCell``.
+    Accepts a ``Cell``; a module or object whose ``.cell`` is one (``rj.lstm``); or any
+    object with the protocol's functions (``rnn_jax.cell``), which is wrapped in a ``Cell``.
     """
-    if isinstance(cell, (Cell, GenericCell)):
+    if isinstance(cell, Cell):
         return cell
     found = getattr(cell, "cell", None)
-    if isinstance(found, (Cell, GenericCell)):
+    if isinstance(found, Cell):
         return found
     missing = [name for name in PROTOCOL if not callable(getattr(cell, name, None))]
     if missing == list(PROTOCOL) or isinstance(cell, str):
@@ -40,8 +39,12 @@ def as_cell(cell):
 
 
 def check_params(cell, params) -> tuple[int, int]:
-    """Validate any cell's parameters; return ``(input_size, hidden_size)``."""
-    return as_cell(cell).check_params(params)
+    """Validate any cell's parameters; return ``(input_size, hidden_size)``: the fused
+    layout for a cell with the fused-gate form, else the structure of ``init``'s."""
+    cell = as_cell(cell)
+    if cell.fused is not None:
+        return check_fused_params(cell.fused, params)
+    return check_generic_params(cell, params)
 
 
 def params_dtype(params):
@@ -95,8 +98,9 @@ def check_like(expected, got, where: str) -> None:
             raise TypeError(f"{where}{name} dtype {have.dtype} != expected {want.dtype}")
 
 
-def check_fused_params(cell: Cell, params) -> tuple[int, int]:
-    """Validate a fused cell's parameter dict; return ``(input_size, hidden_size)``."""
+def check_fused_params(cell, params) -> tuple[int, int]:
+    """Validate a fused cell's parameter dict (``cell`` its ``FusedGates``); return
+    ``(input_size, hidden_size)``."""
     if not isinstance(params, dict):
         raise TypeError(f"{cell.name} params must be a dict of arrays, got {type(params).__name__}")
     if cell.projectable and cell.proj_size is None and "w_hr" in params:
@@ -134,7 +138,7 @@ def check_fused_params(cell: Cell, params) -> tuple[int, int]:
 
 def spatial_rank(cell) -> int:
     """How many spatial axes a cell's inputs and carry leaves have after the batch: 0 for a
-    cell of vectors, n for ``rj.conv_lstm`` over n-D inputs (``GenericCell.spatial_rank``)."""
+    cell of vectors, n for ``rj.conv_lstm`` over n-D inputs (``Cell.spatial_rank``)."""
     return getattr(cell, "spatial_rank", 0)
 
 
@@ -151,7 +155,7 @@ def one_zero_carry(cell, hidden_size: int, dtype=jnp.float32):
     return cell.zero_carry(carry_lead(cell, (1,) * (spatial_rank(cell) + 2)), hidden_size, dtype)
 
 
-def _check_projection(cell: Cell, w_hr, w_h) -> int:
+def _check_projection(cell, w_hr, w_h) -> int:
     """``w_hr`` must be ``(H, P)`` with ``P = cell.proj_size`` and ``w_h (P, G*H)``; returns H."""
     proj = cell.proj_size
     if getattr(w_hr, "ndim", None) != 2 or w_hr.shape[1] != proj or w_h.shape[0] != proj:
@@ -167,7 +171,7 @@ def cell_for(cell, params):
     ``w_hr (H, P)`` runs as ``rj.lstm.with_projection(P)`` (its zero carry's h is ``(B, P)``);
     any other cell as it is."""
     cell = as_cell(cell)
-    if not (isinstance(cell, Cell) and cell.projectable and cell.proj_size is None):
+    if not (cell.fused is not None and cell.fused.projectable and cell.fused.proj_size is None):
         return cell
     w_hr = params.get("w_hr") if isinstance(params, dict) else None
     if getattr(w_hr, "ndim", None) != 2:
@@ -223,12 +227,13 @@ def check_carry(cell, carry, batch_size, hidden_size: int, dtype, name="carry"):
     """The carry must be what ``cell.zero_carry(B, H, dtype)`` returns, in structure, shapes
     and dtypes: ``(B, H)`` or, for the LSTM, ``LSTMCarry(h (B, H), c (B, H))``.
     ``batch_size`` is ``(B, *spatial)`` for a spatial cell (``carry_lead``)."""
-    if not isinstance(cell, Cell):
+    if cell.fused is None:
         expected = jax.eval_shape(lambda: cell.zero_carry(batch_size, hidden_size, dtype))
         check_like(expected, carry, f"{cell.name} {name}")
         return carry
+    form = cell.fused
     expected = (batch_size, hidden_size)
-    if cell.has_cell_state:
+    if form.has_cell_state:
         # A plain tuple is refused: (c, h), Flax's order, would pass silently as (h, c).
         if not isinstance(carry, LSTMCarry):
             raise TypeError(
@@ -236,8 +241,8 @@ def check_carry(cell, carry, batch_size, hidden_size: int, dtype, name="carry"):
                 f"got {type(carry).__name__} (wrap a pair as rj.LSTMCarry(h=..., c=...))"
             )
         parts = {"h": carry.h, "c": carry.c}
-        if cell.proj_size is not None:  # h is the projected output
-            expected = {"h": (batch_size, cell.proj_size), "c": expected}
+        if form.proj_size is not None:  # h is the projected output
+            expected = {"h": (batch_size, form.proj_size), "c": expected}
     else:
         if isinstance(carry, tuple) or not hasattr(carry, "shape"):
             raise TypeError(
@@ -277,3 +282,22 @@ def check_lengths(lengths, batch_size: int, num_steps: int):
                 f"{values.min()} and max {values.max()}"
             )
     return jnp.clip(lengths.astype(jnp.int32), 0, num_steps)
+
+
+def carry_fields(cell) -> set[str]:
+    """Which of ``h``, ``c`` the wrapper can set in ``cell``'s carry: ``h`` when
+    ``hidden_of`` returns the carry itself or its ``h`` field, ``c`` for a ``c`` field."""
+    fields = set()
+
+    def probe():
+        carry = one_zero_carry(cell, 2)
+        h = cell.hidden_of(carry)
+        settable = hasattr(carry, "_replace")
+        if h is carry or (settable and h is getattr(carry, "h", None)):
+            fields.add("h")
+        if settable and hasattr(carry, "c"):
+            fields.add("c")
+        return carry
+
+    jax.eval_shape(probe)
+    return fields

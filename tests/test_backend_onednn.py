@@ -21,7 +21,7 @@ import pytest
 import rnn_jax as rj
 from rnn_jax import backends
 from rnn_jax.backends import build, cudnn
-from rnn_jax.cells.base import Cell
+from rnn_jax.cells.base import fused_cell
 from rnn_jax.gradcheck import random_problem
 
 CELLS = {"tanh": rj.simple.cell, "relu": rj.simple.relu, "lstm": rj.lstm.cell, "gru": rj.gru.cell}
@@ -133,18 +133,18 @@ def test_auto_picks_onednn_where_it_applies_and_scan_elsewhere():
 
 def _custom_lstm():
     """A cell named "lstm" that is not rj.lstm: a fused backend must not run it."""
-    base = rj.lstm.cell
-    return Cell("lstm", 4, base.init, base.pointwise, base.pointwise_backward,
-                has_cell_state=True, matmul_dtype="float32")  # fmt: skip
+    base = rj.lstm.cell.fused
+    return fused_cell("lstm", 4, base.init, base.pointwise, base.pointwise_backward,
+                      has_cell_state=True, matmul_dtype="float32")  # fmt: skip
 
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        (dict(lengths=jnp.array([4, 1])), "does not support lengths="),
-        (dict(gradient="manual", truncate=2), "does not support truncate="),
-        (dict(remat=2), "does not support remat="),
-        (dict(matmul_dtype=jnp.bfloat16), "does not support matmul_dtype="),
+        (dict(lengths=jnp.array([4, 1])), "backend= with lengths="),
+        (dict(gradient="manual", truncate=2), "backend= with truncate="),
+        (dict(remat=2), "backend= with remat="),
+        (dict(matmul_dtype=jnp.bfloat16), "backend= with matmul_dtype="),
         (
             dict(backend="cudnn", cell=rj.gru),
             r"runs only the built-in cells \('lstm',\), got 'gru'",

@@ -182,7 +182,7 @@ def test_generic_inputs_are_checked_before_compute():
     with pytest.raises(ValueError, match=r"normalised carry.n must be \(2, 4\), got \(2, 3\)"):
         rj.unroll(normalised, normalised.init(jax.random.PRNGKey(0), 3, 4), xs,
                   carry._replace(n=jnp.zeros((2, 3))))  # fmt: skip
-    with pytest.raises(ValueError, match=r"matmul_dtype is an option of the fused cells"):
+    with pytest.raises(ValueError, match=r"matmul_dtype= with cell=: matmul_dtype is an option of"):
         rj.unroll(peephole, params, xs, matmul_dtype=jnp.bfloat16)
 
 
