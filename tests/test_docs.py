@@ -136,3 +136,17 @@ def test_doctest_collection_leaves_out_modules_whose_optional_deps_are_missing(t
     assert root_conftest.is_test_helper(tests / "distributed_eval_worker.py")
     assert not root_conftest.is_test_helper(tests / "test_docs.py")
     assert not root_conftest.is_test_helper(tests / "conftest.py")
+
+
+def test_custom_cell_guide_trains_with_rnn_jax_train_and_its_claim_is_what_the_code_asserts():
+    """The guide trains with the library's own loop, and the accuracy its text claims lies in
+    the window its (tested) code asserts, so the claim cannot drift from what the run gets."""
+    page = ROOT / "docs" / "custom_cells.md"
+    code = "".join(block.code for block in code_blocks(page))
+    assert "train.train_loop(" in code and "train.make_train_step(" in code
+    assert "apply_updates" not in code, "a hand-written optax loop is back in the guide"
+    window = re.search(r"assert (0\.\d+) < accuracy < (0\.\d+)", code)
+    claim = re.search(r"reach (\d+\.\d)% on those 2,000 test digits", page.read_text())
+    assert window and claim, "the guide's training block or its accuracy claim moved"
+    low, high = (100 * float(v) for v in window.groups())
+    assert low < float(claim[1]) < high, (claim[1], window.groups())
