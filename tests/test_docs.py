@@ -15,6 +15,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import types
 from pathlib import Path
 from typing import NamedTuple
 
@@ -64,7 +65,11 @@ PAGES_WITH_CODE = [p for p in pages() if code_blocks(p)]
 @pytest.mark.parametrize("page", PAGES_WITH_CODE, ids=lambda p: str(p.relative_to(ROOT)))
 def test_page_code_runs(page, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    namespace: dict = {"__name__": "__docs__"}
+    # A real module, so that what the page defines works as in a script: a dataclass (an
+    # eqx.Module) looks its module up in sys.modules.
+    module = types.ModuleType("__docs__")
+    monkeypatch.setitem(sys.modules, "__docs__", module)
+    namespace = module.__dict__
     for block in code_blocks(page):
         if block.skipped:
             continue
@@ -150,3 +155,13 @@ def test_custom_cell_guide_trains_with_rnn_jax_train_and_its_claim_is_what_the_c
     assert window and claim, "the guide's training block or its accuracy claim moved"
     low, high = (100 * float(v) for v in window.groups())
     assert low < float(claim[1]) < high, (claim[1], window.groups())
+
+
+def test_equinox_guide_is_on_the_site_and_trains_an_eqx_module_over_one_sequence():
+    """Its code runs in test_page_code_runs; here: it is in the nav and does what it says."""
+    page = ROOT / "docs" / "guides" / "equinox.md"
+    assert "guides/equinox.md" in (ROOT / "mkdocs.yml").read_text()
+    code = "".join(block.code for block in code_blocks(page) if not block.skipped)
+    for piece in ("(eqx.Module)", "rj.unroll(", "jax.vmap(model)", "filter_value_and_grad",
+                  "eqx.apply_updates", "assert accuracy >"):  # fmt: skip
+        assert piece in code, piece
