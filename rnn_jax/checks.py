@@ -115,9 +115,10 @@ def check_step_contract(cell, params, carry, x) -> None:
     )
     try:
         out = jax.eval_shape(cell.step, params, carry, x)
-    except (TypeError, ValueError) as err:  # e.g. "too many values to unpack" in a wrapper
-        raise type(err)(f"{contract}; calling it on carry "
-                        f"{_describe(carry)} and x {_describe(x)} failed: {err}") from err
+    except Exception as err:  # the step's own error, kept as it is, with the contract noted
+        err.add_note(f"while checking that {contract} (carry {_describe(carry)}, x "
+                     f"{_describe(x)})")  # fmt: skip
+        raise
     if not isinstance(out, (tuple, list)) or len(out) != 2:
         alone = " (only h'?)" if hasattr(out, "shape") else ""
         raise TypeError(f"{contract}; got {_describe(out)}{alone}")
