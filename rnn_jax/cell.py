@@ -193,6 +193,14 @@ def make_cell(
             f"{name}: step_forward was given without step_backward; its residuals are yours, "
             "so the derived backward cannot read them. Give both, or neither."
         )
+    if step_backward is not None and step_forward is None:
+        raise ValueError(
+            f"{name}: step_backward was given without step_forward. A hand-written backward "
+            "reads the residuals its step_forward keeps, (params, carry, x) -> (carry', h', "
+            "residuals); without one it would be handed the default residuals (carry, x), "
+            "which it was not written for. Give both, or neither (the backward is then "
+            "derived with jax.vjp)."
+        )
     hand_written = step_backward is not None
     if step_forward is None:
         step_forward = functools.partial(_forward_keeping_inputs, step)

@@ -29,8 +29,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rnn_jax.checks import as_cell, carry_lead, check_like, check_params, spatial_rank
+from rnn_jax.checks import (
+    as_cell,
+    carry_lead,
+    check_init_dtype,
+    check_like,
+    check_params,
+    check_step_contract,
+    spatial_rank,
+)
 from rnn_jax.gradcheck import (
+    DEFAULT_EPS,
+    DEFAULT_FD_TOL,
     DEFAULT_TOL,
     LeafReport,
     LeafRow,
@@ -72,11 +82,22 @@ class CellReport(LeafReport):
     rtol: float
     atol: float
     stages: tuple[str, ...] = STAGES
+    fd_tol: float = DEFAULT_FD_TOL  # the fd err column's pass mark
+    eps: float = DEFAULT_EPS  # its finite-difference step
+    num_directions: int = 2  # its random directions per leaf (0: not run)
 
     def __str__(self) -> str:
+        parallel = ", parallel vs jax.grad of the steps" if PARALLEL in self.stages else ""
+        fd = "fd err: not run (num_directions=0)"
+        if self.num_directions:
+            fd = (f"fd err: bptt vs float64 central differences, eps={self.eps:g}, "
+                  f"{self.num_directions} random directions per leaf (pass: <= fd_tol="
+                  f"{self.fd_tol:g})")  # fmt: skip
         head = (
             f"check_cell {self.cell} {self.dtype}: scaled error max|manual - ref| / max|ref| "
-            f"per stage (pass: <= rtol={self.rtol:g} + atol={self.atol:g}/max|ref|)"
+            f"per stage, step vs jax.vjp, bptt vs jax.grad{parallel} (pass: <= rtol="
+            f"{self.rtol:g} + "
+            f"atol={self.atol:g}/max|ref|); {fd}"
         )
         width = max(len("leaf"), *(len(row.path) for row in self.rows))
         labels = {"step": "step", "full": "bptt full", "truncated": f"bptt k={self.truncate}",
@@ -86,7 +107,8 @@ class CellReport(LeafReport):
                  "       fd err  ok"]  # fmt: skip
         for row in self.rows:
             errs = "  ".join(f"{e:11.3e}" for e in row.errors)
-            lines.append(f"{row.path:<{width}}  {errs}  {row.fd_err:11.3e}  "
+            fd_err = f"{row.fd_err:11.3e}" if self.num_directions else f"{'-':>11}"
+            lines.append(f"{row.path:<{width}}  {errs}  {fd_err}  "
                          f"{'yes' if row.ok else 'NO'}")  # fmt: skip
         return "\n".join(lines)
 
@@ -172,7 +194,8 @@ def check_cell(
             message += f" (also fails: {', '.join(stage for stage, _ in failed[1:])})"
         fd_err = max(f_row.fd_err, t_row.fd_err)
         rows.append(CellRow(s_row.path, errors, fd_err, not failed, message))
-    report = CellReport(cell.name, dtype.name, truncate, tuple(rows), rtol, atol, stages)
+    report = CellReport(cell.name, dtype.name, truncate, tuple(rows), rtol, atol, stages,
+                        full.fd_tol, full.eps, num_directions)  # fmt: skip
     if raise_on_failure:
         report.raise_if_failed()
     return report
@@ -191,14 +214,7 @@ def _check_contract(cell, sizes, spatial, dtype, rng, params, rtol, atol):
     except TypeError as err:
         message = f"{name}.init(key, input_size, hidden_size, *, dtype=...) failed: {err}"
         raise TypeError(message) from err
-    wrong = {
-        jax.tree_util.keystr(path): leaf.dtype.name
-        for path, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]
-        if jnp.finfo(leaf.dtype).dtype != dtype
-    }
-    if wrong:
-        raise TypeError(f"{name}.init(..., dtype={dtype.name}) returned leaves of other "
-                        f"dtypes: {wrong}")  # fmt: skip
+    check_init_dtype(cell, shapes, dtype)
     params = _normal_like(rng, shapes, 0.5) if params is None else params
     found = check_params(cell, params)
     if tuple(found) != (input_size, hidden_size):
@@ -215,6 +231,7 @@ def _check_contract(cell, sizes, spatial, dtype, rng, params, rtol, atol):
                              f"or its complex dtype), got {leaf.shape} {leaf.dtype}")  # fmt: skip
     carry = random_carry(cell, lead, hidden_size, dtype, rng)
     x = jnp.asarray(rng.normal(size=(batch_size, *spatial, input_size)), dtype)
+    check_step_contract(cell, params, carry, x)
     new_carry, h = cell.step(params, carry, x)
     check_like(jax.eval_shape(lambda: zero), new_carry, f"{name}.step's new carry")
     h_of = cell.hidden_of(new_carry)

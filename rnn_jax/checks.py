@@ -71,13 +71,78 @@ def check_generic_params(cell, params) -> tuple[int, int]:
     try:
         dtype = params_dtype(params)
     except TypeError as err:
+        floats = {jnp.finfo(leaf.dtype).dtype for leaf in leaves
+                  if jnp.issubdtype(leaf.dtype, jnp.inexact)}  # fmt: skip
+        for found in sorted(floats, key=str):  # is init the cause?
+            check_init_dtype(cell, _init_shapes(cell, input_size, hidden_size, found), found)
         raise TypeError(f"{cell.name} {err}") from None
-    expected = jax.eval_shape(
-        lambda key: cell.init(key, input_size, hidden_size, dtype=dtype), jax.random.PRNGKey(0)
-    )
+    expected = _init_shapes(cell, input_size, hidden_size, dtype)
+    check_init_dtype(cell, expected, dtype)
     where = f"{cell.name} params (input_size={input_size}, hidden_size={hidden_size})"
     check_like(expected, params, where)
     return input_size, hidden_size
+
+
+def _init_shapes(cell, input_size: int, hidden_size: int, dtype):
+    return jax.eval_shape(
+        lambda key: cell.init(key, input_size, hidden_size, dtype=dtype), jax.random.PRNGKey(0)
+    )
+
+
+def check_init_dtype(cell, shapes, dtype) -> None:
+    """``shapes`` (``jax.eval_shape`` of ``cell.init(..., dtype=dtype)``) must all be of
+    ``dtype`` (a complex leaf counts as its real part's): else the fault is ``init``'s, and
+    the message says so rather than blaming the parameters made from it."""
+    dtype = jnp.dtype(dtype)
+    wrong: dict[str, list[str]] = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]:
+        if jnp.issubdtype(leaf.dtype, jnp.inexact) and jnp.finfo(leaf.dtype).dtype != dtype:
+            wrong.setdefault(jnp.dtype(leaf.dtype).name, []).append(jax.tree_util.keystr(path))
+    if wrong:
+        found = "; ".join(f"{name} at {', '.join(paths)}" for name, paths in wrong.items())
+        raise TypeError(
+            f"{cell.name}.init(..., dtype={dtype.name}) returned params of dtype {found}: "
+            "init must create every parameter in the dtype it is given (pass dtype= on to "
+            "jax.random.normal, jnp.zeros, ...)"
+        )
+
+
+def check_step_contract(cell, params, carry, x) -> None:
+    """``cell.step(params, carry, x)`` must return ``(new_carry, h)``, ``new_carry`` with the
+    structure, shapes and dtypes of ``carry``. Checked abstractly (``jax.eval_shape``, no
+    compute), so a ``step`` that returns only ``h'`` is named here, not by ``lax.scan``."""
+    contract = (
+        f"{cell.name}.step(params, carry, x) must return a pair (new_carry, h): new_carry "
+        "like the carry it was given (the same structure, shapes and dtypes), h the step's "
+        "output (B, H_out), e.g. `return h, h` for a cell whose carry is its output"
+    )
+    try:
+        out = jax.eval_shape(cell.step, params, carry, x)
+    except Exception as err:  # the step's own error, kept as it is, with the contract noted
+        err.add_note(f"while checking that {contract} (carry {_describe(carry)}, x "
+                     f"{_describe(x)})")  # fmt: skip
+        raise
+    if not isinstance(out, (tuple, list)) or len(out) != 2:
+        alone = " (only h'?)" if hasattr(out, "shape") else ""
+        raise TypeError(f"{contract}; got {_describe(out)}{alone}")
+    try:
+        check_like(jax.eval_shape(lambda: carry), out[0], f"{cell.name}.step's new_carry")
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"{contract}; {err} (the carry given: {_describe(carry)})") from None
+
+
+def _describe(tree) -> str:
+    """A pytree of arrays in a few words: ``array (2, 4) float32``, ``LSTMCarry(h=..., c=...)``."""
+    if hasattr(tree, "shape") and hasattr(tree, "dtype"):
+        return f"array {tuple(tree.shape)} {jnp.dtype(tree.dtype).name}"
+    if isinstance(tree, tuple) and hasattr(tree, "_fields"):
+        parts = ", ".join(f"{k}={_describe(v)}" for k, v in zip(tree._fields, tree, strict=True))
+        return f"{type(tree).__name__}({parts})"
+    if isinstance(tree, (tuple, list)):
+        return f"{type(tree).__name__} of {len(tree)}: ({', '.join(map(_describe, tree))})"
+    if isinstance(tree, dict):
+        return "{" + ", ".join(f"{k!r}: {_describe(v)}" for k, v in tree.items()) + "}"
+    return type(tree).__name__
 
 
 def check_like(expected, got, where: str) -> None:

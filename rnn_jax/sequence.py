@@ -22,6 +22,7 @@ from rnn_jax.checks import (
     check_lengths,
     check_params,
     check_sequence,
+    check_step_contract,
     check_steps,
     params_dtype,
     spatial_rank,
@@ -65,6 +66,7 @@ def prepare(
         carry = cell.zero_carry(lead, hidden_size, dtype)
     else:
         carry = check_carry(cell, carry, lead, hidden_size, dtype)
+    check_step_contract(cell, params, carry, jax.ShapeDtypeStruct(xs_tm.shape[1:], xs_tm.dtype))
     lengths = check_lengths(lengths, batch_size, num_steps)
     valid = None if lengths is None else valid_mask(lengths, num_steps)
     mask = check_steps(mask, "mask", batch_size, num_steps, time_major=time_major)

@@ -194,7 +194,7 @@ def test_missing_compiler_or_library_says_what_to_install(monkeypatch):
 
 
 def test_build_is_cached_and_keyed_by_source(tmp_path, monkeypatch):
-    monkeypatch.setenv("RNN_JAX_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("RNN_JAX_CACHE", str(tmp_path))
     first = build.build_library()
     assert first.parent == tmp_path and first.stat().st_mode & 0o111
     assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temp file left behind

@@ -1,10 +1,10 @@
 """Build, cache and load the oneDNN FFI kernel (``onednn_rnn.cc``) on first use.
 
 The shared library is compiled by the system C++ compiler against ``jax.ffi.include_dir()``
-and the headers of the ``onednn-devel-cpu-gomp`` wheel, then cached under
-``$RNN_JAX_CACHE_DIR`` (default ``~/.cache/rnn_jax``) in a file named by a hash of the
-source, the compile command and the jaxlib version: a new jaxlib or an edited source builds
-anew, everything else loads the cached file. It is written to a temporary name and renamed
+and the headers of the ``onednn-devel-cpu-gomp`` wheel, then cached under ``$RNN_JAX_CACHE``
+(default ``~/.cache/rnn_jax``; see ``rnn_jax.cache``) in a file named by a hash of the source,
+the compile command and the jaxlib version: a new jaxlib or an edited source builds anew,
+everything else loads the cached file. It is written to a temporary name and renamed
 (``rnn_jax.atomic``), so two processes building at once (pytest-xdist workers) each see
 either no file or a whole one.
 
@@ -78,8 +78,10 @@ def compile_command(output: Path) -> list[str]:
 
 
 def cache_dir() -> Path:
-    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "rnn_jax"
-    return Path(os.environ.get("RNN_JAX_CACHE_DIR", default))
+    """``rnn_jax.cache.cache_dir()``: ``$RNN_JAX_CACHE``, else ``~/.cache/rnn_jax``."""
+    from rnn_jax.cache import cache_dir as shared
+
+    return shared()
 
 
 def library_path() -> Path:

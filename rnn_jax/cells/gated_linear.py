@@ -24,7 +24,7 @@ from rnn_jax.ops.linear_recurrence import scan_states
 
 
 def gated_linear_cell(name: str, num_gates: int, coefficients, coefficients_backward):
-    """A ``GenericCell`` with a ``parallel`` path from a variant's gate functions."""
+    """A ``Cell`` with a ``parallel`` path from a variant's gate functions."""
     return cell_of_functions(name, Variant(num_gates, coefficients, coefficients_backward))
 
 
