@@ -506,7 +506,8 @@ def useful_flops(cell: str, cfg, mode: str) -> float:
     user = getattr(user, "cell", user)  # a module such as rnn_jax.lstm holds its Cell
     if user is None and cell in common.CELL_PATHS:
         user = common.library_cell(cell)
-    gates = NUM_GATES.get(cell) or getattr(user, "num_gates", None)
+    form = getattr(user, "fused", None)  # a fused-gate cell says how many gates it has
+    gates = NUM_GATES.get(cell) or getattr(form, "num_gates", None)
     if gates is None:  # a user's cell that does not say
         return None
     proj = projection_size(cell, hidden_size)

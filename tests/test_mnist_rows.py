@@ -135,7 +135,7 @@ def test_outputs_metrics_png_and_summary(real_result):
     assert SUMMARY_KEYS <= set(printed)
     saved = json.loads((out / "summary.json").read_text())
     assert {k: v for k, v in saved.items() if k != "environment"} == printed
-    assert (printed["cell"], printed["gradient"]) == ("gru", "autodiff")
+    assert (printed["cell"], printed["gradient"]) == ("gru", "auto")
 
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(1, REAL_RUN_STEPS + 1))

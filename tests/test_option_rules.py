@@ -67,8 +67,8 @@ def _kwargs(names, rng):
     if "lengths" in names:
         data["lengths"] = jnp.asarray(LENGTHS)
     for name, flags in (("mask", MASK), ("resets", RESETS)):
-        if name in names:
-            data[name] = jnp.asarray(flags)
+        if name in names:  # in the caller's layout, as xs
+            data[name] = jnp.asarray(flags.T if "time_major" in names else flags)
     if "carry" in names:
         data["carry"] = rj.LSTMCarry(*(jnp.asarray(rng.normal(0, 0.5, (B, H))) for _ in "hc"))
     return kwargs, data
