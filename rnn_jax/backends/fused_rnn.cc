@@ -1,0 +1,626 @@
+// rnn_jax's own fused CPU sequence kernel (backend="fused_cpu"): Elman (tanh, relu), LSTM
+// (gates i, f, g, o) and the reset-after GRU (gates r, z, n), forward and backward over a
+// whole sequence in one XLA FFI call each. Built on first use by rnn_jax/backends/build.py
+// with -O3 -march=native against jax.ffi.include_dir() and oneDNN 3.2's headers; the matrix
+// products are oneDNN's sgemm (dnnl_sgemm, row-major), the gate maths plain C++ loops the
+// compiler vectorises.
+//
+// Layout. A sequence's N = B*T positions are addressed as XLA holds them: row b*T + t
+// (batch-major) or t*B + b (time-major); every (N, .) matrix below uses that row order, so
+// hs is written in place and the products over all positions are single GEMMs whatever the
+// layout. Weights are rnn_jax's (w_x (I, G*H), w_h (H, G*H), row vectors, gates side by side).
+//
+// Algorithm (forward):
+//   Xp = xs @ w_x + b                      one (N, I) x (I, GH) product for every step
+//   rows are split into contiguous chunks, one per thread: rows never interact, so each
+//   thread runs the whole recurrence for its rows with no synchronisation per step:
+//     Zh = h @ w_h (+ b_h for the GRU)     (rows, H) x (H, GH)
+//     gate maths reading Xp at each row's position, writing hs and the residuals
+// Backward: the same chunks run the reverse sweep (dz per step, dh_prev = dz_h @ w_h^T),
+// writing dz at each position; then d_xs = dz_x @ w_x^T, d_w_x = xs^T @ dz_x,
+// d_w_h = h_prev^T @ dz_h and the bias gradients as single products/sums over all positions.
+//
+// lengths (B,) int32, clamped to [0, T]: row b reads positions 0..L-1 (reverse: L-1..0);
+// outputs past L are zero, the carry is frozen after its last valid step (the scan path's
+// semantics), and no gradient flows through the padded positions.
+//
+// Residuals (training forward), sections of an (N, R*H) float buffer, one row per position:
+//   tanh/relu: h_new, h_prev                                   R = 2
+//   lstm:      i, f, g, o (after the nonlinearities), c_prev, tanh(c), h_prev   R = 7
+//   gru:       r, z, n, h_n (= h @ w_hn + b_hn), h_prev        R = 5
+// h_prev is zero at padded positions; the other sections are not read there.
+//
+// Threads: the chunks run on XLA's intra-op thread pool (the FFI ThreadPool context), the
+// calling thread taking chunks too; no thread of our own, so nothing oversubscribes XLA's
+// pool. The count is min(pool size, rnn_jax_fused_set_num_threads(n) if n > 0); each
+// participant claims chunks from an atomic counter, so the call completes even if the pool
+// never runs the scheduled tasks.
+
+#include <omp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "oneapi/dnnl/dnnl.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+enum Kind : int32_t { kTanh = 0, kRelu = 1, kLstm = 2, kGru = 3 };
+
+int64_t num_gates(int32_t kind) { return kind == kLstm ? 4 : kind == kGru ? 3 : 1; }
+int64_t residual_width(int32_t kind) { return kind == kLstm ? 7 : kind == kGru ? 5 : 2; }
+
+// ---------------------------------------------------------------------------------------
+// Element-wise functions, written so that g++ vectorises loops over them (no libm calls).
+
+// exp(x), Cephes' single-precision polynomial (about 1 ulp on the clamped range); NaN in,
+// NaN out. x is clamped to [-87.3, 88.3] so the result stays normal and finite.
+inline float exp_f(float x) {
+  x = std::min(std::max(x, -87.3f), 88.3f);
+  // n = round(x / ln 2) by the 1.5 * 2^23 trick (std::floor would be a libm call here).
+  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  float r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+}
+
+inline float sigmoid_f(float x) { return 1.0f / (1.0f + exp_f(-x)); }
+
+// tanh(x) = (1 - e) / (1 + e) with e = exp(-2|x|); below |x| = 0.04 its Taylor series
+// (x - x^3/3 + 2x^5/15, error < 1e-11), where 1 - e would lose relative precision.
+inline float tanh_f(float x) {
+  const float a = std::fabs(x);
+  const float e = exp_f(-2.0f * a);
+  const float big = std::copysign((1.0f - e) / (1.0f + e), x);
+  const float x2 = x * x;
+  const float small = x + x * x2 * (-1.0f / 3.0f + x2 * (2.0f / 15.0f));
+  return a < 0.04f ? small : big;
+}
+
+// ---------------------------------------------------------------------------------------
+// Products: oneDNN's row-major sgemm, C = alpha op(A) op(B) + beta C.
+
+void gemm(char ta, char tb, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
+          const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  if (k == 0) {
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == 0.0f ? 0.0f : beta * c[i * ldc + j];
+    return;
+  }
+  const dnnl_status_t status = dnnl_sgemm(ta, tb, m, n, k, 1.0f, a, lda, b, ldb, beta, c, ldc);
+  if (status != dnnl_success) {
+    throw std::runtime_error("dnnl_sgemm failed with status " + std::to_string(status));
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// The team: `count` tasks run by the calling thread and up to threads-1 tasks on XLA's pool.
+
+std::atomic<int> requested_threads{0};
+
+struct TeamState {
+  std::atomic<int> next{0}, done{0};
+  std::atomic<bool> failed{false};
+  std::string error;
+  std::atomic_flag error_lock = ATOMIC_FLAG_INIT;
+  int count = 0;
+  std::function<void(int)> body;
+};
+
+void run_tasks(TeamState& st) {
+  // oneDNN's sgemm would start an OpenMP team of its own in every task: one thread each.
+  const int omp_before = omp_get_max_threads();
+  omp_set_num_threads(1);
+  for (;;) {
+    const int i = st.next.fetch_add(1, std::memory_order_relaxed);
+    if (i >= st.count) break;
+    if (!st.failed.load(std::memory_order_relaxed)) {
+      try {
+        st.body(i);
+      } catch (const std::exception& e) {
+        if (!st.error_lock.test_and_set()) st.error = e.what();
+        st.failed.store(true);
+      }
+    }
+    st.done.fetch_add(1, std::memory_order_release);
+  }
+  omp_set_num_threads(omp_before);
+}
+
+class Team {
+ public:
+  Team(ffi::ThreadPool pool) : pool_(pool) {
+    const int64_t available = std::max<int64_t>(1, pool.num_threads());
+    const int asked = requested_threads.load();
+    threads_ = static_cast<int>(asked > 0 ? std::min<int64_t>(asked, available) : available);
+  }
+  int threads() const { return threads_; }
+
+  // body(i) for i in [0, count); returns when all have run; rethrows a task's error.
+  void parallel(int count, std::function<void(int)> body) {
+    auto st = std::make_shared<TeamState>();
+    st->count = count;
+    st->body = std::move(body);
+    const int helpers = std::min(threads_, count) - 1;
+    for (int k = 0; k < helpers; ++k) pool_.Schedule([st] { run_tasks(*st); });
+    run_tasks(*st);
+    while (st->done.load(std::memory_order_acquire) < count) std::this_thread::yield();
+    if (st->failed.load()) throw std::runtime_error(st->error);
+  }
+
+ private:
+  ffi::ThreadPool pool_;
+  int threads_ = 1;
+};
+
+// [begin, end) of chunk i when n items are split into `parts` near-equal chunks.
+inline int64_t chunk_begin(int64_t n, int parts, int i) { return n * i / parts; }
+
+// ---------------------------------------------------------------------------------------
+
+struct Shape {
+  int32_t kind;
+  bool reverse, batch_major;
+  int64_t steps, batch, input, hidden;
+  int64_t gh() const { return num_gates(kind) * hidden; }
+  int64_t positions() const { return steps * batch; }
+  int64_t row(int64_t b, int64_t t) const { return batch_major ? b * steps + t : t * batch + b; }
+  int64_t length(const int32_t* lengths, int64_t b) const {
+    return std::min<int64_t>(std::max<int64_t>(lengths[b], 0), steps);
+  }
+  // Position row b reads at step s (s < its length L).
+  int64_t position(int64_t len, int64_t s) const { return reverse ? len - 1 - s : s; }
+};
+
+Shape shape_of(int32_t kind, bool reverse, bool batch_major, ffi::AnyBuffer xs,
+               ffi::AnyBuffer h0) {
+  auto d = xs.dimensions();
+  Shape s{kind, reverse, batch_major, d[0], d[1], d[2], h0.dimensions()[1]};
+  if (batch_major) std::swap(s.steps, s.batch);
+  return s;
+}
+
+float* fdata(ffi::AnyBuffer b) { return static_cast<float*>(b.untyped_data()); }
+template <class R>
+float* fdata(R& r) {
+  return static_cast<float*>(r->untyped_data());
+}
+
+// Residual sections, each (N, width*H) floats within the (N, R*H) buffer.
+struct Residuals {
+  float *gates, *c_prev, *tanh_c, *h_n, *h_new, *h_prev;
+  Residuals(float* ws, const Shape& s) {
+    const int64_t nh = s.positions() * s.hidden;
+    gates = c_prev = tanh_c = h_n = h_new = h_prev = nullptr;
+    switch (s.kind) {
+      case kLstm:
+        gates = ws;
+        c_prev = ws + 4 * nh;
+        tanh_c = ws + 5 * nh;
+        h_prev = ws + 6 * nh;
+        break;
+      case kGru:
+        gates = ws;
+        h_n = ws + 3 * nh;
+        h_prev = ws + 4 * nh;
+        break;
+      default:
+        h_new = ws;
+        h_prev = ws + nh;
+    }
+  }
+};
+
+// ---------------------------------------------------------------------------------------
+// Forward
+
+struct ForwardArgs {
+  const float *xs, *h0, *c0, *w_x, *w_h, *b, *b_h;
+  const int32_t* lengths;
+  float *hs, *h_last, *c_last, *ws;  // ws null: inference (no residuals)
+};
+
+// The recurrence for rows [b0, b1).
+void forward_rows(const Shape& s, const ForwardArgs& a, const float* xp, int64_t b0,
+                  int64_t b1) {
+  const int64_t H = s.hidden, GH = s.gh(), rows = b1 - b0;
+  std::vector<float> h_buf(rows * H), c_buf(s.kind == kLstm ? rows * H : 0), zh(rows * GH);
+  std::vector<float> scratch(GH + H);  // where an inference step's gates go
+  float* h = h_buf.data();
+  float* c = c_buf.data();
+  std::memcpy(h, a.h0 + b0 * H, rows * H * sizeof(float));
+  if (s.kind == kLstm) std::memcpy(c, a.c0 + b0 * H, rows * H * sizeof(float));
+  std::vector<int64_t> len(rows);
+  int64_t longest = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    len[r] = s.length(a.lengths, b0 + r);
+    longest = std::max(longest, len[r]);
+  }
+  std::unique_ptr<Residuals> res(a.ws ? new Residuals(a.ws, s) : nullptr);
+  // Padded positions: zero outputs; h_prev zero too (the d_w_h product reads every row;
+  // the other residuals are read at valid positions only).
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t t = len[r]; t < s.steps; ++t) {
+      const int64_t p = s.row(b0 + r, t);
+      std::memset(a.hs + p * H, 0, H * sizeof(float));
+      if (res) std::memset(res->h_prev + p * H, 0, H * sizeof(float));
+    }
+  }
+  for (int64_t step = 0; step < longest; ++step) {
+    // Rows whose sequence has ended keep their carry; the product runs over all rows of
+    // the chunk (cheaper than gathering the live ones).
+    gemm('N', 'N', rows, GH, H, h, H, a.w_h, GH, 0.0f, zh.data(), GH);
+    for (int64_t r = 0; r < rows; ++r) {
+      if (step >= len[r]) continue;
+      const int64_t p = s.row(b0 + r, s.position(len[r], step));
+      const float* x = xp + p * GH;
+      float* z = zh.data() + r * GH;
+      float* hr = h + r * H;
+      float* out = a.hs + p * H;
+      if (s.kind == kLstm) {
+        float* cr = c + r * H;
+        // Without residuals (inference) the gates go to a scratch row: no branch in the loop.
+        float* g = res ? res->gates + p * GH : scratch.data();
+        float* tc = res ? res->tanh_c + p * H : scratch.data() + GH;
+        if (res) {
+          std::memcpy(res->h_prev + p * H, hr, H * sizeof(float));
+          std::memcpy(res->c_prev + p * H, cr, H * sizeof(float));
+        }
+#pragma GCC ivdep
+        for (int64_t j = 0; j < H; ++j) {
+          const float i_ = sigmoid_f(x[j] + z[j]);
+          const float f_ = sigmoid_f(x[H + j] + z[H + j]);
+          const float g_ = tanh_f(x[2 * H + j] + z[2 * H + j]);
+          const float o_ = sigmoid_f(x[3 * H + j] + z[3 * H + j]);
+          const float cn = f_ * cr[j] + i_ * g_;
+          const float t_ = tanh_f(cn);
+          const float hn = o_ * t_;
+          cr[j] = cn;
+          hr[j] = hn;
+          out[j] = hn;
+          g[j] = i_;
+          g[H + j] = f_;
+          g[2 * H + j] = g_;
+          g[3 * H + j] = o_;
+          tc[j] = t_;
+        }
+      } else if (s.kind == kGru) {
+        if (res) std::memcpy(res->h_prev + p * H, hr, H * sizeof(float));
+        float* g = res ? res->gates + p * GH : scratch.data();
+        float* hn_out = res ? res->h_n + p * H : scratch.data() + GH;
+        const float* bh = a.b_h;
+#pragma GCC ivdep
+        for (int64_t j = 0; j < H; ++j) {
+          const float r_ = sigmoid_f(x[j] + z[j] + bh[j]);
+          const float z_ = sigmoid_f(x[H + j] + z[H + j] + bh[H + j]);
+          const float hn = z[2 * H + j] + bh[2 * H + j];
+          const float n_ = tanh_f(x[2 * H + j] + r_ * hn);
+          const float hnew = (1.0f - z_) * n_ + z_ * hr[j];
+          hr[j] = hnew;
+          out[j] = hnew;
+          g[j] = r_;
+          g[H + j] = z_;
+          g[2 * H + j] = n_;
+          hn_out[j] = hn;
+        }
+      } else {
+        if (res) std::memcpy(res->h_prev + p * H, hr, H * sizeof(float));
+        float* hsave = res ? res->h_new + p * H : scratch.data();
+        if (s.kind == kRelu) {
+#pragma GCC ivdep
+          for (int64_t j = 0; j < H; ++j) {
+            const float hnew = std::max(x[j] + z[j], 0.0f);
+            hr[j] = hnew;
+            out[j] = hnew;
+            hsave[j] = hnew;
+          }
+        } else {
+#pragma GCC ivdep
+          for (int64_t j = 0; j < H; ++j) {
+            const float hnew = tanh_f(x[j] + z[j]);
+            hr[j] = hnew;
+            out[j] = hnew;
+            hsave[j] = hnew;
+          }
+        }
+      }
+    }
+  }
+  std::memcpy(a.h_last + b0 * H, h, rows * H * sizeof(float));
+  if (s.kind == kLstm) std::memcpy(a.c_last + b0 * H, c, rows * H * sizeof(float));
+}
+
+void forward(const Shape& s, const ForwardArgs& a, Team& team) {
+  const int64_t N = s.positions(), GH = s.gh();
+  std::unique_ptr<float[]> xp(new float[N * GH]);
+  const int parts = static_cast<int>(std::min<int64_t>(team.threads(), s.batch));
+  // Xp = xs @ w_x + b, rows split across the team.
+  const int xparts = static_cast<int>(std::min<int64_t>(team.threads(), N));
+  team.parallel(xparts, [&](int i) {
+    const int64_t r0 = chunk_begin(N, xparts, i), r1 = chunk_begin(N, xparts, i + 1);
+    for (int64_t r = r0; r < r1; ++r) std::memcpy(xp.get() + r * GH, a.b, GH * sizeof(float));
+    gemm('N', 'N', r1 - r0, GH, s.input, a.xs + r0 * s.input, s.input, a.w_x, GH, 1.0f,
+         xp.get() + r0 * GH, GH);
+  });
+  team.parallel(parts, [&](int i) {
+    forward_rows(s, a, xp.get(), chunk_begin(s.batch, parts, i),
+                 chunk_begin(s.batch, parts, i + 1));
+  });
+}
+
+// ---------------------------------------------------------------------------------------
+// Backward
+
+struct BackwardArgs {
+  const float *xs, *w_x, *w_h, *ws, *d_hs, *d_h_last, *d_c_last;
+  const int32_t* lengths;
+  float *d_xs, *d_h0, *d_c0, *d_w_x, *d_w_h, *d_b, *d_b_h;
+};
+
+// The reverse sweep for rows [b0, b1): writes dz_x (and dz_h for the GRU) at each valid
+// position (zero at padded ones), d_h0 and d_c0.
+void backward_rows(const Shape& s, const BackwardArgs& a, float* dzx, float* dzh, int64_t b0,
+                   int64_t b1) {
+  const int64_t H = s.hidden, GH = s.gh(), rows = b1 - b0;
+  Residuals res(const_cast<float*>(a.ws), s);
+  std::vector<float> dh_buf(rows * H), dc_buf(s.kind == kLstm ? rows * H : 0);
+  std::vector<float> dstep(rows * GH, 0.0f), back(rows * H);
+  float* dh = dh_buf.data();
+  float* dc = dc_buf.data();
+  std::memcpy(dh, a.d_h_last + b0 * H, rows * H * sizeof(float));
+  if (s.kind == kLstm) std::memcpy(dc, a.d_c_last + b0 * H, rows * H * sizeof(float));
+  std::vector<int64_t> len(rows);
+  int64_t longest = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    len[r] = s.length(a.lengths, b0 + r);
+    longest = std::max(longest, len[r]);
+    for (int64_t t = len[r]; t < s.steps; ++t) {
+      const int64_t p = s.row(b0 + r, t);
+      std::memset(dzx + p * GH, 0, GH * sizeof(float));
+      if (dzh != dzx) std::memset(dzh + p * GH, 0, GH * sizeof(float));
+    }
+  }
+  for (int64_t step = longest - 1; step >= 0; --step) {
+    for (int64_t r = 0; r < rows; ++r) {
+      float* ds = dstep.data() + r * GH;
+      if (step >= len[r]) {  // frozen carry: its gradient passes through unchanged
+        std::memset(ds, 0, GH * sizeof(float));
+        continue;
+      }
+      const int64_t p = s.row(b0 + r, s.position(len[r], step));
+      const float* dout = a.d_hs + p * H;
+      float* dhr = dh + r * H;
+      float* zx = dzx + p * GH;
+      if (s.kind == kLstm) {
+        const float* g = res.gates + p * GH;
+        const float* cp = res.c_prev + p * H;
+        const float* tc = res.tanh_c + p * H;
+        float* dcr = dc + r * H;
+#pragma GCC ivdep
+        for (int64_t j = 0; j < H; ++j) {
+          const float i_ = g[j], f_ = g[H + j], g_ = g[2 * H + j], o_ = g[3 * H + j];
+          const float d_h = dhr[j] + dout[j];
+          const float t_ = tc[j];
+          const float d_c = dcr[j] + d_h * o_ * (1.0f - t_ * t_);
+          const float di = d_c * g_ * i_ * (1.0f - i_);
+          const float df = d_c * cp[j] * f_ * (1.0f - f_);
+          const float dg = d_c * i_ * (1.0f - g_ * g_);
+          const float d_o = d_h * t_ * o_ * (1.0f - o_);
+          zx[j] = di;
+          zx[H + j] = df;
+          zx[2 * H + j] = dg;
+          zx[3 * H + j] = d_o;
+          ds[j] = di;
+          ds[H + j] = df;
+          ds[2 * H + j] = dg;
+          ds[3 * H + j] = d_o;
+          dcr[j] = d_c * f_;
+        }
+      } else if (s.kind == kGru) {
+        const float* g = res.gates + p * GH;
+        const float* hn = res.h_n + p * H;
+        const float* hp = res.h_prev + p * H;
+        float* zh = dzh + p * GH;
+#pragma GCC ivdep
+        for (int64_t j = 0; j < H; ++j) {
+          const float r_ = g[j], z_ = g[H + j], n_ = g[2 * H + j];
+          const float d_h = dhr[j] + dout[j];
+          const float dn = d_h * (1.0f - z_) * (1.0f - n_ * n_);
+          const float dz = d_h * (hp[j] - n_) * z_ * (1.0f - z_);
+          const float dr = dn * hn[j] * r_ * (1.0f - r_);
+          zx[j] = dr;
+          zx[H + j] = dz;
+          zx[2 * H + j] = dn;
+          zh[j] = dr;
+          zh[H + j] = dz;
+          zh[2 * H + j] = dn * r_;
+          ds[j] = dr;
+          ds[H + j] = dz;
+          ds[2 * H + j] = dn * r_;
+          dhr[j] = d_h * z_;  // the direct path; the product adds dz_h @ w_h^T below
+        }
+      } else {
+        const float* hn = res.h_new + p * H;
+        const bool relu = s.kind == kRelu;
+#pragma GCC ivdep
+        for (int64_t j = 0; j < H; ++j) {
+          const float d_h = dhr[j] + dout[j];
+          const float dpre = relu ? (hn[j] > 0.0f ? d_h : 0.0f) : d_h * (1.0f - hn[j] * hn[j]);
+          zx[j] = dpre;
+          ds[j] = dpre;
+        }
+      }
+    }
+    // dh_prev = dz_h @ w_h^T (+ the GRU's direct path) for the live rows.
+    gemm('N', 'T', rows, H, GH, dstep.data(), GH, a.w_h, GH, 0.0f, back.data(), H);
+    for (int64_t r = 0; r < rows; ++r) {
+      if (step >= len[r]) continue;
+      float* dhr = dh + r * H;
+      const float* br = back.data() + r * H;
+      if (s.kind == kGru) {
+        for (int64_t j = 0; j < H; ++j) dhr[j] += br[j];
+      } else {
+        std::memcpy(dhr, br, H * sizeof(float));
+      }
+    }
+  }
+  std::memcpy(a.d_h0 + b0 * H, dh, rows * H * sizeof(float));
+  if (s.kind == kLstm) std::memcpy(a.d_c0 + b0 * H, dc, rows * H * sizeof(float));
+}
+
+// Column sums of an (n, cols) matrix's columns [c0, c1) into out[c0:c1].
+void column_sums(const float* m, int64_t n, int64_t cols, int64_t c0, int64_t c1, float* out) {
+  std::fill(out + c0, out + c1, 0.0f);
+  for (int64_t i = 0; i < n; ++i) {
+    const float* row = m + i * cols;
+#pragma GCC ivdep
+    for (int64_t j = c0; j < c1; ++j) out[j] += row[j];
+  }
+}
+
+void backward(const Shape& s, const BackwardArgs& a, Team& team) {
+  const int64_t N = s.positions(), GH = s.gh(), H = s.hidden, I = s.input;
+  std::unique_ptr<float[]> dzx(new float[N * GH]);
+  std::unique_ptr<float[]> dzh_own(s.kind == kGru ? new float[N * GH] : nullptr);
+  float* dzh = s.kind == kGru ? dzh_own.get() : dzx.get();
+  const int parts = static_cast<int>(std::min<int64_t>(team.threads(), s.batch));
+  team.parallel(parts, [&](int i) {
+    backward_rows(s, a, dzx.get(), dzh, chunk_begin(s.batch, parts, i),
+                  chunk_begin(s.batch, parts, i + 1));
+  });
+  const float* h_prev = Residuals(const_cast<float*>(a.ws), s).h_prev;
+  // d_xs rows and the weight/bias gradients' columns, split across the team.
+  const int t = team.threads();
+  team.parallel(2 * t, [&](int task) {
+    const int i = task % t;
+    if (task < t) {  // d_xs = dz_x @ w_x^T, rows [r0, r1)
+      const int64_t r0 = chunk_begin(N, t, i), r1 = chunk_begin(N, t, i + 1);
+      gemm('N', 'T', r1 - r0, I, GH, dzx.get() + r0 * GH, GH, a.w_x, GH, 0.0f,
+           a.d_xs + r0 * I, I);
+      return;
+    }
+    const int64_t c0 = chunk_begin(GH, t, i), c1 = chunk_begin(GH, t, i + 1);
+    if (c1 == c0) return;
+    gemm('T', 'N', I, c1 - c0, N, a.xs, I, dzx.get() + c0, GH, 0.0f, a.d_w_x + c0, GH);
+    gemm('T', 'N', H, c1 - c0, N, h_prev, H, dzh + c0, GH, 0.0f, a.d_w_h + c0, GH);
+    column_sums(dzx.get(), N, GH, c0, c1, a.d_b);
+    if (s.kind == kGru) column_sums(dzh, N, GH, c0, c1, a.d_b_h);
+  });
+}
+
+ffi::Error guarded(const char* what, const std::function<void()>& body) {
+  try {
+    body();
+  } catch (const std::exception& e) {
+    return ffi::Error::Internal(std::string("rnn_jax fused_cpu ") + what + ": " + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+const int32_t* idata(ffi::AnyBuffer b) { return static_cast<const int32_t*>(b.untyped_data()); }
+
+ffi::Error Forward(ffi::ThreadPool pool, ffi::AnyBuffer xs, ffi::AnyBuffer lengths,
+                   ffi::AnyBuffer h0, ffi::AnyBuffer c0, ffi::AnyBuffer w_x, ffi::AnyBuffer w_h,
+                   ffi::AnyBuffer b, ffi::AnyBuffer b_h, ffi::Result<ffi::AnyBuffer> hs,
+                   ffi::Result<ffi::AnyBuffer> h_last, ffi::Result<ffi::AnyBuffer> c_last,
+                   ffi::Result<ffi::AnyBuffer> ws, int32_t kind, bool reverse,
+                   bool batch_major) {
+  return guarded("forward", [&] {
+    const Shape s = shape_of(kind, reverse, batch_major, xs, h0);
+    const bool training = ws->element_count() > 0;
+    ForwardArgs a{fdata(xs),    fdata(h0),     fdata(c0),     fdata(w_x),
+                  fdata(w_h),   fdata(b),      fdata(b_h),    idata(lengths),
+                  fdata(hs),    fdata(h_last), fdata(c_last), training ? fdata(ws) : nullptr};
+    Team team(pool);
+    forward(s, a, team);
+  });
+}
+
+ffi::Error Backward(ffi::ThreadPool pool, ffi::AnyBuffer xs, ffi::AnyBuffer lengths,
+                    ffi::AnyBuffer w_x, ffi::AnyBuffer w_h, ffi::AnyBuffer ws,
+                    ffi::AnyBuffer d_hs, ffi::AnyBuffer d_h_last, ffi::AnyBuffer d_c_last,
+                    ffi::Result<ffi::AnyBuffer> d_xs, ffi::Result<ffi::AnyBuffer> d_h0,
+                    ffi::Result<ffi::AnyBuffer> d_c0, ffi::Result<ffi::AnyBuffer> d_w_x,
+                    ffi::Result<ffi::AnyBuffer> d_w_h, ffi::Result<ffi::AnyBuffer> d_b,
+                    ffi::Result<ffi::AnyBuffer> d_b_h, int32_t kind, bool reverse,
+                    bool batch_major) {
+  return guarded("backward", [&] {
+    Shape s{kind, reverse, batch_major, xs.dimensions()[0], xs.dimensions()[1],
+            xs.dimensions()[2], d_h_last.dimensions()[1]};
+    if (batch_major) std::swap(s.steps, s.batch);
+    BackwardArgs a{fdata(xs),       fdata(w_x),     fdata(w_h),      fdata(ws),
+                   fdata(d_hs),     fdata(d_h_last), fdata(d_c_last), idata(lengths),
+                   fdata(d_xs),     fdata(d_h0),    fdata(d_c0),     fdata(d_w_x),
+                   fdata(d_w_h),    fdata(d_b),     fdata(d_b_h)};
+    Team team(pool);
+    backward(s, a, team);
+  });
+}
+
+}  // namespace
+
+extern "C" void rnn_jax_fused_set_num_threads(int n) { requested_threads.store(n < 0 ? 0 : n); }
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnJaxFusedForward, Forward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()  // xs (T, B, I) or (B, T, I)
+                                  .Arg<ffi::AnyBuffer>()  // lengths (B,) int32
+                                  .Arg<ffi::AnyBuffer>()  // h0 (B, H)
+                                  .Arg<ffi::AnyBuffer>()  // c0 (B, H) or (0,)
+                                  .Arg<ffi::AnyBuffer>()  // w_x (I, GH)
+                                  .Arg<ffi::AnyBuffer>()  // w_h (H, GH)
+                                  .Arg<ffi::AnyBuffer>()  // b (GH,): b, or the GRU's b_x
+                                  .Arg<ffi::AnyBuffer>()  // b_h (GH,) for the GRU, else (0,)
+                                  .Ret<ffi::AnyBuffer>()  // hs, like xs with H features
+                                  .Ret<ffi::AnyBuffer>()  // h_last (B, H)
+                                  .Ret<ffi::AnyBuffer>()  // c_last (B, H) or (0,)
+                                  .Ret<ffi::AnyBuffer>()  // residuals (N*R*H,), or (0,)
+                                  .Attr<int32_t>("kind")
+                                  .Attr<bool>("reverse")
+                                  .Attr<bool>("batch_major"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnJaxFusedBackward, Backward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()  // xs
+                                  .Arg<ffi::AnyBuffer>()  // lengths
+                                  .Arg<ffi::AnyBuffer>()  // w_x
+                                  .Arg<ffi::AnyBuffer>()  // w_h
+                                  .Arg<ffi::AnyBuffer>()  // residuals
+                                  .Arg<ffi::AnyBuffer>()  // d_hs
+                                  .Arg<ffi::AnyBuffer>()  // d_h_last
+                                  .Arg<ffi::AnyBuffer>()  // d_c_last
+                                  .Ret<ffi::AnyBuffer>()  // d_xs
+                                  .Ret<ffi::AnyBuffer>()  // d_h0
+                                  .Ret<ffi::AnyBuffer>()  // d_c0
+                                  .Ret<ffi::AnyBuffer>()  // d_w_x
+                                  .Ret<ffi::AnyBuffer>()  // d_w_h
+                                  .Ret<ffi::AnyBuffer>()  // d_b
+                                  .Ret<ffi::AnyBuffer>()  // d_b_h
+                                  .Attr<int32_t>("kind")
+                                  .Attr<bool>("reverse")
+                                  .Attr<bool>("batch_major"));
