@@ -77,15 +77,16 @@ def _backward(kind, reverse, batch_major, residuals, cotangents):
     xs, lengths, w_x, w_h, b, ws, (h0_shape, c0_shape, b_h_shape) = residuals
     d_hs, d_h_last, d_c_last = cotangents
     f32 = jnp.float32
-    results = tuple(
-        jax.ShapeDtypeStruct(shape, f32)
-        for shape in (xs.shape, h0_shape, c0_shape, w_x.shape, w_h.shape, b.shape, b_h_shape)
-    )
+    dz_shape = (xs.shape[0] * xs.shape[1], w_x.shape[1])
+    shapes = (dz_shape, h0_shape, c0_shape, w_x.shape, w_h.shape, b.shape, b_h_shape)
+    results = tuple(jax.ShapeDtypeStruct(shape, f32) for shape in shapes)
     call = jax.ffi.ffi_call(build.FUSED_BACKWARD_TARGET, results, vmap_method="sequential")
-    d_xs, d_h0, d_c0, d_w_x, d_w_h, d_b, d_b_h = call(
+    dz_x, d_h0, d_c0, d_w_x, d_w_h, d_b, d_b_h = call(
         xs, lengths, w_x, w_h, ws, d_hs, d_h_last, d_c_last,
         **_attrs(kind, reverse, batch_major),
     )  # fmt: skip
+    # d_xs as an XLA dot: dropped where nobody reads it (a first layer's data).
+    d_xs = jnp.dot(dz_x, w_x.T).reshape(xs.shape)
     return d_xs, None, d_h0, d_c0, d_w_x, d_w_h, d_b, d_b_h
 
 

@@ -17,8 +17,10 @@
 //     Zh = h @ w_h (+ b_h for the GRU)     (rows, H) x (H, GH)
 //     gate maths reading Xp at each row's position, writing hs and the residuals
 // Backward: the same chunks run the reverse sweep (dz per step, dh_prev = dz_h @ w_h^T),
-// writing dz at each position; then d_xs = dz_x @ w_x^T, d_w_x = xs^T @ dz_x,
-// d_w_h = h_prev^T @ dz_h and the bias gradients as single products/sums over all positions.
+// writing dz_x at each position (an output: the caller computes d_xs = dz_x @ w_x^T as an
+// XLA dot, which XLA drops where nobody needs d_xs, as for a first layer's data); then
+// d_w_x = xs^T @ dz_x, d_w_h = h_prev^T @ dz_h and the bias gradients as single
+// products/sums over all positions.
 //
 // lengths (B,) int32, clamped to [0, T]: row b reads positions 0..L-1 (reverse: L-1..0);
 // outputs past L are zero, the carry is frozen after its last valid step (the scan path's
@@ -377,7 +379,7 @@ void forward(const Shape& s, const ForwardArgs& a, Team& team) {
 struct BackwardArgs {
   const float *xs, *w_x, *w_h, *ws, *d_hs, *d_h_last, *d_c_last;
   const int32_t* lengths;
-  float *d_xs, *d_h0, *d_c0, *d_w_x, *d_w_h, *d_b, *d_b_h;
+  float *dz_x, *d_h0, *d_c0, *d_w_x, *d_w_h, *d_b, *d_b_h;
 };
 
 // The reverse sweep for rows [b0, b1): writes dz_x (and dz_h for the GRU) at each valid
@@ -503,30 +505,24 @@ void column_sums(const float* m, int64_t n, int64_t cols, int64_t c0, int64_t c1
 
 void backward(const Shape& s, const BackwardArgs& a, Team& team) {
   const int64_t N = s.positions(), GH = s.gh(), H = s.hidden, I = s.input;
-  std::unique_ptr<float[]> dzx(new float[N * GH]);
+  float* dzx = a.dz_x;
   std::unique_ptr<float[]> dzh_own(s.kind == kGru ? new float[N * GH] : nullptr);
-  float* dzh = s.kind == kGru ? dzh_own.get() : dzx.get();
+  float* dzh = s.kind == kGru ? dzh_own.get() : dzx;
   const int parts = static_cast<int>(std::min<int64_t>(team.threads(), s.batch));
   team.parallel(parts, [&](int i) {
-    backward_rows(s, a, dzx.get(), dzh, chunk_begin(s.batch, parts, i),
+    backward_rows(s, a, dzx, dzh, chunk_begin(s.batch, parts, i),
                   chunk_begin(s.batch, parts, i + 1));
   });
   const float* h_prev = Residuals(const_cast<float*>(a.ws), s).h_prev;
-  // d_xs rows and the weight/bias gradients' columns, split across the team.
-  const int t = team.threads();
-  team.parallel(2 * t, [&](int task) {
-    const int i = task % t;
-    if (task < t) {  // d_xs = dz_x @ w_x^T, rows [r0, r1)
-      const int64_t r0 = chunk_begin(N, t, i), r1 = chunk_begin(N, t, i + 1);
-      gemm('N', 'T', r1 - r0, I, GH, dzx.get() + r0 * GH, GH, a.w_x, GH, 0.0f,
-           a.d_xs + r0 * I, I);
-      return;
-    }
-    const int64_t c0 = chunk_begin(GH, t, i), c1 = chunk_begin(GH, t, i + 1);
+  // The weight and bias gradients by column blocks, several per thread so that a late
+  // helper thread still gets a share.
+  const int blocks = static_cast<int>(std::min<int64_t>(4 * team.threads(), (GH + 7) / 8));
+  team.parallel(blocks, [&](int i) {
+    const int64_t c0 = chunk_begin(GH, blocks, i), c1 = chunk_begin(GH, blocks, i + 1);
     if (c1 == c0) return;
-    gemm('T', 'N', I, c1 - c0, N, a.xs, I, dzx.get() + c0, GH, 0.0f, a.d_w_x + c0, GH);
     gemm('T', 'N', H, c1 - c0, N, h_prev, H, dzh + c0, GH, 0.0f, a.d_w_h + c0, GH);
-    column_sums(dzx.get(), N, GH, c0, c1, a.d_b);
+    gemm('T', 'N', I, c1 - c0, N, a.xs, I, dzx + c0, GH, 0.0f, a.d_w_x + c0, GH);
+    column_sums(dzx, N, GH, c0, c1, a.d_b);
     if (s.kind == kGru) column_sums(dzh, N, GH, c0, c1, a.d_b_h);
   });
 }
@@ -562,7 +558,7 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::AnyBuffer xs, ffi::AnyBuffer lengt
 ffi::Error Backward(ffi::ThreadPool pool, ffi::AnyBuffer xs, ffi::AnyBuffer lengths,
                     ffi::AnyBuffer w_x, ffi::AnyBuffer w_h, ffi::AnyBuffer ws,
                     ffi::AnyBuffer d_hs, ffi::AnyBuffer d_h_last, ffi::AnyBuffer d_c_last,
-                    ffi::Result<ffi::AnyBuffer> d_xs, ffi::Result<ffi::AnyBuffer> d_h0,
+                    ffi::Result<ffi::AnyBuffer> dz_x, ffi::Result<ffi::AnyBuffer> d_h0,
                     ffi::Result<ffi::AnyBuffer> d_c0, ffi::Result<ffi::AnyBuffer> d_w_x,
                     ffi::Result<ffi::AnyBuffer> d_w_h, ffi::Result<ffi::AnyBuffer> d_b,
                     ffi::Result<ffi::AnyBuffer> d_b_h, int32_t kind, bool reverse,
@@ -573,7 +569,7 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::AnyBuffer xs, ffi::AnyBuffer leng
     if (batch_major) std::swap(s.steps, s.batch);
     BackwardArgs a{fdata(xs),       fdata(w_x),     fdata(w_h),      fdata(ws),
                    fdata(d_hs),     fdata(d_h_last), fdata(d_c_last), idata(lengths),
-                   fdata(d_xs),     fdata(d_h0),    fdata(d_c0),     fdata(d_w_x),
+                   fdata(dz_x),     fdata(d_h0),    fdata(d_c0),     fdata(d_w_x),
                    fdata(d_w_h),    fdata(d_b),     fdata(d_b_h)};
     Team team(pool);
     backward(s, a, team);
@@ -614,7 +610,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnJaxFusedBackward, Backward,
                                   .Arg<ffi::AnyBuffer>()  // d_hs
                                   .Arg<ffi::AnyBuffer>()  // d_h_last
                                   .Arg<ffi::AnyBuffer>()  // d_c_last
-                                  .Ret<ffi::AnyBuffer>()  // d_xs
+                                  .Ret<ffi::AnyBuffer>()  // dz_x (N, GH)
                                   .Ret<ffi::AnyBuffer>()  // d_h0
                                   .Ret<ffi::AnyBuffer>()  // d_c0
                                   .Ret<ffi::AnyBuffer>()  // d_w_x
