@@ -35,7 +35,9 @@ GRAD_TOL = 1e-4
 rng = np.random.default_rng
 
 # (B, T, I, H, time_major, reverse, lengths): B=1, T=1, H not a multiple of 8 or 16, both
-# layouts, reverse, lengths with a 0 and a full row; "mixed" draws lengths in [0, T].
+# layouts, reverse, lengths with a 0 and a full row; "mixed" draws lengths in [0, T]. With
+# two threads, H >= 16 runs the split by hidden units (barrier per step), H < 16 the split
+# by batch rows.
 SHAPES = [
     (1, 1, 3, 5, False, False, None),
     (4, 7, 6, 13, False, True, "mixed"),
@@ -223,7 +225,8 @@ def test_what_it_cannot_run_is_refused_by_name(kwargs, error, match):
 
 
 def test_thread_count_setting(monkeypatch):
-    params, xs, _ = random_problem(rj.gru, (5, 4, 2, 7), jnp.float32, rng(7))
+    # H = 20: split by hidden units on two threads, one block on one.
+    params, xs, _ = random_problem(rj.gru, (5, 4, 2, 20), jnp.float32, rng(7))
     run = jax.jit(
         jax.value_and_grad(lambda p: jnp.sum(rj.unroll(rj.gru, p, xs, backend="fused_cpu")[1]))
     )

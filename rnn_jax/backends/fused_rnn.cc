@@ -12,11 +12,13 @@
 //
 // Algorithm (forward):
 //   Xp = xs @ w_x + b                      one (N, I) x (I, GH) product for every step
-//   rows are split into contiguous chunks, one per thread: rows never interact, so each
-//   thread runs the whole recurrence for its rows with no synchronisation per step:
-//     Zh = h @ w_h (+ b_h for the GRU)     (rows, H) x (H, GH)
+//   then the recurrence, on a gang of threads (see block_of): with enough rows per thread
+//   each thread runs its batch rows' whole sequence (rows never interact: no
+//   synchronisation per step); with few rows (B < 32 per thread) each thread takes a slice
+//   of the hidden units for all rows, with a barrier per step. Per step:
+//     Zh = h @ w_h (+ b_h for the GRU)     (rows, H) x (H, G*units)
 //     gate maths reading Xp at each row's position, writing hs and the residuals
-// Backward: the same chunks run the reverse sweep (dz per step, dh_prev = dz_h @ w_h^T),
+// Backward: the same split runs the reverse sweep (dz per step, dh_prev = dz_h @ w_h^T),
 // writing dz_x at each position (an output: the caller computes d_xs = dz_x @ w_x^T as an
 // XLA dot, which XLA drops where nobody needs d_xs, as for a first layer's data); then
 // d_w_x = xs^T @ dz_x, d_w_h = h_prev^T @ dz_h and the bias gradients as single
@@ -32,16 +34,17 @@
 //   gru:       r, z, n, h_n (= h @ w_hn + b_hn), h_prev        R = 5
 // h_prev is zero at padded positions; the other sections are not read there.
 //
-// Threads: the chunks run on XLA's intra-op thread pool (the FFI ThreadPool context), the
-// calling thread taking chunks too; no thread of our own, so nothing oversubscribes XLA's
-// pool. The count is min(pool size, rnn_jax_fused_set_num_threads(n) if n > 0); each
-// participant claims chunks from an atomic counter, so the call completes even if the pool
-// never runs the scheduled tasks.
+// Threads: XLA's intra-op thread pool (the FFI ThreadPool context), the calling thread
+// taking part too; no thread of our own, so nothing oversubscribes XLA's pool. The count is
+// min(pool size, rnn_jax_fused_set_num_threads(n) if n > 0). Work-sharing loops claim
+// chunks from an atomic counter; the recurrence runs on whoever joins within 2 ms (at
+// least the caller), so a busy pool delays nothing and nothing can deadlock.
 
 #include <omp.h>
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -62,7 +65,6 @@ namespace {
 enum Kind : int32_t { kTanh = 0, kRelu = 1, kLstm = 2, kGru = 3 };
 
 int64_t num_gates(int32_t kind) { return kind == kLstm ? 4 : kind == kGru ? 3 : 1; }
-int64_t residual_width(int32_t kind) { return kind == kLstm ? 7 : kind == kGru ? 5 : 2; }
 
 // ---------------------------------------------------------------------------------------
 // Element-wise functions, written so that g++ vectorises loops over them (no libm calls).
@@ -104,6 +106,8 @@ inline float tanh_f(float x) {
 // ---------------------------------------------------------------------------------------
 // Products: oneDNN's row-major sgemm, C = alpha op(A) op(B) + beta C.
 
+std::atomic<int> gemm_status{dnnl_success};
+
 void gemm(char ta, char tb, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
           const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
   if (m == 0 || n == 0) return;
@@ -113,6 +117,13 @@ void gemm(char ta, char tb, int64_t m, int64_t n, int64_t k, const float* a, int
     return;
   }
   const dnnl_status_t status = dnnl_sgemm(ta, tb, m, n, k, 1.0f, a, lda, b, ldb, beta, c, ldc);
+  if (status != dnnl_success) gemm_status.store(status);
+}
+
+// Throws if a product failed since the call began (products never throw themselves: a
+// throw between two barriers would leave the other threads waiting).
+void check_products() {
+  const int status = gemm_status.exchange(dnnl_success);
   if (status != dnnl_success) {
     throw std::runtime_error("dnnl_sgemm failed with status " + std::to_string(status));
   }
@@ -152,6 +163,48 @@ void run_tasks(TeamState& st) {
   omp_set_num_threads(omp_before);
 }
 
+// A spinning barrier for `count` threads (yielding after a short spin: with more runnable
+// threads than cores a pure spin would starve the thread it waits for).
+class Barrier {
+ public:
+  explicit Barrier(int count) : count_(count) {}
+  void wait() {
+    if (count_ <= 1) return;
+    const int generation = generation_.load(std::memory_order_acquire);
+    if (arrived_.fetch_add(1, std::memory_order_acq_rel) == count_ - 1) {
+      arrived_.store(0, std::memory_order_relaxed);
+      generation_.fetch_add(1, std::memory_order_release);
+      return;
+    }
+    for (int spin = 0; generation_.load(std::memory_order_acquire) == generation; ++spin) {
+      if (spin > 200) std::this_thread::yield();
+    }
+  }
+
+ private:
+  int count_;
+  std::atomic<int> arrived_{0}, generation_{0};
+};
+
+// A gang: threads that run one body together, so that it may use a barrier. Helpers from
+// XLA's pool join within a short wait or not at all (the pool may be busy, e.g. with the
+// other direction of a bidirectional layer); the gang is whoever joined, at least the caller.
+struct GangState {
+  static constexpr int kClosed = 1 << 20;
+  std::atomic<int> joined{1}, finished{0}, size{-1};
+  std::unique_ptr<Barrier> barrier;
+  std::function<void(int, int, Barrier&)> body;  // (index, gang size, barrier)
+};
+
+void gang_member(GangState& st, int index) {
+  const int omp_before = omp_get_max_threads();
+  omp_set_num_threads(1);
+  int size;
+  while ((size = st.size.load(std::memory_order_acquire)) < 0) std::this_thread::yield();
+  st.body(index, size, *st.barrier);
+  omp_set_num_threads(omp_before);
+}
+
 class Team {
  public:
   Team(ffi::ThreadPool pool) : pool_(pool) {
@@ -171,6 +224,38 @@ class Team {
     run_tasks(*st);
     while (st->done.load(std::memory_order_acquire) < count) std::this_thread::yield();
     if (st->failed.load()) throw std::runtime_error(st->error);
+  }
+
+  // body(index, size, barrier) on a gang of up to `wanted` threads; returns the gang size.
+  int gang(int wanted, std::function<void(int, int, Barrier&)> body) {
+    wanted = std::max(1, std::min(wanted, threads_));
+    auto st = std::make_shared<GangState>();
+    st->body = std::move(body);
+    for (int k = 1; k < wanted; ++k) {
+      pool_.Schedule([st, wanted] {
+        const int index = st->joined.fetch_add(1, std::memory_order_acq_rel);
+        if (index >= wanted) return;  // closed, or not needed
+        gang_member(*st, index);
+        st->finished.fetch_add(1, std::memory_order_release);
+      });
+    }
+    // Wait up to 2 ms for the helpers, then close the gang to latecomers.
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(2);
+    int size = st->joined.load(std::memory_order_acquire);
+    while (size < wanted) {
+      if (std::chrono::steady_clock::now() > deadline &&
+          st->joined.compare_exchange_strong(size, GangState::kClosed)) {
+        break;
+      }
+      std::this_thread::yield();
+      size = st->joined.load(std::memory_order_acquire);
+    }
+    size = std::min(size, wanted);
+    st->barrier = std::make_unique<Barrier>(size);
+    st->size.store(size, std::memory_order_release);
+    gang_member(*st, 0);
+    while (st->finished.load(std::memory_order_acquire) < size - 1) std::this_thread::yield();
+    return size;
   }
 
  private:
@@ -245,63 +330,103 @@ struct ForwardArgs {
   float *hs, *h_last, *c_last, *ws;  // ws null: inference (no residuals)
 };
 
-// The recurrence for rows [b0, b1).
-void forward_rows(const Shape& s, const ForwardArgs& a, const float* xp, int64_t b0,
-                  int64_t b1) {
-  const int64_t H = s.hidden, GH = s.gh(), rows = b1 - b0;
-  std::vector<float> h_buf(rows * H), c_buf(s.kind == kLstm ? rows * H : 0), zh(rows * GH);
-  std::vector<float> scratch(GH + H);  // where an inference step's gates go
-  float* h = h_buf.data();
-  float* c = c_buf.data();
-  std::memcpy(h, a.h0 + b0 * H, rows * H * sizeof(float));
-  if (s.kind == kLstm) std::memcpy(c, a.c0 + b0 * H, rows * H * sizeof(float));
+// How a gang splits the recurrence: by batch rows (no synchronisation, each thread runs its
+// rows' whole sequence) while every thread gets at least kMinRows rows, else by hidden units
+// (every thread all rows; a barrier per step, since each step's product reads all of h).
+// Small products lose efficiency: oneDNN's sgemm runs (16, 256) x (256, 1024) at ~30 GFLOP/s
+// on one AVX2 core, (32, 256) x (256, 512) at ~80.
+constexpr int64_t kMinRows = 32;
+
+struct Block {
+  int64_t b0, b1, j0, j1;  // rows [b0, b1), hidden units [j0, j1)
+  bool by_units;
+};
+
+Block block_of(const Shape& s, int index, int size) {
+  if (size > 1 && s.batch < kMinRows * size && s.hidden >= 8 * size) {
+    return {0, s.batch, chunk_begin(s.hidden, size, index), chunk_begin(s.hidden, size, index + 1),
+            true};
+  }
+  return {chunk_begin(s.batch, size, index), chunk_begin(s.batch, size, index + 1), 0, s.hidden,
+          false};
+}
+
+// w_h's columns of units [j0, j1), gate by gate: (H, G*Hk), ldb G*Hk (Hk = j1 - j0).
+std::vector<float> unit_columns(const Shape& s, const float* w_h, int64_t j0, int64_t j1) {
+  const int64_t H = s.hidden, G = num_gates(s.kind), GH = s.gh(), Hk = j1 - j0;
+  std::vector<float> w(H * G * Hk);
+  for (int64_t k = 0; k < H; ++k)
+    for (int64_t g = 0; g < G; ++g)
+      std::memcpy(&w[k * G * Hk + g * Hk], w_h + k * GH + g * H + j0, Hk * sizeof(float));
+  return w;
+}
+
+// The forward recurrence of one block. `h` is two (B, H) buffers shared by the gang (this
+// step's carry and the next one's).
+void forward_block(const Shape& s, const ForwardArgs& a, const float* xp, const Block& blk,
+                   float* h_pair, Barrier& barrier) {
+  const int64_t H = s.hidden, G = num_gates(s.kind), GH = s.gh();
+  const int64_t rows = blk.b1 - blk.b0, j0 = blk.j0, Hk = blk.j1 - blk.j0, GHk = G * Hk;
+  const int64_t B = s.batch;
+  float* hbuf[2] = {h_pair, h_pair + B * H};
+  std::vector<float> wk = Hk == H ? std::vector<float>() : unit_columns(s, a.w_h, j0, blk.j1);
+  const float* w = Hk == H ? a.w_h : wk.data();
+  std::vector<float> c(s.kind == kLstm ? rows * Hk : 0), zh(rows * GHk), scratch(GH + H);
   std::vector<int64_t> len(rows);
   int64_t longest = 0;
-  for (int64_t r = 0; r < rows; ++r) {
-    len[r] = s.length(a.lengths, b0 + r);
-    longest = std::max(longest, len[r]);
-  }
   std::unique_ptr<Residuals> res(a.ws ? new Residuals(a.ws, s) : nullptr);
-  // Padded positions: zero outputs; h_prev zero too (the d_w_h product reads every row;
-  // the other residuals are read at valid positions only).
   for (int64_t r = 0; r < rows; ++r) {
+    const int64_t b = blk.b0 + r;
+    len[r] = s.length(a.lengths, b);
+    longest = std::max(longest, len[r]);
+    std::memcpy(hbuf[0] + b * H + j0, a.h0 + b * H + j0, Hk * sizeof(float));
+    if (s.kind == kLstm) std::memcpy(&c[r * Hk], a.c0 + b * H + j0, Hk * sizeof(float));
+    if (j0 != 0) continue;
+    // Padded positions (one thread per row): zero outputs; h_prev zero too (the d_w_h
+    // product reads every row; the other residuals are read at valid positions only).
     for (int64_t t = len[r]; t < s.steps; ++t) {
-      const int64_t p = s.row(b0 + r, t);
+      const int64_t p = s.row(b, t);
       std::memset(a.hs + p * H, 0, H * sizeof(float));
       if (res) std::memset(res->h_prev + p * H, 0, H * sizeof(float));
     }
   }
+  if (blk.by_units) barrier.wait();  // h0 whole before the first product
   for (int64_t step = 0; step < longest; ++step) {
+    const float* hc = hbuf[step % 2];
+    float* hn_buf = hbuf[(step + 1) % 2];
     // Rows whose sequence has ended keep their carry; the product runs over all rows of
-    // the chunk (cheaper than gathering the live ones).
-    gemm('N', 'N', rows, GH, H, h, H, a.w_h, GH, 0.0f, zh.data(), GH);
+    // the block (cheaper than gathering the live ones).
+    gemm('N', 'N', rows, GHk, H, hc + blk.b0 * H, H, w, GHk, 0.0f, zh.data(), GHk);
     for (int64_t r = 0; r < rows; ++r) {
-      if (step >= len[r]) continue;
-      const int64_t p = s.row(b0 + r, s.position(len[r], step));
-      const float* x = xp + p * GH;
-      float* z = zh.data() + r * GH;
-      float* hr = h + r * H;
-      float* out = a.hs + p * H;
+      const int64_t b = blk.b0 + r;
+      const float* hr = hc + b * H + j0;  // this block's units of h_{t-1}
+      float* hw = hn_buf + b * H + j0;
+      if (step >= len[r]) {
+        std::memcpy(hw, hr, Hk * sizeof(float));
+        continue;
+      }
+      const int64_t p = s.row(b, s.position(len[r], step));
+      const float* x = xp + p * GH + j0;
+      const float* z = zh.data() + r * GHk;
+      float* out = a.hs + p * H + j0;
+      if (res) std::memcpy(res->h_prev + p * H + j0, hr, Hk * sizeof(float));
       if (s.kind == kLstm) {
-        float* cr = c + r * H;
+        float* cr = &c[r * Hk];
         // Without residuals (inference) the gates go to a scratch row: no branch in the loop.
-        float* g = res ? res->gates + p * GH : scratch.data();
-        float* tc = res ? res->tanh_c + p * H : scratch.data() + GH;
-        if (res) {
-          std::memcpy(res->h_prev + p * H, hr, H * sizeof(float));
-          std::memcpy(res->c_prev + p * H, cr, H * sizeof(float));
-        }
+        float* g = res ? res->gates + p * GH + j0 : scratch.data();
+        float* tc = res ? res->tanh_c + p * H + j0 : scratch.data() + GH;
+        if (res) std::memcpy(res->c_prev + p * H + j0, cr, Hk * sizeof(float));
 #pragma GCC ivdep
-        for (int64_t j = 0; j < H; ++j) {
+        for (int64_t j = 0; j < Hk; ++j) {
           const float i_ = sigmoid_f(x[j] + z[j]);
-          const float f_ = sigmoid_f(x[H + j] + z[H + j]);
-          const float g_ = tanh_f(x[2 * H + j] + z[2 * H + j]);
-          const float o_ = sigmoid_f(x[3 * H + j] + z[3 * H + j]);
+          const float f_ = sigmoid_f(x[H + j] + z[Hk + j]);
+          const float g_ = tanh_f(x[2 * H + j] + z[2 * Hk + j]);
+          const float o_ = sigmoid_f(x[3 * H + j] + z[3 * Hk + j]);
           const float cn = f_ * cr[j] + i_ * g_;
           const float t_ = tanh_f(cn);
           const float hn = o_ * t_;
           cr[j] = cn;
-          hr[j] = hn;
+          hw[j] = hn;
           out[j] = hn;
           g[j] = i_;
           g[H + j] = f_;
@@ -310,18 +435,17 @@ void forward_rows(const Shape& s, const ForwardArgs& a, const float* xp, int64_t
           tc[j] = t_;
         }
       } else if (s.kind == kGru) {
-        if (res) std::memcpy(res->h_prev + p * H, hr, H * sizeof(float));
-        float* g = res ? res->gates + p * GH : scratch.data();
-        float* hn_out = res ? res->h_n + p * H : scratch.data() + GH;
-        const float* bh = a.b_h;
+        float* g = res ? res->gates + p * GH + j0 : scratch.data();
+        float* hn_out = res ? res->h_n + p * H + j0 : scratch.data() + GH;
+        const float* bh = a.b_h + j0;
 #pragma GCC ivdep
-        for (int64_t j = 0; j < H; ++j) {
+        for (int64_t j = 0; j < Hk; ++j) {
           const float r_ = sigmoid_f(x[j] + z[j] + bh[j]);
-          const float z_ = sigmoid_f(x[H + j] + z[H + j] + bh[H + j]);
-          const float hn = z[2 * H + j] + bh[2 * H + j];
+          const float z_ = sigmoid_f(x[H + j] + z[Hk + j] + bh[H + j]);
+          const float hn = z[2 * Hk + j] + bh[2 * H + j];
           const float n_ = tanh_f(x[2 * H + j] + r_ * hn);
           const float hnew = (1.0f - z_) * n_ + z_ * hr[j];
-          hr[j] = hnew;
+          hw[j] = hnew;
           out[j] = hnew;
           g[j] = r_;
           g[H + j] = z_;
@@ -329,36 +453,39 @@ void forward_rows(const Shape& s, const ForwardArgs& a, const float* xp, int64_t
           hn_out[j] = hn;
         }
       } else {
-        if (res) std::memcpy(res->h_prev + p * H, hr, H * sizeof(float));
-        float* hsave = res ? res->h_new + p * H : scratch.data();
+        float* hsave = res ? res->h_new + p * H + j0 : scratch.data();
         if (s.kind == kRelu) {
 #pragma GCC ivdep
-          for (int64_t j = 0; j < H; ++j) {
+          for (int64_t j = 0; j < Hk; ++j) {
             const float hnew = std::max(x[j] + z[j], 0.0f);
-            hr[j] = hnew;
+            hw[j] = hnew;
             out[j] = hnew;
             hsave[j] = hnew;
           }
         } else {
 #pragma GCC ivdep
-          for (int64_t j = 0; j < H; ++j) {
+          for (int64_t j = 0; j < Hk; ++j) {
             const float hnew = tanh_f(x[j] + z[j]);
-            hr[j] = hnew;
+            hw[j] = hnew;
             out[j] = hnew;
             hsave[j] = hnew;
           }
         }
       }
     }
+    if (blk.by_units) barrier.wait();  // h_t whole before the next product
   }
-  std::memcpy(a.h_last + b0 * H, h, rows * H * sizeof(float));
-  if (s.kind == kLstm) std::memcpy(a.c_last + b0 * H, c, rows * H * sizeof(float));
+  const float* hf = hbuf[longest % 2];
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t b = blk.b0 + r;
+    std::memcpy(a.h_last + b * H + j0, hf + b * H + j0, Hk * sizeof(float));
+    if (s.kind == kLstm) std::memcpy(a.c_last + b * H + j0, &c[r * Hk], Hk * sizeof(float));
+  }
 }
 
 void forward(const Shape& s, const ForwardArgs& a, Team& team) {
   const int64_t N = s.positions(), GH = s.gh();
   std::unique_ptr<float[]> xp(new float[N * GH]);
-  const int parts = static_cast<int>(std::min<int64_t>(team.threads(), s.batch));
   // Xp = xs @ w_x + b, rows split across the team.
   const int xparts = static_cast<int>(std::min<int64_t>(team.threads(), N));
   team.parallel(xparts, [&](int i) {
@@ -367,14 +494,14 @@ void forward(const Shape& s, const ForwardArgs& a, Team& team) {
     gemm('N', 'N', r1 - r0, GH, s.input, a.xs + r0 * s.input, s.input, a.w_x, GH, 1.0f,
          xp.get() + r0 * GH, GH);
   });
-  team.parallel(parts, [&](int i) {
-    forward_rows(s, a, xp.get(), chunk_begin(s.batch, parts, i),
-                 chunk_begin(s.batch, parts, i + 1));
-  });
+  check_products();
+  std::unique_ptr<float[]> h_pair(new float[2 * s.batch * s.hidden]);
+  team.gang(static_cast<int>(std::min<int64_t>(team.threads(), s.batch * s.hidden)),
+            [&](int index, int size, Barrier& barrier) {
+              forward_block(s, a, xp.get(), block_of(s, index, size), h_pair.get(), barrier);
+            });
+  check_products();
 }
-
-// ---------------------------------------------------------------------------------------
-// Backward
 
 struct BackwardArgs {
   const float *xs, *w_x, *w_h, *ws, *d_hs, *d_h_last, *d_c_last;
@@ -382,47 +509,53 @@ struct BackwardArgs {
   float *dz_x, *d_h0, *d_c0, *d_w_x, *d_w_h, *d_b, *d_b_h;
 };
 
-// The reverse sweep for rows [b0, b1): writes dz_x (and dz_h for the GRU) at each valid
-// position (zero at padded ones), d_h0 and d_c0.
-void backward_rows(const Shape& s, const BackwardArgs& a, float* dzx, float* dzh, int64_t b0,
-                   int64_t b1) {
-  const int64_t H = s.hidden, GH = s.gh(), rows = b1 - b0;
+// The reverse sweep of one block: writes dz_x (and dz_h for the GRU) at each valid position
+// (zero at padded ones), d_h0 and d_c0. `dstep` is two (B, GH) buffers shared by the gang:
+// each step's dz_h, which the product dh_{t-1} = dz_h @ w_h^T reads whole.
+void backward_block(const Shape& s, const BackwardArgs& a, float* dzx, float* dzh,
+                    const Block& blk, float* dstep_pair, Barrier& barrier) {
+  const int64_t H = s.hidden, GH = s.gh(), B = s.batch;
+  const int64_t rows = blk.b1 - blk.b0, j0 = blk.j0, Hk = blk.j1 - blk.j0;
   Residuals res(const_cast<float*>(a.ws), s);
-  std::vector<float> dh_buf(rows * H), dc_buf(s.kind == kLstm ? rows * H : 0);
-  std::vector<float> dstep(rows * GH, 0.0f), back(rows * H);
-  float* dh = dh_buf.data();
-  float* dc = dc_buf.data();
-  std::memcpy(dh, a.d_h_last + b0 * H, rows * H * sizeof(float));
-  if (s.kind == kLstm) std::memcpy(dc, a.d_c_last + b0 * H, rows * H * sizeof(float));
+  float* dbuf[2] = {dstep_pair, dstep_pair + B * GH};
+  std::vector<float> dh(rows * Hk), dc(s.kind == kLstm ? rows * Hk : 0), back(rows * Hk);
   std::vector<int64_t> len(rows);
   int64_t longest = 0;
   for (int64_t r = 0; r < rows; ++r) {
-    len[r] = s.length(a.lengths, b0 + r);
+    const int64_t b = blk.b0 + r;
+    std::memcpy(&dh[r * Hk], a.d_h_last + b * H + j0, Hk * sizeof(float));
+    if (s.kind == kLstm) std::memcpy(&dc[r * Hk], a.d_c_last + b * H + j0, Hk * sizeof(float));
+    len[r] = s.length(a.lengths, b);
     longest = std::max(longest, len[r]);
-    for (int64_t t = len[r]; t < s.steps; ++t) {
-      const int64_t p = s.row(b0 + r, t);
+    if (j0 != 0) continue;
+    for (int64_t t = len[r]; t < s.steps; ++t) {  // one thread per row
+      const int64_t p = s.row(b, t);
       std::memset(dzx + p * GH, 0, GH * sizeof(float));
       if (dzh != dzx) std::memset(dzh + p * GH, 0, GH * sizeof(float));
     }
   }
   for (int64_t step = longest - 1; step >= 0; --step) {
+    float* dsb = dbuf[step % 2];
     for (int64_t r = 0; r < rows; ++r) {
-      float* ds = dstep.data() + r * GH;
+      const int64_t b = blk.b0 + r;
+      float* ds = dsb + b * GH + j0;
       if (step >= len[r]) {  // frozen carry: its gradient passes through unchanged
-        std::memset(ds, 0, GH * sizeof(float));
+        for (int64_t g = 0; g < num_gates(s.kind); ++g) {
+          std::memset(ds + g * H, 0, Hk * sizeof(float));
+        }
         continue;
       }
-      const int64_t p = s.row(b0 + r, s.position(len[r], step));
-      const float* dout = a.d_hs + p * H;
-      float* dhr = dh + r * H;
-      float* zx = dzx + p * GH;
+      const int64_t p = s.row(b, s.position(len[r], step));
+      const float* dout = a.d_hs + p * H + j0;
+      float* dhr = &dh[r * Hk];
+      float* zx = dzx + p * GH + j0;
       if (s.kind == kLstm) {
-        const float* g = res.gates + p * GH;
-        const float* cp = res.c_prev + p * H;
-        const float* tc = res.tanh_c + p * H;
-        float* dcr = dc + r * H;
+        const float* g = res.gates + p * GH + j0;
+        const float* cp = res.c_prev + p * H + j0;
+        const float* tc = res.tanh_c + p * H + j0;
+        float* dcr = &dc[r * Hk];
 #pragma GCC ivdep
-        for (int64_t j = 0; j < H; ++j) {
+        for (int64_t j = 0; j < Hk; ++j) {
           const float i_ = g[j], f_ = g[H + j], g_ = g[2 * H + j], o_ = g[3 * H + j];
           const float d_h = dhr[j] + dout[j];
           const float t_ = tc[j];
@@ -442,12 +575,12 @@ void backward_rows(const Shape& s, const BackwardArgs& a, float* dzx, float* dzh
           dcr[j] = d_c * f_;
         }
       } else if (s.kind == kGru) {
-        const float* g = res.gates + p * GH;
-        const float* hn = res.h_n + p * H;
-        const float* hp = res.h_prev + p * H;
-        float* zh = dzh + p * GH;
+        const float* g = res.gates + p * GH + j0;
+        const float* hn = res.h_n + p * H + j0;
+        const float* hp = res.h_prev + p * H + j0;
+        float* zh = dzh + p * GH + j0;
 #pragma GCC ivdep
-        for (int64_t j = 0; j < H; ++j) {
+        for (int64_t j = 0; j < Hk; ++j) {
           const float r_ = g[j], z_ = g[H + j], n_ = g[2 * H + j];
           const float d_h = dhr[j] + dout[j];
           const float dn = d_h * (1.0f - z_) * (1.0f - n_ * n_);
@@ -465,32 +598,47 @@ void backward_rows(const Shape& s, const BackwardArgs& a, float* dzx, float* dzh
           dhr[j] = d_h * z_;  // the direct path; the product adds dz_h @ w_h^T below
         }
       } else {
-        const float* hn = res.h_new + p * H;
-        const bool relu = s.kind == kRelu;
+        const float* hn = res.h_new + p * H + j0;
+        if (s.kind == kRelu) {
 #pragma GCC ivdep
-        for (int64_t j = 0; j < H; ++j) {
-          const float d_h = dhr[j] + dout[j];
-          const float dpre = relu ? (hn[j] > 0.0f ? d_h : 0.0f) : d_h * (1.0f - hn[j] * hn[j]);
-          zx[j] = dpre;
-          ds[j] = dpre;
+          for (int64_t j = 0; j < Hk; ++j) {
+            const float d_h = dhr[j] + dout[j];
+            const float dpre = hn[j] > 0.0f ? d_h : 0.0f;
+            zx[j] = dpre;
+            ds[j] = dpre;
+          }
+        } else {
+#pragma GCC ivdep
+          for (int64_t j = 0; j < Hk; ++j) {
+            const float d_h = dhr[j] + dout[j];
+            const float dpre = d_h * (1.0f - hn[j] * hn[j]);
+            zx[j] = dpre;
+            ds[j] = dpre;
+          }
         }
       }
     }
-    // dh_prev = dz_h @ w_h^T (+ the GRU's direct path) for the live rows.
-    gemm('N', 'T', rows, H, GH, dstep.data(), GH, a.w_h, GH, 0.0f, back.data(), H);
+    if (blk.by_units) barrier.wait();  // this step's dz_h whole before the product
+    // dh_{t-1} = dz_h @ w_h^T (+ the GRU's direct path) for the live rows, this block's
+    // units: w_h's rows [j0, j1) are w_h^T's columns.
+    gemm('N', 'T', rows, Hk, GH, dsb + blk.b0 * GH, GH, a.w_h + j0 * GH, GH, 0.0f, back.data(),
+         Hk);
     for (int64_t r = 0; r < rows; ++r) {
       if (step >= len[r]) continue;
-      float* dhr = dh + r * H;
-      const float* br = back.data() + r * H;
+      float* dhr = &dh[r * Hk];
+      const float* br = &back[r * Hk];
       if (s.kind == kGru) {
-        for (int64_t j = 0; j < H; ++j) dhr[j] += br[j];
+        for (int64_t j = 0; j < Hk; ++j) dhr[j] += br[j];
       } else {
-        std::memcpy(dhr, br, H * sizeof(float));
+        std::memcpy(dhr, br, Hk * sizeof(float));
       }
     }
   }
-  std::memcpy(a.d_h0 + b0 * H, dh, rows * H * sizeof(float));
-  if (s.kind == kLstm) std::memcpy(a.d_c0 + b0 * H, dc, rows * H * sizeof(float));
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t b = blk.b0 + r;
+    std::memcpy(a.d_h0 + b * H + j0, &dh[r * Hk], Hk * sizeof(float));
+    if (s.kind == kLstm) std::memcpy(a.d_c0 + b * H + j0, &dc[r * Hk], Hk * sizeof(float));
+  }
 }
 
 // Column sums of an (n, cols) matrix's columns [c0, c1) into out[c0:c1].
@@ -508,11 +656,13 @@ void backward(const Shape& s, const BackwardArgs& a, Team& team) {
   float* dzx = a.dz_x;
   std::unique_ptr<float[]> dzh_own(s.kind == kGru ? new float[N * GH] : nullptr);
   float* dzh = s.kind == kGru ? dzh_own.get() : dzx;
-  const int parts = static_cast<int>(std::min<int64_t>(team.threads(), s.batch));
-  team.parallel(parts, [&](int i) {
-    backward_rows(s, a, dzx, dzh, chunk_begin(s.batch, parts, i),
-                  chunk_begin(s.batch, parts, i + 1));
-  });
+  std::unique_ptr<float[]> dstep_pair(new float[2 * s.batch * GH]);
+  team.gang(static_cast<int>(std::min<int64_t>(team.threads(), s.batch * s.hidden)),
+            [&](int index, int size, Barrier& barrier) {
+              backward_block(s, a, dzx, dzh, block_of(s, index, size), dstep_pair.get(),
+                             barrier);
+            });
+  check_products();
   const float* h_prev = Residuals(const_cast<float*>(a.ws), s).h_prev;
   // The weight and bias gradients by column blocks, several per thread so that a late
   // helper thread still gets a share.
@@ -525,6 +675,7 @@ void backward(const Shape& s, const BackwardArgs& a, Team& team) {
     column_sums(dzx, N, GH, c0, c1, a.d_b);
     if (s.kind == kGru) column_sums(dzh, N, GH, c0, c1, a.d_b_h);
   });
+  check_products();
 }
 
 ffi::Error guarded(const char* what, const std::function<void()>& body) {
