@@ -2,13 +2,14 @@
 
 The kernel runs the same float32 maths in another order (one input product for all steps,
 oneDNN's sgemm, its own exp/tanh to about 1 ulp), so values and gradients agree with the
-scan path to float32 round-off, not bit for bit. The criterion, per array, against a float64
-run of the scan path: the kernel's error is at most ``tol`` of the array's largest entry (at
-least 1) plus twice the float32 scan path's own error there, with ``tol`` 1e-5 for values
-and 1e-4 for gradients. The second term matters only where the recurrence amplifies
-round-off: the Elman RNNs with these large random weights, where the scan path itself is up
-to 3.4e-5 off float64 (float32 eps 1.2e-7) and the two float32 paths differ by up to 1.9e-5;
-for the LSTM and GRU both are within 5e-7 of float64. Requires the ``rnn_jax[onednn]``
+scan path to float32 round-off, not bit for bit. Tolerance, per array, relative to its
+largest entry (at least 1; an entry's round-off scales with the terms summed into it): values
+1e-5, gradients 1e-4. LSTM and GRU: the kernel against the scan path (both within 5e-7 of a
+float64 run on these shapes). The Elman RNNs with these large random weights amplify
+round-off: the float32 scan path itself is up to 3.4e-5 off float64 (float32 eps 1.2e-7) and
+the two float32 paths differ by up to 1.9e-5. For them the criterion is against a float64 run
+of the scan path: the kernel's error at most the tolerance plus twice the float32 scan
+path's own error there. Requires the ``rnn_jax[onednn]``
 extra (part of ``test``) and g++: no skip.
 """
 
@@ -44,7 +45,6 @@ SHAPES = [
     (3, 9, 5, 16, True, False, "mixed"),
     (2, 6, 8, 11, True, True, None),
     (5, 8, 4, 20, False, True, "mixed"),
-    (3, 5, 2, 17, False, False, "mixed"),
 ]
 
 
@@ -107,14 +107,18 @@ def test_values_and_gradients_equal_scan(name, shape):
         _outputs_and_grads(cell, b, reverse, time_major)(params, xs, carry, lengths)
         for b in ("fused_cpu", "scan")
     )
-    with jax.enable_x64(True):
-        to64 = lambda tree: jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), tree)
-        exact = _outputs_and_grads(cell, "scan", reverse, time_major)(
-            to64(params), to64(xs), to64(carry), lengths
-        )
-        exact = jax.tree.map(np.asarray, exact)
-    assert_as_accurate(fused[0], scan[0], exact[0], VALUE_TOL)
-    assert_as_accurate(fused[1], scan[1], exact[1], GRAD_TOL)
+    if name in ("lstm", "gru"):
+        assert_close(fused[0], scan[0], VALUE_TOL)
+        assert_close(fused[1], scan[1], GRAD_TOL)
+    else:  # the Elman RNNs amplify round-off here: measure it against float64
+        with jax.enable_x64(True):
+            to64 = lambda tree: jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), tree)
+            exact = _outputs_and_grads(cell, "scan", reverse, time_major)(
+                to64(params), to64(xs), to64(carry), lengths
+            )
+            exact = jax.tree.map(np.asarray, exact)
+        assert_as_accurate(fused[0], scan[0], exact[0], VALUE_TOL)
+        assert_as_accurate(fused[1], scan[1], exact[1], GRAD_TOL)
     if lengths is not None:  # outputs past each length are exactly zero
         hs = fused[0][1] if not time_major else jnp.swapaxes(fused[0][1], 0, 1)
         past = np.arange(dims[1])[None, :] >= np.asarray(lengths)[:, None]
