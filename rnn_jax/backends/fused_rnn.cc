@@ -12,10 +12,10 @@
 //
 // Algorithm (forward):
 //   Xp = xs @ w_x + b                      one (N, I) x (I, GH) product for every step
-//   then the recurrence, on a gang of threads (see block_of): with enough rows per thread
-//   each thread runs its batch rows' whole sequence (rows never interact: no
-//   synchronisation per step); with few rows (B < 32 per thread) each thread takes a slice
-//   of the hidden units for all rows, with a barrier per step. Per step:
+//   then the recurrence, split across threads: with enough rows per thread, into chunks of
+//   batch rows, each thread running its chunks' whole sequences (rows never interact: no
+//   synchronisation per step); with few rows (B < 32 per thread) each thread of a gang
+//   takes a slice of the hidden units for all rows, with a barrier per step. Per step:
 //     Zh = h @ w_h (+ b_h for the GRU)     (rows, H) x (H, G*units)
 //     gate maths reading Xp at each row's position, writing hs and the residuals
 // Backward: the same split runs the reverse sweep (dz per step, dh_prev = dz_h @ w_h^T),
@@ -41,6 +41,9 @@
 // least the caller), so a busy pool delays nothing and nothing can deadlock.
 
 #include <omp.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+#endif
 
 #include <algorithm>
 #include <atomic>
@@ -50,6 +53,7 @@
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -134,6 +138,22 @@ void check_products() {
 
 std::atomic<int> requested_threads{0};
 
+// Denormals flushed to zero while the kernel runs on a thread, as XLA's CPU code does (a
+// long sequence's decaying gradients would otherwise take the slow denormal paths); the
+// thread's previous mode is restored after.
+#if defined(__x86_64__) || defined(__i386__)
+class FlushDenormals {
+ public:
+  FlushDenormals() : saved_(_mm_getcsr()) { _mm_setcsr(saved_ | 0x8040); }  // FTZ | DAZ
+  ~FlushDenormals() { _mm_setcsr(saved_); }
+
+ private:
+  unsigned int saved_;
+};
+#else
+struct FlushDenormals {};  // other CPUs: the thread's own mode
+#endif
+
 struct TeamState {
   std::atomic<int> next{0}, done{0};
   std::atomic<bool> failed{false};
@@ -144,6 +164,7 @@ struct TeamState {
 };
 
 void run_tasks(TeamState& st) {
+  FlushDenormals flush;
   // oneDNN's sgemm would start an OpenMP team of its own in every task: one thread each.
   const int omp_before = omp_get_max_threads();
   omp_set_num_threads(1);
@@ -197,6 +218,7 @@ struct GangState {
 };
 
 void gang_member(GangState& st, int index) {
+  FlushDenormals flush;
   const int omp_before = omp_get_max_threads();
   omp_set_num_threads(1);
   int size;
@@ -261,6 +283,52 @@ class Team {
  private:
   ffi::ThreadPool pool_;
   int threads_ = 1;
+};
+
+// Scratch buffers kept between calls: a fresh allocation of a long sequence's tens of MB is
+// a fresh mmap whose every page faults in on first touch (as much time as the product that
+// fills it). A call takes the smallest free buffer that fits (or a new one) and returns it
+// when done; at most four are kept.
+class Scratch {
+ public:
+  explicit Scratch(size_t floats) {
+    if (floats == 0) return;
+    std::lock_guard<std::mutex> lock(mutex());
+    auto& pool = free_list();
+    auto best = pool.end();
+    for (auto it = pool.begin(); it != pool.end(); ++it) {
+      if (it->size() >= floats && (best == pool.end() || it->size() < best->size())) best = it;
+    }
+    if (best != pool.end()) {
+      buffer_ = std::move(*best);
+      pool.erase(best);
+    }
+    if (buffer_.size() < floats) buffer_ = std::vector<float>(floats);
+  }
+  ~Scratch() {
+    if (buffer_.empty()) return;
+    std::lock_guard<std::mutex> lock(mutex());
+    auto& pool = free_list();
+    pool.push_back(std::move(buffer_));
+    if (pool.size() > kPoolSize) {  // drop the smallest
+      auto smallest = std::min_element(pool.begin(), pool.end(),
+                                       [](auto& x, auto& y) { return x.size() < y.size(); });
+      pool.erase(smallest);
+    }
+  }
+  float* get() { return buffer_.empty() ? nullptr : buffer_.data(); }
+
+ private:
+  static constexpr size_t kPoolSize = 4;
+  static std::mutex& mutex() {
+    static std::mutex m;
+    return m;
+  }
+  static std::vector<std::vector<float>>& free_list() {
+    static std::vector<std::vector<float>> pool;
+    return pool;
+  }
+  std::vector<float> buffer_;
 };
 
 // [begin, end) of chunk i when n items are split into `parts` near-equal chunks.
@@ -342,8 +410,21 @@ struct Block {
   bool by_units;
 };
 
+bool split_by_units(const Shape& s, int threads) {
+  return threads > 1 && s.batch < kMinRows * threads && s.hidden >= 8 * threads;
+}
+
+// Batch-row chunks for the split by rows: at least one per thread, and up to four per
+// thread while each keeps kMinRows rows, so that a thread the OS delays holds back only a
+// small share (the chunks are claimed as threads come free).
+int row_chunks(const Shape& s, int threads) {
+  const int64_t chunks = std::max<int64_t>(std::min<int64_t>(threads, s.batch),
+                                           std::min<int64_t>(s.batch / kMinRows, 4 * threads));
+  return static_cast<int>(std::max<int64_t>(chunks, 1));
+}
+
 Block block_of(const Shape& s, int index, int size) {
-  if (size > 1 && s.batch < kMinRows * size && s.hidden >= 8 * size) {
+  if (split_by_units(s, size)) {
     return {0, s.batch, chunk_begin(s.hidden, size, index), chunk_begin(s.hidden, size, index + 1),
             true};
   }
@@ -485,9 +566,9 @@ void forward_block(const Shape& s, const ForwardArgs& a, const float* xp, const 
 
 void forward(const Shape& s, const ForwardArgs& a, Team& team) {
   const int64_t N = s.positions(), GH = s.gh();
-  std::unique_ptr<float[]> xp(new float[N * GH]);
+  Scratch xp(N * GH);
   // Xp = xs @ w_x + b, rows split across the team.
-  const int xparts = static_cast<int>(std::min<int64_t>(team.threads(), N));
+  const int xparts = static_cast<int>(std::min<int64_t>(4 * team.threads(), N));
   team.parallel(xparts, [&](int i) {
     const int64_t r0 = chunk_begin(N, xparts, i), r1 = chunk_begin(N, xparts, i + 1);
     for (int64_t r = r0; r < r1; ++r) std::memcpy(xp.get() + r * GH, a.b, GH * sizeof(float));
@@ -495,11 +576,20 @@ void forward(const Shape& s, const ForwardArgs& a, Team& team) {
          xp.get() + r0 * GH, GH);
   });
   check_products();
-  std::unique_ptr<float[]> h_pair(new float[2 * s.batch * s.hidden]);
-  team.gang(static_cast<int>(std::min<int64_t>(team.threads(), s.batch * s.hidden)),
-            [&](int index, int size, Barrier& barrier) {
-              forward_block(s, a, xp.get(), block_of(s, index, size), h_pair.get(), barrier);
-            });
+  Scratch h_pair(2 * s.batch * s.hidden);
+  if (split_by_units(s, team.threads())) {
+    team.gang(team.threads(), [&](int index, int size, Barrier& barrier) {
+      forward_block(s, a, xp.get(), block_of(s, index, size), h_pair.get(), barrier);
+    });
+  } else {
+    const int chunks = row_chunks(s, team.threads());
+    team.parallel(chunks, [&](int i) {
+      Barrier alone(1);
+      const Block blk{chunk_begin(s.batch, chunks, i), chunk_begin(s.batch, chunks, i + 1), 0,
+                      s.hidden, false};
+      forward_block(s, a, xp.get(), blk, h_pair.get(), alone);
+    });
+  }
   check_products();
 }
 
@@ -654,14 +744,22 @@ void column_sums(const float* m, int64_t n, int64_t cols, int64_t c0, int64_t c1
 void backward(const Shape& s, const BackwardArgs& a, Team& team) {
   const int64_t N = s.positions(), GH = s.gh(), H = s.hidden, I = s.input;
   float* dzx = a.dz_x;
-  std::unique_ptr<float[]> dzh_own(s.kind == kGru ? new float[N * GH] : nullptr);
+  Scratch dzh_own(s.kind == kGru ? N * GH : 0);
   float* dzh = s.kind == kGru ? dzh_own.get() : dzx;
-  std::unique_ptr<float[]> dstep_pair(new float[2 * s.batch * GH]);
-  team.gang(static_cast<int>(std::min<int64_t>(team.threads(), s.batch * s.hidden)),
-            [&](int index, int size, Barrier& barrier) {
-              backward_block(s, a, dzx, dzh, block_of(s, index, size), dstep_pair.get(),
-                             barrier);
-            });
+  Scratch dstep_pair(2 * s.batch * GH);
+  if (split_by_units(s, team.threads())) {
+    team.gang(team.threads(), [&](int index, int size, Barrier& barrier) {
+      backward_block(s, a, dzx, dzh, block_of(s, index, size), dstep_pair.get(), barrier);
+    });
+  } else {
+    const int chunks = row_chunks(s, team.threads());
+    team.parallel(chunks, [&](int i) {
+      Barrier alone(1);
+      const Block blk{chunk_begin(s.batch, chunks, i), chunk_begin(s.batch, chunks, i + 1), 0,
+                      s.hidden, false};
+      backward_block(s, a, dzx, dzh, blk, dstep_pair.get(), alone);
+    });
+  }
   check_products();
   const float* h_prev = Residuals(const_cast<float*>(a.ws), s).h_prev;
   // The weight and bias gradients by column blocks, several per thread so that a late
