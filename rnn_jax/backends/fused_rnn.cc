@@ -762,18 +762,43 @@ void backward(const Shape& s, const BackwardArgs& a, Team& team) {
   }
   check_products();
   const float* h_prev = Residuals(const_cast<float*>(a.ws), s).h_prev;
-  // The weight and bias gradients by column blocks, several per thread so that a late
-  // helper thread still gets a share.
-  const int blocks = static_cast<int>(std::min<int64_t>(4 * team.threads(), (GH + 7) / 8));
-  team.parallel(blocks, [&](int i) {
-    const int64_t c0 = chunk_begin(GH, blocks, i), c1 = chunk_begin(GH, blocks, i + 1);
-    if (c1 == c0) return;
-    gemm('T', 'N', H, c1 - c0, N, h_prev, H, dzh + c0, GH, 0.0f, a.d_w_h + c0, GH);
-    gemm('T', 'N', I, c1 - c0, N, a.xs, I, dzx + c0, GH, 0.0f, a.d_w_x + c0, GH);
-    column_sums(dzx, N, GH, c0, c1, a.d_b);
-    if (s.kind == kGru) column_sums(dzh, N, GH, c0, c1, a.d_b_h);
+  // The weight and bias gradients as sums over position chunks, one partial result per
+  // chunk, added up after: each chunk's product reads (packs) its rows of h_prev and xs
+  // once, where column blocks would each read all of them. Several chunks per thread so
+  // that a late helper thread still gets a share.
+  const int64_t rows_out = H + I + 2;  // d_w_h, d_w_x, d_b, d_b_h rows of GH
+  const int chunks = static_cast<int>(
+      std::max<int64_t>(1, std::min<int64_t>(4 * team.threads(), N / 256)));
+  Scratch partial(chunks * rows_out * GH);
+  team.parallel(chunks, [&](int i) {
+    const int64_t k0 = chunk_begin(N, chunks, i), k1 = chunk_begin(N, chunks, i + 1);
+    float* out = partial.get() + i * rows_out * GH;
+    gemm('T', 'N', H, GH, k1 - k0, h_prev + k0 * H, H, dzh + k0 * GH, GH, 0.0f, out, GH);
+    gemm('T', 'N', I, GH, k1 - k0, a.xs + k0 * I, I, dzx + k0 * GH, GH, 0.0f, out + H * GH, GH);
+    column_sums(dzx + k0 * GH, k1 - k0, GH, 0, GH, out + (H + I) * GH);
+    if (s.kind == kGru) column_sums(dzh + k0 * GH, k1 - k0, GH, 0, GH, out + (H + I + 1) * GH);
   });
   check_products();
+  // Sum the chunks' partials, rows of the outputs split across the team.
+  const int sum_parts = static_cast<int>(std::min<int64_t>(team.threads(), rows_out));
+  team.parallel(sum_parts, [&](int i) {
+    const int64_t r0 = chunk_begin(rows_out, sum_parts, i);
+    const int64_t r1 = chunk_begin(rows_out, sum_parts, i + 1);
+    for (int64_t r = r0; r < r1; ++r) {
+      float* dst = r < H           ? a.d_w_h + r * GH
+                   : r < H + I     ? a.d_w_x + (r - H) * GH
+                   : r == H + I    ? a.d_b
+                   : s.kind == kGru ? a.d_b_h
+                                    : nullptr;
+      if (dst == nullptr) continue;
+      std::memcpy(dst, partial.get() + r * GH, GH * sizeof(float));
+      for (int c = 1; c < chunks; ++c) {
+        const float* src = partial.get() + (c * rows_out + r) * GH;
+#pragma GCC ivdep
+        for (int64_t j = 0; j < GH; ++j) dst[j] += src[j];
+      }
+    }
+  });
 }
 
 ffi::Error guarded(const char* what, const std::function<void()>& body) {
