@@ -282,7 +282,9 @@ def test_bench_backend_flag_adds_fused_cpu_rows(tmp_path):
     from test_bench import load_bench
 
     argv = ["--config", "2,3,4,5", "--cells", "lstm", "--modes", "train"]
-    argv += ["--impls", "rnn_jax", "--backend", "fused_cpu", "--steps", "1", "--warmup", "0"]
+    argv += ["--impls", "rnn_jax,rnn_jax-fused_cpu-1thread", "--backend", "fused_cpu"]
+    argv += ["--steps", "1", "--warmup", "0"]
     report = load_bench().main(argv + ["--out", str(tmp_path), "--name", "smoke"])
     rows = {(r["cell"], r["impl"]) for r in report["results"]}
-    assert rows == {("lstm", "rnn_jax"), ("lstm", "rnn_jax-fused_cpu")}
+    impls = ("rnn_jax", "rnn_jax-fused_cpu-1thread", "rnn_jax-fused_cpu")
+    assert rows == {("lstm", impl) for impl in impls}
