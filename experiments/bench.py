@@ -49,13 +49,16 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402  (a sibling file, see common.py)
+
 CONFIGS = {
     "mnist": (128, 28, 28, 128),
     "long": (32, 512, 64, 256),
     "wide": (64, 64, 256, 1024),
 }
 QUICK_CONFIG = (4, 3, 5, 6)
-CELLS = ("simple", "lstm", "gru", "gru_reset_before", "mgu", "lstm_peephole", "layernorm_lstm")
+CELLS = tuple(common.CELL_PATHS)  # the scripts' one registry of built-in cells, then:
 CELLS += ("lstm_proj",)  # the LSTM with an output projection to H // 2 (torch's proj_size)
 MODES = ("train", "inference")
 NUM_GATES = {"simple": 1, "lstm": 4, "gru": 3, "gru_reset_before": 3, "mgu": 2, "lstm_peephole": 4,
@@ -202,7 +205,7 @@ def _xla_temp_bytes(compiled) -> int | None:
 # ----------------------------------------------------------------------------- implementations
 
 
-def make_rnn_jax(cell, cfg, mode, x, y, *, gradient="autodiff", **unroll_options) -> Callable:
+def make_rnn_jax(cell, cfg, mode, x, y, *, gradient=None, **unroll_options) -> Callable:
     """``mode`` is the bench's ("train"/"inference"); ``unroll_mode`` is ``rj.unroll``'s."""
     import jax
 
@@ -234,11 +237,6 @@ def _cell_of(cell: str):
         import rnn_jax as rj
 
         return rj.lstm
-    here = str(Path(__file__).resolve().parent)
-    if here not in sys.path:
-        sys.path.insert(0, here)
-    import common  # a sibling file, see common.py
-
     return common.library_cell(cell)
 
 
@@ -247,7 +245,8 @@ def _needs_unroll_option(name):
 
     import rnn_jax as rj
 
-    if name not in inspect.signature(rj.unroll).parameters:
+    names = getattr(getattr(rj, "options", None), "NAMES", ())  # the options' rule book
+    if name not in inspect.signature(rj.unroll).parameters and name not in names:
         raise Skip(f"rj.unroll has no {name} option")
 
 
@@ -542,6 +541,8 @@ def useful_flops(cell: str, cfg, mode: str) -> float:
     batch, steps, input_size, hidden_size = cfg
     user = USER_CELLS.get(cell)
     user = getattr(user, "cell", user)  # a module such as rnn_jax.lstm holds its Cell
+    if user is None and cell in common.CELL_PATHS:
+        user = common.library_cell(cell)
     gates = NUM_GATES.get(cell) or getattr(user, "num_gates", None)
     if gates is None:  # a user's cell that does not say
         return None
@@ -955,19 +956,18 @@ def to_markdown(report: dict) -> str:
 
 def parse_args(argv=None):
     """The flags, each checked here (a bad value exits with code 2 before anything runs)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import common  # a sibling file, see common.py
-
     pos_int = common.int_at_least(1)
     p = common.ArgumentParser(description=__doc__)
     # fmt: off
     p.add_argument("--configs", default=None,
                    help=f"comma list of {sorted(CONFIGS)} (default: mnist)")
     p.add_argument("--config", action="append", default=[], help="custom B,T,I,H (repeatable)")
-    p.add_argument("--cells", default="simple,lstm,gru",
-                   help=f"comma list of built-in cells, of {', '.join(CELLS)}")
-    p.add_argument("--cell", action="append", default=[], metavar="MODULE:ATTR",
-                   help="also time a user's cell, e.g. my_cells:cell (rnn_jax impls only)")
+    p.add_argument("--cells", default=None,
+                   help=f"comma list of built-in cells, of {', '.join(CELLS)} (default: "
+                   "simple,lstm,gru, unless --cell is given)")
+    p.add_argument("--cell", action="append", default=[], metavar="CELL",
+                   help=f"a cell to time (repeatable; your own: rnn_jax impls only): "
+                   f"{common.CELL_HELP}")
     p.add_argument("--modes", default=",".join(MODES), help=f"comma list of {MODES}")
     p.add_argument("--impls", default=",".join(DEFAULT_IMPLS), help=f"comma list of {IMPLS}")
     p.add_argument("--backend", action="append", default=[], choices=("fused_cpu", "onednn"),
@@ -991,14 +991,18 @@ def parse_args(argv=None):
                    "1 process per core (0: skip)")
     # fmt: on
     args = p.parse_args(argv)
+    if args.cells is None:
+        args.cells = "" if args.cell else "simple,lstm,gru"
     for flag, given, allowed in (("--cells", args.cells, CELLS), ("--modes", args.modes, MODES),
                                  ("--impls", args.impls, IMPLS)):  # fmt: skip
         unknown = sorted(set(filter(None, given.split(","))) - set(allowed))
         if unknown:
             p.error(f"argument {flag}: unknown {unknown}; choose from {list(allowed)}")
     for spec in args.cell:
+        if spec in CELLS:  # a built-in name: as if in --cells
+            continue
         try:
-            USER_CELLS[spec] = common.load_object(spec)
+            USER_CELLS[spec] = common.resolve_cell(spec)
         except argparse.ArgumentTypeError as e:
             p.error(f"argument --cell: {e}")
     args.cells = ",".join(filter(None, [args.cells, *args.cell]))

@@ -24,6 +24,9 @@ validation loss and samples every ``--eval-every`` / ``--sample-every`` steps),
 metadata, the vocabulary) and ``summary.json``. The last line on stdout is the summary as
 one JSON object; progress and samples go to stderr.
 
+Ctrl-C saves a checkpoint after the step in flight and exits (code 130); ``--resume``
+continues. A run that fails or is stopped before its first checkpoint removes what it wrote.
+
 ``--data names`` is the quick demo: each census first name is one line, the newline ends a
 name, and the summary reports how many of the sampled names are new (``novel_fraction``).
 """
@@ -33,6 +36,8 @@ from __future__ import annotations
 import argparse
 import functools
 import math
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -61,14 +66,13 @@ from rnn_jax.tbptt import (  # noqa: E402
 )
 from rnn_jax.train import TrainState, check_state_finite, shard_batch, train_loop  # noqa: E402
 
-CELLS = {"lstm": rj.lstm, "gru": rj.gru, "simple": rj.simple, "mingru": rj.mingru,
-         "minlstm": rj.minlstm, "lru": rj.lru}  # fmt: skip
 LN2 = math.log(2.0)
 DATASETS = ("names", "shakespeare")
 # Settings that may change when a run is resumed (how long it runs, how often it reports).
 RESUMABLE = [
     "steps", "max_minutes", "eval_every", "sample_every", "checkpoint_every", "resume",
     "progress", "num_samples", "sample_len", "temperature", "top_k", "prime",
+    "debug_interrupt_at_step",
 ]  # fmt: skip
 
 
@@ -82,7 +86,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     # fmt: off
     p.add_argument("--data", default="names", help="names | shakespeare | PATH.txt (UTF-8)")
     p.add_argument("--val-fraction", type=fraction, default=0.1, help="held out (names: share)")
-    p.add_argument("--cell", choices=sorted(CELLS), default="lstm", help="recurrent cell")
+    p.add_argument("--cell", type=common.cell_spec, default="lstm", metavar="CELL",
+                   help=f"recurrent cell: {common.CELL_HELP}")
     p.add_argument("--hidden-size", type=pos_int, default=128, help="units per layer")
     p.add_argument("--layers", type=pos_int, default=1, help="stacked recurrent layers")
     p.add_argument("--block", choices=["plain", "residual"], default="plain",
@@ -100,7 +105,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--clip-norm", type=nonneg, default=5.0, help="0: no clipping")
     p.add_argument("--reset-prob", type=unit, default=0.01,
                    help="chance per chunk that a stream's state restarts from zero")
-    p.add_argument("--gradient", choices=["autodiff", "manual"], default="autodiff", help="BPTT by")
+    p.add_argument("--gradient", choices=["auto", "autodiff", "manual"], default="auto",
+                   help="BPTT by (auto: rj.unroll's default for the cell's mode)")
     p.add_argument("--matmul-dtype", choices=["float32", "bfloat16"], default="float32",
                    help="dtype of the matrix products (accumulating in float32)")
     p.add_argument("--seed", type=nonneg_int, default=0, help="initialisation, resets, samples")
@@ -119,6 +125,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--top-k", type=nonneg_int, default=0, help="0: sample from all characters")
     p.add_argument("--prime", default=None,
                    help="text the samples start from (text data only; default: a newline)")
+    # Testing hook: send this process a SIGINT (Ctrl-C) during this step.
+    p.add_argument("--debug-interrupt-at-step", type=pos_int, default=None, help=argparse.SUPPRESS)
     # fmt: on
     args = p.parse_args(argv)
     common.check_process_args(p, args)
@@ -133,8 +141,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def build(args, vocab_size: int):
     model = language_model(
-        CELLS[args.cell], vocab_size, args.hidden_size, num_layers=args.layers,
-        embed_size=args.embed_size or None, dropout=args.dropout, gradient=args.gradient,
+        common.resolve_cell(args.cell), vocab_size, args.hidden_size, num_layers=args.layers,
+        embed_size=args.embed_size or None, dropout=args.dropout,
+        gradient=None if args.gradient == "auto" else args.gradient,
         block=getattr(args, "block", "plain"),  # runs saved before --block have none
     )  # fmt: skip
     if args.matmul_dtype != "float32":
@@ -245,9 +254,7 @@ def run(args, data) -> dict:
     t_start = time.perf_counter()
     # Several processes: streams split over one global mesh; process 0 alone writes.
     mesh, main = common.process_mesh(), distributed.is_main_process()
-    distributed.sync("run folder checked")  # before process 0 writes config.json
-    run_dir = common.setup_run_dir(args.out, resume=args.resume, config=config_of(args),
-                                   write=main)  # fmt: skip
+    run_dir = Path(args.out)
     vocab, train_ids, val_ids, train_names, train_chunks, val_chunks = data
     all_names = set(textdata.load_names()) if train_names is not None else None
 
@@ -267,6 +274,11 @@ def run(args, data) -> dict:
     if mesh is not None:
         run_state, zero = distributed.replicate((run_state, zero), mesh)
     start = int(run_state["train"].step)
+    # Only now, the model built (and its checkpoint read), is the folder written; main's
+    # guard_run_dir removes it if the run stops before its first checkpoint.
+    distributed.sync("run folder checked")  # before process 0 writes config.json
+    run_dir = common.setup_run_dir(args.out, resume=args.resume, config=config_of(args),
+                                   write=main)  # fmt: skip
     log = common.MetricsLog(run_dir / "metrics.jsonl", resume_step=start, write=main)
 
     loss_fn, metric_fn = make_loss_fns(model, use_dropout=args.dropout > 0)
@@ -347,11 +359,18 @@ def run(args, data) -> dict:
         if args.checkpoint_every and step % args.checkpoint_every == 0:
             save(state, step)
             main and common.plot_curves(log.records(), run_dir / "curves.png", **PANELS)
+        if args.debug_interrupt_at_step == step:  # testing hook: a Ctrl-C, as a terminal sends
+            os.kill(os.getpid(), signal.SIGINT)
+        if stop.requested:  # Ctrl-C: save this step, then stop (--resume continues)
+            save(state, step)
+            log.close()
+            raise common.Interrupted(step, run_dir)
         timer.lap()
 
     try:
-        state, _ = train_loop(stream.step, run_state["train"], batches(), num_steps=args.steps,
-                              callback=on_step)  # fmt: skip
+        with common.stop_on_interrupt(enabled=mesh is None) as stop:
+            state, _ = train_loop(stream.step, run_state["train"], batches(),
+                                  num_steps=args.steps, callback=on_step)  # fmt: skip
     finally:
         bar.close()
     step, last_val = int(state.step), status["val"]
@@ -410,10 +429,18 @@ def main(argv=None) -> dict:
     exits with code 2 before anything is trained or written."""
     args = parse_args(argv)
     main_process = common.join_processes(args)
-    summary = run(args, load_data(args))
+    data = load_data(args)
+    has_checkpoint = lambda: ckpt.latest_checkpoint(args.out) is not None
+    with common.guard_run_dir(args.out, resume=args.resume, has_checkpoint=has_checkpoint,
+                              write=main_process):  # fmt: skip
+        summary = run(args, data)
     main_process and common.print_summary(summary)
     return summary
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except common.Interrupted as e:  # Ctrl-C: the checkpoint is saved
+        print(e, file=sys.stderr, flush=True)
+        sys.exit(common.EXIT_INTERRUPTED)

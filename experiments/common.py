@@ -14,16 +14,20 @@ is not a package; a script imports this module as a sibling::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import math
 import os
 import platform
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +35,14 @@ __all__ = [
     "ArgumentParser",
     "ConfigMismatch",
     "HelpFormatter",
+    "Interrupted",
+    "EXIT_INTERRUPTED",
     "add_process_args",
     "add_run_args",
     "check_process_args",
     "check_run_dir",
+    "cell_label",
+    "cell_spec",
     "existing_dir",
     "float_range",
     "int_at_least",
@@ -50,9 +58,12 @@ __all__ = [
     "print_summary",
     "process_mesh",
     "progress",
+    "resolve_cell",
     "read_jsonl",
     "save_figure",
     "setup_run_dir",
+    "guard_run_dir",
+    "stop_on_interrupt",
     "tail_mean",
     "usage_error",
     "write_bytes_atomic",
@@ -130,7 +141,8 @@ def existing_dir(text: str) -> str:
     return text
 
 
-# The library cells the scripts' --cell/--cells flags name, by their path under ``rnn_jax``.
+# THE registry of built-in cells: every script's --cell/--cells offers these names, each the
+# rnn_jax cell at that path under ``rnn_jax``. A script may add its own variants after them.
 CELL_PATHS = {
     "simple": "simple",
     "relu": "simple.relu",
@@ -145,6 +157,8 @@ CELL_PATHS = {
     "minlstm": "minlstm",
     "lru": "lru",
 }
+CELL_HELP = (f"a built-in cell ({', '.join(CELL_PATHS)}), or your own as MODULE:ATTR (a module "
+             "importable from the current folder) or path/to/file.py:ATTR")  # fmt: skip
 
 
 def library_cell(name: str):
@@ -158,22 +172,91 @@ def library_cell(name: str):
     return as_cell(found)
 
 
+def resolve_cell(spec: str):
+    """The cell a ``--cell`` value names: a built-in name (``CELL_PATHS``), ``MODULE:ATTR`` or
+    ``path/to/file.py:ATTR`` (see :func:`load_object`). Errors are ArgumentTypeErrors."""
+    if spec in CELL_PATHS:
+        return library_cell(spec)
+    if ":" not in spec:
+        raise argparse.ArgumentTypeError(f"expected {CELL_HELP}, got {spec!r}")
+    from rnn_jax.checks import as_cell
+
+    try:
+        return as_cell(load_object(spec))
+    except TypeError as e:
+        raise argparse.ArgumentTypeError(f"{spec!r} is not a cell: {e}") from None
+
+
+def cell_spec(text: str) -> str:
+    """An argparse ``type`` for ``--cell``: ``text`` itself (so it can be saved in a run's
+    config and resolved again on resume), once :func:`resolve_cell` has found a cell there
+    (a built-in name needs no look: nothing is imported to parse the flags)."""
+    if text not in CELL_PATHS:
+        resolve_cell(text)
+    return text
+
+
+def cell_label(spec: str) -> str:
+    """A file-name-safe short name of a ``--cell`` value (``lstm``, ``my_cell-peephole``)."""
+    if spec in CELL_PATHS:
+        return spec
+    module, _, attr = spec.rpartition(":")
+    stem = Path(module).stem if module.endswith(".py") else module.rpartition(".")[2]
+    return "-".join(filter(None, [stem, attr.replace(".", "_")]))
+
+
 def load_object(spec: str) -> Any:
     """``"package.module:attr"`` -> that attribute (``"rnn_jax:lstm"``, ``"my_cells:cell"``);
-    ``"package.module"`` alone -> the module. Errors are ArgumentTypeErrors naming the spec,
-    so it serves as an argparse ``type`` (``--cell module:attr``)."""
-    module_name, _, attr = spec.partition(":")
+    ``"package.module"`` alone -> the module; ``"path/to/file.py:attr"`` -> that attribute of
+    the file. Modules are imported from the current folder too (as ``python -m`` would), not
+    only from the script's. Errors are ArgumentTypeErrors naming the spec, so it serves as
+    an argparse ``type`` (``--cell module:attr``)."""
+    module_name, _, attr = spec.rpartition(":") if ":" in spec else (spec, "", "")
     try:
-        obj = importlib.import_module(module_name)
+        if module_name.endswith(".py") or "/" in module_name or os.sep in module_name:
+            obj = _module_from_file(Path(module_name), spec)
+        else:
+            if os.getcwd() not in sys.path:
+                sys.path.insert(0, os.getcwd())  # the user's folder, as `python -m` has it
+            obj = importlib.import_module(module_name)
     except ImportError as e:
         raise argparse.ArgumentTypeError(
-            f"cannot import {module_name!r} (from {spec!r}, expected module:attr): {e}"
+            f"cannot import {module_name!r} (from {spec!r}, expected module:attr or "
+            f"path/to/file.py:attr): {e}"
+        ) from None
+    except Exception as e:  # the user's module itself failed: say where, in one line
+        raise argparse.ArgumentTypeError(
+            f"importing {module_name!r} (from {spec!r}) raised {type(e).__name__}: {e}"
         ) from None
     for part in filter(None, attr.split(".")):
         if not hasattr(obj, part):
             raise argparse.ArgumentTypeError(f"module {module_name!r} has no attribute {attr!r}")
         obj = getattr(obj, part)
     return obj
+
+
+def _module_from_file(path: Path, spec: str):
+    """The module of a ``.py`` file, run once per process (a second ``--cell`` naming the
+    same file gets the same module, so its cell objects are equal and jit reuses its cache)."""
+    import importlib.util
+
+    path = path.expanduser().resolve()
+    if not path.is_file():
+        raise ImportError(f"no such file {str(path)!r}")
+    name = f"_cell_file_{path.stem}_{abs(hash(str(path))):x}"
+    if name in sys.modules:
+        return sys.modules[name]
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module  # before running it, as import does (dataclasses need it)
+    if str(path.parent) not in sys.path:
+        sys.path.append(str(path.parent))  # the file's own sibling imports
+    try:
+        module_spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
 
 
 def add_run_args(
@@ -273,8 +356,15 @@ def check_run_dir(
     """
     saved = Path(out) / "config.json"
     if resume and not has_checkpoint:
-        usage_error(f"--resume: {out} holds no checkpoint to resume from")
+        usage_error(f"--resume: {out} holds no checkpoint to resume from"
+                    + (f"; it holds a run that stopped before its first checkpoint: remove it "
+                       f"(rm -r {out}) and start again without --resume" if saved.exists()
+                       else "; start the run without --resume"))  # fmt: skip
     if saved.exists() and not resume:
+        if not has_checkpoint:  # left by a run that stopped before its first checkpoint
+            usage_error(f"--out {out} already holds a run, one that stopped before its first "
+                        f"checkpoint, so --resume cannot continue it: remove it (rm -r {out}) "
+                        "or choose another --out")  # fmt: skip
         usage_error(f"--out {out} already holds a run; pass --resume to continue it, "
                     "or choose another --out")  # fmt: skip
     if resume and saved.exists() and config is not None:
@@ -412,6 +502,101 @@ def setup_run_dir(
     if config is not None:
         write_json_atomic(saved_path, config)
     return run_dir
+
+
+EXIT_INTERRUPTED = 130  # the shell's code for a process stopped by Ctrl-C (128 + SIGINT)
+
+
+class Interrupted(Exception):
+    """Ctrl-C stopped a run after step ``step``, whose checkpoint is saved: ``--resume``
+    continues it."""
+
+    def __init__(self, step: int, run_dir: str | os.PathLike):
+        self.step, self.run_dir = step, Path(run_dir)
+        super().__init__(
+            f"interrupted: stopped after step {step} and saved its checkpoint in {run_dir}; "
+            "continue the run with the same command and --resume"
+        )
+
+
+class StopRequest:
+    """Set by the first Ctrl-C inside :func:`stop_on_interrupt`; a run checks it after
+    each step, saves a checkpoint and raises :class:`Interrupted`."""
+
+    requested = False
+
+
+@contextlib.contextmanager
+def stop_on_interrupt(enabled: bool = True):
+    """The first Ctrl-C (SIGINT) asks the run to stop after the step in flight (a train step
+    donates its input state, so stopping mid-step would lose it); a second stops at once.
+
+    Yields a :class:`StopRequest`. Off (``enabled=False``, several processes, or not the
+    main thread) it is never set and Ctrl-C acts as usual.
+    """
+    request = StopRequest()
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield request
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    previous = previous if callable(previous) else signal.default_int_handler
+
+    def handler(signum, frame):
+        request.requested = True
+        signal.signal(signal.SIGINT, previous)  # a second Ctrl-C stops at once
+        print("\ninterrupt: saving a checkpoint after this step, then stopping (Ctrl-C again: "
+              "stop now, without saving)", file=sys.stderr, flush=True)  # fmt: skip
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield request
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
+def guard_run_dir(
+    out: str | os.PathLike,
+    *,
+    resume: bool,
+    has_checkpoint: Callable[[], bool],
+    write: bool = True,
+    own_message: tuple[type[BaseException], ...] = (),
+):
+    """Around everything a run does from creating its folder on: if it fails or is stopped
+    (an exception, Ctrl-C) before its first checkpoint, a fresh run removes what it wrote
+    (the whole folder if it created it), so the same command can simply be run again; with
+    a checkpoint the message says ``--resume`` continues it. :class:`Interrupted` (a
+    checkpoint was just saved) passes through untouched; ``own_message`` exceptions (they
+    say themselves what to do) get no ``--resume`` hint."""
+    run_dir = Path(out)
+    existed = run_dir.exists()
+    before = {p.name for p in run_dir.iterdir()} if existed and run_dir.is_dir() else set()
+    try:
+        yield run_dir
+    except Interrupted:
+        raise
+    except BaseException as e:
+        if not write:  # processes other than 0 write nothing
+            raise
+        what = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+        prog = Path(sys.argv[0]).name
+        if resume or has_checkpoint():
+            if isinstance(e, own_message):
+                raise
+            print(f"{prog}: the run {what}; {out} holds its checkpoints: continue it with the "
+                  "same command and --resume", file=sys.stderr, flush=True)  # fmt: skip
+        elif run_dir.exists():
+            if not existed:
+                shutil.rmtree(run_dir, ignore_errors=True)
+            else:
+                for path in run_dir.iterdir():
+                    if path.name not in before:
+                        shutil.rmtree(path) if path.is_dir() else path.unlink()
+            print(f"{prog}: the run {what} before its first checkpoint; removed what it had "
+                  f"written to {out}, so the same command starts it afresh",
+                  file=sys.stderr, flush=True)  # fmt: skip
+        raise
 
 
 def _check_same_config(saved: dict, new: dict, where: Path) -> None:

@@ -48,6 +48,36 @@ def label(run_dir: Path) -> str:
             f"{config.get('input', 'rows')}, batch {config['batch_size']}{schedule})")  # fmt: skip
 
 
+# Settings that do not change what a run computes: never what tells two runs apart.
+NOT_DISTINCTIVE = {"resumable_keys", "progress", "data_dir", "eval_every", "checkpoint_every",
+                   "keep", "eval_batch_size", "debug_nan_at_step",
+                   "debug_interrupt_at_step"}  # fmt: skip
+
+
+def unique_labels(run_dirs: list[Path]) -> list[str]:
+    """One label per run, all different: runs whose :func:`label` is the same get the
+    settings that differ between them (``lr 0.003``, ``seed 1``), and, if they are the
+    same run twice over (a rerun), their folder names. Never a run silently dropped."""
+    configs = [json.loads((d / "config.json").read_text()) for d in run_dirs]
+    base = [label(d) for d in run_dirs]
+    labels = list(base)
+    for text in dict.fromkeys(base):
+        group = [i for i, b in enumerate(base) if b == text]
+        if len(group) < 2:
+            continue
+        keys = sorted({k for i in group for k in configs[i]} - NOT_DISTINCTIVE)
+        values = {k: {json.dumps(configs[i].get(k), sort_keys=True) for i in group} for k in keys}
+        differ = [k for k in keys if len(values[k]) > 1]
+        for i in group:
+            extra = ", ".join(f"{k.replace('_', ' ')} {configs[i].get(k)}" for k in differ)
+            labels[i] = f"{text} [{extra}]" if extra else text
+    for names in (lambda d: d.name, str):  # the folder, then its whole path
+        repeated = [i for i, t in enumerate(labels) if labels.count(t) > 1]
+        for i in repeated:
+            labels[i] += f" ({names(run_dirs[i])})"
+    return labels
+
+
 def at_minutes(rows, minutes: float) -> str:
     """The last accuracy measured by ``minutes``, with its time and step."""
     seen = [r for r in rows if r[0] <= minutes]
@@ -102,9 +132,13 @@ def main(argv=None) -> int:
     if len(step_seconds) != len(args.runs):
         p.error(f"--step-seconds needs one value per run ({len(args.runs)}), got "
                 f"{len(step_seconds)}")  # fmt: skip
+    folders = [Path(r) for r in args.runs]
+    same = sorted({str(r) for r in folders if folders.count(r) > 1})
+    if same:
+        p.error(f"a run folder given more than once: {', '.join(same)}")
     runs = {
-        label(Path(r)): evaluations(Path(r), s)
-        for r, s in zip(args.runs, step_seconds, strict=True)
+        name: evaluations(folder, s)
+        for name, folder, s in zip(unique_labels(folders), folders, step_seconds, strict=True)
     }
     out = Path(args.out)
     xlabel = (

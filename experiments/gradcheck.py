@@ -33,14 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (a sibling file, see common.py)
 
 CELLS = {
-    "simple": rj.simple.cell,
-    "relu": rj.simple.relu,
-    "lstm": rj.lstm.cell,
-    "gru": rj.gru.cell,
-    # appended, so the cells above keep their seeds (CELLS_ORDER)
-    **{name: common.library_cell(name) for name in ("gru_reset_before", "mgu", "mgu_without_reset",
-                                                     "lstm_peephole", "layernorm_lstm",
-                                                     "mingru", "minlstm", "lru")},
+    # the scripts' one registry (common.CELL_PATHS), in its order: the cells keep their seeds
+    **{name: common.library_cell(name) for name in common.CELL_PATHS},
+    # this script's variants, appended (CELLS_ORDER)
     "lstm_proj2": rj.lstm.with_projection(2),  # PyTorch proj_size=2 (needs --hidden-size > 2)
     "conv_lstm_3": rj.conv_lstm((3,)),  # xs (B, T, SPATIAL_SIZE, I)
     "conv_lstm_3x3": rj.conv_lstm((3, 3)),  # xs (B, T, SPATIAL_SIZE, SPATIAL_SIZE, I)
@@ -211,10 +206,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     pos_int = common.int_at_least(1)
     parser = common.ArgumentParser(description=__doc__.split("\n\n")[0])
     # fmt: off
-    parser.add_argument("--cells", nargs="*", choices=list(CELLS), default=list(CELLS),
-                        help="built-in cells to check")
-    parser.add_argument("--cell", action="append", default=[], metavar="MODULE:ATTR",
-                        help="also check a user's cell, e.g. my_cells:cell (repeatable)")
+    parser.add_argument("--cells", nargs="*", choices=list(CELLS), default=None,
+                        help="built-in cells to check (default: all, unless --cell is given)")
+    parser.add_argument("--cell", action="append", default=[], metavar="CELL",
+                        help=f"a cell to check (repeatable): {common.CELL_HELP}")
     parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES), help="cases")
     parser.add_argument("--dtypes", nargs="+", choices=DTYPES, default=list(DTYPES), help="dtypes")
     parser.add_argument("--batch", type=pos_int, default=3, help="batch size")
@@ -237,9 +232,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.user_cells = {}
     for spec in args.cell:
         try:
-            args.user_cells[spec] = common.load_object(spec)
+            args.user_cells[spec] = CELLS[spec] if spec in CELLS else common.resolve_cell(spec)
         except argparse.ArgumentTypeError as e:
             parser.error(f"argument --cell: {e}")
+    if args.cells is None:
+        args.cells = [] if args.cell else list(CELLS)
     if not args.cells and not args.user_cells:
         parser.error("nothing to check: --cells is empty and no --cell given")
     if args.quick:

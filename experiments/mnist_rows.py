@@ -3,16 +3,22 @@ classifies it from its last hidden state (the TensorFlow ``tf.scan`` seed notebo
 
 Defaults are that notebook's: tanh RNN, hidden size 128, batch 128, 5000 steps, RMSProp with
 learning rate 1e-3, mean softmax cross-entropy. At the end the whole 10,000-image test set is
-scored (padded batches, nothing dropped) and a one-line JSON summary goes to stdout.
+scored (padded batches, nothing dropped). The run ends with a short summary on stderr naming
+the files it wrote; piped or redirected, stdout gets the summary as one JSON line (for scripts).
 
 Usage::
 
     python experiments/mnist_rows.py                                  # the seed's run
     python experiments/mnist_rows.py --cell lstm --out runs/mnist-lstm
     python experiments/mnist_rows.py --cell gru --gradient manual --steps 300 --out runs/quick
+    python experiments/mnist_rows.py --cell ./my_cell.py:cell --out runs/mine   # your own cell
     python experiments/mnist_rows.py --out runs/mnist-lstm --resume   # continue after a crash
     python -m rnn_jax.launch --num-processes 2 -- experiments/mnist_rows.py --cell lstm \
         --out runs/two   # 2 processes, same global batches (README: Scaling out)
+
+Ctrl-C saves a checkpoint after the step in flight and exits (code 130): the same command with
+``--resume`` continues the run (a second Ctrl-C stops at once). A run that fails or is stopped
+before its first checkpoint removes what it wrote, so the same command simply starts again.
 
 A run folder (``--out``) holds ``config.json``, ``metrics.jsonl`` (one line per step: loss,
 accuracy, grad_norm; plus ``test_accuracy``/``val_accuracy`` every ``--eval-every`` steps),
@@ -31,6 +37,8 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -39,8 +47,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (a sibling file, see common.py)
 
-CELLS = ("simple", "lstm", "gru", "gru_reset_before", "mgu", "mgu_without_reset", "lstm_peephole",
-         "layernorm_lstm", "mingru", "minlstm", "lru")  # fmt: skip
 # How an image becomes a sequence: 28 rows of 28 pixels (the seed's task), 784 pixels one at a
 # time (sequential MNIST), or those 784 pixels in a fixed random order (permuted MNIST).
 INPUTS = ("rows", "pixels", "permuted")
@@ -66,12 +72,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "by pixel (--input pixels|permuted: 784 steps x 1 pixel)."
     )
     # fmt: off
-    p.add_argument("--cell", choices=CELLS, default="simple", help="recurrent cell")
+    p.add_argument("--cell", type=common.cell_spec, default="simple", metavar="CELL",
+                   help=f"recurrent cell: {common.CELL_HELP}")
     p.add_argument("--hidden-size", type=pos_int, default=128, help="units per layer")
     p.add_argument("--layers", type=pos_int, default=1, help="stacked recurrent layers")
     p.add_argument("--bidirectional", action="store_true", help="bidirectional layers")
-    p.add_argument("--gradient", choices=("autodiff", "manual"), default="autodiff",
-                   help="jax.grad through lax.scan, or rnn_jax's hand-written BPTT (custom_vjp)")
+    p.add_argument("--gradient", choices=("auto", "autodiff", "manual"), default="auto",
+                   help="jax.grad through lax.scan, or rnn_jax's hand-written BPTT (custom_vjp); "
+                        "auto: rj.unroll's default (autodiff step by step, the hand-written "
+                        "reverse scan for a linear recurrence's parallel path)")
     p.add_argument("--matmul-dtype", choices=("bfloat16",), default=None,
                    help="mixed precision: the recurrent matrix products in bfloat16, state in "
                    "float32 (default: all float32)")
@@ -126,13 +135,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--keep", type=pos_int, default=3, help="checkpoints kept")
     # Testing hook: feed a NaN image at this step, to exercise the divergence handling.
     p.add_argument("--debug-nan-at-step", type=pos_int, default=None, help=argparse.SUPPRESS)
+    # Testing hook: send this process a SIGINT (Ctrl-C) during this step.
+    p.add_argument("--debug-interrupt-at-step", type=pos_int, default=None, help=argparse.SUPPRESS)
     # fmt: on
     args = p.parse_args(argv)
     common.check_process_args(p, args)
     if args.decay_steps is not None and args.decay_steps <= args.warmup_steps:
         p.error(f"--decay-steps {args.decay_steps} must exceed --warmup-steps {args.warmup_steps}")
     if args.out is None:
-        args.out = f"runs/mnist-{args.cell}"
+        args.out = f"runs/mnist-{common.cell_label(args.cell)}"
     return args
 
 
@@ -143,7 +154,7 @@ def config_of(args: argparse.Namespace) -> dict[str, Any]:
     if config["decay_steps"] is None and (args.lr_schedule != "constant" or args.warmup_steps):
         # Resolved once and saved: resuming with a larger --steps must not stretch it.
         config["decay_steps"] = max(args.steps, args.warmup_steps + 1)
-    config["resumable_keys"] = RESUMABLE_KEYS + ["debug_nan_at_step"]
+    config["resumable_keys"] = RESUMABLE_KEYS + ["debug_nan_at_step", "debug_interrupt_at_step"]
     return config
 
 
@@ -155,14 +166,14 @@ def build_model(config: dict):
     from rnn_jax.models import classifier
 
     block = config.get("block", "plain")  # absent in runs saved before the option
-    cell = common.library_cell(config["cell"])
+    cell = common.resolve_cell(config["cell"])  # a built-in name, or a user's MODULE:ATTR
     model = classifier(
         cell,
         config["hidden_size"],
         NUM_CLASSES,
         num_layers=config["layers"],
         bidirectional=config["bidirectional"],
-        gradient=config["gradient"],
+        gradient=None if config["gradient"] == "auto" else config["gradient"],
         matmul_dtype=config.get("matmul_dtype"),  # absent in runs saved before the option
         backend=config.get("backend", "scan"),
         block=block,
@@ -394,19 +405,47 @@ def train(args: argparse.Namespace, splits: dict[str, tuple]) -> dict[str, Any]:
     Raises Diverged on NaN/inf."""
     from rnn_jax import distributed
     from rnn_jax.checkpoint import latest_checkpoint
-    from rnn_jax.train import train_loop
 
     # Several processes: one global mesh, and process 0 alone writes (the others' files
     # are stand-ins that write nothing). Every process computes the same things.
     mesh, main = common.process_mesh(), distributed.is_main_process()
     config = config_of(args)
-    distributed.sync("run folder checked")  # before process 0 writes config.json
-    run_dir = common.setup_run_dir(args.out, resume=args.resume, config=config, write=main)
-    ckpt_dir = run_dir / "checkpoints"
+    # Start-up that can fail (the cell, the backend, the model) runs before the folder exists;
+    # what fails later, up to the first checkpoint, is cleaned up by guard_run_dir.
+    ckpt_dir = Path(args.out) / "checkpoints"
     model, optimizer, metric_fn, train_step = _compiled(_model_key(config), mesh)
     state, metadata = initial_state(model, optimizer, config), None
     if args.resume:
         state, metadata = restore_latest(ckpt_dir, state)
+    if mesh is None:  # trace one train step (no compute): a backend or cell that cannot run
+        _check_traces(train_step, state, make_batch_fn(splits["train"], config)(int(state.step)))
+    distributed.sync("run folder checked")  # before process 0 writes config.json
+    has_checkpoint = lambda: latest_checkpoint(ckpt_dir) is not None
+    with common.guard_run_dir(args.out, resume=args.resume, has_checkpoint=has_checkpoint,
+                              write=main, own_message=(Diverged,)):  # fmt: skip
+        return _train(args, splits, config, mesh, main, model, metric_fn, train_step, state,
+                      metadata)  # fmt: skip
+
+
+def _check_traces(train_step, state, batch) -> None:
+    """A usage error (code 2, no folder written) if the train step cannot even be traced:
+    ``--backend cudnn`` on a CPU, a fused backend with a cell it does not run, a user's cell
+    that breaks the cell contract. ``jax.eval_shape`` traces without compiling or running."""
+    import jax
+
+    try:
+        jax.eval_shape(train_step, state, batch)
+    except (ValueError, TypeError, NotImplementedError) as e:
+        common.usage_error(f"the model cannot run: {str(e).splitlines()[0]}")
+
+
+def _train(args, splits, config, mesh, main, model, metric_fn, train_step, state, metadata):
+    from rnn_jax import distributed
+    from rnn_jax.checkpoint import latest_checkpoint
+    from rnn_jax.train import train_loop
+
+    run_dir = common.setup_run_dir(args.out, resume=args.resume, config=config, write=main)
+    ckpt_dir = run_dir / "checkpoints"
     state = state if mesh is None else distributed.replicate(state, mesh)
     start = int(state.step)
     eval_sets = {
@@ -420,15 +459,18 @@ def train(args: argparse.Namespace, splits: dict[str, tuple]) -> dict[str, Any]:
     timer = common.Timer((metadata or {}).get("wall_s", 0.0))
     # Saved with every checkpoint; the callback keeps its wall time current.
     meta = {**config, "wall_s": timer.wall_s()}
-    on_step = make_callback(
-        args, config, run_dir, metric_fn, eval_sets, log, bar, timer, meta, mesh
-    )
+    stop = common.stop_on_interrupt(enabled=mesh is None)  # one process: Ctrl-C saves first
     try:
-        state, _ = train_loop(
-            train_step, state, make_batch_fn(splits["train"], config, mesh), num_steps=args.steps,
-            checkpoint_dir=str(ckpt_dir), checkpoint_every=args.checkpoint_every,
-            keep=args.keep, metadata=meta, callback=on_step,
-        )  # fmt: skip
+        with stop as request:
+            on_step = make_callback(
+                args, config, run_dir, metric_fn, eval_sets, log, bar, timer, meta, mesh, request
+            )
+            state, _ = train_loop(
+                train_step, state, make_batch_fn(splits["train"], config, mesh),
+                num_steps=args.steps, checkpoint_dir=str(ckpt_dir),
+                checkpoint_every=args.checkpoint_every, keep=args.keep, metadata=meta,
+                callback=on_step,
+            )  # fmt: skip
     except FloatingPointError as e:
         last = latest_checkpoint(ckpt_dir)
         where = f"step {int(Path(last).stem.split('_')[1])} ({ckpt_dir})" if last else "none yet"
@@ -449,10 +491,18 @@ def train(args: argparse.Namespace, splits: dict[str, tuple]) -> dict[str, Any]:
     return summary
 
 
-def make_callback(args, config, run_dir, metric_fn, eval_sets, log, bar, timer, meta, mesh):
+def make_callback(
+    args, config, run_dir, metric_fn, eval_sets, log, bar, timer, meta, mesh, stop=None
+):
     """``train_loop``'s per-step callback: metrics log, periodic evaluation and plot, progress
-    bar, timing (the time between two calls is the step's; evaluation and logging excluded)."""
+    bar, timing (the time between two calls is the step's; evaluation and logging excluded).
+    After a Ctrl-C (``stop.requested``) it saves the step's checkpoint and raises
+    ``common.Interrupted``."""
+    from rnn_jax.checkpoint import save_checkpoint
+    from rnn_jax.train import check_state_finite
+
     lr_at = _lr_logger(config)
+    interrupt_at = config.get("debug_interrupt_at_step")
     ema: dict[str, float] = {}
 
     def on_step(step: int, host: dict, state) -> None:
@@ -468,6 +518,14 @@ def make_callback(args, config, run_dir, metric_fn, eval_sets, log, bar, timer, 
             plot(run_dir, log.records(), config)
         _update_bar(bar, ema, host, record)
         meta["wall_s"] = timer.wall_s()
+        if interrupt_at == step:  # testing hook: a Ctrl-C, as the user's terminal sends it
+            os.kill(os.getpid(), signal.SIGINT)
+        if stop is not None and stop.requested:
+            check_state_finite(state, step)
+            if log.writes:
+                save_checkpoint(run_dir / "checkpoints", state, step=step, metadata=meta,
+                                keep=args.keep)  # fmt: skip
+            raise common.Interrupted(step, run_dir)
         timer.lap()
 
     return on_step
@@ -552,9 +610,46 @@ def main(argv: list[str] | None = None) -> int:
         if main_process:
             print(f"error: training stopped: {e}", file=sys.stderr, flush=True)
         return EXIT_DIVERGED
+    except common.Interrupted as e:
+        if main_process:
+            print(e, file=sys.stderr, flush=True)
+        return common.EXIT_INTERRUPTED
     if main_process:
-        common.print_summary({k: v for k, v in summary.items() if k != "environment"})
+        if not sys.stdout.isatty():  # for scripts: the summary as one JSON line on stdout
+            common.print_summary({k: v for k, v in summary.items() if k != "environment"})
+        print(human_summary(summary, args), file=sys.stderr, flush=True)
     return 0
+
+
+def human_summary(summary: dict, args: argparse.Namespace) -> str:
+    """What a run got, how long it took and the files it wrote, in a few lines (stderr)."""
+    run_dir = Path(summary["run_dir"])
+    minutes = summary["wall_s"] / 60
+    scores = [f"test accuracy {100 * summary['test_accuracy']:.2f}% on all "
+              f"{summary['test_count']:,} test digits"]  # fmt: skip
+    if "val_accuracy" in summary:
+        scores.append(f"validation {100 * summary['val_accuracy']:.2f}%")
+    resumed = summary.get("resumed_from")
+    lines = [
+        f"done: {summary['cell']}, {summary['steps']:,} steps"
+        + (f" (resumed from {resumed})" if resumed is not None else "")
+        + f", {minutes:.1f} min: {', '.join(scores)}",
+        f"wrote {run_dir}/:",
+    ]
+    files = {
+        "summary.json": "results, settings and machine (the JSON this script prints to a pipe)",
+        "curves.png": "loss, accuracy and gradient norm over the steps",
+        "metrics.jsonl": "one line per step: loss, accuracy, grad_norm"
+        + (f"; test accuracy every {args.eval_every} steps" if args.eval_every else ""),
+        "checkpoints/": f"the latest {args.keep} checkpoints: a larger --steps with --resume "
+        "trains on",
+        "config.json": "the settings, checked when the run is resumed",
+    }
+    width = max(map(len, files))
+    for name, what in files.items():
+        if (run_dir / name.rstrip("/")).exists():
+            lines.append(f"  {name:<{width}}  {what}")
+    return "\n".join(lines)
 
 
 def load_summary(run_dir: str | Path) -> dict:

@@ -12,11 +12,11 @@ The submodules (``rj.models``, ``rj.train``, ``rj.nnx``, ``rj.interop``, ...) lo
 import importlib
 
 from rnn_jax.bptt import bptt
+from rnn_jax.cell import Cell, GenericCell, RecurrentCell, make_cell
 from rnn_jax.cellcheck import CellReport, check_cell
 from rnn_jax.cells import gru, layernorm_lstm, lru, lstm, mgu, mingru, minlstm, simple
-from rnn_jax.cells.base import Cell, LSTMCarry
+from rnn_jax.cells.base import LSTMCarry
 from rnn_jax.cells.conv_lstm import conv_lstm
-from rnn_jax.cells.generic import GenericCell, RecurrentCell, make_cell
 from rnn_jax.gradcheck import check_gradients, hidden_grad_norms
 from rnn_jax.layers import (
     bidirectional,
@@ -26,6 +26,7 @@ from rnn_jax.layers import (
     unroll_stack,
 )
 from rnn_jax.linear import linear_scan
+from rnn_jax.options import UnrollOptions
 from rnn_jax.regularize import regularized
 from rnn_jax.scan import unroll
 from rnn_jax.summary import count_params, summary
@@ -43,6 +44,7 @@ SUBMODULES = (
     "launch",
     "models",
     "nnx",
+    "options",
     "remat",
     "sampling",
     "tbptt",
@@ -62,6 +64,7 @@ __all__ = [
     "GenericCell",
     "LSTMCarry",
     "RecurrentCell",
+    "UnrollOptions",
     "bidirectional",
     "bptt",
     "check_cell",

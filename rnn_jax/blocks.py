@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from rnn_jax.checks import as_cell
+from rnn_jax.options import UnrollOptions, parse
 from rnn_jax.scan import unroll
 from rnn_jax.sequence import valid_mask
 
@@ -66,12 +67,15 @@ def init_residual(cell, key, input_size: int, width: int, num_layers: int, *,
     return {"encoder": encoder, "blocks": blocks, "norm": jnp.ones(width, dtype)}
 
 
-def apply_residual(cell, params, xs, carries=None, *, lengths=None, **unroll_kwargs):
+def apply_residual(cell, params, xs, carries=None, *, lengths=None, mask=None, resets=None,
+                   key=None, options: UnrollOptions | None = None, **option_kwargs):  # fmt: skip
     """``xs (B, T, I)`` -> ``(finals, hs (B, T, D))``: one final carry per block, and the
     normalised output of the last block (zero past each row's length).
 
-    ``carries``: a list of initial carries, one per block (None: zeros); ``unroll_kwargs`` go
-    to every ``rj.unroll`` (``mode=``, ``gradient=``, ``resets=`` ...).
+    ``carries``: a list of initial carries, one per block (None: zeros); ``lengths``,
+    ``mask``, ``resets`` and the options (``options=`` an ``rj.UnrollOptions`` and/or
+    keywords: ``mode=``, ``gradient=``, ``input_dropout=`` ...) go to every ``rj.unroll``;
+    ``key`` (the regularisers' masks) is split between the blocks.
 
     Examples:
       >>> import jax, jax.numpy as jnp, rnn_jax as rj
@@ -82,6 +86,7 @@ def apply_residual(cell, params, xs, carries=None, *, lengths=None, **unroll_kwa
       ((3, 784, 16), 2, (3, 16))
     """
     cell = as_cell(cell)
+    opts = parse(options, **option_kwargs)
     blocks = params["blocks"]
     carries = [None] * len(blocks) if carries is None else list(carries)
     if len(carries) != len(blocks):
@@ -89,9 +94,11 @@ def apply_residual(cell, params, xs, carries=None, *, lengths=None, **unroll_kwa
                          f"got {len(carries)}")  # fmt: skip
     x = _product(xs, params["encoder"]["w"]) + params["encoder"]["b"]
     finals = []
-    for block, carry in zip(blocks, carries, strict=True):
+    keys = [None] * len(blocks) if key is None else list(jax.random.split(key, len(blocks)))
+    for block, carry, block_key in zip(blocks, carries, keys, strict=True):
         final, mixed = unroll(cell, block["rnn"], rms_norm(block["norm"], x), carry,
-                              lengths=lengths, **unroll_kwargs)  # fmt: skip
+                              lengths=lengths, mask=mask, resets=resets, key=block_key,
+                              options=opts)  # fmt: skip
         hidden = jax.nn.gelu(_product(mixed, block["w_gate"])) * _product(mixed, block["w_up"])
         x = x + _product(hidden, block["w_out"])
         finals.append(final)

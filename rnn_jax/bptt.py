@@ -27,11 +27,9 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.custom_derivatives import CustomVJPPrimal, SymbolicZero
 
 from rnn_jax.cells.base import (
-    Cell,
     hidden_of,
     hidden_weight_backward,
     input_weight_backward,
@@ -40,6 +38,7 @@ from rnn_jax.cells.base import (
     with_hidden,
 )
 from rnn_jax.checks import carry_lead, check_carry
+from rnn_jax.options import check_truncate
 from rnn_jax.sequence import (
     accepts_unbatched,
     flip_valid,
@@ -100,7 +99,7 @@ def bptt(
     """
     steps = dict(mask=mask, resets=resets, reverse=reverse)
     prep = prepare(cell, params, xs, carry, lengths, time_major=time_major, **steps)
-    truncate = _check_truncate(truncate)
+    truncate = check_truncate(truncate)
     hs_shape = prep.xs.shape[:-1] + (prep.output_size,)  # (T, B, [*spatial,] H)
     want = hs_shape if time_major else (hs_shape[1], hs_shape[0], *hs_shape[2:])
     if getattr(d_hs, "shape", None) != want or d_hs.dtype != xs.dtype:
@@ -127,17 +126,6 @@ def bptt(
     return d_params, to_layout(d_xs, time_major), d_carry0
 
 
-def _check_truncate(truncate) -> int | None:
-    """None, or k >= 1 as a Python int (numpy ints accepted; bools refused, True is no k)."""
-    if truncate is None:
-        return None
-    if isinstance(truncate, (bool, np.bool_)) or not isinstance(truncate, (int, np.integer)):
-        raise ValueError(f"truncate must be None (full BPTT) or an int >= 1, got {truncate!r}")
-    if truncate < 1:
-        raise ValueError(f"truncate must be None (full BPTT) or an int >= 1, got {truncate!r}")
-    return int(truncate)
-
-
 def backward_sweep(
     cell, params, xs, carry0, hs, gates, d_hs, d_final, valid, truncate, *, unroll=1, resets=None,
     d_carries=None, start_apart=False,
@@ -160,7 +148,7 @@ def backward_sweep(
         return jax.tree.map(jnp.zeros_like, params), jnp.zeros_like(xs), d_final
     # k > T never drops anything, so it is full BPTT; k == T still drops at carry0.
     slots = None if truncate is None or truncate > num_steps else truncate
-    if not isinstance(cell, Cell) or resets is not None:
+    if cell.fused is None or resets is not None:
         # With resets the forward kept full residuals (scan_forward): the per-step backward.
         d_params, d_xs, d_carry0, d_start = _generic_sweep(
             cell, params, gates, d_hs, d_final, valid, resets, slots, unroll, d_carries
@@ -171,7 +159,7 @@ def backward_sweep(
             d_carry0 = jax.tree.map(jnp.add, d_carry0, d_start)
         return d_params, d_xs, d_carry0
     return _fused_sweep(
-        cell, params, xs, carry0, hs, gates, d_hs, d_final, valid, slots, unroll, d_carries
+        cell.fused, params, xs, carry0, hs, gates, d_hs, d_final, valid, slots, unroll, d_carries
     )
 
 
@@ -224,19 +212,20 @@ def _sum_slots(tree):
 
 
 def _fused_sweep(
-    cell: Cell, params, xs, carry0, hs, gates, d_hs, d_final, valid, slots, unroll, d_carries=None
+    form, params, xs, carry0, hs, gates, d_hs, d_final, valid, slots, unroll, d_carries=None
 ):
-    """The reverse scan of a fused cell plus the after-loop input products."""
+    """The reverse scan of a fused cell (``form`` its ``FusedGates``) plus the after-loop
+    input products."""
     num_steps, batch_size = xs.shape[:2]
     state = d_final
     if slots is not None:
         state = jax.tree.map(lambda a: _in_first_slot(a, slots), d_final)
     h_prev = jnp.concatenate([hidden_of(carry0)[None], hs[:-1]], axis=0)
-    # Elman and LSTM return the same array for d_zx and d_zh: it is stacked once and both
+    # Elman and LSTM have d_zx == d_zh (FusedGates.sums_products): it is stacked once and both
     # weight gradients are single products over all T*B rows after the loop. A GRU's d_zh
     # differs; stacking it too was slower on XLA:CPU (1.04-1.06x autodiff's train step) than
-    # accumulating d_w_h in the loop (0.92-0.95x). Which case holds is seen while tracing.
-    shared = []
+    # accumulating d_w_h in the loop (0.92-0.95x).
+    shared = form.sums_products
     d_hidden = jax.tree.map(jnp.zeros_like, {k: params[k] for k in ("w_h", "b_h") if k in params})
 
     projected = "w_hr" in params  # h' = m @ w_hr: d_w_hr = M^T dH' after the loop
@@ -253,16 +242,15 @@ def _fused_sweep(
         if projected:
             d_out = zero_where_invalid(valid_t, d_h_in if slots is None else d_h_in.sum(0))
         d_zx, d_zh, d_prev = recurrent_backward(
-            params, gates_t, with_hidden(state, d_h_in), cell.pointwise_backward, cell.matmul_dtype
+            params, gates_t, with_hidden(state, d_h_in), form.pointwise_backward, form.matmul_dtype
         )
-        shared[:] = [d_zh is d_zx]
         if slots is not None:
-            d_zx, d_zh = d_zx.sum(0), None if shared[0] else d_zh.sum(0)
+            d_zx, d_zh = d_zx.sum(0), None if shared else d_zh.sum(0)
             d_prev = jax.tree.map(_age_one_step, d_prev)
         d_prev = keep_where(valid_t, d_prev, state, 0 if slots is None else 1)
-        if not shared[0]:
+        if not shared:
             d_zh = zero_where_invalid(valid_t, d_zh)
-            step_grads = hidden_weight_backward(params, h_prev_t, d_zh, cell.matmul_dtype)
+            step_grads = hidden_weight_backward(params, h_prev_t, d_zh, form.matmul_dtype)
             d_hidden = jax.tree.map(jnp.add, d_hidden, step_grads)
         return (d_prev, d_hidden), (zero_where_invalid(valid_t, d_zx), d_out)
 
@@ -273,12 +261,12 @@ def _fused_sweep(
     d_carry0 = state if slots is None else _sum_slots(state)
     rows = num_steps * batch_size
     d_zx = d_zx.reshape(rows, -1)
-    d_params, d_xs = input_weight_backward(params, xs.reshape(rows, -1), d_zx, cell.matmul_dtype)
-    if shared[0]:
-        d_hidden = hidden_weight_backward(params, h_prev.reshape(rows, -1), d_zx, cell.matmul_dtype)
+    d_params, d_xs = input_weight_backward(params, xs.reshape(rows, -1), d_zx, form.matmul_dtype)
+    if shared:
+        d_hidden = hidden_weight_backward(params, h_prev.reshape(rows, -1), d_zx, form.matmul_dtype)
     if projected:
         m = gates.m.reshape(rows, -1)
-        d_hidden["w_hr"] = matmul(m.T, d_outs.reshape(rows, -1), cell.matmul_dtype)
+        d_hidden["w_hr"] = matmul(m.T, d_outs.reshape(rows, -1), form.matmul_dtype)
     return d_params | d_hidden, d_xs.reshape(xs.shape), d_carry0
 
 

@@ -8,7 +8,11 @@ Three stages, each compared leaf by leaf (every entry of ``d_params``, ``d_x``, 
 2. one step: the hand-written ``step_backward`` against ``jax.vjp(step)`` at random
    parameters (biases too), a random carry and random cotangents;
 3. whole sequences: ``rj.bptt`` full and truncated (with uneven lengths) through
-   ``rj.check_gradients`` (against ``jax.grad`` and float64 finite differences).
+   ``rj.check_gradients`` (against ``jax.grad`` and float64 finite differences);
+4. for a cell with a parallel (linear) form: ``rj.unroll``'s parallel mode against its
+   sequential mode, values (a contract: they must agree) and gradients (parallel's, with its
+   hand-written reverse scan, against ``jax.grad`` of the step-by-step scan), with uneven
+   lengths and episode resets.
 
 A contract violation raises at once (``TypeError``/``ValueError`` saying what was expected);
 numeric failures are collected in a ``CellReport`` whose table names each leaf's error at
@@ -18,14 +22,25 @@ each stage.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rnn_jax.checks import as_cell, carry_lead, check_like, spatial_rank
+from rnn_jax.checks import (
+    as_cell,
+    carry_lead,
+    check_init_dtype,
+    check_like,
+    check_params,
+    check_step_contract,
+    spatial_rank,
+)
 from rnn_jax.gradcheck import (
+    DEFAULT_EPS,
+    DEFAULT_FD_TOL,
     DEFAULT_TOL,
     LeafReport,
     LeafRow,
@@ -37,8 +52,10 @@ from rnn_jax.gradcheck import (
     compare_leaf,
     random_carry,
 )
+from rnn_jax.scan import unroll
 
 STAGES = ("step", "full", "truncated")
+PARALLEL = "parallel"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +64,7 @@ class CellRow:
     finite-difference error of the BPTT stages, and what failed."""
 
     path: str
-    errors: tuple[float, ...]  # one per stage in STAGES
+    errors: tuple[float, ...]  # one per stage in the report's stages
     fd_err: float
     ok: bool
     message: str = ""
@@ -64,19 +81,34 @@ class CellReport(LeafReport):
     rows: tuple[CellRow, ...]
     rtol: float
     atol: float
+    stages: tuple[str, ...] = STAGES
+    fd_tol: float = DEFAULT_FD_TOL  # the fd err column's pass mark
+    eps: float = DEFAULT_EPS  # its finite-difference step
+    num_directions: int = 2  # its random directions per leaf (0: not run)
 
     def __str__(self) -> str:
+        parallel = ", parallel vs jax.grad of the steps" if PARALLEL in self.stages else ""
+        fd = "fd err: not run (num_directions=0)"
+        if self.num_directions:
+            fd = (f"fd err: bptt vs float64 central differences, eps={self.eps:g}, "
+                  f"{self.num_directions} random directions per leaf (pass: <= fd_tol="
+                  f"{self.fd_tol:g})")  # fmt: skip
         head = (
             f"check_cell {self.cell} {self.dtype}: scaled error max|manual - ref| / max|ref| "
-            f"per stage (pass: <= rtol={self.rtol:g} + atol={self.atol:g}/max|ref|)"
+            f"per stage, step vs jax.vjp, bptt vs jax.grad{parallel} (pass: <= rtol="
+            f"{self.rtol:g} + "
+            f"atol={self.atol:g}/max|ref|); {fd}"
         )
         width = max(len("leaf"), *(len(row.path) for row in self.rows))
-        stages = ("step", "bptt full", f"bptt k={self.truncate}")
+        labels = {"step": "step", "full": "bptt full", "truncated": f"bptt k={self.truncate}",
+                  PARALLEL: "parallel"}  # fmt: skip
+        stages = tuple(labels[stage] for stage in self.stages)
         lines = [head, f"{'leaf':<{width}}  " + "  ".join(f"{s:>11}" for s in stages) +
                  "       fd err  ok"]  # fmt: skip
         for row in self.rows:
             errs = "  ".join(f"{e:11.3e}" for e in row.errors)
-            lines.append(f"{row.path:<{width}}  {errs}  {row.fd_err:11.3e}  "
+            fd_err = f"{row.fd_err:11.3e}" if self.num_directions else f"{'-':>11}"
+            lines.append(f"{row.path:<{width}}  {errs}  {fd_err}  "
                          f"{'yes' if row.ok else 'NO'}")  # fmt: skip
         return "\n".join(lines)
 
@@ -145,19 +177,25 @@ def check_cell(
     lengths = np.array([num_steps - (b % max(num_steps, 1)) for b in range(batch_size)])
     truncated = check_gradients(cell, params, xs, carry, truncate=truncate, lengths=lengths,
                                 **common)  # fmt: skip
+    stages, columns = STAGES, [step, full.rows, truncated.rows]
+    if cell.parallel is not None:
+        stages = (*STAGES, PARALLEL)
+        columns.append(_parallel_stage(cell, params, xs, carry, lengths, rng, rtol, atol))
 
     rows = []
-    for s_row, f_row, t_row in zip(step, full.rows, truncated.rows, strict=True):
-        errors = (s_row.max_rel_err, f_row.max_rel_err, t_row.max_rel_err)
+    for by_stage in zip(*columns, strict=True):
+        s_row, f_row, t_row = by_stage[:3]
+        errors = tuple(row.max_rel_err for row in by_stage)
         failed = [(stage, row.message) for stage, row in
-                  zip(STAGES, (s_row, f_row, t_row), strict=True) if not row.ok]  # fmt: skip
+                  zip(stages, by_stage, strict=True) if not row.ok]  # fmt: skip
         # The earliest failing stage is the most local evidence; the others are named.
         message = "" if not failed else f"{failed[0][0]}: {failed[0][1]}"
         if len(failed) > 1:
             message += f" (also fails: {', '.join(stage for stage, _ in failed[1:])})"
         fd_err = max(f_row.fd_err, t_row.fd_err)
         rows.append(CellRow(s_row.path, errors, fd_err, not failed, message))
-    report = CellReport(cell.name, dtype.name, truncate, tuple(rows), rtol, atol)
+    report = CellReport(cell.name, dtype.name, truncate, tuple(rows), rtol, atol, stages,
+                        full.fd_tol, full.eps, num_directions)  # fmt: skip
     if raise_on_failure:
         report.raise_if_failed()
     return report
@@ -176,16 +214,9 @@ def _check_contract(cell, sizes, spatial, dtype, rng, params, rtol, atol):
     except TypeError as err:
         message = f"{name}.init(key, input_size, hidden_size, *, dtype=...) failed: {err}"
         raise TypeError(message) from err
-    wrong = {
-        jax.tree_util.keystr(path): leaf.dtype.name
-        for path, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]
-        if jnp.finfo(leaf.dtype).dtype != dtype
-    }
-    if wrong:
-        raise TypeError(f"{name}.init(..., dtype={dtype.name}) returned leaves of other "
-                        f"dtypes: {wrong}")  # fmt: skip
+    check_init_dtype(cell, shapes, dtype)
     params = _normal_like(rng, shapes, 0.5) if params is None else params
-    found = cell.check_params(params)
+    found = check_params(cell, params)
     if tuple(found) != (input_size, hidden_size):
         made_for = (input_size, hidden_size)
         raise ValueError(f"{name}: sizes(params) says {tuple(found)}, but the params were made "
@@ -200,6 +231,7 @@ def _check_contract(cell, sizes, spatial, dtype, rng, params, rtol, atol):
                              f"or its complex dtype), got {leaf.shape} {leaf.dtype}")  # fmt: skip
     carry = random_carry(cell, lead, hidden_size, dtype, rng)
     x = jnp.asarray(rng.normal(size=(batch_size, *spatial, input_size)), dtype)
+    check_step_contract(cell, params, carry, x)
     new_carry, h = cell.step(params, carry, x)
     check_like(jax.eval_shape(lambda: zero), new_carry, f"{name}.step's new carry")
     h_of = cell.hidden_of(new_carry)
@@ -228,4 +260,38 @@ def _step_stage(cell, params, carry, x, rng, rtol, atol):
     for name, m, r in zip(names, jax.tree.leaves(manual), jax.tree.leaves(reference), strict=True):
         max_abs, max_rel, ok, message = compare_leaf(m, r, rtol, atol, "step_backward vs jax.vjp")
         rows.append(LeafRow(name, max_abs, max_rel, math.nan, ok, message))  # no FD at a step
+    return rows
+
+
+def _parallel_stage(cell, params, xs, carry, lengths, rng, rtol, atol):
+    """Rows of the parallel path's gradient against ``jax.grad`` of the step-by-step scan
+    (``mode="sequential"``, autodiff), with ``lengths`` and a reset in every row; its values
+    must equal the sequential ones (else ``ValueError``)."""
+    batch_size, num_steps = xs.shape[:2]
+    resets = np.zeros((batch_size, num_steps), bool)
+    resets[:, num_steps // 2] = True
+    data = dict(lengths=jnp.asarray(lengths), resets=jnp.asarray(resets))
+    run = {mode: functools.partial(unroll, cell, mode=mode, **data, **kwargs) for mode, kwargs in
+           (("parallel", {}), ("sequential", {"gradient": "autodiff"}))}  # fmt: skip
+    outputs = {mode: fn(params, xs, carry) for mode, fn in run.items()}
+    for got, want in zip(jax.tree.leaves(outputs["parallel"]),
+                         jax.tree.leaves(outputs["sequential"]), strict=True):  # fmt: skip
+        max_abs, _, ok, message = compare_leaf(got, want, rtol, atol, "parallel vs sequential")
+        if not ok:
+            raise ValueError(f"{cell.name}: the parallel path's values differ from the step's: "
+                             f"{message}")  # fmt: skip
+    weights = _normal_like(rng, outputs["sequential"])
+    loss = lambda fn: lambda p, x, c: sum(
+        jnp.sum(jnp.real(a * w)) for a, w in
+        zip(jax.tree.leaves(fn(p, x, c)), jax.tree.leaves(weights), strict=True)
+    )  # fmt: skip
+    grads = {mode: jax.grad(loss(fn), argnums=(0, 1, 2))(params, xs, carry)
+             for mode, fn in run.items()}  # fmt: skip
+    names = _leaf_names(d_params=params, d_x=xs, d_carry=carry)
+    rows = []
+    for name, got, want in zip(names, jax.tree.leaves(grads["parallel"]),
+                               jax.tree.leaves(grads["sequential"]), strict=True):  # fmt: skip
+        max_abs, max_rel, ok, message = compare_leaf(got, want, rtol, atol,
+                                                     "parallel vs jax.grad of the steps")
+        rows.append(LeafRow(name, max_abs, max_rel, math.nan, ok, message))
     return rows

@@ -11,21 +11,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rnn_jax.cells.base import Cell, LSTMCarry, bias_names
-from rnn_jax.cells.generic import PROTOCOL, GenericCell, cell_of_functions
+from rnn_jax.cell import PROTOCOL, Cell, cell_of_functions
+from rnn_jax.cells.base import LSTMCarry, bias_names
 
 
 def as_cell(cell):
     """A cell object from a cell or a cell module.
 
-    Accepts a ``Cell`` or ``GenericCell``; a module or object whose ``.cell`` is one
-    (``rj.lstm``); or any object with the protocol's functions (``rnn_jax.cells.generic``),
-    which is wrapped in a ``GenericCell``.
+    Accepts a ``Cell``; a module or object whose ``.cell`` is one (``rj.lstm``); or any
+    object with the protocol's functions (``rnn_jax.cell``), which is wrapped in a ``Cell``.
     """
-    if isinstance(cell, (Cell, GenericCell)):
+    if isinstance(cell, Cell):
         return cell
     found = getattr(cell, "cell", None)
-    if isinstance(found, (Cell, GenericCell)):
+    if isinstance(found, Cell):
         return found
     missing = [name for name in PROTOCOL if not callable(getattr(cell, name, None))]
     if missing == list(PROTOCOL) or isinstance(cell, str):
@@ -40,8 +39,12 @@ def as_cell(cell):
 
 
 def check_params(cell, params) -> tuple[int, int]:
-    """Validate any cell's parameters; return ``(input_size, hidden_size)``."""
-    return as_cell(cell).check_params(params)
+    """Validate any cell's parameters; return ``(input_size, hidden_size)``: the fused
+    layout for a cell with the fused-gate form, else the structure of ``init``'s."""
+    cell = as_cell(cell)
+    if cell.fused is not None:
+        return check_fused_params(cell.fused, params)
+    return check_generic_params(cell, params)
 
 
 def params_dtype(params):
@@ -68,13 +71,78 @@ def check_generic_params(cell, params) -> tuple[int, int]:
     try:
         dtype = params_dtype(params)
     except TypeError as err:
+        floats = {jnp.finfo(leaf.dtype).dtype for leaf in leaves
+                  if jnp.issubdtype(leaf.dtype, jnp.inexact)}  # fmt: skip
+        for found in sorted(floats, key=str):  # is init the cause?
+            check_init_dtype(cell, _init_shapes(cell, input_size, hidden_size, found), found)
         raise TypeError(f"{cell.name} {err}") from None
-    expected = jax.eval_shape(
-        lambda key: cell.init(key, input_size, hidden_size, dtype=dtype), jax.random.PRNGKey(0)
-    )
+    expected = _init_shapes(cell, input_size, hidden_size, dtype)
+    check_init_dtype(cell, expected, dtype)
     where = f"{cell.name} params (input_size={input_size}, hidden_size={hidden_size})"
     check_like(expected, params, where)
     return input_size, hidden_size
+
+
+def _init_shapes(cell, input_size: int, hidden_size: int, dtype):
+    return jax.eval_shape(
+        lambda key: cell.init(key, input_size, hidden_size, dtype=dtype), jax.random.PRNGKey(0)
+    )
+
+
+def check_init_dtype(cell, shapes, dtype) -> None:
+    """``shapes`` (``jax.eval_shape`` of ``cell.init(..., dtype=dtype)``) must all be of
+    ``dtype`` (a complex leaf counts as its real part's): else the fault is ``init``'s, and
+    the message says so rather than blaming the parameters made from it."""
+    dtype = jnp.dtype(dtype)
+    wrong: dict[str, list[str]] = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]:
+        if jnp.issubdtype(leaf.dtype, jnp.inexact) and jnp.finfo(leaf.dtype).dtype != dtype:
+            wrong.setdefault(jnp.dtype(leaf.dtype).name, []).append(jax.tree_util.keystr(path))
+    if wrong:
+        found = "; ".join(f"{name} at {', '.join(paths)}" for name, paths in wrong.items())
+        raise TypeError(
+            f"{cell.name}.init(..., dtype={dtype.name}) returned params of dtype {found}: "
+            "init must create every parameter in the dtype it is given (pass dtype= on to "
+            "jax.random.normal, jnp.zeros, ...)"
+        )
+
+
+def check_step_contract(cell, params, carry, x) -> None:
+    """``cell.step(params, carry, x)`` must return ``(new_carry, h)``, ``new_carry`` with the
+    structure, shapes and dtypes of ``carry``. Checked abstractly (``jax.eval_shape``, no
+    compute), so a ``step`` that returns only ``h'`` is named here, not by ``lax.scan``."""
+    contract = (
+        f"{cell.name}.step(params, carry, x) must return a pair (new_carry, h): new_carry "
+        "like the carry it was given (the same structure, shapes and dtypes), h the step's "
+        "output (B, H_out), e.g. `return h, h` for a cell whose carry is its output"
+    )
+    try:
+        out = jax.eval_shape(cell.step, params, carry, x)
+    except Exception as err:  # the step's own error, kept as it is, with the contract noted
+        err.add_note(f"while checking that {contract} (carry {_describe(carry)}, x "
+                     f"{_describe(x)})")  # fmt: skip
+        raise
+    if not isinstance(out, (tuple, list)) or len(out) != 2:
+        alone = " (only h'?)" if hasattr(out, "shape") else ""
+        raise TypeError(f"{contract}; got {_describe(out)}{alone}")
+    try:
+        check_like(jax.eval_shape(lambda: carry), out[0], f"{cell.name}.step's new_carry")
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"{contract}; {err} (the carry given: {_describe(carry)})") from None
+
+
+def _describe(tree) -> str:
+    """A pytree of arrays in a few words: ``array (2, 4) float32``, ``LSTMCarry(h=..., c=...)``."""
+    if hasattr(tree, "shape") and hasattr(tree, "dtype"):
+        return f"array {tuple(tree.shape)} {jnp.dtype(tree.dtype).name}"
+    if isinstance(tree, tuple) and hasattr(tree, "_fields"):
+        parts = ", ".join(f"{k}={_describe(v)}" for k, v in zip(tree._fields, tree, strict=True))
+        return f"{type(tree).__name__}({parts})"
+    if isinstance(tree, (tuple, list)):
+        return f"{type(tree).__name__} of {len(tree)}: ({', '.join(map(_describe, tree))})"
+    if isinstance(tree, dict):
+        return "{" + ", ".join(f"{k!r}: {_describe(v)}" for k, v in tree.items()) + "}"
+    return type(tree).__name__
 
 
 def check_like(expected, got, where: str) -> None:
@@ -95,8 +163,9 @@ def check_like(expected, got, where: str) -> None:
             raise TypeError(f"{where}{name} dtype {have.dtype} != expected {want.dtype}")
 
 
-def check_fused_params(cell: Cell, params) -> tuple[int, int]:
-    """Validate a fused cell's parameter dict; return ``(input_size, hidden_size)``."""
+def check_fused_params(cell, params) -> tuple[int, int]:
+    """Validate a fused cell's parameter dict (``cell`` its ``FusedGates``); return
+    ``(input_size, hidden_size)``."""
     if not isinstance(params, dict):
         raise TypeError(f"{cell.name} params must be a dict of arrays, got {type(params).__name__}")
     if cell.projectable and cell.proj_size is None and "w_hr" in params:
@@ -134,7 +203,7 @@ def check_fused_params(cell: Cell, params) -> tuple[int, int]:
 
 def spatial_rank(cell) -> int:
     """How many spatial axes a cell's inputs and carry leaves have after the batch: 0 for a
-    cell of vectors, n for ``rj.conv_lstm`` over n-D inputs (``GenericCell.spatial_rank``)."""
+    cell of vectors, n for ``rj.conv_lstm`` over n-D inputs (``Cell.spatial_rank``)."""
     return getattr(cell, "spatial_rank", 0)
 
 
@@ -151,7 +220,7 @@ def one_zero_carry(cell, hidden_size: int, dtype=jnp.float32):
     return cell.zero_carry(carry_lead(cell, (1,) * (spatial_rank(cell) + 2)), hidden_size, dtype)
 
 
-def _check_projection(cell: Cell, w_hr, w_h) -> int:
+def _check_projection(cell, w_hr, w_h) -> int:
     """``w_hr`` must be ``(H, P)`` with ``P = cell.proj_size`` and ``w_h (P, G*H)``; returns H."""
     proj = cell.proj_size
     if getattr(w_hr, "ndim", None) != 2 or w_hr.shape[1] != proj or w_h.shape[0] != proj:
@@ -167,7 +236,7 @@ def cell_for(cell, params):
     ``w_hr (H, P)`` runs as ``rj.lstm.with_projection(P)`` (its zero carry's h is ``(B, P)``);
     any other cell as it is."""
     cell = as_cell(cell)
-    if not (isinstance(cell, Cell) and cell.projectable and cell.proj_size is None):
+    if not (cell.fused is not None and cell.fused.projectable and cell.fused.proj_size is None):
         return cell
     w_hr = params.get("w_hr") if isinstance(params, dict) else None
     if getattr(w_hr, "ndim", None) != 2:
@@ -223,12 +292,13 @@ def check_carry(cell, carry, batch_size, hidden_size: int, dtype, name="carry"):
     """The carry must be what ``cell.zero_carry(B, H, dtype)`` returns, in structure, shapes
     and dtypes: ``(B, H)`` or, for the LSTM, ``LSTMCarry(h (B, H), c (B, H))``.
     ``batch_size`` is ``(B, *spatial)`` for a spatial cell (``carry_lead``)."""
-    if not isinstance(cell, Cell):
+    if cell.fused is None:
         expected = jax.eval_shape(lambda: cell.zero_carry(batch_size, hidden_size, dtype))
         check_like(expected, carry, f"{cell.name} {name}")
         return carry
+    form = cell.fused
     expected = (batch_size, hidden_size)
-    if cell.has_cell_state:
+    if form.has_cell_state:
         # A plain tuple is refused: (c, h), Flax's order, would pass silently as (h, c).
         if not isinstance(carry, LSTMCarry):
             raise TypeError(
@@ -236,8 +306,8 @@ def check_carry(cell, carry, batch_size, hidden_size: int, dtype, name="carry"):
                 f"got {type(carry).__name__} (wrap a pair as rj.LSTMCarry(h=..., c=...))"
             )
         parts = {"h": carry.h, "c": carry.c}
-        if cell.proj_size is not None:  # h is the projected output
-            expected = {"h": (batch_size, cell.proj_size), "c": expected}
+        if form.proj_size is not None:  # h is the projected output
+            expected = {"h": (batch_size, form.proj_size), "c": expected}
     else:
         if isinstance(carry, tuple) or not hasattr(carry, "shape"):
             raise TypeError(
@@ -277,3 +347,22 @@ def check_lengths(lengths, batch_size: int, num_steps: int):
                 f"{values.min()} and max {values.max()}"
             )
     return jnp.clip(lengths.astype(jnp.int32), 0, num_steps)
+
+
+def carry_fields(cell) -> set[str]:
+    """Which of ``h``, ``c`` the wrapper can set in ``cell``'s carry: ``h`` when
+    ``hidden_of`` returns the carry itself or its ``h`` field, ``c`` for a ``c`` field."""
+    fields = set()
+
+    def probe():
+        carry = one_zero_carry(cell, 2)
+        h = cell.hidden_of(carry)
+        settable = hasattr(carry, "_replace")
+        if h is carry or (settable and h is getattr(carry, "h", None)):
+            fields.add("h")
+        if settable and hasattr(carry, "c"):
+            fields.add("c")
+        return carry
+
+    jax.eval_shape(probe)
+    return fields

@@ -29,7 +29,8 @@ from collections.abc import Mapping, Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from rnn_jax.cells.base import Cell, LSTMCarry
+from rnn_jax.cell import Cell
+from rnn_jax.cells.base import LSTMCarry
 from rnn_jax.checks import as_cell, cell_for, check_params, spatial_rank
 from rnn_jax.layers import is_bidirectional
 
@@ -74,7 +75,13 @@ def _finish(cell: Cell, params: dict, dtype) -> dict:
 
 def _fused(cell: Cell) -> bool:
     """True for cells with one bias ``b`` (Elman, LSTM); False for the GRU's ``b_x, b_h``."""
-    return cell.biases == ("b",)
+    return cell.fused.biases == ("b",)
+
+
+def _has_cell_state(cell) -> bool:
+    """Whether a fused cell carries ``LSTMCarry(h, c)`` (the LSTM)."""
+    form = as_cell(cell).fused
+    return form is not None and form.has_cell_state
 
 
 def _layers_of(params) -> tuple[list, bool]:
@@ -116,7 +123,8 @@ def _torch_mode(module) -> str:
 
 def _torch_name(cell: Cell) -> str:
     """The cell's name among ``_TORCH_MODES``: a projected LSTM is PyTorch's LSTM too."""
-    return "lstm" if getattr(cell, "proj_size", None) and cell.projectable else cell.name
+    form = cell.fused
+    return "lstm" if form is not None and form.proj_size and form.projectable else cell.name
 
 
 def _check_torch_module(module, cell: Cell) -> None:
@@ -154,10 +162,11 @@ def _layer_from_torch(state: dict, suffix: str, cell: Cell, used: set) -> dict:
     w_hr = state.get(f"weight_hr{suffix}")  # (P, H): nn.LSTM(proj_size=P)'s projection
     hidden = w_hh.shape[-1] if w_hr is None else w_hr.shape[-1]
     reads = hidden if w_hr is None else w_hr.shape[0]  # what w_hh reads: h (B, H) or (B, P)
-    width = cell.num_gates * hidden
+    width = cell.fused.num_gates * hidden
     if w_hh.shape != (width, reads) or w_ih.ndim != 2 or w_ih.shape[0] != width:
         raise ValueError(
-            f"{cell.name} has {cell.num_gates} gate(s): expected {names[0]} ({width}, I) and "
+            f"{cell.name} has {cell.fused.num_gates} gate(s): expected {names[0]} ({width}, I) "
+            "and "
             f"{names[1]} ({width}, {reads}), got {w_ih.shape} and {w_hh.shape} (is it "
             f"another kind of RNN?)"
         )
@@ -337,7 +346,7 @@ _FLAX_GATES = {
 
 
 def _flax_kind(cell: Cell) -> str:
-    if isinstance(cell, Cell) and cell.num_gates == 1:
+    if cell.fused is not None and cell.fused.num_gates == 1:
         return "simple"  # any activation: Flax's SimpleCell(activation_fn=...)
     if cell.name not in _FLAX_GATES:
         raise ValueError(
@@ -549,7 +558,7 @@ def carry_from_flax(carry, cell):
       >>> float(carry.h.sum()), float(carry.c.sum())
       (3.0, 0.0)
     """
-    if as_cell(cell).has_cell_state:
+    if _has_cell_state(cell):
         c, h = carry
         return LSTMCarry(h, c)
     return carry
@@ -566,7 +575,7 @@ def carry_to_flax(carry, cell):
       >>> float(h.sum()), float(c.sum())
       (3.0, 0.0)
     """
-    if as_cell(cell).has_cell_state:
+    if _has_cell_state(cell):
         h, c = carry
         return (c, h)
     return carry
@@ -594,7 +603,7 @@ _KERAS_LAYOUTS = {
 
 
 def _keras_layout(cell) -> tuple[int, bool, bool]:
-    if isinstance(cell, Cell) and cell.num_gates == 1:
+    if cell.fused is not None and cell.fused.num_gates == 1:
         return 1, False, False
     if cell.name not in _KERAS_LAYOUTS:
         raise ValueError(

@@ -19,6 +19,8 @@ from rnn_jax.checks import (
     params_dtype,
     spatial_rank,
 )
+from rnn_jax.options import UnrollOptions, parse
+from rnn_jax.regularize import dropout_mask
 from rnn_jax.scan import unroll
 from rnn_jax.sequence import accepts_unbatched, prepare
 
@@ -81,33 +83,38 @@ def init_bidirectional(cell, key, input_size: int, hidden_size: int, **init_kwar
     }
 
 
-@accepts_unbatched(arrays=("lengths",), trees=("carry",), results=(0, 1))
-def bidirectional(cell, params, xs, carry=None, *, lengths=None, merge="concat", **unroll_kwargs):
+@accepts_unbatched(arrays=("lengths", "mask", "resets"), trees=("carry",), results=(0, 1))
+def bidirectional(
+    cell, params, xs, carry=None, *, lengths=None, mask=None, resets=None, key=None,
+    merge="concat", options: UnrollOptions | None = None, **option_kwargs,
+):  # fmt: skip
     """Run a forward and a backward cell over ``xs`` and merge their outputs.
 
     ``xs (B, T, I)``, or one sequence ``(T, I)`` with unbatched carries and results (as
     ``rj.unroll``). ``carry``: None or ``(carry_fwd, carry_bwd)``. With ``lengths`` the
     backward cell reads each valid prefix backwards, as PyTorch's bidirectional RNN on a
-    packed batch.
+    packed batch. ``mask``, ``resets`` and the options (``options=`` an ``rj.UnrollOptions``
+    and/or keywords) go to both directions' ``rj.unroll``; ``key`` is split between them.
     Returns ``((final_fwd, final_bwd), hs)``; ``hs`` is ``(B, T, 2H)`` for ``"concat"``,
     ``(B, T, H)`` otherwise; both halves aligned with the input positions.
     """
     merge_fn = _merge_fn(merge)
+    opts = parse(options, **option_kwargs)
+    if opts.reverse:
+        raise ValueError("reverse= with bidirectional=: a bidirectional layer reads both "
+                         "directions itself (its backward half has reverse=True)")  # fmt: skip
     if not is_bidirectional(params):
         raise ValueError(f"bidirectional params must be {{'fwd', 'bwd'}}, got keys {_keys(params)}")
     carry_fwd, carry_bwd = (None, None) if carry is None else carry
     # The backward direction is checked before the forward one runs (no compute on bad input).
-    time_major = unroll_kwargs.get("time_major", False)
-    prepare(cell, params["bwd"], xs, carry_bwd, lengths, time_major=time_major)
-    key = unroll_kwargs.pop("key", None)  # regularisers: each direction its own masks
-    keys = (None, None) if key is None else tuple(jax.random.split(key))
-    final_fwd, hs_fwd = unroll(
-        cell, params["fwd"], xs, carry_fwd, lengths=lengths, key=keys[0], **unroll_kwargs
-    )
-    final_bwd, hs_bwd = unroll(
-        cell, params["bwd"], xs, carry_bwd, lengths=lengths, reverse=True, key=keys[1],
-        **unroll_kwargs,
-    )  # fmt: skip
+    steps = dict(mask=mask, resets=resets)
+    prepare(cell, params["bwd"], xs, carry_bwd, lengths, time_major=opts.time_major,
+            reverse=True, **steps)  # fmt: skip
+    keys = (None, None) if key is None else tuple(jax.random.split(key))  # masks per direction
+    final_fwd, hs_fwd = unroll(cell, params["fwd"], xs, carry_fwd, lengths=lengths, key=keys[0],
+                               options=opts, **steps)  # fmt: skip
+    final_bwd, hs_bwd = unroll(cell, params["bwd"], xs, carry_bwd, lengths=lengths, key=keys[1],
+                               options=opts.replace(reverse=True), **steps)  # fmt: skip
     return (final_fwd, final_bwd), merge_fn(hs_fwd, hs_bwd)
 
 
@@ -148,7 +155,7 @@ def init_stack(
     return layers
 
 
-@accepts_unbatched(arrays=("lengths",), trees=("carry",), results=(0, 1))
+@accepts_unbatched(arrays=("lengths", "mask", "resets"), trees=("carry",), results=(0, 1))
 def unroll_stack(
     cell,
     params: list,
@@ -156,35 +163,45 @@ def unroll_stack(
     carry=None,
     *,
     lengths=None,
-    time_major: bool = False,
+    mask=None,
+    resets=None,
     merge: str = "concat",
     dropout: float = 0.0,
     key=None,
-    **unroll_kwargs,
+    options: UnrollOptions | None = None,
+    **option_kwargs,
 ):
     """Run a stack of layers; returns ``(final_carries, hs)`` of the last layer.
 
     ``cell``: any cell; ``params``: a list of layer params from ``init_stack`` (``xs (B, T,
     I)`` for the first, each later layer reading the one below; or one sequence ``(T, I)``,
-    with unbatched carries and results, as ``rj.unroll``). Other keyword arguments
-    (``gradient``, ``truncate``, ``remat``, ``reverse`` ...) go to every ``rj.unroll``.
+    with unbatched carries and results, as ``rj.unroll``). ``lengths``, ``mask``, ``resets``
+    and the options (``options=`` an ``rj.UnrollOptions`` and/or keywords: ``gradient``,
+    ``truncate``, ``remat``, ``reverse`` ...) go to every layer's ``rj.unroll``, parsed once.
+    ``reverse`` reads every unidirectional layer backwards; a bidirectional layer refuses it.
 
     ``carry``: None or a list with one entry per layer (a pair for bidirectional layers).
     ``dropout``: rate of inverted dropout on the outputs between layers (not after the
     last). It is applied only when ``key`` is given, so evaluation simply passes no key.
-    ``input_dropout``, ``recurrent_dropout``, ``zoneout``, ``training`` in ``unroll_kwargs``
-    regularise every layer's recurrence (``rj.unroll``), each layer with masks from its own
-    key (``fold_in(layer key, 1)``, so the between-layer masks are those without them).
+    ``input_dropout``, ``recurrent_dropout``, ``zoneout``, ``training`` regularise every
+    layer's recurrence (``rj.unroll``), each layer with masks from its own key
+    (``fold_in(layer key, 1)``, so the between-layer masks are those without them).
     """
     if not isinstance(params, (list, tuple)) or not params:
         raise TypeError(f"stack params must be a non-empty list of layer params, got {params!r}")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
     _merge_fn(merge)  # checked up front: a stack without bidirectional layers never merges
+    opts = parse(options, **option_kwargs)
+    if opts.reverse and any(is_bidirectional(layer) for layer in params):
+        raise ValueError(
+            "reverse= with bidirectional=: a bidirectional layer reads both directions itself; "
+            "reverse= applies to unidirectional stacks"
+        )
     carries = [None] * len(params) if carry is None else list(carry)
     if len(carries) != len(params):
         raise ValueError(f"carry has {len(carries)} entries for {len(params)} layers")
-    check_stack_sizes(cell, params, xs, merge, carries=carries, time_major=time_major)
+    check_stack_sizes(cell, params, xs, merge, carries=carries, time_major=opts.time_major)
     keys = [None] * len(params) if key is None else list(jax.random.split(key, len(params)))
     finals = []
     hs = xs
@@ -192,11 +209,11 @@ def unroll_stack(
         if index > 0 and dropout > 0.0 and keys[index] is not None:
             hs = _dropout(keys[index], hs, dropout)
         layer_key = None if keys[index] is None else jax.random.fold_in(keys[index], 1)
-        kwargs = dict(lengths=lengths, time_major=time_major, key=layer_key, **unroll_kwargs)
+        data = dict(lengths=lengths, mask=mask, resets=resets, key=layer_key, options=opts)
         if is_bidirectional(layer):
-            final, hs = bidirectional(cell, layer, hs, layer_carry, merge=merge, **kwargs)
+            final, hs = bidirectional(cell, layer, hs, layer_carry, merge=merge, **data)
         else:
-            final, hs = unroll(cell, layer, hs, layer_carry, **kwargs)
+            final, hs = unroll(cell, layer, hs, layer_carry, **data)
         finals.append(final)
     return finals, hs
 
@@ -233,8 +250,7 @@ def check_stack_sizes(cell, params: list, xs, merge: str, *, carries=None, time_
 
 
 def _dropout(key, values, rate: float):
-    keep = jax.random.bernoulli(key, 1.0 - rate, values.shape)
-    return jnp.where(keep, values / (1.0 - rate), 0).astype(values.dtype)
+    return values * dropout_mask(key, values.shape, rate, values.dtype)
 
 
 def _keys(params):

@@ -15,7 +15,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rnn_jax import regularize
 from rnn_jax.blocks import apply_residual, init_residual
 from rnn_jax.checks import as_cell
 from rnn_jax.layers import (
@@ -25,6 +24,7 @@ from rnn_jax.layers import (
     params_output_size,
     unroll_stack,
 )
+from rnn_jax.options import parse
 from rnn_jax.sequence import accepts_unbatched, valid_mask
 
 
@@ -79,7 +79,7 @@ def classifier(
     bidirectional: bool = False,
     merge: str = "concat",
     dropout: float = 0.0,
-    gradient: str = "autodiff",
+    gradient: str | None = None,
     matmul_dtype=None,
     backend: str = "scan",
     input_dropout: float = 0.0,
@@ -122,15 +122,15 @@ def classifier(
       (10,)
     """
     cell = as_cell(cell)
-    regularizers = dict(input_dropout=input_dropout, recurrent_dropout=recurrent_dropout,
-                        zoneout=zoneout)  # fmt: skip
-    regularize.options(**regularizers, training=False)  # bad rates raise here, at build
+    # Parsed once, at build: a bad option or combination raises here, not in the first step.
+    options = parse(gradient=gradient, matmul_dtype=matmul_dtype, backend=backend, mode=mode,
+                    input_dropout=input_dropout, recurrent_dropout=recurrent_dropout,
+                    zoneout=zoneout)  # fmt: skip
     _check_choice("pool", pool, POOLS)
-    _check_block(block, bidirectional=bidirectional, dropout=dropout, matmul_dtype=matmul_dtype,
-                 backend=backend != "scan", **regularizers)  # fmt: skip
+    _check_block(block, bidirectional=bidirectional, dropout=dropout)
     if block == "residual":
         return _residual_classifier(cell, hidden_size, num_classes, num_layers, expansion, pool,
-                                    dict(gradient=gradient, mode=mode), init_kwargs)  # fmt: skip
+                                    options, init_kwargs)  # fmt: skip
 
     def init_fn(key, input_size: int, dtype=jnp.float32):
         k_rnn, k_out = jax.random.split(key)
@@ -143,11 +143,8 @@ def classifier(
 
     @accepts_unbatched(arrays=("lengths",), results=None)
     def apply_fn(params, xs, *, lengths=None, key=None):
-        finals, hs = unroll_stack(
-            cell, params["rnn"], xs, lengths=lengths, merge=merge,
-            dropout=dropout, key=key, gradient=gradient, matmul_dtype=matmul_dtype,
-            backend=backend, mode=mode, **regularizers,
-        )  # fmt: skip
+        finals, hs = unroll_stack(cell, params["rnn"], xs, lengths=lengths, merge=merge,
+                                  dropout=dropout, key=key, options=options)  # fmt: skip
         if pool == "mean":
             return dense(params["readout"], mean_over_valid(hs, lengths))
         last_bidirectional = is_bidirectional(params["rnn"][-1])
@@ -165,7 +162,7 @@ def language_model(
     num_layers: int = 1,
     embed_size: int | None = None,
     dropout: float = 0.0,
-    gradient: str = "autodiff",
+    gradient: str | None = None,
     block: str = "plain",
     expansion: int = 2,
     **init_kwargs,
@@ -196,6 +193,7 @@ def language_model(
     cell = as_cell(cell)
     _check_block(block, dropout=dropout)
     residual = block == "residual"
+    base = parse(gradient=gradient)
 
     def init_fn(key, dtype=jnp.float32):
         k_embed, k_rnn, k_out = jax.random.split(key, 3)
@@ -222,12 +220,12 @@ def language_model(
             xs = params["embed"][tokens]
         else:
             xs = jax.nn.one_hot(tokens, vocab_size, dtype=dtype)
-        unroll_kwargs["gradient"] = unroll_kwargs.get("gradient", gradient)
         if residual:
-            finals, hs = apply_residual(cell, params["rnn"], xs, carry, **unroll_kwargs)
+            finals, hs = apply_residual(cell, params["rnn"], xs, carry, key=key, options=base,
+                                        **unroll_kwargs)  # fmt: skip
         else:
             finals, hs = unroll_stack(cell, params["rnn"], xs, carry, dropout=dropout, key=key,
-                                      **unroll_kwargs)  # fmt: skip
+                                      options=base, **unroll_kwargs)  # fmt: skip
         return dense(params["readout"], hs), finals
 
     return Model(init_fn, apply_fn)
@@ -269,7 +267,7 @@ def _last_valid_output(hs, lengths):
     return jnp.where((jnp.asarray(lengths) > 0)[:, None], picked, 0)
 
 
-def _residual_classifier(cell, width, num_classes, num_layers, expansion, pool, unroll_kwargs,
+def _residual_classifier(cell, width, num_classes, num_layers, expansion, pool, options,
                          init_kwargs) -> Model:  # fmt: skip
     """``classifier(block="residual")``: ``rnn_jax.blocks``' stack, pooled, then dense."""
 
@@ -281,8 +279,7 @@ def _residual_classifier(cell, width, num_classes, num_layers, expansion, pool, 
 
     @accepts_unbatched(arrays=("lengths",), results=None)
     def apply_fn(params, xs, *, lengths=None, key=None):
-        del key  # no dropout in residual blocks
-        _, hs = apply_residual(cell, params["rnn"], xs, lengths=lengths, **unroll_kwargs)
+        _, hs = apply_residual(cell, params["rnn"], xs, lengths=lengths, key=key, options=options)
         pooled = mean_over_valid(hs, lengths) if pool == "mean" else _last_valid_output(hs, lengths)
         return dense(params["readout"], pooled)
 

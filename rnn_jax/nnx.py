@@ -15,10 +15,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from rnn_jax import regularize
 from rnn_jax.cells import gru, lstm, simple
 from rnn_jax.checks import as_cell, check_params
 from rnn_jax.layers import _merge_fn, init_stack, is_bidirectional, unroll_stack
+from rnn_jax.options import NAMES as OPTION_NAMES
+from rnn_jax.options import UnrollOptions, parse
 
 __all__ = ["GRU", "LSTM", "RNN", "SimpleRNN"]
 
@@ -67,13 +68,15 @@ class RNN(nnx.Module):
       dropout: inverted-dropout rate between layers, applied while ``deterministic`` is
         False (``model.train()``; ``model.eval()`` turns it off), with keys from the
         ``"dropout"`` stream of ``rngs`` (or of the ``rngs`` given to ``__call__``).
-      time_major, unroll, gradient: passed to ``rj.unroll`` (``gradient="manual"`` uses
-        the hand-written BPTT).
-      input_dropout, recurrent_dropout, zoneout: ``rj.unroll``'s regularisers in every
-        layer while ``deterministic`` is False (keys from the ``dropout`` stream);
-        ``model.eval()`` turns dropout off and zoneout to its evaluation mix.
+      options: an ``rj.UnrollOptions`` for every layer's ``rj.unroll``; any of its fields
+        may also be given as a keyword (``time_major``, ``unroll``, ``gradient="manual"``
+        for the hand-written BPTT, ``mode``, ``remat``, ...), parsed once here. The
+        regularisers (``input_dropout``, ``recurrent_dropout``, ``zoneout``) act while
+        ``deterministic`` is False (keys from the ``dropout`` stream); ``model.eval()`` turns
+        dropout off and zoneout to its evaluation mix.
       rngs: ``nnx.Rngs``; ``params`` stream for the initial weights, ``dropout`` for masks.
-      dtype, initializer, **init_kwargs: passed to the cell's ``init``.
+      dtype, initializer, **kwargs: the keywords that are not unroll options go to the
+        cell's ``init``.
     """
 
     def __init__(
@@ -86,19 +89,17 @@ class RNN(nnx.Module):
         bidirectional: bool = False,
         merge: str = "concat",
         dropout: float = 0.0,
-        time_major: bool = False,
-        unroll: int = 1,
-        gradient: str = "autodiff",
         deterministic: bool = False,
-        input_dropout: float = 0.0,
-        recurrent_dropout: float = 0.0,
-        zoneout=None,
         rngs: nnx.Rngs | None = None,
         params=None,
         dtype=jnp.float32,
-        **init_kwargs,
+        options: UnrollOptions | None = None,
+        **kwargs,
     ):
         cell = as_cell(cell)
+        unroll_kwargs = {name: kwargs.pop(name) for name in list(kwargs) if name in OPTION_NAMES}
+        options = parse(options, **unroll_kwargs)  # a bad option or pair raises here
+        init_kwargs = kwargs
         if params is None:
             if input_size is None or hidden_size is None or rngs is None:
                 raise TypeError("RNN needs input_size, hidden_size and rngs (or params=...)")
@@ -107,10 +108,7 @@ class RNN(nnx.Module):
                 bidirectional=bidirectional, merge=merge, dtype=dtype, **init_kwargs,
             )  # fmt: skip
         layers = list(params) if isinstance(params, (list, tuple)) else [params]
-        self._setup(cell, layers, merge, dropout, time_major, unroll, gradient, deterministic)
-        self.regularizers = dict(input_dropout=input_dropout,
-                                 recurrent_dropout=recurrent_dropout, zoneout=zoneout)  # fmt: skip
-        regularize.options(**self.regularizers, training=False)  # bad rates raise here
+        self._setup(cell, layers, merge, dropout, options, deterministic)
         # Like nnx.Dropout: a forked stream, so the module owns its dropout key state.
         self.rngs = rngs["dropout"].fork() if rngs is not None else nnx.data(None)
 
@@ -121,7 +119,7 @@ class RNN(nnx.Module):
         the constructor's options (merge, dropout, rngs, ...)."""
         return RNN(cell, params=params, **kwargs)
 
-    def _setup(self, cell, layers, merge, dropout, time_major, unroll, gradient, det):
+    def _setup(self, cell, layers, merge, dropout, options, det):
         _merge_fn(merge)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
@@ -136,9 +134,7 @@ class RNN(nnx.Module):
         )
         self.merge = merge
         self.dropout = dropout
-        self.time_major = time_major
-        self.unroll = unroll
-        self.gradient = gradient
+        self.options = nnx.static(options)
         self.deterministic = det
 
     @property
@@ -164,14 +160,13 @@ class RNN(nnx.Module):
         """
         deterministic = self.deterministic if deterministic is None else deterministic
         key = None
-        regularized = regularize.options(**self.regularizers, key=0, training=True)
         between = self.dropout > 0.0 and len(self.layers) > 1
-        if (between or regularized is not None) and not deterministic:
+        if (between or self.options.regularizing) and not deterministic:
             key = self._dropout_key(rngs)
         return unroll_stack(
-            self.cell, self.params, xs, carry, lengths=lengths, time_major=self.time_major,
-            merge=self.merge, dropout=self.dropout, key=key, unroll=self.unroll,
-            gradient=self.gradient, training=not deterministic, **self.regularizers,
+            self.cell, self.params, xs, carry, lengths=lengths, merge=self.merge,
+            dropout=self.dropout, key=key, options=self.options,
+            training=not deterministic,
         )  # fmt: skip
 
     def _dropout_key(self, rngs) -> jax.Array:

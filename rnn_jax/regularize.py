@@ -18,11 +18,13 @@ input, so the carry, the final state, ``resets`` and ``lengths`` are the inner c
 unchanged and BPTT (full, truncated, remat) needs nothing new. ``rj.unroll(...,
 input_dropout=, recurrent_dropout=, zoneout=, key=, training=)`` draws the masks and builds it.
 
-For the fused cells (``rj.simple``, ``rj.lstm``, ``rj.gru`` and their variants) the recurrent
-mask scales ``h`` in ``h @ w_h`` only, as Keras. A protocol cell's step cannot be split at its
-product, so there the mask scales the ``h`` the step reads (the same for cells that read ``h``
-only through products, as the peephole and layer-norm LSTMs; for GRU-like protocol cells,
-``rj.gru.reset_before`` and ``rj.mgu``, it also drops ``h`` in ``z * h``).
+Where recurrent dropout acts is the cell's own declaration (``Cell.recurrent_dropout``):
+``"read"`` (the fused cells ``rj.simple``, ``rj.lstm``, ``rj.gru``, ``rj.mgu`` and
+``rj.gru.reset_before``): the mask scales ``h`` where the recurrent products read it and
+nowhere else, as Keras (the GRU's ``z * h`` keeps the whole ``h``); ``"carry"`` (the peephole,
+layer-norm and convolutional LSTMs, which read ``h`` only through their recurrent product):
+the mask scales the carry's ``h`` the step reads, the same thing; None (the linear
+recurrences ``rj.mingru``, ``rj.minlstm``, ``rj.lru``, whose gates read no ``h``): refused.
 """
 
 from __future__ import annotations
@@ -33,22 +35,23 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from rnn_jax.cells.base import Cell
-from rnn_jax.checks import as_cell, one_zero_carry, spatial_rank
+from rnn_jax.cells.base import with_hidden
+from rnn_jax.checks import as_cell, check_params, one_zero_carry, spatial_rank
+from rnn_jax.options import check_zoneout, zoneout_for
 
 
 @dataclasses.dataclass(frozen=True)
 class Regularized:
     """``cell`` with recurrent dropout and/or zoneout (module docstring); hashable.
 
-    ``recurrent_dropout``: the input carries a recurrent mask ``m_h (B, H_out)``.
+    ``drops_recurrent``: the input carries a recurrent mask ``m_h (B, H_out)``.
     ``zoneout_h``, ``zoneout_c``: zoneout rates of ``h`` and ``c`` (None: off). With
     ``training`` the input carries the 0/1 keep masks ``k_h (B, H_out)``, ``k_c (B, H)``;
     without, the step mixes ``z * previous + (1 - z) * new``.
     """
 
     inner: Any
-    recurrent_dropout: bool = False
+    drops_recurrent: bool = False
     zoneout_h: float | None = None
     zoneout_c: float | None = None
     training: bool = True
@@ -68,7 +71,7 @@ class Regularized:
         width = {"m_h": lambda: self.inner.hidden_of(carry).shape[-1],
                  "k_h": lambda: self.inner.hidden_of(carry).shape[-1],
                  "k_c": lambda: carry.c.shape[-1]}  # fmt: skip
-        wanted = {"m_h": self.recurrent_dropout,
+        wanted = {"m_h": self.drops_recurrent,
                   "k_h": self.training and self.zoneout_h is not None,
                   "k_c": self.training and self.zoneout_c is not None}  # fmt: skip
         return [(name, width[name]()) for name, on in wanted.items() if on]
@@ -85,7 +88,7 @@ class Regularized:
 
     def sizes(self, params) -> tuple[int, int]:
         """``(input_size including the masks, hidden_size)``."""
-        input_size, hidden_size = self.inner.check_params(params)
+        input_size, hidden_size = check_params(self.inner, params)
         return input_size + self.extra(hidden_size), hidden_size
 
     def zero_carry(self, batch_size: int, hidden_size: int, dtype=jnp.float32):
@@ -108,7 +111,7 @@ class Regularized:
             new, _, inner = self.inner.step_forward(params, carry, x)
         else:
             read = masks["m_h"] * self.inner.hidden_of(carry)
-            if isinstance(self.inner, Cell):  # drop h in h @ w_h only, as Keras
+            if self.inner.recurrent_dropout == "read":  # drop h in the products only, as Keras
                 new, _, inner = self.inner.step_forward(params, carry, x, h_read=read)
             else:
                 new, _, inner = self.inner.step_forward(params, with_hidden(carry, read), x)
@@ -155,7 +158,7 @@ class Regularized:
 
     def _backward_parts(self, params, inner, d_h, d_carry):
         """The inner backward with dL/d(h read) apart from the rest of dL/dcarry_prev."""
-        if isinstance(self.inner, Cell):
+        if self.inner.recurrent_dropout == "read":
             return self.inner.step_backward_parts(params, inner, d_h, d_carry)
         d_params, d_x, d_in = self.inner.step_backward(params, inner, d_h, d_carry)
         d_read = self.inner.hidden_of(d_in)  # the protocol step read all of h as m_h * h
@@ -194,61 +197,14 @@ def regularized(cell, *, recurrent_dropout: bool = False, zoneout=None, training
       >>> h.shape, bool(jnp.all(carry.c == 0))                     # c kept everywhere
       ((2, 4), True)
     """
-    z_h, z_c = zoneout_rates(zoneout)
     inner = as_cell(cell)
-    fields = _carry_fields(inner)
-    if not isinstance(zoneout, (tuple, list)) and "c" not in fields:
-        z_c = None  # one rate: h, and c where the carry has one
-    wrapped = Regularized(inner, bool(recurrent_dropout), z_h, z_c, bool(training))
-    needs_h = wrapped.recurrent_dropout or z_h is not None
-    if needs_h and "h" not in fields:
+    z_h, z_c = zoneout_for(check_zoneout(zoneout), inner, inner.name)
+    if recurrent_dropout and inner.recurrent_dropout is None:
         raise ValueError(
-            f"recurrent dropout and zoneout need {inner.name}'s hidden state as its carry or "
-            "the carry's h field (a NamedTuple); its hidden_of computes it"
+            f"recurrent_dropout= with cell=: {inner.name} does not declare where recurrent "
+            "dropout acts (rj.make_cell(..., recurrent_dropout='carry' or 'read'))"
         )
-    if z_c is not None and "c" not in fields:
-        raise ValueError(f"zoneout of c needs a carry with a c field; {inner.name}'s has none: "
-                         "pass zoneout=(z_h, None)")  # fmt: skip
-    return wrapped
-
-
-def zoneout_rates(zoneout) -> tuple[float | None, float | None]:
-    """``zoneout`` (None, ``z`` or ``(z_h, z_c)``) -> ``(z_h, z_c)``, 0 counted as off."""
-    if zoneout is None:
-        return None, None
-    pair = tuple(zoneout) if isinstance(zoneout, (tuple, list)) else (zoneout, zoneout)
-    if len(pair) != 2:
-        raise ValueError(f"zoneout must be a rate or a pair (z_h, z_c), got {zoneout!r}")
-    return tuple(
-        None if z is None else check_rate(f"zoneout {leaf}", z) or None
-        for leaf, z in zip("hc", pair, strict=True)
-    )
-
-
-def check_rate(name: str, rate) -> float:
-    """A rate in ``[0, 1)`` as a float; anything else raises ``ValueError``."""
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
-        raise ValueError(f"{name} rate must be a number in [0, 1), got {rate!r}")
-    return float(rate)
-
-
-def _carry_fields(cell) -> set[str]:
-    """Which of ``h``, ``c`` the wrapper can set in ``cell``'s carry: ``h`` when
-    ``hidden_of`` returns the carry itself or its ``h`` field, ``c`` for a ``c`` field."""
-    fields = set()
-
-    def probe():
-        carry = one_zero_carry(cell, 2)
-        h = cell.hidden_of(carry)
-        settable = hasattr(carry, "_replace")
-        if h is carry or (settable and h is getattr(carry, "h", None)):
-            fields.add("h")
-        if settable and hasattr(carry, "c"):
-            fields.add("c")
-        return carry
-
-    jax.eval_shape(probe)
-    return fields
+    return Regularized(inner, bool(recurrent_dropout), z_h, z_c, bool(training))
 
 
 def get_leaf(carry, leaf: str):
@@ -261,82 +217,36 @@ def set_leaf(carry, leaf: str, value):
     return value if leaf == "h" and hasattr(carry, "shape") else carry._replace(**{leaf: value})
 
 
-def with_hidden(carry, h):
-    """``carry`` with its hidden state replaced by ``h``."""
-    return set_leaf(carry, "h", h)
-
-
 # --------------------------------------------------------------------------------------
-# The options of rj.unroll: checked before compute, masks drawn from the key.
+# rj.unroll's regularisers: the plan (rnn_jax.options) applied, masks drawn from the key.
 
 
-@dataclasses.dataclass(frozen=True)
-class Options:
-    """The checked regulariser options of one ``rj.unroll`` call (``options``)."""
-
-    input_dropout: float
-    recurrent_dropout: float
-    zoneout_h: float | None
-    zoneout_c: float | None
-    training: bool
-
-    def as_dict(self) -> dict:
-        """For ``backends.dispatch``: each option that is on, by its ``rj.unroll`` name."""
-        zoneout = (self.zoneout_h, self.zoneout_c)
-        return {"input_dropout": self.input_dropout or None,
-                "recurrent_dropout": self.recurrent_dropout or None,
-                "zoneout": None if zoneout == (None, None) else zoneout}  # fmt: skip
-
-
-def options(input_dropout=0.0, recurrent_dropout=0.0, zoneout=None, key=None, training=None):
-    """Check ``rj.unroll``'s regulariser arguments; None when they change nothing.
-
-    ``training`` None means "training when a key is given". In evaluation dropout is off and
-    only zoneout acts (its mix); so None also when no regulariser acts (the default path).
-    """
-    input_dropout = check_rate("input_dropout", input_dropout)
-    recurrent_dropout = check_rate("recurrent_dropout", recurrent_dropout)
-    z_h, z_c = zoneout_rates(zoneout)
-    if training is None:
-        training = key is not None
-    if training is not True and training is not False:
-        raise TypeError(f"training must be True, False or None, got {training!r}")
-    dropping = training and (input_dropout > 0 or recurrent_dropout > 0)
-    if (dropping or (training and (z_h or z_c))) and key is None:
-        raise ValueError("dropout and zoneout in training draw masks: pass key= (a PRNG key), "
-                         "or training=False for evaluation")  # fmt: skip
-    if not dropping and z_h is None and z_c is None:
-        return None
-    rates = (input_dropout, recurrent_dropout) if training else (0.0, 0.0)
-    return Options(*rates, z_h, z_c, training)
-
-
-def apply(opts: Options, cell, xs_tm, carry, key):
-    """``(cell', xs_tm')`` running ``opts`` over ``xs_tm (T, B, I)`` from ``carry``: the
-    input mask applied to ``xs``, the other masks appended to its features (``Regularized``).
-    A spatial cell's ``xs_tm (T, B, *spatial, C)`` gets masks ``(B, *spatial, width)``, one
-    value per position and channel, as Keras' ``ConvLSTM`` draws them."""
-    keys = jax.random.split(key, 3) if opts.training else (None,) * 3
-    if opts.input_dropout:
-        xs_tm = xs_tm * dropout_mask(keys[0], xs_tm.shape[1:], opts.input_dropout, xs_tm.dtype)
-    if not opts.recurrent_dropout and opts.zoneout_h is None and opts.zoneout_c is None:
+def apply(plan, cell, xs_tm, carry, key):
+    """``(cell', xs_tm')`` running ``plan``'s regularisers (``rnn_jax.options.Plan``) over
+    ``xs_tm (T, B, I)`` from ``carry``: the input mask applied to ``xs``, the other masks
+    appended to its features (``Regularized``). A spatial cell's ``xs_tm (T, B, *spatial,
+    C)`` gets masks ``(B, *spatial, width)``, one value per position and channel, as Keras'
+    ``ConvLSTM`` draws them."""
+    keys = jax.random.split(key, 3) if plan.training else (None,) * 3
+    if plan.input_dropout:
+        xs_tm = xs_tm * dropout_mask(keys[0], xs_tm.shape[1:], plan.input_dropout, xs_tm.dtype)
+    if not plan.wraps_cell:
         return cell, xs_tm  # input dropout alone: the plain cell on the dropped inputs
-    zoneout = (opts.zoneout_h, opts.zoneout_c)
-    wrapped = regularized(cell, recurrent_dropout=opts.recurrent_dropout > 0, zoneout=zoneout,
-                          training=opts.training)  # fmt: skip
+    wrapped = Regularized(cell, plan.recurrent_dropout > 0, plan.zoneout_h, plan.zoneout_c,
+                          plan.training)  # fmt: skip
     parts = [xs_tm]
     for name, width in wrapped.segments(carry):
-        parts.append(_mask(opts, name, keys, (*xs_tm.shape[:-1], width), xs_tm.dtype))
+        parts.append(_mask(plan, name, keys, (*xs_tm.shape[:-1], width), xs_tm.dtype))
     return as_cell(wrapped), jnp.concatenate(parts, axis=-1)
 
 
-def _mask(opts: Options, name: str, keys, shape, dtype):
+def _mask(plan, name: str, keys, shape, dtype):
     """The ``(T, B, [*spatial,] width)`` mask ``name``: ``m_h`` one per sequence, ``k_*`` per
     step."""
     if name == "m_h":
-        mask = dropout_mask(keys[1], shape[1:], opts.recurrent_dropout, dtype)
+        mask = dropout_mask(keys[1], shape[1:], plan.recurrent_dropout, dtype)
         return jnp.broadcast_to(mask, shape)
-    rate = opts.zoneout_h if name == "k_h" else opts.zoneout_c
+    rate = plan.zoneout_h if name == "k_h" else plan.zoneout_c
     key = keys[2] if name == "k_h" else jax.random.fold_in(keys[2], 1)
     return zoneout_mask(key, shape, rate, dtype)
 

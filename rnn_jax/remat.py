@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from rnn_jax.bptt import manual_scan
-from rnn_jax.cells.base import Cell
+from rnn_jax.cell import Cell
 from rnn_jax.sequence import scan_forward
 
 

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
-import jax.numpy as jnp
 
 from rnn_jax import regularize
-from rnn_jax.backends import check_backend, dispatch
-from rnn_jax.bptt import _check_truncate, manual_scan
-from rnn_jax.cells.base import Cell
+from rnn_jax.backends import dispatch
+from rnn_jax.bptt import manual_scan
+from rnn_jax.options import UnrollOptions, parse, plan
 from rnn_jax.remat import remat_scan_forward, segment_length
 from rnn_jax.sequence import (
     accepts_unbatched,
@@ -20,9 +17,6 @@ from rnn_jax.sequence import (
     scan_forward,
     to_layout,
 )
-
-GRADIENTS = ("autodiff", "manual")
-MODES = ("sequential", "parallel")
 
 
 @accepts_unbatched(arrays=("lengths", "mask", "resets"), trees=("carry",), results=(0, 1, 2))
@@ -35,21 +29,9 @@ def unroll(
     lengths=None,
     mask=None,
     resets=None,
-    return_carries: bool = False,
-    reverse: bool = False,
-    time_major: bool = False,
-    unroll: int = 1,
-    gradient: str = "autodiff",
-    truncate: int | None = None,
-    remat: int | str | None = None,
-    matmul_dtype=None,
-    backend: str = "scan",
-    mode: str | None = None,
-    input_dropout: float = 0.0,
-    recurrent_dropout: float = 0.0,
-    zoneout=None,
     key=None,
-    training: bool | None = None,
+    options: UnrollOptions | None = None,
+    **option_kwargs,
 ):
     """Run ``cell`` over ``xs``; returns ``(final_carry, hs)``.
 
@@ -85,10 +67,17 @@ def unroll(
       reverse: read each sequence backwards (only its valid prefix when ``lengths`` is given).
         Outputs stay aligned with the inputs: ``hs[:, t]`` is the state right after reading
         ``xs[:, t]``; the final carry is the state after reading position 0.
-      unroll: ``lax.scan`` unroll factor.
+      unroll: ``lax.scan`` unroll factor (the sequential mode's).
       gradient: ``"autodiff"``, or ``"manual"`` for the same forward whose gradient is the
-        hand-written BPTT (``jax.custom_vjp``).
-      truncate: with ``gradient="manual"``, truncated BPTT (see ``rj.bptt``).
+        hand-written BPTT (``jax.custom_vjp``). In ``mode="parallel"`` ``"manual"`` is the
+        linear recurrence's hand-written reverse scan (``rj.linear_scan``'s backward) with the
+        time-independent products and gates differentiated by autodiff, and ``"autodiff"`` is
+        autodiff of the whole path. None (default): ``"manual"`` in parallel mode (the faster
+        there), ``"autodiff"`` in sequential mode.
+      truncate: with ``gradient="manual"``, truncated BPTT (see ``rj.bptt``): the gradient
+        from each step's output travels back at most ``k`` steps that ran (a masked step is
+        no step: it does not count toward ``k``; a padded one ends the row); the initial carry
+        receives only what arrives within ``k`` steps of it (at a reset, that episode's own).
       remat: memory-bounded BPTT: an int k checkpoints every k steps and recomputes each
         segment's forward in the backward, ``"sqrt"`` uses k = sqrt(T); residual memory
         O(T/k + k) instead of O(T), for about one extra forward pass. Same values and
@@ -104,18 +93,27 @@ def unroll(
       mode: ``"sequential"`` (the cell's ``step`` in ``lax.scan``) or ``"parallel"`` (the
         whole sequence at once, for a cell with a ``parallel`` path: the linear recurrences
         ``rj.mingru``, ``rj.minlstm``, ``rj.lru``, through ``rj.linear_scan``). Same values and
-        gradients. None: parallel where the cell has it, else sequential.
+        gradients. None: parallel where the cell has it and no option needs steps
+        (``truncate``, ``remat``, ``return_carries``, ``unroll``, recurrent dropout, zoneout),
+        else sequential.
       input_dropout, recurrent_dropout: variational dropout rates in ``[0, 1)`` (Gal &
         Ghahramani 2016, Keras ``dropout``/``recurrent_dropout``): one mask per sequence,
-        ``(B, I)`` on every ``x`` and ``(B, H)`` on ``h_{t-1}`` in the recurrent product
-        (``rj.regularized`` says where for custom cells), values 0 or ``1/(1-rate)``.
+        ``(B, I)`` on every ``x`` and ``(B, H)`` on ``h_{t-1}`` where the recurrent products
+        read it (each cell declares where: ``Cell.recurrent_dropout``; a cell without a
+        recurrent product, as the linear recurrences, refuses it), values 0 or ``1/(1-rate)``.
       zoneout: None, ``z`` or ``(z_h, z_c)`` in ``[0, 1)`` (Krueger et al. 2016): in
         training each unit of ``h`` (``c``) keeps its previous value with probability ``z``,
-        a fresh mask per step; in evaluation ``h' = z * h + (1 - z) * h_new``.
+        a fresh mask per step; in evaluation ``h' = z * h + (1 - z) * h_new``. One ``z`` acts
+        on ``h`` and, where the carry has one (the LSTMs), on ``c``.
       key: PRNG key the masks are drawn from (split per mask kind).
+      options: an ``rj.UnrollOptions`` holding any of the options below (what the layers
+        forward); keywords given as well override it.
       training: None: training when ``key`` is given. Out of training dropout is off (the
         plain cell's results exactly) and zoneout mixes. Works with both ``gradient``s,
         ``truncate``, ``remat``, ``lengths``/``mask``/``resets``; sequential mode only.
+
+    Every combination of options either works or raises ``ValueError`` naming both
+    (``rnn_jax.options`` holds the rules).
 
     Returns:
       ``(final_carry, hs)`` with ``hs (B, T, H)`` (``(T, B, H)`` if time-major); with
@@ -142,109 +140,54 @@ def unroll(
       >>> rj.unroll(rj.lstm, params, jnp.ones((5, 3)))[1].shape        # (T, I) -> (T, H)
       (5, 4)
     """
-    check_backend(backend)
-    if gradient not in GRADIENTS:
-        raise ValueError(f"gradient must be one of {GRADIENTS}, got {gradient!r}")
-    if truncate is not None and gradient != "manual":
-        raise ValueError("truncate=k needs gradient='manual' (autodiff gives full BPTT)")
-    truncate = _check_truncate(truncate)
-    if not isinstance(unroll, int) or unroll < 1:
-        raise ValueError(f"unroll must be an int >= 1, got {unroll!r}")
-    regs = regularize.options(input_dropout, recurrent_dropout, zoneout, key, training)
-    steps = dict(mask=mask, resets=resets, reverse=reverse)
-    prep = prepare(cell, params, xs, carry, lengths, time_major=time_major, **steps)
-    _check_return_carries(remat, return_carries)
-    scan_only = dict(lengths=lengths, truncate=truncate, remat=remat, matmul_dtype=matmul_dtype,
-                     mask=mask, resets=resets, return_carries=return_carries or None,
-                     **({} if regs is None else regs.as_dict()))  # fmt: skip
+    opts = parse(options, **option_kwargs)
+    steps = dict(mask=mask, resets=resets, reverse=opts.reverse)
+    prep = prepare(cell, params, xs, carry, lengths, time_major=opts.time_major, **steps)
+    how = plan(opts, prep.cell, lengths=lengths, mask=mask, resets=resets, key=key)
     fused = dispatch(
-        backend, prep.cell, params, xs, prep.carry, reverse=reverse, time_major=time_major,
-        options=scan_only,
+        opts.backend, prep.cell, params, xs, prep.carry, reverse=opts.reverse,
+        time_major=opts.time_major, options=how.scan_only(lengths=lengths, mask=mask,
+                                                          resets=resets),
     )  # fmt: skip
     if fused is not None:
         return fused
-    segment = segment_length(remat, prep.xs.shape[0])
-    if segment is not None and truncate is not None:
-        raise ValueError("remat with truncate is not supported: windows would cross segments")
     cell = prep.cell
-    if matmul_dtype is not None:
-        if not isinstance(cell, Cell):
-            raise ValueError(
-                f"matmul_dtype is an option of the fused cells (rj.simple, rj.lstm, rj.gru); "
-                f"{cell.name} is a custom cell: cast inside its own step instead"
-            )
-        # The dtype rides on the (hashable, static) Cell so the manual backward sees it too.
-        cell = dataclasses.replace(cell, matmul_dtype=jnp.dtype(matmul_dtype).name)
-    if regs is not None:  # masks in the inputs, the cell wrapped (rnn_jax.regularize)
-        cell, xs_regularized = regularize.apply(regs, cell, prep.xs, prep.carry, key)
+    if opts.matmul_dtype is not None:  # rides on the (static) cell: the backward sees it too
+        cell = cell.with_matmul_dtype(opts.matmul_dtype)
+    if how.input_dropout or how.wraps_cell:  # masks in the inputs, the cell wrapped
+        cell, xs_regularized = regularize.apply(how, cell, prep.xs, prep.carry, key)
         prep = prep._replace(xs=xs_regularized)
-    xs_tm, valid, resets = reading_order(prep, reverse)
-    if resolve_mode(mode, cell) == "parallel":
-        _check_parallel_options(cell, truncate, remat, return_carries)
-        final, hs = cell.parallel(params, xs_tm, prep.carry, valid, resets)
-        return final, _to_caller(hs, prep.lengths, reverse, time_major)
+    xs_tm, valid, resets = reading_order(prep, opts.reverse)
+    if how.mode == "parallel":
+        final, hs = cell.parallel(params, xs_tm, prep.carry, valid, resets, gradient=how.gradient)
+        return final, _to_caller(hs, prep.lengths, opts.reverse, opts.time_major)
+    final, hs = _sequential(cell, params, xs_tm, prep.carry, valid, resets, opts, how.gradient)
+    if opts.return_carries:
+        hs, carries = hs
+        to_caller = lambda c: _to_caller(c, prep.lengths, opts.reverse, opts.time_major)
+        return final, to_caller(hs), jax.tree.map(to_caller, carries)
+    return final, _to_caller(hs, prep.lengths, opts.reverse, opts.time_major)
+
+
+def _sequential(cell, params, xs_tm, carry, valid, resets, opts: UnrollOptions, gradient: str):
+    """The step-by-step scan: plain, hand-written BPTT, or checkpointed (``remat``)."""
     manual = gradient == "manual"
+    segment = segment_length(opts.remat, xs_tm.shape[0])
     if segment is not None:
-        final, hs = remat_scan_forward(
-            cell, params, xs_tm, prep.carry, valid, segment=segment, unroll=unroll,
+        return remat_scan_forward(
+            cell, params, xs_tm, carry, valid, segment=segment, unroll=opts.unroll,
             manual=manual, resets=resets,
         )  # fmt: skip
-    elif manual:
-        final, hs = manual_scan(
-            cell, params, xs_tm, prep.carry, valid, resets, truncate, unroll, return_carries
-        )
-    else:
-        final, hs, _ = scan_forward(
-            cell, params, xs_tm, prep.carry, valid, resets=resets, unroll=unroll,
-            keep_carries=return_carries,
-        )  # fmt: skip
-    if return_carries:
-        hs, carries = hs
-        carries = jax.tree.map(lambda c: _to_caller(c, prep.lengths, reverse, time_major), carries)
-        return final, _to_caller(hs, prep.lengths, reverse, time_major), carries
-    hs = flip_valid(hs, prep.lengths) if reverse else hs
-    return final, to_layout(hs, time_major)
-
-
-def resolve_mode(mode: str | None, cell) -> str:
-    """``mode`` of ``unroll``: None picks ``"parallel"`` where ``cell`` has a parallel path."""
-    has_parallel = getattr(cell, "parallel", None) is not None
-    if mode is None:
-        return "parallel" if has_parallel else "sequential"
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES} or None, got {mode!r}")
-    if mode == "parallel" and not has_parallel:
-        raise ValueError(
-            f"mode='parallel' needs a cell with a parallel path (a linear recurrence such as "
-            f"rj.mingru, rj.minlstm, rj.lru); {cell.name} runs step by step: use "
-            "mode='sequential'"
-        )
-    return mode
-
-
-def _check_parallel_options(cell, truncate, remat, return_carries) -> None:
-    """The options that need step-by-step evaluation, refused in parallel mode."""
-    asked = {"truncate": truncate, "remat": remat, "return_carries": return_carries or None}
-    for option, value in asked.items():
-        if value is not None:
-            raise ValueError(
-                f"{option}={value!r} runs step by step: pass mode='sequential' to use it with "
-                f"{cell.name} (mode='parallel' is its default)"
-            )
+    if manual:
+        return manual_scan(cell, params, xs_tm, carry, valid, resets, opts.truncate,
+                           opts.unroll, opts.return_carries)  # fmt: skip
+    final, hs, _ = scan_forward(
+        cell, params, xs_tm, carry, valid, resets=resets, unroll=opts.unroll,
+        keep_carries=opts.return_carries,
+    )  # fmt: skip
+    return final, hs
 
 
 def _to_caller(seq_tm, lengths, reverse: bool, time_major: bool):
     """A time-major sequence in reading order back to input positions and the caller's layout."""
     return to_layout(flip_valid(seq_tm, lengths) if reverse else seq_tm, time_major)
-
-
-def _check_return_carries(remat, return_carries: bool) -> None:
-    """``return_carries`` must be a bool, and is not built with ``remat``: refused before any
-    compute."""
-    if return_carries is not True and return_carries is not False:
-        raise TypeError(f"return_carries must be True or False, got {return_carries!r}")
-    if return_carries and remat is not None:
-        raise ValueError(
-            "return_carries=True with remat is not supported: remat keeps only each segment's "
-            "first carry (that is its memory saving); use remat=None"
-        )

@@ -14,7 +14,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from rnn_jax.cells.base import Cell, LSTMCarry
+from rnn_jax.cells.base import LSTMCarry
 from rnn_jax.checks import (
     carry_lead,
     cell_for,
@@ -22,16 +22,18 @@ from rnn_jax.checks import (
     check_lengths,
     check_params,
     check_sequence,
+    check_step_contract,
     check_steps,
     params_dtype,
     spatial_rank,
 )
+from rnn_jax.options import check_step_flags
 
 
 class Prepared(NamedTuple):
     """Checked inputs of ``unroll``/``bptt``, time-major."""
 
-    cell: object  # a Cell (fused) or GenericCell
+    cell: object  # the Cell that runs
     xs: jax.Array  # (T, B, I), time-major
     carry: object  # initial carry, checked
     lengths: jax.Array | None  # (B,) int32
@@ -52,10 +54,7 @@ def prepare(
     spatial cell (``rj.conv_lstm``) ``xs`` is ``(B, T, *spatial, I)`` and the zero carry
     takes ``(B, *spatial)`` from it; masks act on whole ``(B,)`` rows as ever.
     """
-    if reverse and mask is not None and resets is not None:
-        # Read backwards, an episode restarts at the valid step before its first one, which
-        # a mask with gaps moves by a data-dependent distance: not built.
-        raise ValueError("resets= with mask= and reverse=True is not supported; use lengths=")
+    check_step_flags(reverse=reverse, mask=mask, resets=resets)
     cell = cell_for(cell, params)  # rj.lstm with a projection w_hr: its with_projection(P)
     input_size, hidden_size = check_params(cell, params)
     dtype = params_dtype(params)
@@ -67,6 +66,7 @@ def prepare(
         carry = cell.zero_carry(lead, hidden_size, dtype)
     else:
         carry = check_carry(cell, carry, lead, hidden_size, dtype)
+    check_step_contract(cell, params, carry, jax.ShapeDtypeStruct(xs_tm.shape[1:], xs_tm.dtype))
     lengths = check_lengths(lengths, batch_size, num_steps)
     valid = None if lengths is None else valid_mask(lengths, num_steps)
     mask = check_steps(mask, "mask", batch_size, num_steps, time_major=time_major)
@@ -174,7 +174,7 @@ def scan_forward(
     With ``keep_carries`` the second result is ``(hs, carries)``, ``carries`` the carry after
     every step stacked along time (leaves ``(T, B, ...)``).
     """
-    fused = isinstance(cell, Cell)
+    fused = cell.fused is not None
     # Resets or gaps: a step may not read the previous output, so the fused backward (which
     # rebuilds h_{t-1} from hs) cannot serve; the step keeps its full residuals instead.
     keep_all = not fused or resets is not None

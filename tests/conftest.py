@@ -73,7 +73,7 @@ def random_stack(rng, cell, input_size, hidden_size, num_layers, *, bidirectiona
 
 def random_carry(rng, cell, batch_size, hidden_size, dtype=np.float64):
     h = jnp.asarray(rng.normal(0, 0.5, (batch_size, hidden_size)), dtype)
-    if cell.has_cell_state:
+    if cell.fused.has_cell_state:
         return LSTMCarry(h, jnp.asarray(rng.normal(0, 1.0, (batch_size, hidden_size)), dtype))
     return h
 

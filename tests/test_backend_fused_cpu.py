@@ -27,7 +27,7 @@ import pytest
 import rnn_jax as rj
 from rnn_jax import backends
 from rnn_jax.backends import build
-from rnn_jax.cells.base import Cell
+from rnn_jax.cells.base import fused_cell
 from rnn_jax.gradcheck import random_problem
 
 CELLS = {"tanh": rj.simple.cell, "relu": rj.simple.relu, "lstm": rj.lstm.cell, "gru": rj.gru.cell}
@@ -199,12 +199,12 @@ def test_auto_picks_the_fused_kernel_with_lengths_and_scan_for_what_it_cannot_ru
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        (dict(mask=jnp.ones((2, 5), bool)), ValueError, "does not support mask="),
-        (dict(resets=jnp.zeros((2, 5), bool)), ValueError, "does not support resets="),
-        (dict(gradient="manual", truncate=2), ValueError, "does not support truncate="),
-        (dict(remat=2), ValueError, "does not support remat="),
-        (dict(matmul_dtype=jnp.bfloat16), ValueError, "does not support matmul_dtype="),
-        (dict(return_carries=True), ValueError, "does not support return_carries="),
+        (dict(mask=jnp.ones((2, 5), bool)), ValueError, "backend= with mask="),
+        (dict(resets=jnp.zeros((2, 5), bool)), ValueError, "backend= with resets="),
+        (dict(gradient="manual", truncate=2), ValueError, "backend= with truncate="),
+        (dict(remat=2), ValueError, "backend= with remat="),
+        (dict(matmul_dtype=jnp.bfloat16), ValueError, "backend= with matmul_dtype="),
+        (dict(return_carries=True), ValueError, "backend= with return_carries="),
         (dict(cell=rj.mingru), ValueError, r"runs only the built-in cells .* got 'mingru'"),
         (dict(cell="custom lstm"), ValueError, r"runs only the built-in cells .* got 'lstm'"),
         (dict(cell=rj.lstm.with_projection(2)), ValueError, "output projection"),
@@ -219,9 +219,9 @@ def test_what_it_cannot_run_is_refused_by_name(kwargs, error, match):
     if cell is rj.mingru:
         params = rj.mingru.init(jax.random.PRNGKey(0), 3, 4)
     if cell == "custom lstm":  # named "lstm", the same maths, but not rj.lstm
-        base = rj.lstm.cell
-        cell = Cell("lstm", 4, base.init, base.pointwise, base.pointwise_backward,
-                    has_cell_state=True, matmul_dtype="float32")  # fmt: skip
+        base = rj.lstm.cell.fused
+        cell = fused_cell("lstm", 4, base.init, base.pointwise, base.pointwise_backward,
+                          has_cell_state=True, matmul_dtype="float32")  # fmt: skip
     elif cell is not rj.lstm and cell is not rj.mingru:
         params = rj.lstm.init(jax.random.PRNGKey(0), 3, 4, proj_size=2)
     with pytest.raises(error, match=match):
@@ -262,7 +262,7 @@ def test_missing_compiler_or_onednn_says_what_to_install(monkeypatch):
 
 
 def test_build_is_cached_and_keyed_by_source_flags_and_cpu(tmp_path, monkeypatch):
-    monkeypatch.setenv("RNN_JAX_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("RNN_JAX_CACHE", str(tmp_path))
     first = build.build_library(build.FUSED)
     assert first.parent == tmp_path and first.stat().st_mode & 0o111
     assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temp file left behind

@@ -22,7 +22,7 @@ import pytest
 import rnn_jax as rj
 from rnn_jax import backends
 from rnn_jax.backends import build, cudnn
-from rnn_jax.cells.base import Cell
+from rnn_jax.cells.base import fused_cell
 from rnn_jax.gradcheck import random_problem
 
 CELLS = {"tanh": rj.simple.cell, "relu": rj.simple.relu, "lstm": rj.lstm.cell, "gru": rj.gru.cell}
@@ -131,18 +131,18 @@ def test_auto_runs_the_faster_fused_cpu_kernel_not_onednn(name):
 
 def _custom_lstm():
     """A cell named "lstm" that is not rj.lstm: a fused backend must not run it."""
-    base = rj.lstm.cell
-    return Cell("lstm", 4, base.init, base.pointwise, base.pointwise_backward,
-                has_cell_state=True, matmul_dtype="float32")  # fmt: skip
+    base = rj.lstm.cell.fused
+    return fused_cell("lstm", 4, base.init, base.pointwise, base.pointwise_backward,
+                      has_cell_state=True, matmul_dtype="float32")  # fmt: skip
 
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        (dict(lengths=jnp.array([4, 1])), "does not support lengths="),
-        (dict(gradient="manual", truncate=2), "does not support truncate="),
-        (dict(remat=2), "does not support remat="),
-        (dict(matmul_dtype=jnp.bfloat16), "does not support matmul_dtype="),
+        (dict(lengths=jnp.array([4, 1])), "backend= with lengths="),
+        (dict(gradient="manual", truncate=2), "backend= with truncate="),
+        (dict(remat=2), "backend= with remat="),
+        (dict(matmul_dtype=jnp.bfloat16), "backend= with matmul_dtype="),
         (
             dict(backend="cudnn", cell=rj.gru),
             r"runs only the built-in cells \('lstm',\), got 'gru'",
@@ -192,7 +192,7 @@ def test_missing_compiler_or_library_says_what_to_install(monkeypatch):
 
 
 def test_build_is_cached_and_keyed_by_source(tmp_path, monkeypatch):
-    monkeypatch.setenv("RNN_JAX_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("RNN_JAX_CACHE", str(tmp_path))
     first = build.build_library()
     assert first.parent == tmp_path and first.stat().st_mode & 0o111
     assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temp file left behind

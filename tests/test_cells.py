@@ -87,21 +87,21 @@ def test_default_init_orthogonal_blocks_and_biases(x64, name):
     cell = CELLS[name]
     hidden, inputs = 7, 5
     params = cell.init(jax.random.PRNGKey(2), inputs, hidden, dtype=jnp.float64)
-    for block in _blocks(params["w_h"], cell.num_gates):
+    for block in _blocks(params["w_h"], cell.fused.num_gates):
         np.testing.assert_allclose(block.T @ block, np.eye(hidden), atol=1e-10)
     # the blocks are distinct draws, not one matrix repeated
-    if cell.num_gates > 1:
-        first, second = _blocks(params["w_h"], cell.num_gates)[:2]
+    if cell.fused.num_gates > 1:
+        first, second = _blocks(params["w_h"], cell.fused.num_gates)[:2]
         assert not np.allclose(first, second)
     # Glorot uniform over the fused kernel: |w| <= sqrt(6 / (fan_in + fan_out))
-    bound = np.sqrt(6 / (inputs + cell.num_gates * hidden))
+    bound = np.sqrt(6 / (inputs + cell.fused.num_gates * hidden))
     assert np.abs(np.asarray(params["w_x"])).max() <= bound
     if name == "lstm":
         b = np.asarray(params["b"]).reshape(4, hidden)
         np.testing.assert_array_equal(b[1], 1.0)  # forget gate
         np.testing.assert_array_equal(b[[0, 2, 3]], 0.0)
     else:
-        for bias in cell.biases:
+        for bias in cell.fused.biases:
             np.testing.assert_array_equal(np.asarray(params[bias]), 0.0)
 
 
@@ -126,12 +126,12 @@ def test_torch_init_bounds_and_spread(name):
         w = np.asarray(params[key])
         assert np.abs(w).max() <= bound
         assert abs(w.var() - bound**2 / 3) < 0.1 * bound**2 / 3  # uniform, not all at 0
-    if cell.biases == ("b",):
+    if cell.fused.biases == ("b",):
         b = np.asarray(params["b"])
         assert np.abs(b).max() <= 2 * bound and np.abs(b).max() > bound
         assert abs(b.var() - 2 * bound**2 / 3) < 0.25 * 2 * bound**2 / 3
     else:
-        for bias in cell.biases:
+        for bias in cell.fused.biases:
             assert np.abs(np.asarray(params[bias])).max() <= bound
 
 
@@ -195,10 +195,11 @@ def test_step_equals_numpy_formula(x64, name, seed):
     carry = random_carry(rng, cell, 4, 5)
     x = rng.normal(size=(4, 3))
     new_carry, h = cell.step(params, carry, jnp.asarray(x))
-    np_carry = tuple(np.asarray(c) for c in carry) if cell.has_cell_state else np.asarray(carry)
+    lstm_like = cell.fused.has_cell_state
+    np_carry = tuple(np.asarray(c) for c in carry) if lstm_like else np.asarray(carry)
     want_carry, want_h = numpy_step(name, params, np_carry, x)
     assert_close(h, want_h, 1e-12)
-    if cell.has_cell_state:
+    if cell.fused.has_cell_state:
         assert isinstance(new_carry, LSTMCarry)
         assert_close(tuple(new_carry), want_carry, 1e-12)
     else:

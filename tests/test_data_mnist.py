@@ -253,3 +253,18 @@ def test_parse_csv_rejects_bad_rows():
         mnist.parse_csv(good + row.replace(b"3,0,", b"3,256,", 1), "x.csv")
     with pytest.raises(ValueError, match="x.csv.*header"):
         mnist.parse_csv(row, "x.csv")
+
+
+def test_one_cache_variable_names_the_data_and_the_kernel_cache(monkeypatch, tmp_path):
+    """$RNN_JAX_CACHE is the one folder: the parsed datasets and the compiled kernels both;
+    the kernel build's old $RNN_JAX_CACHE_DIR still works, with a DeprecationWarning."""
+    from rnn_jax.backends import build
+
+    monkeypatch.delenv("RNN_JAX_CACHE_DIR", raising=False)
+    monkeypatch.setenv("RNN_JAX_CACHE", str(tmp_path / "one"))
+    assert mnist.default_cache_dir() == build.cache_dir() == tmp_path / "one"
+    monkeypatch.delenv("RNN_JAX_CACHE")
+    monkeypatch.setenv("RNN_JAX_CACHE_DIR", str(tmp_path / "old"))
+    for where in (mnist.default_cache_dir, build.cache_dir):
+        with pytest.warns(DeprecationWarning, match=r"\$RNN_JAX_CACHE_DIR is deprecated"):
+            assert where() == tmp_path / "old"

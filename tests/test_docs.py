@@ -15,6 +15,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import types
 from pathlib import Path
 from typing import NamedTuple
 
@@ -64,7 +65,11 @@ PAGES_WITH_CODE = [p for p in pages() if code_blocks(p)]
 @pytest.mark.parametrize("page", PAGES_WITH_CODE, ids=lambda p: str(p.relative_to(ROOT)))
 def test_page_code_runs(page, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    namespace: dict = {"__name__": "__docs__"}
+    # A real module, so that what the page defines works as in a script: a dataclass (an
+    # eqx.Module) looks its module up in sys.modules.
+    module = types.ModuleType("__docs__")
+    monkeypatch.setitem(sys.modules, "__docs__", module)
+    namespace = module.__dict__
     for block in code_blocks(page):
         if block.skipped:
             continue
@@ -136,3 +141,27 @@ def test_doctest_collection_leaves_out_modules_whose_optional_deps_are_missing(t
     assert root_conftest.is_test_helper(tests / "distributed_eval_worker.py")
     assert not root_conftest.is_test_helper(tests / "test_docs.py")
     assert not root_conftest.is_test_helper(tests / "conftest.py")
+
+
+def test_custom_cell_guide_trains_with_rnn_jax_train_and_its_claim_is_what_the_code_asserts():
+    """The guide trains with the library's own loop, and the accuracy its text claims lies in
+    the window its (tested) code asserts, so the claim cannot drift from what the run gets."""
+    page = ROOT / "docs" / "custom_cells.md"
+    code = "".join(block.code for block in code_blocks(page))
+    assert "train.train_loop(" in code and "train.make_train_step(" in code
+    assert "apply_updates" not in code, "a hand-written optax loop is back in the guide"
+    window = re.search(r"assert (0\.\d+) < accuracy < (0\.\d+)", code)
+    claim = re.search(r"reach (\d+\.\d)% on those 2,000 test digits", page.read_text())
+    assert window and claim, "the guide's training block or its accuracy claim moved"
+    low, high = (100 * float(v) for v in window.groups())
+    assert low < float(claim[1]) < high, (claim[1], window.groups())
+
+
+def test_equinox_guide_is_on_the_site_and_trains_an_eqx_module_over_one_sequence():
+    """Its code runs in test_page_code_runs; here: it is in the nav and does what it says."""
+    page = ROOT / "docs" / "guides" / "equinox.md"
+    assert "guides/equinox.md" in (ROOT / "mkdocs.yml").read_text()
+    code = "".join(block.code for block in code_blocks(page) if not block.skipped)
+    for piece in ("(eqx.Module)", "rj.unroll(", "jax.vmap(model)", "filter_value_and_grad",
+                  "eqx.apply_updates", "assert accuracy >"):  # fmt: skip
+        assert piece in code, piece

@@ -114,7 +114,7 @@ def test_bad_lengths(lengths, error, match):
     [
         (
             {"gradient": "numeric"},
-            r"gradient must be one of \('autodiff', 'manual'\), got 'numeric'",
+            r"gradient must be one of \(None, 'autodiff', 'manual'\), got 'numeric'",
         ),
         ({"unroll": 0}, r"unroll must be an int >= 1, got 0"),
         ({"unroll": 2.5}, r"unroll must be an int >= 1, got 2.5"),

@@ -16,7 +16,7 @@ import pytest
 
 import rnn_jax as rj
 from rnn_jax import gradcheck
-from rnn_jax.cells.base import Cell, LSTMCarry, hidden_of, split_gates, with_hidden
+from rnn_jax.cells.base import LSTMCarry, fused_cell, hidden_of, split_gates, with_hidden
 from rnn_jax.gradcheck import GradReport, check_gradients, hidden_grad_norms
 from rnn_jax.init import fused_params
 
@@ -59,8 +59,8 @@ def mg_backward_missing_factor(gates, d_h):
     return d_z, d_z, d_h * f
 
 
-MINIMAL_GATED = Cell("minimal_gated", 2, mg_init, mg_pointwise, mg_backward)
-BROKEN = Cell("minimal_gated_broken", 2, mg_init, mg_pointwise, mg_backward_missing_factor)
+MINIMAL_GATED = fused_cell("minimal_gated", 2, mg_init, mg_pointwise, mg_backward)
+BROKEN = fused_cell("minimal_gated_broken", 2, mg_init, mg_pointwise, mg_backward_missing_factor)
 
 
 @jax.custom_jvp
@@ -82,7 +82,7 @@ def bad_pointwise_backward(h_new, d_h):
     return 0.5 * d_h, 0.5 * d_h, jnp.zeros_like(d_h)
 
 
-AUTODIFF_AGREES_BUT_WRONG = Cell(
+AUTODIFF_AGREES_BUT_WRONG = fused_cell(
     "bad_tanh", 1, rj.simple.init, bad_pointwise, bad_pointwise_backward
 )
 

@@ -120,7 +120,7 @@ def test_torch_cell_modules(x64, name):
     torch.manual_seed(1)
     module = TORCH_CELLS[name](3, 4).double()
     params = interop.from_torch(module, cell)
-    assert isinstance(params, dict) and params["w_x"].shape == (3, 4 * cell.num_gates)
+    assert isinstance(params, dict) and params["w_x"].shape == (3, 4 * cell.fused.num_gates)
     rng = np.random.default_rng(2)
     x, carry = rng.normal(size=(2, 3)), random_carry(rng, cell, 2, 4)
     if name == "lstm":
@@ -143,14 +143,14 @@ def test_torch_without_bias(x64, name):
     torch.manual_seed(2)
     module = TORCH_MODULES[name](3, 4, bias=False, batch_first=True).double()
     (params,) = interop.from_torch(module, cell)
-    for bias in cell.biases:
+    for bias in cell.fused.biases:
         np.testing.assert_array_equal(np.asarray(params[bias]), 0.0)
     xs = np.random.default_rng(3).normal(size=(2, 5, 3))
     out, _ = module(torch.from_numpy(xs))
     assert_close(rj.unroll(cell, params, jnp.asarray(xs))[1], out.detach().numpy())
     module.load_state_dict(interop.to_torch([params], cell, bias=False))  # strict keys
     with pytest.raises(ValueError, match=r"bias=False, but the params have non-zero biases"):
-        nonzero = {**params, cell.biases[0]: params[cell.biases[0]] + 1}
+        nonzero = {**params, cell.fused.biases[0]: params[cell.fused.biases[0]] + 1}
         interop.to_torch([nonzero], cell, bias=False)
 
 

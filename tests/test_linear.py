@@ -114,7 +114,7 @@ def test_linear_scan_errors_name_what_was_expected():
         rj.linear_scan(jnp.ones(4), b)
     with pytest.raises(ValueError, match=r"h0 must be \(B, \.\.\.\) = \(2, 3\)"):
         rj.linear_scan(b, b, jnp.ones((3,)))
-    with pytest.raises(ValueError, match=r"resets must be \(B, T\) = \(2, 5\) bool"):
+    with pytest.raises(TypeError, match=r"resets must be bool \(2, 5\), got dtype float32"):
         rj.linear_scan(b, b, resets=jnp.ones((2, 5)))
     with pytest.raises(ValueError, match="method must be one of"):
         rj.linear_scan(b, b, method="fast")
@@ -218,15 +218,16 @@ def test_parallel_is_the_default_and_bptt_uses_the_cell(x64):
 def test_mode_errors():
     params = rj.lstm.init(jax.random.PRNGKey(0), 3, 4)
     xs = jnp.ones((2, 5, 3))
-    with pytest.raises(ValueError, match="mode='parallel' needs a cell with a parallel path"):
+    with pytest.raises(ValueError, match="mode= with cell=: mode='parallel' needs a linear"):
         rj.unroll(rj.lstm, params, xs, mode="parallel")
     with pytest.raises(ValueError, match="mode must be one of"):
         rj.unroll(rj.lstm, params, xs, mode="fast")
     params = rj.mingru.init(jax.random.PRNGKey(0), 3, 4)
-    with pytest.raises(ValueError, match="truncate=2 runs step by step: pass mode='sequential'"):
-        rj.unroll(rj.mingru, params, xs, gradient="manual", truncate=2)
+    with pytest.raises(ValueError, match="mode= with truncate=: truncate= runs step by step"):
+        rj.unroll(rj.mingru, params, xs, gradient="manual", truncate=2, mode="parallel")
     _, hs = rj.unroll(rj.mingru, params, xs, gradient="manual", truncate=2, mode="sequential")
-    assert hs.shape == (2, 5, 4)
+    _, picked = rj.unroll(rj.mingru, params, xs, gradient="manual", truncate=2)  # mode=None
+    assert hs.shape == (2, 5, 4) and bool(jnp.all(hs == picked))
 
 
 def test_long_float32_scan_matches_a_float64_log_space_evaluation():

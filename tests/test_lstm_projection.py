@@ -138,7 +138,7 @@ def test_clear_errors():
             rj.unroll(rj.lstm, params, xs, backend=backend)
     assert_close(rj.unroll(rj.lstm, params, xs, backend="auto"), rj.unroll(rj.lstm, params, xs))
     with pytest.raises(ValueError, match=rf"run them with rj.lstm.with_projection\({PROJ}\)"):
-        rj.lstm.cell.check_params(params)
+        rj.checks.check_params(rj.lstm.cell, params)
     plain = rj.lstm.init(key, IN, HID)
     with pytest.raises(ValueError, match="must have keys"):
         rj.unroll(rj.lstm.with_projection(PROJ), plain, xs)

@@ -182,7 +182,7 @@ def test_generic_inputs_are_checked_before_compute():
     with pytest.raises(ValueError, match=r"normalised carry.n must be \(2, 4\), got \(2, 3\)"):
         rj.unroll(normalised, normalised.init(jax.random.PRNGKey(0), 3, 4), xs,
                   carry._replace(n=jnp.zeros((2, 3))))  # fmt: skip
-    with pytest.raises(ValueError, match=r"matmul_dtype is an option of the fused cells"):
+    with pytest.raises(ValueError, match=r"matmul_dtype= with cell=: matmul_dtype is an option of"):
         rj.unroll(peephole, params, xs, matmul_dtype=jnp.bfloat16)
 
 
@@ -253,3 +253,75 @@ def test_hidden_grad_norms_of_a_custom_carry(x64):
     params, xs, _ = random_problem(normalised, (2, 6, 3, 4), "float64", np.random.default_rng(5))
     norms = rj.hidden_grad_norms(normalised, params, xs)
     assert norms.shape == (6,) and abs(float(norms[-1]) - 1) < 1e-12
+
+
+# ----------------------------------------------------------------- a user's first mistakes
+
+
+def _tanh_init(key, input_size, hidden_size, *, dtype=jnp.float32):
+    k1, k2 = jax.random.split(key)
+    return {"w_x": 0.1 * jax.random.normal(k1, (input_size, hidden_size), dtype),
+            "w_h": 0.1 * jax.random.normal(k2, (hidden_size, hidden_size), dtype)}  # fmt: skip
+
+
+def test_a_step_returning_only_h_is_told_the_step_contract():
+    """``step`` returning ``h'`` alone, not ``(carry', h')``: unroll (and bptt) and
+    check_cell name the contract before any compute, instead of lax.scan's carry-type error
+    or "too many values to unpack"."""
+    step = lambda p, h, x: jnp.tanh(x @ p["w_x"] + h @ p["w_h"])  # h' alone
+    only_h = rj.make_cell("only_h", _tanh_init, step)
+    params = only_h.init(jax.random.PRNGKey(0), 3, 4)
+    contract = r"only_h.step\(params, carry, x\) must return a pair \(new_carry, h\)"
+    for run in (
+        lambda: rj.unroll(only_h, params, jnp.ones((2, 5, 3))),
+        lambda: rj.unroll(only_h, params, jnp.ones((5, 3)), gradient="manual"),  # unbatched
+        lambda: rj.bptt(only_h, params, jnp.ones((2, 5, 3)), jnp.ones((2, 5, 4))),
+        lambda: rj.check_cell(only_h, 3, 4, dtype=jnp.float32),
+    ):
+        got = r".*got array \(\d, 4\) float32 \(only h'\?\)"
+        with pytest.raises(TypeError, match=contract + got):
+            run()
+
+    # A new carry of another shape than the one given is named with the contract too.
+    wide = rj.make_cell("wide", _tanh_init, lambda p, h, x: ((h, h), h))
+    with pytest.raises(TypeError, match=r"wide.step\(params, carry, x\) must return a pair"):
+        rj.unroll(wide, wide.init(jax.random.PRNGKey(0), 3, 4), jnp.ones((2, 5, 3)))
+
+
+def test_make_cell_refuses_a_step_backward_without_its_step_forward():
+    step = lambda p, h, x: (jnp.tanh(x @ p["w_x"] + h @ p["w_h"]),) * 2
+    backward = lambda p, residuals, d_h, d_carry: (p, d_h, d_carry)
+    with pytest.raises(ValueError, match=r"half: step_backward was given without step_forward.*"
+                       r"reads the residuals its step_forward keeps"):  # fmt: skip
+        rj.make_cell("half", _tanh_init, step, step_backward=backward)
+
+
+def test_an_init_that_ignores_dtype_is_named(x64):
+    def init(key, input_size, hidden_size, *, dtype=jnp.float32):
+        return _tanh_init(key, input_size, hidden_size, dtype=dtype) | {"b": jnp.zeros(hidden_size)}
+
+    step = lambda p, h, x: (jnp.tanh(x @ p["w_x"] + h @ p["w_h"] + p["b"]),) * 2
+    cell = rj.make_cell("no_b_dtype", init, step)
+    message = (r"no_b_dtype.init\(..., dtype=float32\) returned params of dtype float64 at "
+               r"\['b'\]: init must create every parameter in the dtype it is given")  # fmt: skip
+    with pytest.raises(TypeError, match=message):
+        rj.check_cell(cell, 3, 4, dtype=jnp.float32)
+    xs = jnp.ones((2, 5, 3), jnp.float32)
+    params = cell.init(jax.random.PRNGKey(0), 3, 4, dtype=jnp.float32)  # b float64: mixed
+    with pytest.raises(TypeError, match=message):
+        rj.unroll(cell, params, xs)
+    as_f32 = jax.tree.map(lambda a: a.astype(jnp.float32), params)  # all float32: init is wrong
+    with pytest.raises(TypeError, match=message):
+        rj.unroll(cell, as_f32, xs)
+
+
+def test_check_cell_header_states_every_tolerance(x64):
+    report = rj.check_cell(rj.gru, 3, 4, num_directions=1)
+    head = str(report).splitlines()[0]
+    for words in ("rtol=1e-10", "atol=1e-10", "fd err:", "eps=1e-06", "fd_tol=1e-06",
+                  "1 random directions"):  # fmt: skip
+        assert words in head, (words, head)
+    assert (report.fd_tol, report.eps) == (1e-6, 1e-6)
+    skipped = str(rj.check_cell(rj.gru, 3, 4, num_directions=0))
+    assert "fd err: not run" in skipped.splitlines()[0]
+    assert all(line.split()[-2] == "-" for line in skipped.splitlines()[2:])

@@ -89,5 +89,5 @@ def test_segment_length_and_errors():
         with pytest.raises(ValueError, match="remat"):
             segment_length(bad, 10)
     params = rj.lstm.init(jax.random.PRNGKey(0), 2, 3)
-    with pytest.raises(ValueError, match="remat with truncate"):
+    with pytest.raises(ValueError, match="remat= with truncate="):
         rj.unroll(rj.lstm, params, jnp.ones((1, 4, 2)), remat=2, gradient="manual", truncate=2)

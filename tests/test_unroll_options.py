@@ -358,23 +358,23 @@ BAD = [
     (
         dict(return_carries=True, remat=2),
         ValueError,
-        r"return_carries=True with remat is not supported",
+        r"remat= with return_carries=",
     ),
     (dict(return_carries=1), TypeError, r"return_carries must be True or False, got 1"),
     (
         dict(mask=jnp.ones((B, T), bool), backend="onednn"),
         ValueError,
-        r"backend='onednn' does not support mask=",
+        r"backend= with mask=: backend='onednn'",
     ),
     (
         dict(resets=jnp.ones((B, T), bool), backend="cudnn"),
         ValueError,
-        r"backend='cudnn' does not support resets=",
+        r"backend= with resets=: backend='cudnn'",
     ),
     (
         dict(return_carries=True, backend="onednn"),
         ValueError,
-        r"backend='onednn' does not support return_carries=",
+        r"backend= with return_carries=: backend='onednn'",
     ),
 ]
 

@@ -27,7 +27,6 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from rnn_jax.cells import gru, lstm, simple
 from rnn_jax.checks import as_cell
 
 BACKENDS = ("scan", "fused_cpu", "onednn", "cudnn", "auto")
@@ -45,11 +44,11 @@ def fused_kind(cell) -> str | None:
     implements (``rj.simple``, ``rj.simple.relu``, ``rj.lstm``, ``rj.gru``); None for any
     other cell, including a custom one that reuses a built-in name."""
     try:
-        cell = as_cell(cell)
+        form = as_cell(cell).fused
     except TypeError:
         return None
-    builtins = {"tanh": simple.cell, "relu": simple.relu, "lstm": lstm.cell, "gru": gru.cell}
-    return next((kind for kind, known in builtins.items() if cell == known), None)
+    plain = form is not None and form.matmul_dtype is None and form.proj_size is None
+    return form.kernel if plain else None
 
 
 def check_backend(backend) -> str:
@@ -115,7 +114,7 @@ def resolve(backend: str, cell, params, options: dict) -> tuple[str, str | None]
     backend = check_backend(backend)
     if backend == "scan":
         return "scan", None
-    proj_size = getattr(as_cell(cell), "proj_size", None)
+    proj_size = getattr(as_cell(cell).fused, "proj_size", None)
     if proj_size is not None:  # no fused kernel here projects h (cuDNN's could; not wired)
         if backend == "auto":
             return "scan", None

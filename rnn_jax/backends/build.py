@@ -8,12 +8,12 @@ Two kernels, one machinery (a ``Kernel`` names each):
 
 Each is compiled by the system C++ compiler (``$CXX``, else ``g++``) against
 ``jax.ffi.include_dir()`` and the headers of the ``onednn-devel-cpu-gomp`` wheel, then cached
-under ``$RNN_JAX_CACHE_DIR`` (default ``~/.cache/rnn_jax``) in a file named by a hash of the
-source, the compile command, the compiler's version, the CPU's feature flags (a
-``-march=native`` build must not load on another CPU sharing the cache) and the jaxlib
-version: any change builds anew, everything else loads the cached file. It is written to a
-temporary name and renamed (``rnn_jax.atomic``), so two processes building at once
-(pytest-xdist workers) each see either no file or a whole one.
+under ``$RNN_JAX_CACHE`` (default ``~/.cache/rnn_jax``; see ``rnn_jax.cache``) in a file
+named by a hash of the source, the compile command, the compiler's version, the CPU's
+feature flags (a ``-march=native`` build must not load on another CPU sharing the cache) and
+the jaxlib version: any change builds anew, everything else loads the cached file. It is
+written to a temporary name and renamed (``rnn_jax.atomic``), so two processes building at
+once (pytest-xdist workers) each see either no file or a whole one.
 
 Why on first use and not at install time (scikit-build-core): the package stays pure
 Python for everyone who never asks for a fused CPU backend, and the library must match the
@@ -137,8 +137,10 @@ def compile_command(output: Path, kernel: Kernel = ONEDNN) -> list[str]:
 
 
 def cache_dir() -> Path:
-    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "rnn_jax"
-    return Path(os.environ.get("RNN_JAX_CACHE_DIR", default))
+    """``rnn_jax.cache.cache_dir()``: ``$RNN_JAX_CACHE``, else ``~/.cache/rnn_jax``."""
+    from rnn_jax.cache import cache_dir as shared
+
+    return shared()
 
 
 @functools.cache

@@ -21,6 +21,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from rnn_jax.cell import Cell
+
 Array = jax.Array
 Params = dict[str, Array]
 
@@ -48,9 +50,10 @@ def hidden_of(carry: Carry) -> Array:
     return carry.h if isinstance(carry, LSTMCarry) else carry
 
 
-def with_hidden(carry: Carry, h: Array) -> Carry:
-    """``carry`` with its hidden state replaced by ``h``."""
-    return carry._replace(h=h) if isinstance(carry, LSTMCarry) else h
+def with_hidden(carry, h: Array):
+    """``carry`` with its hidden state replaced by ``h``: ``h`` itself for an array carry,
+    else the carry (a NamedTuple: ``LSTMCarry``, a custom cell's) with its ``h`` field set."""
+    return h if hasattr(carry, "shape") else carry._replace(h=h)
 
 
 def bias_names(params: Params) -> tuple[str, ...]:
@@ -130,7 +133,7 @@ def pointwise_backward_of(params: Params, gates, d_carry: Carry, pointwise_backw
     d_h = hidden_of(d_carry)
     d_m = matmul(d_h, params["w_hr"].T, matmul_dtype)
     d_zx, d_zh, d_prev = pointwise_backward(gates.gates, with_hidden(d_carry, d_m))
-    # A projectable cell's h reaches h' only through w_h (Cell.projectable), so the direct
+    # A projectable cell's h reaches h' only through w_h (FusedGates.projectable), so the direct
     # part of dL/dh_prev is zero: the LSTM's pointwise_backward returns zeros (B, H) here.
     return d_zx, d_zh, with_hidden(d_prev, jnp.zeros_like(d_h))
 
@@ -151,8 +154,8 @@ def recurrent_backward(
 
 
 @dataclasses.dataclass(frozen=True)
-class Cell:
-    """A fused-gate cell: the fast specialisation of the cell protocol (``rnn_jax.cells.generic``).
+class FusedGates:
+    """The fused-gate form of a cell: a ``Cell``'s ``fused`` capability (``rnn_jax.cell``).
 
     Two fused products and element-wise gate math (module docstring); BPTT for such a cell
     computes the weight gradients as single large products after the backward loop. A
@@ -167,6 +170,8 @@ class Cell:
     an output projection ``w_hr (H, P)`` are exact in the hand-written backward; the steps
     project whenever the params have ``w_hr``. ``proj_size``: P, set by ``with_projection``:
     the zero carry's h is then ``(B, P)``, and the params must have ``w_hr``.
+    ``kernel``: ``"tanh"``, ``"relu"``, ``"lstm"`` or ``"gru"`` for the forms that the fused
+    sequence kernels (``rnn_jax.backends``) implement; None for any other.
     """
 
     name: str
@@ -179,16 +184,30 @@ class Cell:
     matmul_dtype: str | None = None
     projectable: bool = False
     proj_size: int | None = None
+    kernel: str | None = None  # the fused sequence kernels' name for this form (backends)
 
     def hidden_of(self, carry: Carry) -> Array:
         """The hidden state ``h`` (B, H) inside the carry."""
         return hidden_of(carry)
 
-    def check_params(self, params: Params) -> tuple[int, int]:
-        """Validate the fused layout; return ``(input_size, hidden_size)``."""
-        from rnn_jax.checks import check_fused_params
+    @property
+    def sums_products(self) -> bool:
+        """The gate math reads the products only as their sum ``z_x + z_h`` (one fused bias
+        ``b``: Elman, LSTM), so ``pointwise_backward``'s ``d_zx`` and ``d_zh`` are equal and
+        BPTT computes both weight gradients after the loop from one stacked array."""
+        return self.biases == ("b",)
 
-        return check_fused_params(self, params)
+    @property
+    def cell(self) -> Cell:
+        """The ``Cell`` whose protocol functions are this form's (the same object for equal
+        forms: a static jit argument)."""
+        return _cell_of(self)
+
+    def sizes(self, params: Params) -> tuple[int, int]:
+        """``(input_size, hidden_size)`` of the fused layout (``rnn_jax.checks`` validates it)."""
+        w_hr = params.get("w_hr") if self.proj_size is not None else None
+        hidden = w_hr.shape[0] if w_hr is not None else params["w_h"].shape[0]
+        return params["w_x"].shape[0], hidden
 
     def zero_carry(self, batch_size: int, hidden_size: int, dtype=jnp.float32) -> Carry:
         """Zeros: ``(B, H)``, or ``LSTMCarry`` of two ``(B, H)`` (h ``(B, P)`` with a
@@ -198,7 +217,7 @@ class Cell:
             return LSTMCarry(jnp.zeros((batch_size, self.proj_size), dtype), h)
         return LSTMCarry(h, jnp.zeros_like(h)) if self.has_cell_state else h
 
-    def with_projection(self, proj_size: int) -> Cell:
+    def with_projection(self, proj_size: int) -> FusedGates:
         """This cell with its output projected to ``proj_size`` features (PyTorch
         ``nn.LSTM(proj_size=P)``): ``init`` adds ``w_hr (H, P)``, the zero carry's h is
         ``(B, P)``. The same object for the same P (a static jit argument)."""
@@ -262,7 +281,7 @@ def check_proj_size(proj_size) -> None:
 
 
 @functools.cache
-def _with_projection(cell: Cell, proj_size: int) -> Cell:
+def _with_projection(cell: FusedGates, proj_size: int) -> FusedGates:
     if not cell.projectable:
         raise ValueError(f"{cell.name} has no output projection (only the LSTM has, as PyTorch)")
     check_proj_size(proj_size)
@@ -271,6 +290,23 @@ def _with_projection(cell: Cell, proj_size: int) -> Cell:
     init = functools.partial(cell.init, proj_size=proj_size)
     return dataclasses.replace(cell, name=f"{cell.name}_proj{proj_size}", init=init,
                                proj_size=proj_size)  # fmt: skip
+
+
+@functools.cache
+def _cell_of(form: FusedGates) -> Cell:
+    return Cell(
+        name=form.name, init=form.init, step=form.step, zero_carry=form.zero_carry,
+        hidden_of=hidden_of, step_forward=form.step_forward, step_backward=form.step_backward,
+        sizes=form.sizes, fused=form, recurrent_dropout="read",
+        step_backward_parts=form.step_backward_parts,
+    )  # fmt: skip
+
+
+def fused_cell(name: str, num_gates: int, init, pointwise, pointwise_backward, **form) -> Cell:
+    """A ``Cell`` with the fused-gate form (module docstring): ``pointwise(z_x, z_h, carry)
+    -> (carry', gates)`` and its hand-written ``pointwise_backward``; ``form`` as
+    ``FusedGates``' fields (``biases``, ``has_cell_state``, ``projectable``)."""
+    return FusedGates(name, num_gates, init, pointwise, pointwise_backward, **form).cell
 
 
 def split_gates(z: Array, num_gates: int) -> list[Array]:

@@ -50,9 +50,9 @@ import math
 import jax
 import jax.numpy as jnp
 
+from rnn_jax.cell import make_cell, step_of_forward
 from rnn_jax.cells import lstm
 from rnn_jax.cells.base import LSTMCarry, StepResiduals
-from rnn_jax.cells.generic import make_cell, step_of_forward
 from rnn_jax.init import set_gate_bias
 
 # Letters naming the spatial axes in lax's dimension-number strings; "N", "C", "I", "O" are
@@ -224,4 +224,5 @@ def _cell(kernel: tuple[int, ...]):
         step_backward=step_backward,
         sizes=sizes,
         spatial_rank=len(kernel),
+        recurrent_dropout="carry",  # h is read by the recurrent convolution alone
     )

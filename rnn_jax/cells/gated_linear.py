@@ -18,11 +18,13 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from rnn_jax.cells.generic import cell_of_functions
+from rnn_jax.cell import cell_of_functions
+from rnn_jax.cells.base import split_gates  # noqa: F401 (minGRU and minLSTM import it here)
+from rnn_jax.ops.linear_recurrence import scan_states
 
 
 def gated_linear_cell(name: str, num_gates: int, coefficients, coefficients_backward):
-    """A ``GenericCell`` with a ``parallel`` path from a variant's gate functions."""
+    """A ``Cell`` with a ``parallel`` path from a variant's gate functions."""
     return cell_of_functions(name, Variant(num_gates, coefficients, coefficients_backward))
 
 
@@ -74,21 +76,15 @@ class Variant:
         d_params = {"w_x": x.T @ d_k, "b": d_k.sum(0)}
         return d_params, d_k @ params["w_x"].T, d_total * a
 
-    def parallel(self, params, xs, h0, valid, starts=None, *, method="auto"):
+    def parallel(self, params, xs, h0, valid, starts=None, *, method="auto", gradient="manual"):
         """Time-major ``xs (T, B, I)`` -> ``(final h (B, H), hs (T, B, H))``: one product for
-        every step's gates, then ``rj.linear_scan``'s core (``method`` as there)."""
-        from rnn_jax.linear import scan_states  # rnn_jax.linear imports rnn_jax.sequence
-
+        every step's gates, then ``rj.linear_scan``'s core (``method``, ``gradient`` as
+        ``rnn_jax.ops.linear_recurrence.scan_states``)."""
         num_steps, batch_size, input_size = xs.shape
         # A 2-D product: its gradient is ~3x faster than a (T, B, I) contraction's on CPU.
         k = xs.reshape(-1, input_size) @ params["w_x"] + params["b"]
         a, b, _ = self.coefficients(k.reshape(num_steps, batch_size, -1))
-        return scan_states(a, b, h0, valid=valid, starts=starts, method=method)
-
-
-def split_gates(k, num_gates: int):
-    """``k (..., G*H)`` -> G arrays ``(..., H)``."""
-    return jnp.split(k, num_gates, axis=-1)
+        return scan_states(a, b, h0, valid=valid, starts=starts, method=method, gradient=gradient)
 
 
 def positive(v):

@@ -26,14 +26,14 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from rnn_jax.cell import make_cell, step_of_forward
 from rnn_jax.cells.base import (
-    Cell,
     StepResiduals,
+    fused_cell,
     input_projection,
     input_weight_backward,
     split_gates,
 )
-from rnn_jax.cells.generic import make_cell, step_of_forward
 from rnn_jax.init import fused_params
 
 
@@ -91,7 +91,9 @@ def update_backward(z, n, h_prev, d_h):
     return d_h * (1 - z) * (1 - n * n), d_h * (h_prev - n), d_h * z
 
 
-cell = Cell("gru", 3, init, pointwise, pointwise_backward, biases=("b_x", "b_h"))
+cell = fused_cell(
+    "gru", 3, init, pointwise, pointwise_backward, biases=("b_x", "b_h"), kernel="gru"
+)
 
 
 # --------------------------------------------------------------------------------------
@@ -121,20 +123,25 @@ def init_reset_before(
     )
 
 
-def reset_before_forward(params, h, x):
+def reset_before_forward(params, h, x, h_read=None):
     """``(params, h (B, H), x (B, I)) -> (h', h', StepResiduals)``::
 
     r, z = sigmoid(x_r + h @ w_hr), sigmoid(x_z + h @ w_hz)    x_* = x @ w_x + b
     n = tanh(x_n + (r * h) @ w_hn),   h' = (1 - z) * n + z * h
+
+    ``h_read`` (B, H): what the products read in place of ``h`` (recurrent dropout; ``z * h``
+    still reads ``h``, as Keras' ``GRU(reset_after=False, recurrent_dropout=)``). None: ``h``.
     """
+    read = h if h_read is None else h_read
     hidden = h.shape[-1]
     x_r, x_z, x_n = split_gates(input_projection(params, x), 3)
-    h_r, h_z = split_gates(h @ params["w_h"][:, : 2 * hidden], 2)
+    h_r, h_z = split_gates(read @ params["w_h"][:, : 2 * hidden], 2)
     r, z = jax.nn.sigmoid(x_r + h_r), jax.nn.sigmoid(x_z + h_z)
-    r_h = r * h
+    r_h = r * read
     n = jnp.tanh(x_n + r_h @ params["w_h"][:, 2 * hidden :])
     h_new = (1 - z) * n + z * h
-    return h_new, h_new, StepResiduals(x, h, ResetBeforeGates(r, z, n, r_h))
+    kept = h if h_read is None else (h, read)  # without dropout, one copy of h in the residuals
+    return h_new, h_new, StepResiduals(x, kept, ResetBeforeGates(r, z, n, r_h))
 
 
 def reset_before_backward(params, residuals: StepResiduals, d_h, d_carry):
@@ -143,15 +150,23 @@ def reset_before_backward(params, residuals: StepResiduals, d_h, d_carry):
     dn_pre, dz, dh_direct from ``update_backward``;  d(r h) = dn_pre @ w_hn^T;
     dr_pre = d(r h) * h * r(1 - r);  dh_prev = dh_direct + d(r h) * r + [dr_pre, dz_pre] @ w_hrz^T
     """
-    x, h, (r, z, n, r_h) = residuals
+    d_params, d_x, d_direct, d_read = reset_before_backward_parts(params, residuals, d_h, d_carry)
+    return d_params, d_x, d_direct + d_read
+
+
+def reset_before_backward_parts(params, residuals: StepResiduals, d_h, d_carry):
+    """``reset_before_backward`` with dL/dh_prev in two parts: ``(d_params, d_x, d_direct,
+    d_read)``, ``d_direct`` through ``z * h`` and ``d_read`` through what the products read."""
+    x, kept, (r, z, n, r_h) = residuals
+    h, read = kept if isinstance(kept, tuple) else (kept, kept)
     hidden = h.shape[-1]
     w_rz, w_n = params["w_h"][:, : 2 * hidden], params["w_h"][:, 2 * hidden :]
     d_n, d_z, d_h_direct = update_backward(z, n, h, d_h + d_carry)
     d_r_h = d_n @ w_n.T
-    d_rz = jnp.concatenate([d_r_h * h * r * (1 - r), d_z * z * (1 - z)], axis=-1)
+    d_rz = jnp.concatenate([d_r_h * read * r * (1 - r), d_z * z * (1 - z)], axis=-1)
     d_params, d_x = input_weight_backward(params, x, jnp.concatenate([d_rz, d_n], axis=-1))
-    d_params["w_h"] = jnp.concatenate([h.T @ d_rz, r_h.T @ d_n], axis=1)
-    return d_params, d_x, d_h_direct + d_r_h * r + d_rz @ w_rz.T
+    d_params["w_h"] = jnp.concatenate([read.T @ d_rz, r_h.T @ d_n], axis=1)
+    return d_params, d_x, d_h_direct, d_r_h * r + d_rz @ w_rz.T
 
 
 reset_before = make_cell(
@@ -160,6 +175,8 @@ reset_before = make_cell(
     functools.partial(step_of_forward, reset_before_forward),
     step_forward=reset_before_forward,
     step_backward=reset_before_backward,
+    recurrent_dropout="read",
+    step_backward_parts=reset_before_backward_parts,
 )
 
 zero_carry = cell.zero_carry

@@ -36,9 +36,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from rnn_jax.cell import make_cell, step_of_forward
 from rnn_jax.cells import lstm
 from rnn_jax.cells.base import LSTMCarry, StepResiduals
-from rnn_jax.cells.generic import make_cell, step_of_forward
 
 EPS = 1e-5  # PyTorch's and Keras' LayerNorm default
 
@@ -140,6 +140,7 @@ cell = make_cell(
     hidden_of=lstm.cell.hidden_of,
     step_forward=step_forward,
     step_backward=step_backward,
+    recurrent_dropout="carry",  # h is read by the recurrent product alone
 )
 
 zero_carry = cell.zero_carry

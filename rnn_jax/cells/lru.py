@@ -41,7 +41,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from rnn_jax.cells.generic import GenericCell, cell_of_functions
+from rnn_jax.cell import Cell, cell_of_functions
+from rnn_jax.ops.linear_recurrence import scan_states
 
 
 class LRUCarry(NamedTuple):
@@ -126,18 +127,17 @@ class LRU:
         }
         return d_params, d_x, LRUCarry(jnp.zeros_like(d_out), d_state * eigen)
 
-    def parallel(self, params, xs, carry, valid, starts=None, *, method="auto"):
+    def parallel(self, params, xs, carry, valid, starts=None, *, method="auto", gradient="manual"):
         """Time-major ``xs (T, B, I)``: one product for every step's drive, ``linear_scan``,
         one product for every readout; ``(final LRUCarry, hs (T, B, H))``."""
-        from rnn_jax.linear import scan_states  # rnn_jax.linear imports rnn_jax.sequence
-
         num_steps, batch_size, input_size = xs.shape
         rows = xs.reshape(-1, input_size)  # 2-D products (their gradients are faster on CPU)
         drive = _complex_product(rows, params) * jnp.exp(params["gamma_log"])
         drive = drive.reshape(num_steps, batch_size, -1)
         eigen = jnp.broadcast_to(eigenvalues(params), drive.shape)
         final_state, states = scan_states(eigen, drive, carry.state, valid=valid,
-                                          starts=starts, method=method)  # fmt: skip
+                                          starts=starts, method=method,
+                                          gradient=gradient)  # fmt: skip
         hs = readout(params, states.reshape(-1, states.shape[-1]), rows)
         hs = hs.reshape(num_steps, batch_size, -1)
         final_h = _last_valid(hs, valid, carry.h)
@@ -193,7 +193,7 @@ def _last_valid(hs, valid, initial):
 
 
 @functools.cache
-def with_state_size(state_size: int | None) -> GenericCell:
+def with_state_size(state_size: int | None) -> Cell:
     """The LRU cell with ``N = state_size`` complex states (None: ``N = hidden_size``)."""
     if state_size is not None and (not isinstance(state_size, int) or state_size < 1):
         raise ValueError(f"state_size must be a positive int or None, got {state_size!r}")

@@ -46,18 +46,18 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from rnn_jax.cell import make_cell, step_of_forward
 from rnn_jax.cells.base import (
-    Cell,
     LSTMCarry,
     StepResiduals,
     check_proj_size,
+    fused_cell,
     hidden_projection,
     hidden_weight_backward,
     input_projection,
     input_weight_backward,
     split_gates,
 )
-from rnn_jax.cells.generic import make_cell, step_of_forward
 from rnn_jax.init import fused_params, glorot_uniform, orthogonal_blocks, set_gate_bias, uniform
 
 FORGET_GATE = 1
@@ -168,7 +168,10 @@ def gate_backward(gates: LSTMGates, d_c, d_o):
     )
 
 
-cell = Cell("lstm", 4, init, pointwise, pointwise_backward, has_cell_state=True, projectable=True)
+cell = fused_cell(
+    "lstm", 4, init, pointwise, pointwise_backward, has_cell_state=True, projectable=True,
+    kernel="lstm",
+)
 
 
 # --------------------------------------------------------------------------------------
@@ -238,6 +241,7 @@ peephole = make_cell(
     hidden_of=cell.hidden_of,
     step_forward=peephole_forward,
     step_backward=peephole_backward,
+    recurrent_dropout="carry",  # h is read by the recurrent product alone
 )
 
 zero_carry = cell.zero_carry

@@ -30,7 +30,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from rnn_jax.cells.base import Cell, split_gates
+from rnn_jax.cells.base import fused_cell, split_gates
 from rnn_jax.cells.gru import update_backward
 from rnn_jax.init import fused_params, set_gate_bias
 
@@ -103,8 +103,8 @@ def pointwise_backward_without_reset(gates: MGUGates, d_h):
     return d_z, d_z, d_h_direct
 
 
-cell = Cell("mgu", 2, init, pointwise, pointwise_backward, biases=("b_x", "b_h"))
-without_reset = Cell(
+cell = fused_cell("mgu", 2, init, pointwise, pointwise_backward, biases=("b_x", "b_h"))
+without_reset = fused_cell(
     "mgu_without_reset", 2, init_without_reset, pointwise_without_reset,
     pointwise_backward_without_reset,
 )  # fmt: skip

@@ -19,7 +19,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from rnn_jax.cells.base import Cell
+from rnn_jax.cell import Cell
+from rnn_jax.cells.base import fused_cell
 from rnn_jax.init import fused_params
 
 
@@ -68,8 +69,8 @@ def activation_pointwise_backward(derivative, d_h):
     return d_z, d_z, jnp.zeros_like(d_h)
 
 
-cell = Cell("simple", 1, init, tanh_pointwise, tanh_pointwise_backward)
-relu = Cell("simple_relu", 1, init, relu_pointwise, relu_pointwise_backward)
+cell = fused_cell("simple", 1, init, tanh_pointwise, tanh_pointwise_backward, kernel="tanh")
+relu = fused_cell("simple_relu", 1, init, relu_pointwise, relu_pointwise_backward, kernel="relu")
 
 
 @functools.cache
@@ -108,7 +109,7 @@ def with_activation(activation: str | Callable) -> Cell:
     _check_elementwise(activation)
     name = getattr(activation, "__name__", type(activation).__name__)
     pointwise = functools.partial(activation_pointwise, activation)
-    return Cell(f"simple_{name}", 1, init, pointwise, activation_pointwise_backward)
+    return fused_cell(f"simple_{name}", 1, init, pointwise, activation_pointwise_backward)
 
 
 def _check_elementwise(activation) -> None:

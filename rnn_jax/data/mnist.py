@@ -136,7 +136,8 @@ def load_mnist(
 
 
 def default_cache_dir() -> Path:
-    """``$RNN_JAX_CACHE``, else ``$XDG_CACHE_HOME/rnn_jax``, else ``~/.cache/rnn_jax``.
+    """``$RNN_JAX_CACHE``, else ``$XDG_CACHE_HOME/rnn_jax``, else ``~/.cache/rnn_jax``
+    (``rnn_jax.cache.cache_dir``: the compiled kernels' folder too).
 
     Examples:
       >>> import os
@@ -146,10 +147,9 @@ def default_cache_dir() -> Path:
       '/tmp/my-cache'
       >>> del os.environ["RNN_JAX_CACHE"]
     """
-    if env := os.environ.get("RNN_JAX_CACHE"):
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "rnn_jax"
+    from rnn_jax.cache import cache_dir
+
+    return cache_dir()
 
 
 # --------------------------------------------------------------------------------------------

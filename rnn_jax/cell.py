@@ -1,7 +1,6 @@
-"""Any cell: the protocol every rnn_jax cell follows, and ``make_cell`` to build one.
+"""THE cell type: ``Cell``, the protocol every rnn_jax cell follows, and ``make_cell``.
 
-A cell is any object with these pure functions (``rj.simple``, ``rj.lstm``, ``rj.gru`` and
-every ``make_cell`` result have them)::
+Every cell, built in or a user's, is one frozen ``Cell`` of these pure functions::
 
     init(key, input_size, hidden_size, *, dtype=jnp.float32, **options) -> params   any pytree
     zero_carry(batch_size, hidden_size, dtype=jnp.float32) -> carry   pytree, leaves (B, ...)
@@ -16,6 +15,20 @@ dL/dcarry' (same pytree as the carry); the result has the structures of ``params
 mask padded rows and to run truncation slots through it with ``jax.vmap``.
 
 Every carry leaf has the batch as its first axis (``lengths`` and masks act along it).
+
+Beyond the protocol a cell may declare *capabilities*, which the drivers test for presence
+(never by class):
+
+- ``fused``: the fused-gate form (``rnn_jax.cells.base.FusedGates``: two fused products and
+  element-wise gate math), which BPTT uses for its after-loop weight products and which
+  ``matmul_dtype`` and the fused backends need;
+- ``parallel``: a linear form that runs a whole sequence at once (``rj.unroll``'s
+  ``mode="parallel"``), for the linear recurrences;
+- ``recurrent_dropout``: where recurrent dropout acts. ``"read"``: ``step_forward`` takes
+  ``h_read=`` (what the recurrent products read instead of the carry's ``h``) and
+  ``step_backward_parts`` returns dL/d(h read) apart; ``"carry"``: the carry's ``h`` is read
+  only by recurrent products, so scaling it is exact; None: refused by name;
+- ``spatial_rank``: how many spatial axes inputs and carry leaves have after the batch.
 """
 
 from __future__ import annotations
@@ -53,9 +66,13 @@ class RecurrentCell(Protocol):
 PROTOCOL = ("init", "zero_carry", "hidden_of", "step", "step_forward", "step_backward")
 
 
+RECURRENT_DROPOUT_SITES = (None, "read", "carry")
+
+
 @dataclasses.dataclass(frozen=True)
-class GenericCell:
-    """A cell made of plain functions (see ``make_cell``); hashable, so a static jit argument.
+class Cell:
+    """One cell: the protocol's pure functions plus its capabilities (module docstring);
+    hashable, so a static jit argument.
 
     ``sizes(params) -> (input_size, hidden_size)`` reads the sizes back from parameters;
     ``hand_written`` is False when ``step_backward`` was derived with ``jax.vjp``.
@@ -74,12 +91,39 @@ class GenericCell:
     hand_written: bool = True
     parallel: Callable | None = None
     spatial_rank: int = 0
+    fused: Any = None  # rnn_jax.cells.base.FusedGates, or None
+    recurrent_dropout: str | None = None
+    step_backward_parts: Callable | None = None
 
-    def check_params(self, params) -> tuple[int, int]:
-        """Validate ``params`` against ``init``'s shapes; return ``(input_size, hidden_size)``."""
-        from rnn_jax.checks import check_generic_params
+    def __post_init__(self):
+        if self.recurrent_dropout not in RECURRENT_DROPOUT_SITES:
+            raise ValueError(
+                f"{self.name}: recurrent_dropout must be one of {RECURRENT_DROPOUT_SITES}, "
+                f"got {self.recurrent_dropout!r}"
+            )
+        if self.recurrent_dropout == "read" and self.step_backward_parts is None:
+            raise ValueError(
+                f"{self.name}: recurrent_dropout='read' needs step_backward_parts (the "
+                "backward with dL/d(h read) apart from the rest of dL/dcarry_prev)"
+            )
 
-        return check_generic_params(self, params)
+    def with_projection(self, proj_size: int) -> Cell:
+        """This cell with its output projected to ``proj_size`` features (PyTorch
+        ``nn.LSTM(proj_size=P)``); only a fused cell that is ``projectable`` (the LSTM)."""
+        if self.fused is None:
+            raise ValueError(f"{self.name} has no output projection (only the LSTM has)")
+        return self.fused.with_projection(proj_size).cell
+
+    def with_matmul_dtype(self, matmul_dtype) -> Cell:
+        """This fused cell with its matrix products in ``matmul_dtype`` (None: off)."""
+        if self.fused is None:
+            raise ValueError(f"{self.name} is not a fused-gate cell: it has no matmul_dtype")
+        name = None if matmul_dtype is None else jnp.dtype(matmul_dtype).name
+        return dataclasses.replace(self.fused, matmul_dtype=name).cell
+
+
+# The name of releases before the one cell type: the same class.
+GenericCell = Cell
 
 
 def make_cell(
@@ -94,7 +138,9 @@ def make_cell(
     sizes: Callable | None = None,
     parallel: Callable | None = None,
     spatial_rank: int = 0,
-) -> GenericCell:
+    recurrent_dropout: str | None = None,
+    step_backward_parts: Callable | None = None,
+) -> Cell:
     """A cell from plain functions, usable everywhere a library cell is.
 
     Args:
@@ -120,6 +166,12 @@ def make_cell(
         reads ``x (B, *spatial, I)``, sequences are ``(B, T, *spatial, I)``, and
         ``zero_carry`` takes the carry's leading shape ``(B, *spatial)`` in place of
         ``batch_size`` (the checks build it from ``xs``). 0 (default): vectors.
+      recurrent_dropout: where ``rj.unroll(..., recurrent_dropout=)`` acts. ``"carry"``: your
+        step reads the carry's ``h`` only through recurrent products, so the mask scales
+        it there; ``"read"``: your ``step_forward`` takes ``h_read=`` (what the products read)
+        and ``step_backward_parts`` returns ``(d_params, d_x, d_carry_direct, d_read)``;
+        None (default): recurrent dropout is refused for this cell.
+      step_backward_parts: with ``recurrent_dropout="read"``, as above.
 
     Examples:
       >>> import jax, jax.numpy as jnp, rnn_jax as rj
@@ -141,12 +193,20 @@ def make_cell(
             f"{name}: step_forward was given without step_backward; its residuals are yours, "
             "so the derived backward cannot read them. Give both, or neither."
         )
+    if step_backward is not None and step_forward is None:
+        raise ValueError(
+            f"{name}: step_backward was given without step_forward. A hand-written backward "
+            "reads the residuals its step_forward keeps, (params, carry, x) -> (carry', h', "
+            "residuals); without one it would be handed the default residuals (carry, x), "
+            "which it was not written for. Give both, or neither (the backward is then "
+            "derived with jax.vjp)."
+        )
     hand_written = step_backward is not None
     if step_forward is None:
         step_forward = functools.partial(_forward_keeping_inputs, step)
     if step_backward is None:
         step_backward = functools.partial(_vjp_backward, step)
-    return GenericCell(
+    return Cell(
         name=name,
         init=init,
         step=step,
@@ -158,6 +218,8 @@ def make_cell(
         hand_written=hand_written,
         parallel=parallel,
         spatial_rank=spatial_rank,
+        recurrent_dropout=recurrent_dropout,
+        step_backward_parts=step_backward_parts,
     )
 
 
@@ -199,10 +261,11 @@ def default_hidden_of(carry):
     )
 
 
-def cell_of_functions(name: str, functions) -> GenericCell:
-    """A ``GenericCell`` from an object (a module, a class instance) that has the protocol's
-    functions as attributes, and optionally ``sizes``, ``parallel``, ``spatial_rank``."""
-    return GenericCell(
+def cell_of_functions(name: str, functions) -> Cell:
+    """A ``Cell`` from an object (a module, a class instance) that has the protocol's
+    functions as attributes, and optionally ``sizes``, ``parallel``, ``spatial_rank``,
+    ``recurrent_dropout`` and ``step_backward_parts``."""
+    return Cell(
         name=name,
         init=functions.init,
         step=functions.step,
@@ -213,6 +276,8 @@ def cell_of_functions(name: str, functions) -> GenericCell:
         sizes=getattr(functions, "sizes", fused_sizes),
         parallel=getattr(functions, "parallel", None),
         spatial_rank=getattr(functions, "spatial_rank", 0),
+        recurrent_dropout=getattr(functions, "recurrent_dropout", None),
+        step_backward_parts=getattr(functions, "step_backward_parts", None),
     )
 
 

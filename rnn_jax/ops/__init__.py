@@ -1,0 +1,1 @@
+"""Primitives that know no cell: the linear recurrence and its hand-written backward."""
