@@ -37,7 +37,7 @@ GRADIENTS = (None, "autodiff", "manual")
 MODES = (None, "sequential", "parallel")
 BACKENDS = ("scan", "fused_cpu", "onednn", "cudnn", "auto")
 FUSED_BACKENDS = ("fused_cpu", "onednn", "cudnn")
-# The data a fused backend takes as well (the rest of scan_only it refuses by name).
+# The data a fused backend takes as well (rnn_jax.backends.FUSED_OPTIONS).
 FUSED_DATA = {"fused_cpu": ("lengths",), "onednn": (), "cudnn": ()}
 # What only the scan path computes (an explicit fused backend refuses each).
 SCAN_ONLY = ("truncate", "remat", "matmul_dtype", "return_carries", "unroll", "gradient", "mode",

@@ -28,14 +28,15 @@ import jax
 import jax.numpy as jnp
 
 from rnn_jax.checks import as_cell
-from rnn_jax.options import BACKENDS
-from rnn_jax.options import FUSED_DATA as FUSED_OPTIONS  # what a fused backend honours too
 
+BACKENDS = ("scan", "fused_cpu", "onednn", "cudnn", "auto")
 FUSED_CELLS = {
     "fused_cpu": ("tanh", "relu", "lstm", "gru"),
     "onednn": ("tanh", "relu", "lstm", "gru"),
     "cudnn": ("lstm",),
 }
+# The scan-path options a fused backend honours as well (the others it refuses by name).
+FUSED_OPTIONS = {"fused_cpu": ("lengths",), "onednn": (), "cudnn": ()}
 
 
 def fused_kind(cell) -> str | None:
