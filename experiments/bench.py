@@ -93,7 +93,15 @@ USER_CELLS: dict[str, object] = {}
 LEARNING_RATE = 1e-3
 BASELINE = "rnn_jax"
 IMPLS = ("rnn_jax", "rnn_jax-manual", "rnn_jax-bf16", "rnn_jax-remat", "rnn_jax-manual-remat")
-IMPLS += ("rnn_jax-onednn", "flax", "equinox", "torch", "keras")
+IMPLS += (
+    "rnn_jax-fused_cpu",
+    "rnn_jax-fused_cpu-1thread",
+    "rnn_jax-onednn",
+    "flax",
+    "equinox",
+    "torch",
+    "keras",
+)
 DEFAULT_IMPLS = ("rnn_jax", "rnn_jax-manual", "flax", "equinox", "torch")
 THREADS = 2
 # Untimed pause before each step: the previous implementation's idle threads (torch's OpenMP,
@@ -259,9 +267,36 @@ def make_rnn_jax_backend(backend, cell, cfg, mode, x, y):
         raise Skip(f"backend={backend!r} has no projected LSTM")
     if backends.fused_kind(module) is None:
         raise Skip(f"backend={backend!r} runs only the built-in cells")
-    if backend == "onednn" and not backends.onednn_available():
-        raise Skip("backend='onednn' unavailable: pip install 'rnn_jax[onednn]' (and g++)")
+    available = {"onednn": backends.onednn_available, "fused_cpu": backends.fused_cpu_available}
+    if not available[backend]():
+        raise Skip(f"backend={backend!r} unavailable: pip install 'rnn_jax[onednn]' (and g++)")
     return make_rnn_jax(cell, cfg, mode, x, y, backend=backend)
+
+
+def make_rnn_jax_fused_1thread(cell, cfg, mode, x, y) -> Callable:
+    """``backend="fused_cpu"`` on one thread (its default: one per core), set around each step."""
+    from rnn_jax import backends
+    from rnn_jax.backends import build as kernel_build
+
+    make = make_rnn_jax_backend("fused_cpu", cell, cfg, mode, x, y)
+
+    def named(name):
+        bench = make(name)
+        run = bench.run
+
+        def run_1thread():
+            backends.set_fused_cpu_threads(1)
+            try:
+                return run()
+            finally:
+                backends.set_fused_cpu_threads(
+                    kernel_build.threads_from_env(kernel_build.FUSED_THREADS_ENV)
+                )
+
+        bench.run = run_1thread
+        return bench
+
+    return named
 
 
 def make_rnn_jax_remat(cell, cfg, mode, x, y, gradient="autodiff"):
@@ -488,6 +523,8 @@ MAKERS = {
     "rnn_jax-bf16": make_rnn_jax_bf16,
     "rnn_jax-remat": make_rnn_jax_remat,
     "rnn_jax-manual-remat": lambda *a: make_rnn_jax_remat(*a, gradient="manual"),
+    "rnn_jax-fused_cpu": lambda *a: make_rnn_jax_backend("fused_cpu", *a),
+    "rnn_jax-fused_cpu-1thread": make_rnn_jax_fused_1thread,
     "rnn_jax-onednn": lambda *a: make_rnn_jax_backend("onednn", *a),
     "flax": make_flax,
     "equinox": make_equinox,
@@ -934,7 +971,7 @@ def parse_args(argv=None):
                    f"{common.CELL_HELP}")
     p.add_argument("--modes", default=",".join(MODES), help=f"comma list of {MODES}")
     p.add_argument("--impls", default=",".join(DEFAULT_IMPLS), help=f"comma list of {IMPLS}")
-    p.add_argument("--backend", action="append", default=[], choices=("onednn",),
+    p.add_argument("--backend", action="append", default=[], choices=("fused_cpu", "onednn"),
                    help="also time rj.unroll(backend=...) as rnn_jax-<backend> (repeatable)")
     p.add_argument("--steps", type=pos_int, default=30, help="timed steps per implementation")
     p.add_argument("--warmup", type=common.int_at_least(0), default=3, help="untimed steps")

@@ -35,8 +35,10 @@ from rnn_jax.checks import carry_fields
 
 GRADIENTS = (None, "autodiff", "manual")
 MODES = (None, "sequential", "parallel")
-BACKENDS = ("scan", "onednn", "cudnn", "auto")
-FUSED_BACKENDS = ("onednn", "cudnn")
+BACKENDS = ("scan", "fused_cpu", "onednn", "cudnn", "auto")
+FUSED_BACKENDS = ("fused_cpu", "onednn", "cudnn")
+# The data a fused backend takes as well (the rest of scan_only it refuses by name).
+FUSED_DATA = {"fused_cpu": ("lengths",), "onednn": (), "cudnn": ()}
 # What only the scan path computes (an explicit fused backend refuses each).
 SCAN_ONLY = ("truncate", "remat", "matmul_dtype", "return_carries", "unroll", "gradient", "mode",
              "input_dropout", "recurrent_dropout", "zoneout")  # fmt: skip
@@ -193,7 +195,7 @@ def plan(opts: UnrollOptions, cell, *, lengths=None, mask=None, resets=None, key
     check_step_flags(reverse=opts.reverse, mask=mask, resets=resets)
     if opts.backend in FUSED_BACKENDS:
         for data, value in (("lengths", lengths), ("mask", mask), ("resets", resets)):
-            if value is not None:
+            if value is not None and data not in FUSED_DATA[opts.backend]:
                 _refuse("backend", data, f"backend={opts.backend!r} runs whole rows with no "
                         "lengths or per-step flags; use backend='scan'")  # fmt: skip
     if opts.matmul_dtype is not None and cell.fused is None:

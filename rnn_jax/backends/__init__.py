@@ -4,15 +4,20 @@
 backend    what runs the sequence
 =========  =========================================================================
 "scan"     ``jax.lax.scan`` over the cell (default; every cell and option)
+"fused_cpu"  rnn_jax's own fused CPU kernel (XLA FFI): one call per sequence forward and one
+           backward, products through oneDNN's sgemm; Elman (tanh, relu), LSTM, GRU; takes
+           ``lengths`` too; needs ``pip install 'rnn_jax[onednn]'`` and g++
 "onednn"   one oneDNN RNN primitive per sequence on CPU, fused backward (XLA FFI);
            Elman (tanh, relu), LSTM, GRU; needs ``pip install 'rnn_jax[onednn]'`` and g++
 "cudnn"    cuDNN's LSTM through ``jax.experimental.rnn`` (GPU only); LSTM only
 "auto"     the fused backend where it applies (cell, options, dtype, platform), else "scan"
 =========  =========================================================================
 
-The fused backends take the initial carry, batch- or time-major input and ``reverse``;
-``lengths``, ``truncate``, ``remat`` and ``matmul_dtype`` are scan-only (an explicit fused
-backend raises, ``"auto"`` falls back to scan). Parameters must be float32.
+The fused backends take the initial carry, batch- or time-major input and ``reverse``
+(``"fused_cpu"`` ``lengths`` too); ``truncate``, ``remat``, ``matmul_dtype``, ``mask``,
+``resets``, regularisers and the other options they do not honour are scan-only (an
+explicit fused backend raises naming it, ``"auto"`` falls back to scan). Parameters must be
+float32.
 """
 
 from __future__ import annotations
@@ -23,9 +28,14 @@ import jax
 import jax.numpy as jnp
 
 from rnn_jax.checks import as_cell
+from rnn_jax.options import BACKENDS
+from rnn_jax.options import FUSED_DATA as FUSED_OPTIONS  # what a fused backend honours too
 
-BACKENDS = ("scan", "onednn", "cudnn", "auto")
-FUSED_CELLS = {"onednn": ("tanh", "relu", "lstm", "gru"), "cudnn": ("lstm",)}
+FUSED_CELLS = {
+    "fused_cpu": ("tanh", "relu", "lstm", "gru"),
+    "onednn": ("tanh", "relu", "lstm", "gru"),
+    "cudnn": ("lstm",),
+}
 
 
 def fused_kind(cell) -> str | None:
@@ -51,7 +61,15 @@ def onednn_available() -> bool:
     """Whether ``backend="onednn"`` can run here (builds the kernel on the first call)."""
     from rnn_jax.backends import build
 
-    return build.available()
+    return build.available(build.ONEDNN)
+
+
+@functools.cache
+def fused_cpu_available() -> bool:
+    """Whether ``backend="fused_cpu"`` can run here (builds the kernel on the first call)."""
+    from rnn_jax.backends import build
+
+    return build.available(build.FUSED)
 
 
 def set_onednn_threads(num_threads: int) -> None:
@@ -61,13 +79,29 @@ def set_onednn_threads(num_threads: int) -> None:
         raise ValueError(f"num_threads must be an int >= 0, got {num_threads!r}")
     from rnn_jax.backends import build
 
-    build.load().rnn_jax_onednn_set_num_threads(num_threads)
+    build.load(build.ONEDNN).rnn_jax_onednn_set_num_threads(num_threads)
+
+
+def set_fused_cpu_threads(num_threads: int) -> None:
+    """Threads each ``backend="fused_cpu"`` call uses from now on, at most XLA's CPU
+    thread-pool size (default: ``$RNN_JAX_FUSED_THREADS``, else the pool size, one per
+    core); 0 restores the default."""
+    from rnn_jax.backends import fused_cpu
+
+    fused_cpu.set_threads(num_threads)
+
+
+# What backend="auto" runs on the CPU, per cell: measured fastest here (train step, 2-core
+# AMD EPYC, AVX2; docs/results/bench.md). None: the scan path.
+AUTO_CPU = {"tanh": "fused_cpu", "relu": "fused_cpu", "lstm": "fused_cpu", "gru": "fused_cpu"}
 
 
 def _platform_backend(kind: str) -> str | None:
     platform = jax.default_backend()
-    if platform == "cpu" and onednn_available():
-        return "onednn"
+    if platform == "cpu":
+        chosen = AUTO_CPU.get(kind)
+        available = {"fused_cpu": fused_cpu_available, "onednn": onednn_available}
+        return chosen if chosen is not None and available[chosen]() else None
     if platform == "gpu" and kind in FUSED_CELLS["cudnn"]:
         return "cudnn"
     return None
@@ -93,13 +127,16 @@ def resolve(backend: str, cell, params, options: dict) -> tuple[str, str | None]
     # Only the built-in cells' params are known to be dicts with a "w_x".
     dtype = None if kind is None else params["w_x"].dtype
     if backend == "auto":
-        if kind is None or used or dtype != jnp.float32:
+        if kind is None or dtype != jnp.float32:
             return "scan", None
         chosen = _platform_backend(kind)
-        return (chosen, kind) if chosen else ("scan", None)
-    if used:
+        if chosen is None or any(name not in FUSED_OPTIONS[chosen] for name in used):
+            return "scan", None
+        return chosen, kind
+    unsupported = [name for name in used if name not in FUSED_OPTIONS[backend]]
+    if unsupported:
         raise ValueError(
-            f"backend={backend!r} does not support {used[0]}=; use backend='scan' "
+            f"backend={backend!r} does not support {unsupported[0]}=; use backend='scan' "
             f"(or backend='auto', which falls back to scan for it)"
         )
     if kind not in FUSED_CELLS[backend]:
@@ -120,11 +157,18 @@ def dispatch(backend: str, cell, params, xs, carry, *, reverse, time_major, opti
     should run (``backend="scan"``, or ``"auto"`` where no fused kernel applies).
 
     ``carry`` is the checked initial carry (zeros filled in); ``xs`` is as the caller gave
-    it, batch- or time-major.
+    it, batch- or time-major; ``options["lengths"]`` the checked lengths (or None).
     """
     chosen, kind = resolve(backend, cell, params, options)
     if chosen == "scan":
         return None
+    if chosen == "fused_cpu":  # handles T = 0 and B = 0 itself (the initial carry back)
+        from rnn_jax.backends import fused_cpu
+
+        return fused_cpu.unroll(
+            kind, params, xs, carry, options.get("lengths"), reverse=reverse,
+            time_major=time_major,
+        )  # fmt: skip
     if min(xs.shape[:2]) == 0:
         if backend == "auto":
             return None

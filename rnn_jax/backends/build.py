@@ -1,51 +1,110 @@
-"""Build, cache and load the oneDNN FFI kernel (``onednn_rnn.cc``) on first use.
+"""Build, cache and load the FFI kernels of the CPU backends on first use.
 
-The shared library is compiled by the system C++ compiler against ``jax.ffi.include_dir()``
-and the headers of the ``onednn-devel-cpu-gomp`` wheel, then cached under ``$RNN_JAX_CACHE``
-(default ``~/.cache/rnn_jax``; see ``rnn_jax.cache``) in a file named by a hash of the source,
-the compile command and the jaxlib version: a new jaxlib or an edited source builds anew,
-everything else loads the cached file. It is written to a temporary name and renamed
-(``rnn_jax.atomic``), so two processes building at once (pytest-xdist workers) each see
-either no file or a whole one.
+Two kernels, one machinery (a ``Kernel`` names each):
+
+- ``ONEDNN`` (``onednn_rnn.cc``, ``backend="onednn"``): oneDNN 3.2's RNN primitives.
+- ``FUSED`` (``fused_rnn.cc``, ``backend="fused_cpu"``): rnn_jax's own sequence kernel, its
+  products through oneDNN's sgemm, compiled with ``-O3 -march=native``.
+
+Each is compiled by the system C++ compiler (``$CXX``, else ``g++``) against
+``jax.ffi.include_dir()`` and the headers of the ``onednn-devel-cpu-gomp`` wheel, then cached
+under ``$RNN_JAX_CACHE`` (default ``~/.cache/rnn_jax``; see ``rnn_jax.cache``) in a file
+named by a hash of the source, the compile command, the compiler's version, the CPU's
+feature flags (a ``-march=native`` build must not load on another CPU sharing the cache) and
+the jaxlib version: any change builds anew, everything else loads the cached file. It is
+written to a temporary name and renamed (``rnn_jax.atomic``), so two processes building at
+once (pytest-xdist workers) each see either no file or a whole one.
 
 Why on first use and not at install time (scikit-build-core): the package stays pure
-Python for everyone who never asks for ``backend="onednn"``, and the library must match the
+Python for everyone who never asks for a fused CPU backend, and the library must match the
 jaxlib that runs it, which a user may upgrade after installing rnn_jax.
 """
 
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import functools
 import hashlib
 import importlib.metadata
 import os
+import platform
 import shlex
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 from rnn_jax.atomic import atomic_path
 
-SOURCE = Path(__file__).with_name("onednn_rnn.cc")
 ONEDNN_PINS = ("onednn-cpu-gomp==2023.2.0", "onednn-devel-cpu-gomp==2023.2.0")
 INSTALL_HINT = "pip install 'rnn_jax[onednn]' (that is: pip install " + " ".join(ONEDNN_PINS) + ")"
 FORWARD_TARGET = "rnn_jax_onednn_forward"
 BACKWARD_TARGET = "rnn_jax_onednn_backward"
 THREADS_ENV = "RNN_JAX_ONEDNN_THREADS"
+FUSED_FORWARD_TARGET = "rnn_jax_fused_forward"
+FUSED_BACKWARD_TARGET = "rnn_jax_fused_backward"
+FUSED_THREADS_ENV = "RNN_JAX_FUSED_THREADS"
 
 
 class BackendUnavailable(RuntimeError):
     """The fused backend cannot run here; the message says what to install."""
 
 
-def _installed_file(distribution: str, suffix: str) -> Path:
+def threads_from_env(name: str = THREADS_ENV) -> int:
+    """The int >= 0 in ``$name`` (0 or unset: the backend's default thread count)."""
+    text = os.environ.get(name, "0")
+    if not text.isdigit():
+        raise ValueError(f"{name} must be an int >= 0, got {text!r}")
+    return int(text)
+
+
+def _configure_onednn(library: ctypes.CDLL) -> None:
+    library.rnn_jax_onednn_workspace_bytes.restype = ctypes.c_int64
+    library.rnn_jax_onednn_workspace_bytes.argtypes = [ctypes.c_int32] * 3 + [ctypes.c_int64] * 4
+    library.rnn_jax_onednn_set_num_threads.argtypes = [ctypes.c_int]
+    library.rnn_jax_onednn_set_num_threads(threads_from_env(THREADS_ENV))
+
+
+def _configure_fused(library: ctypes.CDLL) -> None:
+    library.rnn_jax_fused_set_num_threads.argtypes = [ctypes.c_int]
+    library.rnn_jax_fused_set_num_threads(threads_from_env(FUSED_THREADS_ENV))
+
+
+@dataclasses.dataclass(frozen=True)
+class Kernel:
+    """One FFI kernel: its source, what it serves, its flags and its exported handlers."""
+
+    backend: str  # the ``backend=`` it serves, for messages
+    source: Path
+    flags: tuple[str, ...]  # optimisation flags (the rest of the command is shared)
+    targets: tuple[tuple[str, str], ...]  # (FFI target name, exported handler symbol)
+    configure: Callable[[ctypes.CDLL], None]  # ctypes signatures, thread count from env
+
+
+HERE = Path(__file__).parent
+ONEDNN = Kernel(
+    "onednn", HERE / "onednn_rnn.cc", ("-O2",),
+    ((FORWARD_TARGET, "RnnJaxOnednnForward"), (BACKWARD_TARGET, "RnnJaxOnednnBackward")),
+    _configure_onednn,
+)  # fmt: skip
+# -fno-trapping-math lets g++ if-convert (and so vectorise) the clamps in the gate maths.
+FUSED = Kernel(
+    "fused_cpu", HERE / "fused_rnn.cc",
+    ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math"),
+    ((FUSED_FORWARD_TARGET, "RnnJaxFusedForward"), (FUSED_BACKWARD_TARGET, "RnnJaxFusedBackward")),
+    _configure_fused,
+)  # fmt: skip
+SOURCE = ONEDNN.source  # kept for callers of the one-kernel module
+
+
+def _installed_file(distribution: str, suffix: str, backend: str) -> Path:
     """The file of an installed wheel whose path ends with ``suffix``."""
     try:
         files = importlib.metadata.distribution(distribution).files or []
     except importlib.metadata.PackageNotFoundError:
         raise BackendUnavailable(
-            f"backend='onednn' needs oneDNN, but {distribution} is not installed: {INSTALL_HINT}"
+            f"backend={backend!r} needs oneDNN, but {distribution} is not installed: {INSTALL_HINT}"
         ) from None
     for file in files:
         if str(file).endswith(suffix):
@@ -53,26 +112,26 @@ def _installed_file(distribution: str, suffix: str) -> Path:
     raise BackendUnavailable(f"{distribution} has no {suffix}; reinstall it: {INSTALL_HINT}")
 
 
-def _compiler() -> str:
+def _compiler(backend: str) -> str:
     compiler = os.environ.get("CXX", "g++")
     found = shutil.which(compiler)
     if found is None:
         raise BackendUnavailable(
-            f"backend='onednn' builds its kernel on first use with a C++17 compiler, but "
+            f"backend={backend!r} builds its kernel on first use with a C++17 compiler, but "
             f"{compiler!r} was not found: install one (e.g. apt-get install g++) or set CXX"
         )
     return found
 
 
-def compile_command(output: Path) -> list[str]:
+def compile_command(output: Path, kernel: Kernel = ONEDNN) -> list[str]:
     import jax
 
-    header = _installed_file("onednn-devel-cpu-gomp", "oneapi/dnnl/dnnl.hpp")
-    library = _installed_file("onednn-cpu-gomp", "libdnnl.so.3")
+    header = _installed_file("onednn-devel-cpu-gomp", "oneapi/dnnl/dnnl.hpp", kernel.backend)
+    library = _installed_file("onednn-cpu-gomp", "libdnnl.so.3", kernel.backend)
     include_dir = header.parent.parent.parent  # .../include/oneapi/dnnl/dnnl.hpp
     return [
-        _compiler(), "-O2", "-std=c++17", "-shared", "-fPIC", "-fopenmp",
-        f"-I{jax.ffi.include_dir()}", f"-I{include_dir}", str(SOURCE), "-o", str(output),
+        _compiler(kernel.backend), *kernel.flags, "-std=c++17", "-shared", "-fPIC", "-fopenmp",
+        f"-I{jax.ffi.include_dir()}", f"-I{include_dir}", str(kernel.source), "-o", str(output),
         str(library), f"-Wl,-rpath,{library.parent}",
     ]  # fmt: skip
 
@@ -84,64 +143,79 @@ def cache_dir() -> Path:
     return shared()
 
 
-def library_path() -> Path:
-    """Where the library for this source, compiler command and jaxlib lives (built or not)."""
+@functools.cache
+def cpu_features() -> str:
+    """The CPU's model name and feature flags (Linux ``/proc/cpuinfo``), else the platform's
+    processor name: part of the cache key."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return f"{platform.machine()} {platform.processor()}"
+    wanted = ("model name", "flags", "Features")  # x86 / aarch64
+    found = {}
+    for line in lines:
+        key, _, value = line.partition(":")
+        if key.strip() in wanted:
+            found.setdefault(key.strip(), value.strip())
+    return " | ".join(f"{k}: {v}" for k, v in sorted(found.items())) or platform.machine()
+
+
+@functools.cache
+def _compiler_version(compiler: str) -> str:
+    result = subprocess.run([compiler, "--version"], capture_output=True, text=True)
+    return result.stdout.splitlines()[0] if result.stdout else ""
+
+
+def library_path(kernel: Kernel = ONEDNN) -> Path:
+    """Where the library for this source, command, compiler, CPU and jaxlib lives (built or
+    not)."""
     import jaxlib
 
-    placeholder = Path("OUTPUT")
+    command = compile_command(Path("OUTPUT"), kernel)
     key = hashlib.sha256()
-    key.update(SOURCE.read_bytes())
-    key.update(shlex.join(compile_command(placeholder)).encode())
+    key.update(kernel.source.read_bytes())
+    key.update(shlex.join(command).encode())
+    key.update(_compiler_version(command[0]).encode())
+    key.update(cpu_features().encode())
     key.update(jaxlib.__version__.encode())
-    return cache_dir() / f"onednn_rnn-{jaxlib.__version__}-{key.hexdigest()[:16]}.so"
+    stem = kernel.source.stem
+    return cache_dir() / f"{stem}-{jaxlib.__version__}-{key.hexdigest()[:16]}.so"
 
 
-def build_library() -> Path:
+def build_library(kernel: Kernel = ONEDNN) -> Path:
     """Compile the library unless the cache already holds it; returns its path."""
-    path = library_path()
+    path = library_path(kernel)
     if path.exists():
         return path
     with atomic_path(path, mode=0o755) as tmp:
-        result = subprocess.run(compile_command(tmp), capture_output=True, text=True)
+        command = compile_command(tmp, kernel)
+        result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
             raise BackendUnavailable(
-                f"building the oneDNN kernel failed ({shlex.join(compile_command(tmp))}):\n"
+                f"building the {kernel.backend} kernel failed ({shlex.join(command)}):\n"
                 f"{result.stderr[-4000:]}"
             )
     return path
 
 
 @functools.cache
-def load() -> ctypes.CDLL:
+def load(kernel: Kernel = ONEDNN) -> ctypes.CDLL:
     """Build (once per cache), load and register the FFI targets; returns the library."""
     import jax
 
-    library = ctypes.CDLL(str(build_library()))
-    for target, symbol in (
-        (FORWARD_TARGET, library.RnnJaxOnednnForward),
-        (BACKWARD_TARGET, library.RnnJaxOnednnBackward),
-    ):
-        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(symbol), platform="cpu")
-    library.rnn_jax_onednn_workspace_bytes.restype = ctypes.c_int64
-    library.rnn_jax_onednn_workspace_bytes.argtypes = [ctypes.c_int32] * 3 + [ctypes.c_int64] * 4
-    library.rnn_jax_onednn_set_num_threads.argtypes = [ctypes.c_int]
-    library.rnn_jax_onednn_set_num_threads(threads_from_env())
+    library = ctypes.CDLL(str(build_library(kernel)))
+    for target, symbol in kernel.targets:
+        jax.ffi.register_ffi_target(
+            target, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu"
+        )
+    kernel.configure(library)
     return library
 
 
-def threads_from_env() -> int:
-    """``$RNN_JAX_ONEDNN_THREADS``: OpenMP threads per oneDNN call; 0 or unset = OpenMP's
-    default (``OMP_NUM_THREADS``, else one per core)."""
-    text = os.environ.get(THREADS_ENV, "0")
-    if not text.isdigit():
-        raise ValueError(f"{THREADS_ENV} must be an int >= 0, got {text!r}")
-    return int(text)
-
-
-def available() -> bool:
-    """Whether ``backend="onednn"`` can run here (builds the library if needed)."""
+def available(kernel: Kernel = ONEDNN) -> bool:
+    """Whether the kernel's backend can run here (builds the library if needed)."""
     try:
-        load()
+        load(kernel)
     except BackendUnavailable:
         return False
     return True

@@ -49,7 +49,7 @@ def _attrs(kind: str, reverse: bool, batch_major: bool):
 def _forward(kind, reverse, batch_major, xs, h0, c0, w_layer, w_iter, bias, training=True):
     """oneDNN's forward_training (keeps the workspace for the backward) or, with
     ``training=False``, forward_inference (no workspace)."""
-    library = build.load()
+    library = build.load(build.ONEDNN)
     batch, hidden = h0.shape
     steps, input_size = xs.shape[1 if batch_major else 0], xs.shape[2]
     workspace = library.rnn_jax_onednn_workspace_bytes(

@@ -1,0 +1,896 @@
+// rnn_jax's own fused CPU sequence kernel (backend="fused_cpu"): Elman (tanh, relu), LSTM
+// (gates i, f, g, o) and the reset-after GRU (gates r, z, n), forward and backward over a
+// whole sequence in one XLA FFI call each. Built on first use by rnn_jax/backends/build.py
+// with -O3 -march=native against jax.ffi.include_dir() and oneDNN 3.2's headers; the matrix
+// products are oneDNN's sgemm (dnnl_sgemm, row-major), the gate maths plain C++ loops the
+// compiler vectorises.
+//
+// Layout. A sequence's N = B*T positions are addressed as XLA holds them: row b*T + t
+// (batch-major) or t*B + b (time-major); every (N, .) matrix below uses that row order, so
+// hs is written in place and the products over all positions are single GEMMs whatever the
+// layout. Weights are rnn_jax's (w_x (I, G*H), w_h (H, G*H), row vectors, gates side by side).
+//
+// Algorithm (forward):
+//   Xp = xs @ w_x + b                      one (N, I) x (I, GH) product for every step
+//   then the recurrence, split across threads: with enough rows per thread, into chunks of
+//   batch rows, each thread running its chunks' whole sequences (rows never interact: no
+//   synchronisation per step); with few rows (B < 32 per thread) each thread of a gang
+//   takes a slice of the hidden units for all rows, with a barrier per step. Per step:
+//     Zh = h @ w_h (+ b_h for the GRU)     (rows, H) x (H, G*units)
+//     gate maths reading Xp at each row's position, writing hs and the residuals
+// Backward: the same split runs the reverse sweep (dz per step, dh_prev = dz_h @ w_h^T),
+// writing dz_x at each position (an output: the caller computes d_xs = dz_x @ w_x^T as an
+// XLA dot, which XLA drops where nobody needs d_xs, as for a first layer's data); then
+// d_w_x = xs^T @ dz_x, d_w_h = h_prev^T @ dz_h and the bias gradients as single
+// products/sums over all positions.
+//
+// lengths (B,) int32, clamped to [0, T]: row b reads positions 0..L-1 (reverse: L-1..0);
+// outputs past L are zero, the carry is frozen after its last valid step (the scan path's
+// semantics), and no gradient flows through the padded positions.
+//
+// Residuals (training forward), sections of an (N, R*H) float buffer, one row per position:
+//   tanh/relu: h_new, h_prev                                   R = 2
+//   lstm:      i, f, g, o (after the nonlinearities), c_prev, tanh(c), h_prev   R = 7
+//   gru:       r, z, n, h_n (= h @ w_hn + b_hn), h_prev        R = 5
+// h_prev is zero at padded positions; the other sections are not read there.
+//
+// Threads: XLA's intra-op thread pool (the FFI ThreadPool context), the calling thread
+// taking part too; no thread of our own, so nothing oversubscribes XLA's pool. The count is
+// min(pool size, rnn_jax_fused_set_num_threads(n) if n > 0). Work-sharing loops claim
+// chunks from an atomic counter; the recurrence runs on whoever joins within 2 ms (at
+// least the caller), so a busy pool delays nothing and nothing can deadlock.
+
+#include <omp.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+#endif
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "oneapi/dnnl/dnnl.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+enum Kind : int32_t { kTanh = 0, kRelu = 1, kLstm = 2, kGru = 3 };
+
+int64_t num_gates(int32_t kind) { return kind == kLstm ? 4 : kind == kGru ? 3 : 1; }
+
+// ---------------------------------------------------------------------------------------
+// Element-wise functions, written so that g++ vectorises loops over them (no libm calls).
+
+// exp(x), Cephes' single-precision polynomial (about 1 ulp on the clamped range); NaN in,
+// NaN out. x is clamped to [-87.3, 88.3] so the result stays normal and finite.
+inline float exp_f(float x) {
+  x = std::min(std::max(x, -87.3f), 88.3f);
+  // n = round(x / ln 2) by the 1.5 * 2^23 trick (std::floor would be a libm call here).
+  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  float r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+}
+
+inline float sigmoid_f(float x) { return 1.0f / (1.0f + exp_f(-x)); }
+
+// tanh(x) = (1 - e) / (1 + e) with e = exp(-2|x|); below |x| = 0.04 its Taylor series
+// (x - x^3/3 + 2x^5/15, error < 1e-11), where 1 - e would lose relative precision.
+inline float tanh_f(float x) {
+  const float a = std::fabs(x);
+  const float e = exp_f(-2.0f * a);
+  const float big = std::copysign((1.0f - e) / (1.0f + e), x);
+  const float x2 = x * x;
+  const float small = x + x * x2 * (-1.0f / 3.0f + x2 * (2.0f / 15.0f));
+  return a < 0.04f ? small : big;
+}
+
+// ---------------------------------------------------------------------------------------
+// Products: oneDNN's row-major sgemm, C = alpha op(A) op(B) + beta C.
+
+std::atomic<int> gemm_status{dnnl_success};
+
+void gemm(char ta, char tb, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
+          const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  if (k == 0) {
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == 0.0f ? 0.0f : beta * c[i * ldc + j];
+    return;
+  }
+  const dnnl_status_t status = dnnl_sgemm(ta, tb, m, n, k, 1.0f, a, lda, b, ldb, beta, c, ldc);
+  if (status != dnnl_success) gemm_status.store(status);
+}
+
+// Throws if a product failed since the call began (products never throw themselves: a
+// throw between two barriers would leave the other threads waiting).
+void check_products() {
+  const int status = gemm_status.exchange(dnnl_success);
+  if (status != dnnl_success) {
+    throw std::runtime_error("dnnl_sgemm failed with status " + std::to_string(status));
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// The team: `count` tasks run by the calling thread and up to threads-1 tasks on XLA's pool.
+
+std::atomic<int> requested_threads{0};
+
+// Denormals flushed to zero while the kernel runs on a thread, as XLA's CPU code does (a
+// long sequence's decaying gradients would otherwise take the slow denormal paths); the
+// thread's previous mode is restored after.
+#if defined(__x86_64__) || defined(__i386__)
+class FlushDenormals {
+ public:
+  FlushDenormals() : saved_(_mm_getcsr()) { _mm_setcsr(saved_ | 0x8040); }  // FTZ | DAZ
+  ~FlushDenormals() { _mm_setcsr(saved_); }
+
+ private:
+  unsigned int saved_;
+};
+#else
+struct FlushDenormals {};  // other CPUs: the thread's own mode
+#endif
+
+struct TeamState {
+  std::atomic<int> next{0}, done{0};
+  std::atomic<bool> failed{false};
+  std::string error;
+  std::atomic_flag error_lock = ATOMIC_FLAG_INIT;
+  int count = 0;
+  std::function<void(int)> body;
+};
+
+void run_tasks(TeamState& st) {
+  FlushDenormals flush;
+  // oneDNN's sgemm would start an OpenMP team of its own in every task: one thread each.
+  const int omp_before = omp_get_max_threads();
+  omp_set_num_threads(1);
+  for (;;) {
+    const int i = st.next.fetch_add(1, std::memory_order_relaxed);
+    if (i >= st.count) break;
+    if (!st.failed.load(std::memory_order_relaxed)) {
+      try {
+        st.body(i);
+      } catch (const std::exception& e) {
+        if (!st.error_lock.test_and_set()) st.error = e.what();
+        st.failed.store(true);
+      }
+    }
+    st.done.fetch_add(1, std::memory_order_release);
+  }
+  omp_set_num_threads(omp_before);
+}
+
+// A spinning barrier for `count` threads (yielding after a short spin: with more runnable
+// threads than cores a pure spin would starve the thread it waits for).
+class Barrier {
+ public:
+  explicit Barrier(int count) : count_(count) {}
+  void wait() {
+    if (count_ <= 1) return;
+    const int generation = generation_.load(std::memory_order_acquire);
+    if (arrived_.fetch_add(1, std::memory_order_acq_rel) == count_ - 1) {
+      arrived_.store(0, std::memory_order_relaxed);
+      generation_.fetch_add(1, std::memory_order_release);
+      return;
+    }
+    for (int spin = 0; generation_.load(std::memory_order_acquire) == generation; ++spin) {
+      if (spin > 200) std::this_thread::yield();
+    }
+  }
+
+ private:
+  int count_;
+  std::atomic<int> arrived_{0}, generation_{0};
+};
+
+// A gang: threads that run one body together, so that it may use a barrier. Helpers from
+// XLA's pool join within a short wait or not at all (the pool may be busy, e.g. with the
+// other direction of a bidirectional layer); the gang is whoever joined, at least the caller.
+struct GangState {
+  static constexpr int kClosed = 1 << 20;
+  std::atomic<int> joined{1}, finished{0}, size{-1};
+  std::unique_ptr<Barrier> barrier;
+  std::function<void(int, int, Barrier&)> body;  // (index, gang size, barrier)
+};
+
+void gang_member(GangState& st, int index) {
+  FlushDenormals flush;
+  const int omp_before = omp_get_max_threads();
+  omp_set_num_threads(1);
+  int size;
+  while ((size = st.size.load(std::memory_order_acquire)) < 0) std::this_thread::yield();
+  st.body(index, size, *st.barrier);
+  omp_set_num_threads(omp_before);
+}
+
+class Team {
+ public:
+  Team(ffi::ThreadPool pool) : pool_(pool) {
+    const int64_t available = std::max<int64_t>(1, pool.num_threads());
+    const int asked = requested_threads.load();
+    threads_ = static_cast<int>(asked > 0 ? std::min<int64_t>(asked, available) : available);
+  }
+  int threads() const { return threads_; }
+
+  // body(i) for i in [0, count); returns when all have run; rethrows a task's error.
+  void parallel(int count, std::function<void(int)> body) {
+    auto st = std::make_shared<TeamState>();
+    st->count = count;
+    st->body = std::move(body);
+    const int helpers = std::min(threads_, count) - 1;
+    for (int k = 0; k < helpers; ++k) pool_.Schedule([st] { run_tasks(*st); });
+    run_tasks(*st);
+    while (st->done.load(std::memory_order_acquire) < count) std::this_thread::yield();
+    if (st->failed.load()) throw std::runtime_error(st->error);
+  }
+
+  // body(index, size, barrier) on a gang of up to `wanted` threads; returns the gang size.
+  int gang(int wanted, std::function<void(int, int, Barrier&)> body) {
+    wanted = std::max(1, std::min(wanted, threads_));
+    auto st = std::make_shared<GangState>();
+    st->body = std::move(body);
+    for (int k = 1; k < wanted; ++k) {
+      pool_.Schedule([st, wanted] {
+        const int index = st->joined.fetch_add(1, std::memory_order_acq_rel);
+        if (index >= wanted) return;  // closed, or not needed
+        gang_member(*st, index);
+        st->finished.fetch_add(1, std::memory_order_release);
+      });
+    }
+    // Wait up to 2 ms for the helpers, then close the gang to latecomers.
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(2);
+    int size = st->joined.load(std::memory_order_acquire);
+    while (size < wanted) {
+      if (std::chrono::steady_clock::now() > deadline &&
+          st->joined.compare_exchange_strong(size, GangState::kClosed)) {
+        break;
+      }
+      std::this_thread::yield();
+      size = st->joined.load(std::memory_order_acquire);
+    }
+    size = std::min(size, wanted);
+    st->barrier = std::make_unique<Barrier>(size);
+    st->size.store(size, std::memory_order_release);
+    gang_member(*st, 0);
+    while (st->finished.load(std::memory_order_acquire) < size - 1) std::this_thread::yield();
+    return size;
+  }
+
+ private:
+  ffi::ThreadPool pool_;
+  int threads_ = 1;
+};
+
+// Scratch buffers kept between calls: a fresh allocation of a long sequence's tens of MB is
+// a fresh mmap whose every page faults in on first touch (as much time as the product that
+// fills it). A call takes the smallest free buffer that fits (or a new one) and returns it
+// when done; at most four are kept.
+class Scratch {
+ public:
+  explicit Scratch(size_t floats) {
+    if (floats == 0) return;
+    std::lock_guard<std::mutex> lock(mutex());
+    auto& pool = free_list();
+    auto best = pool.end();
+    for (auto it = pool.begin(); it != pool.end(); ++it) {
+      if (it->size() >= floats && (best == pool.end() || it->size() < best->size())) best = it;
+    }
+    if (best != pool.end()) {
+      buffer_ = std::move(*best);
+      pool.erase(best);
+    }
+    if (buffer_.size() < floats) buffer_ = std::vector<float>(floats);
+  }
+  ~Scratch() {
+    if (buffer_.empty()) return;
+    std::lock_guard<std::mutex> lock(mutex());
+    auto& pool = free_list();
+    pool.push_back(std::move(buffer_));
+    if (pool.size() > kPoolSize) {  // drop the smallest
+      auto smallest = std::min_element(pool.begin(), pool.end(),
+                                       [](auto& x, auto& y) { return x.size() < y.size(); });
+      pool.erase(smallest);
+    }
+  }
+  float* get() { return buffer_.empty() ? nullptr : buffer_.data(); }
+
+ private:
+  static constexpr size_t kPoolSize = 4;
+  static std::mutex& mutex() {
+    static std::mutex m;
+    return m;
+  }
+  static std::vector<std::vector<float>>& free_list() {
+    static std::vector<std::vector<float>> pool;
+    return pool;
+  }
+  std::vector<float> buffer_;
+};
+
+// [begin, end) of chunk i when n items are split into `parts` near-equal chunks.
+inline int64_t chunk_begin(int64_t n, int parts, int i) { return n * i / parts; }
+
+// ---------------------------------------------------------------------------------------
+
+struct Shape {
+  int32_t kind;
+  bool reverse, batch_major;
+  int64_t steps, batch, input, hidden;
+  int64_t gh() const { return num_gates(kind) * hidden; }
+  int64_t positions() const { return steps * batch; }
+  int64_t row(int64_t b, int64_t t) const { return batch_major ? b * steps + t : t * batch + b; }
+  int64_t length(const int32_t* lengths, int64_t b) const {
+    return std::min<int64_t>(std::max<int64_t>(lengths[b], 0), steps);
+  }
+  // Position row b reads at step s (s < its length L).
+  int64_t position(int64_t len, int64_t s) const { return reverse ? len - 1 - s : s; }
+};
+
+Shape shape_of(int32_t kind, bool reverse, bool batch_major, ffi::AnyBuffer xs,
+               ffi::AnyBuffer h0) {
+  auto d = xs.dimensions();
+  Shape s{kind, reverse, batch_major, d[0], d[1], d[2], h0.dimensions()[1]};
+  if (batch_major) std::swap(s.steps, s.batch);
+  return s;
+}
+
+float* fdata(ffi::AnyBuffer b) { return static_cast<float*>(b.untyped_data()); }
+template <class R>
+float* fdata(R& r) {
+  return static_cast<float*>(r->untyped_data());
+}
+
+// Residual sections, each (N, width*H) floats within the (N, R*H) buffer.
+struct Residuals {
+  float *gates, *c_prev, *tanh_c, *h_n, *h_new, *h_prev;
+  Residuals(float* ws, const Shape& s) {
+    const int64_t nh = s.positions() * s.hidden;
+    gates = c_prev = tanh_c = h_n = h_new = h_prev = nullptr;
+    switch (s.kind) {
+      case kLstm:
+        gates = ws;
+        c_prev = ws + 4 * nh;
+        tanh_c = ws + 5 * nh;
+        h_prev = ws + 6 * nh;
+        break;
+      case kGru:
+        gates = ws;
+        h_n = ws + 3 * nh;
+        h_prev = ws + 4 * nh;
+        break;
+      default:
+        h_new = ws;
+        h_prev = ws + nh;
+    }
+  }
+};
+
+// ---------------------------------------------------------------------------------------
+// Forward
+
+struct ForwardArgs {
+  const float *xs, *h0, *c0, *w_x, *w_h, *b, *b_h;
+  const int32_t* lengths;
+  float *hs, *h_last, *c_last, *ws;  // ws null: inference (no residuals)
+};
+
+// How a gang splits the recurrence: by batch rows (no synchronisation, each thread runs its
+// rows' whole sequence) while every thread gets at least kMinRows rows, else by hidden units
+// (every thread all rows; a barrier per step, since each step's product reads all of h).
+// Small products lose efficiency: oneDNN's sgemm runs (16, 256) x (256, 1024) at ~30 GFLOP/s
+// on one AVX2 core, (32, 256) x (256, 512) at ~80.
+constexpr int64_t kMinRows = 32;
+
+struct Block {
+  int64_t b0, b1, j0, j1;  // rows [b0, b1), hidden units [j0, j1)
+  bool by_units;
+};
+
+bool split_by_units(const Shape& s, int threads) {
+  return threads > 1 && s.batch < kMinRows * threads && s.hidden >= 8 * threads;
+}
+
+// Batch-row chunks for the split by rows: at least one per thread, and up to four per
+// thread while each keeps kMinRows rows, so that a thread the OS delays holds back only a
+// small share (the chunks are claimed as threads come free).
+int row_chunks(const Shape& s, int threads) {
+  const int64_t chunks = std::max<int64_t>(std::min<int64_t>(threads, s.batch),
+                                           std::min<int64_t>(s.batch / kMinRows, 4 * threads));
+  return static_cast<int>(std::max<int64_t>(chunks, 1));
+}
+
+Block block_of(const Shape& s, int index, int size) {
+  if (split_by_units(s, size)) {
+    return {0, s.batch, chunk_begin(s.hidden, size, index), chunk_begin(s.hidden, size, index + 1),
+            true};
+  }
+  return {chunk_begin(s.batch, size, index), chunk_begin(s.batch, size, index + 1), 0, s.hidden,
+          false};
+}
+
+// w_h's columns of units [j0, j1), gate by gate: (H, G*Hk), ldb G*Hk (Hk = j1 - j0).
+std::vector<float> unit_columns(const Shape& s, const float* w_h, int64_t j0, int64_t j1) {
+  const int64_t H = s.hidden, G = num_gates(s.kind), GH = s.gh(), Hk = j1 - j0;
+  std::vector<float> w(H * G * Hk);
+  for (int64_t k = 0; k < H; ++k)
+    for (int64_t g = 0; g < G; ++g)
+      std::memcpy(&w[k * G * Hk + g * Hk], w_h + k * GH + g * H + j0, Hk * sizeof(float));
+  return w;
+}
+
+// The forward recurrence of one block. `h` is two (B, H) buffers shared by the gang (this
+// step's carry and the next one's).
+void forward_block(const Shape& s, const ForwardArgs& a, const float* xp, const Block& blk,
+                   float* h_pair, Barrier& barrier) {
+  const int64_t H = s.hidden, G = num_gates(s.kind), GH = s.gh();
+  const int64_t rows = blk.b1 - blk.b0, j0 = blk.j0, Hk = blk.j1 - blk.j0, GHk = G * Hk;
+  const int64_t B = s.batch;
+  float* hbuf[2] = {h_pair, h_pair + B * H};
+  std::vector<float> wk = Hk == H ? std::vector<float>() : unit_columns(s, a.w_h, j0, blk.j1);
+  const float* w = Hk == H ? a.w_h : wk.data();
+  std::vector<float> c(s.kind == kLstm ? rows * Hk : 0), zh(rows * GHk), scratch(GH + H);
+  std::vector<int64_t> len(rows);
+  int64_t longest = 0;
+  std::unique_ptr<Residuals> res(a.ws ? new Residuals(a.ws, s) : nullptr);
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t b = blk.b0 + r;
+    len[r] = s.length(a.lengths, b);
+    longest = std::max(longest, len[r]);
+    std::memcpy(hbuf[0] + b * H + j0, a.h0 + b * H + j0, Hk * sizeof(float));
+    if (s.kind == kLstm) std::memcpy(&c[r * Hk], a.c0 + b * H + j0, Hk * sizeof(float));
+    if (j0 != 0) continue;
+    // Padded positions (one thread per row): zero outputs; h_prev zero too (the d_w_h
+    // product reads every row; the other residuals are read at valid positions only).
+    for (int64_t t = len[r]; t < s.steps; ++t) {
+      const int64_t p = s.row(b, t);
+      std::memset(a.hs + p * H, 0, H * sizeof(float));
+      if (res) std::memset(res->h_prev + p * H, 0, H * sizeof(float));
+    }
+  }
+  if (blk.by_units) barrier.wait();  // h0 whole before the first product
+  for (int64_t step = 0; step < longest; ++step) {
+    const float* hc = hbuf[step % 2];
+    float* hn_buf = hbuf[(step + 1) % 2];
+    // Rows whose sequence has ended keep their carry; the product runs over all rows of
+    // the block (cheaper than gathering the live ones).
+    gemm('N', 'N', rows, GHk, H, hc + blk.b0 * H, H, w, GHk, 0.0f, zh.data(), GHk);
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t b = blk.b0 + r;
+      const float* hr = hc + b * H + j0;  // this block's units of h_{t-1}
+      float* hw = hn_buf + b * H + j0;
+      if (step >= len[r]) {
+        std::memcpy(hw, hr, Hk * sizeof(float));
+        continue;
+      }
+      const int64_t p = s.row(b, s.position(len[r], step));
+      const float* x = xp + p * GH + j0;
+      const float* z = zh.data() + r * GHk;
+      float* out = a.hs + p * H + j0;
+      if (res) std::memcpy(res->h_prev + p * H + j0, hr, Hk * sizeof(float));
+      if (s.kind == kLstm) {
+        float* cr = &c[r * Hk];
+        // Without residuals (inference) the gates go to a scratch row: no branch in the loop.
+        float* g = res ? res->gates + p * GH + j0 : scratch.data();
+        float* tc = res ? res->tanh_c + p * H + j0 : scratch.data() + GH;
+        if (res) std::memcpy(res->c_prev + p * H + j0, cr, Hk * sizeof(float));
+#pragma GCC ivdep
+        for (int64_t j = 0; j < Hk; ++j) {
+          const float i_ = sigmoid_f(x[j] + z[j]);
+          const float f_ = sigmoid_f(x[H + j] + z[Hk + j]);
+          const float g_ = tanh_f(x[2 * H + j] + z[2 * Hk + j]);
+          const float o_ = sigmoid_f(x[3 * H + j] + z[3 * Hk + j]);
+          const float cn = f_ * cr[j] + i_ * g_;
+          const float t_ = tanh_f(cn);
+          const float hn = o_ * t_;
+          cr[j] = cn;
+          hw[j] = hn;
+          out[j] = hn;
+          g[j] = i_;
+          g[H + j] = f_;
+          g[2 * H + j] = g_;
+          g[3 * H + j] = o_;
+          tc[j] = t_;
+        }
+      } else if (s.kind == kGru) {
+        float* g = res ? res->gates + p * GH + j0 : scratch.data();
+        float* hn_out = res ? res->h_n + p * H + j0 : scratch.data() + GH;
+        const float* bh = a.b_h + j0;
+#pragma GCC ivdep
+        for (int64_t j = 0; j < Hk; ++j) {
+          const float r_ = sigmoid_f(x[j] + z[j] + bh[j]);
+          const float z_ = sigmoid_f(x[H + j] + z[Hk + j] + bh[H + j]);
+          const float hn = z[2 * Hk + j] + bh[2 * H + j];
+          const float n_ = tanh_f(x[2 * H + j] + r_ * hn);
+          const float hnew = (1.0f - z_) * n_ + z_ * hr[j];
+          hw[j] = hnew;
+          out[j] = hnew;
+          g[j] = r_;
+          g[H + j] = z_;
+          g[2 * H + j] = n_;
+          hn_out[j] = hn;
+        }
+      } else {
+        float* hsave = res ? res->h_new + p * H + j0 : scratch.data();
+        if (s.kind == kRelu) {
+#pragma GCC ivdep
+          for (int64_t j = 0; j < Hk; ++j) {
+            const float hnew = std::max(x[j] + z[j], 0.0f);
+            hw[j] = hnew;
+            out[j] = hnew;
+            hsave[j] = hnew;
+          }
+        } else {
+#pragma GCC ivdep
+          for (int64_t j = 0; j < Hk; ++j) {
+            const float hnew = tanh_f(x[j] + z[j]);
+            hw[j] = hnew;
+            out[j] = hnew;
+            hsave[j] = hnew;
+          }
+        }
+      }
+    }
+    if (blk.by_units) barrier.wait();  // h_t whole before the next product
+  }
+  const float* hf = hbuf[longest % 2];
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t b = blk.b0 + r;
+    std::memcpy(a.h_last + b * H + j0, hf + b * H + j0, Hk * sizeof(float));
+    if (s.kind == kLstm) std::memcpy(a.c_last + b * H + j0, &c[r * Hk], Hk * sizeof(float));
+  }
+}
+
+void forward(const Shape& s, const ForwardArgs& a, Team& team) {
+  const int64_t N = s.positions(), GH = s.gh();
+  Scratch xp(N * GH);
+  // Xp = xs @ w_x + b, rows split across the team.
+  const int xparts = static_cast<int>(std::min<int64_t>(4 * team.threads(), N));
+  team.parallel(xparts, [&](int i) {
+    const int64_t r0 = chunk_begin(N, xparts, i), r1 = chunk_begin(N, xparts, i + 1);
+    for (int64_t r = r0; r < r1; ++r) std::memcpy(xp.get() + r * GH, a.b, GH * sizeof(float));
+    gemm('N', 'N', r1 - r0, GH, s.input, a.xs + r0 * s.input, s.input, a.w_x, GH, 1.0f,
+         xp.get() + r0 * GH, GH);
+  });
+  check_products();
+  Scratch h_pair(2 * s.batch * s.hidden);
+  if (split_by_units(s, team.threads())) {
+    team.gang(team.threads(), [&](int index, int size, Barrier& barrier) {
+      forward_block(s, a, xp.get(), block_of(s, index, size), h_pair.get(), barrier);
+    });
+  } else {
+    const int chunks = row_chunks(s, team.threads());
+    team.parallel(chunks, [&](int i) {
+      Barrier alone(1);
+      const Block blk{chunk_begin(s.batch, chunks, i), chunk_begin(s.batch, chunks, i + 1), 0,
+                      s.hidden, false};
+      forward_block(s, a, xp.get(), blk, h_pair.get(), alone);
+    });
+  }
+  check_products();
+}
+
+struct BackwardArgs {
+  const float *xs, *w_x, *w_h, *ws, *d_hs, *d_h_last, *d_c_last;
+  const int32_t* lengths;
+  float *dz_x, *d_h0, *d_c0, *d_w_x, *d_w_h, *d_b, *d_b_h;
+};
+
+// The reverse sweep of one block: writes dz_x (and dz_h for the GRU) at each valid position
+// (zero at padded ones), d_h0 and d_c0. `dstep` is two (B, GH) buffers shared by the gang:
+// each step's dz_h, which the product dh_{t-1} = dz_h @ w_h^T reads whole.
+void backward_block(const Shape& s, const BackwardArgs& a, float* dzx, float* dzh,
+                    const Block& blk, float* dstep_pair, Barrier& barrier) {
+  const int64_t H = s.hidden, GH = s.gh(), B = s.batch;
+  const int64_t rows = blk.b1 - blk.b0, j0 = blk.j0, Hk = blk.j1 - blk.j0;
+  Residuals res(const_cast<float*>(a.ws), s);
+  float* dbuf[2] = {dstep_pair, dstep_pair + B * GH};
+  std::vector<float> dh(rows * Hk), dc(s.kind == kLstm ? rows * Hk : 0), back(rows * Hk);
+  std::vector<int64_t> len(rows);
+  int64_t longest = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t b = blk.b0 + r;
+    std::memcpy(&dh[r * Hk], a.d_h_last + b * H + j0, Hk * sizeof(float));
+    if (s.kind == kLstm) std::memcpy(&dc[r * Hk], a.d_c_last + b * H + j0, Hk * sizeof(float));
+    len[r] = s.length(a.lengths, b);
+    longest = std::max(longest, len[r]);
+    if (j0 != 0) continue;
+    for (int64_t t = len[r]; t < s.steps; ++t) {  // one thread per row
+      const int64_t p = s.row(b, t);
+      std::memset(dzx + p * GH, 0, GH * sizeof(float));
+      if (dzh != dzx) std::memset(dzh + p * GH, 0, GH * sizeof(float));
+    }
+  }
+  for (int64_t step = longest - 1; step >= 0; --step) {
+    float* dsb = dbuf[step % 2];
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t b = blk.b0 + r;
+      float* ds = dsb + b * GH + j0;
+      if (step >= len[r]) {  // frozen carry: its gradient passes through unchanged
+        for (int64_t g = 0; g < num_gates(s.kind); ++g) {
+          std::memset(ds + g * H, 0, Hk * sizeof(float));
+        }
+        continue;
+      }
+      const int64_t p = s.row(b, s.position(len[r], step));
+      const float* dout = a.d_hs + p * H + j0;
+      float* dhr = &dh[r * Hk];
+      float* zx = dzx + p * GH + j0;
+      if (s.kind == kLstm) {
+        const float* g = res.gates + p * GH + j0;
+        const float* cp = res.c_prev + p * H + j0;
+        const float* tc = res.tanh_c + p * H + j0;
+        float* dcr = &dc[r * Hk];
+#pragma GCC ivdep
+        for (int64_t j = 0; j < Hk; ++j) {
+          const float i_ = g[j], f_ = g[H + j], g_ = g[2 * H + j], o_ = g[3 * H + j];
+          const float d_h = dhr[j] + dout[j];
+          const float t_ = tc[j];
+          const float d_c = dcr[j] + d_h * o_ * (1.0f - t_ * t_);
+          const float di = d_c * g_ * i_ * (1.0f - i_);
+          const float df = d_c * cp[j] * f_ * (1.0f - f_);
+          const float dg = d_c * i_ * (1.0f - g_ * g_);
+          const float d_o = d_h * t_ * o_ * (1.0f - o_);
+          zx[j] = di;
+          zx[H + j] = df;
+          zx[2 * H + j] = dg;
+          zx[3 * H + j] = d_o;
+          ds[j] = di;
+          ds[H + j] = df;
+          ds[2 * H + j] = dg;
+          ds[3 * H + j] = d_o;
+          dcr[j] = d_c * f_;
+        }
+      } else if (s.kind == kGru) {
+        const float* g = res.gates + p * GH + j0;
+        const float* hn = res.h_n + p * H + j0;
+        const float* hp = res.h_prev + p * H + j0;
+        float* zh = dzh + p * GH + j0;
+#pragma GCC ivdep
+        for (int64_t j = 0; j < Hk; ++j) {
+          const float r_ = g[j], z_ = g[H + j], n_ = g[2 * H + j];
+          const float d_h = dhr[j] + dout[j];
+          const float dn = d_h * (1.0f - z_) * (1.0f - n_ * n_);
+          const float dz = d_h * (hp[j] - n_) * z_ * (1.0f - z_);
+          const float dr = dn * hn[j] * r_ * (1.0f - r_);
+          zx[j] = dr;
+          zx[H + j] = dz;
+          zx[2 * H + j] = dn;
+          zh[j] = dr;
+          zh[H + j] = dz;
+          zh[2 * H + j] = dn * r_;
+          ds[j] = dr;
+          ds[H + j] = dz;
+          ds[2 * H + j] = dn * r_;
+          dhr[j] = d_h * z_;  // the direct path; the product adds dz_h @ w_h^T below
+        }
+      } else {
+        const float* hn = res.h_new + p * H + j0;
+        if (s.kind == kRelu) {
+#pragma GCC ivdep
+          for (int64_t j = 0; j < Hk; ++j) {
+            const float d_h = dhr[j] + dout[j];
+            const float dpre = hn[j] > 0.0f ? d_h : 0.0f;
+            zx[j] = dpre;
+            ds[j] = dpre;
+          }
+        } else {
+#pragma GCC ivdep
+          for (int64_t j = 0; j < Hk; ++j) {
+            const float d_h = dhr[j] + dout[j];
+            const float dpre = d_h * (1.0f - hn[j] * hn[j]);
+            zx[j] = dpre;
+            ds[j] = dpre;
+          }
+        }
+      }
+    }
+    if (blk.by_units) barrier.wait();  // this step's dz_h whole before the product
+    // dh_{t-1} = dz_h @ w_h^T (+ the GRU's direct path) for the live rows, this block's
+    // units: w_h's rows [j0, j1) are w_h^T's columns.
+    gemm('N', 'T', rows, Hk, GH, dsb + blk.b0 * GH, GH, a.w_h + j0 * GH, GH, 0.0f, back.data(),
+         Hk);
+    for (int64_t r = 0; r < rows; ++r) {
+      if (step >= len[r]) continue;
+      float* dhr = &dh[r * Hk];
+      const float* br = &back[r * Hk];
+      if (s.kind == kGru) {
+        for (int64_t j = 0; j < Hk; ++j) dhr[j] += br[j];
+      } else {
+        std::memcpy(dhr, br, Hk * sizeof(float));
+      }
+    }
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t b = blk.b0 + r;
+    std::memcpy(a.d_h0 + b * H + j0, &dh[r * Hk], Hk * sizeof(float));
+    if (s.kind == kLstm) std::memcpy(a.d_c0 + b * H + j0, &dc[r * Hk], Hk * sizeof(float));
+  }
+}
+
+// Column sums of an (n, cols) matrix's columns [c0, c1) into out[c0:c1].
+void column_sums(const float* m, int64_t n, int64_t cols, int64_t c0, int64_t c1, float* out) {
+  std::fill(out + c0, out + c1, 0.0f);
+  for (int64_t i = 0; i < n; ++i) {
+    const float* row = m + i * cols;
+#pragma GCC ivdep
+    for (int64_t j = c0; j < c1; ++j) out[j] += row[j];
+  }
+}
+
+void backward(const Shape& s, const BackwardArgs& a, Team& team) {
+  const int64_t N = s.positions(), GH = s.gh(), H = s.hidden, I = s.input;
+  float* dzx = a.dz_x;
+  Scratch dzh_own(s.kind == kGru ? N * GH : 0);
+  float* dzh = s.kind == kGru ? dzh_own.get() : dzx;
+  Scratch dstep_pair(2 * s.batch * GH);
+  if (split_by_units(s, team.threads())) {
+    team.gang(team.threads(), [&](int index, int size, Barrier& barrier) {
+      backward_block(s, a, dzx, dzh, block_of(s, index, size), dstep_pair.get(), barrier);
+    });
+  } else {
+    const int chunks = row_chunks(s, team.threads());
+    team.parallel(chunks, [&](int i) {
+      Barrier alone(1);
+      const Block blk{chunk_begin(s.batch, chunks, i), chunk_begin(s.batch, chunks, i + 1), 0,
+                      s.hidden, false};
+      backward_block(s, a, dzx, dzh, blk, dstep_pair.get(), alone);
+    });
+  }
+  check_products();
+  const float* h_prev = Residuals(const_cast<float*>(a.ws), s).h_prev;
+  // The weight and bias gradients as sums over position chunks, one partial result per
+  // chunk, added up after: each chunk's product reads (packs) its rows of h_prev and xs
+  // once, where column blocks would each read all of them. Several chunks per thread so
+  // that a late helper thread still gets a share.
+  const int64_t rows_out = H + I + 2;  // d_w_h, d_w_x, d_b, d_b_h rows of GH
+  const int chunks = static_cast<int>(
+      std::max<int64_t>(1, std::min<int64_t>(4 * team.threads(), N / 256)));
+  Scratch partial(chunks * rows_out * GH);
+  team.parallel(chunks, [&](int i) {
+    const int64_t k0 = chunk_begin(N, chunks, i), k1 = chunk_begin(N, chunks, i + 1);
+    float* out = partial.get() + i * rows_out * GH;
+    gemm('T', 'N', H, GH, k1 - k0, h_prev + k0 * H, H, dzh + k0 * GH, GH, 0.0f, out, GH);
+    gemm('T', 'N', I, GH, k1 - k0, a.xs + k0 * I, I, dzx + k0 * GH, GH, 0.0f, out + H * GH, GH);
+    column_sums(dzx + k0 * GH, k1 - k0, GH, 0, GH, out + (H + I) * GH);
+    if (s.kind == kGru) column_sums(dzh + k0 * GH, k1 - k0, GH, 0, GH, out + (H + I + 1) * GH);
+  });
+  check_products();
+  // Sum the chunks' partials, rows of the outputs split across the team.
+  const int sum_parts = static_cast<int>(std::min<int64_t>(team.threads(), rows_out));
+  team.parallel(sum_parts, [&](int i) {
+    const int64_t r0 = chunk_begin(rows_out, sum_parts, i);
+    const int64_t r1 = chunk_begin(rows_out, sum_parts, i + 1);
+    for (int64_t r = r0; r < r1; ++r) {
+      float* dst = r < H           ? a.d_w_h + r * GH
+                   : r < H + I     ? a.d_w_x + (r - H) * GH
+                   : r == H + I    ? a.d_b
+                   : s.kind == kGru ? a.d_b_h
+                                    : nullptr;
+      if (dst == nullptr) continue;
+      std::memcpy(dst, partial.get() + r * GH, GH * sizeof(float));
+      for (int c = 1; c < chunks; ++c) {
+        const float* src = partial.get() + (c * rows_out + r) * GH;
+#pragma GCC ivdep
+        for (int64_t j = 0; j < GH; ++j) dst[j] += src[j];
+      }
+    }
+  });
+}
+
+ffi::Error guarded(const char* what, const std::function<void()>& body) {
+  try {
+    body();
+  } catch (const std::exception& e) {
+    return ffi::Error::Internal(std::string("rnn_jax fused_cpu ") + what + ": " + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+const int32_t* idata(ffi::AnyBuffer b) { return static_cast<const int32_t*>(b.untyped_data()); }
+
+ffi::Error Forward(ffi::ThreadPool pool, ffi::AnyBuffer xs, ffi::AnyBuffer lengths,
+                   ffi::AnyBuffer h0, ffi::AnyBuffer c0, ffi::AnyBuffer w_x, ffi::AnyBuffer w_h,
+                   ffi::AnyBuffer b, ffi::AnyBuffer b_h, ffi::Result<ffi::AnyBuffer> hs,
+                   ffi::Result<ffi::AnyBuffer> h_last, ffi::Result<ffi::AnyBuffer> c_last,
+                   ffi::Result<ffi::AnyBuffer> ws, int32_t kind, bool reverse,
+                   bool batch_major) {
+  return guarded("forward", [&] {
+    const Shape s = shape_of(kind, reverse, batch_major, xs, h0);
+    const bool training = ws->element_count() > 0;
+    ForwardArgs a{fdata(xs),    fdata(h0),     fdata(c0),     fdata(w_x),
+                  fdata(w_h),   fdata(b),      fdata(b_h),    idata(lengths),
+                  fdata(hs),    fdata(h_last), fdata(c_last), training ? fdata(ws) : nullptr};
+    Team team(pool);
+    forward(s, a, team);
+  });
+}
+
+ffi::Error Backward(ffi::ThreadPool pool, ffi::AnyBuffer xs, ffi::AnyBuffer lengths,
+                    ffi::AnyBuffer w_x, ffi::AnyBuffer w_h, ffi::AnyBuffer ws,
+                    ffi::AnyBuffer d_hs, ffi::AnyBuffer d_h_last, ffi::AnyBuffer d_c_last,
+                    ffi::Result<ffi::AnyBuffer> dz_x, ffi::Result<ffi::AnyBuffer> d_h0,
+                    ffi::Result<ffi::AnyBuffer> d_c0, ffi::Result<ffi::AnyBuffer> d_w_x,
+                    ffi::Result<ffi::AnyBuffer> d_w_h, ffi::Result<ffi::AnyBuffer> d_b,
+                    ffi::Result<ffi::AnyBuffer> d_b_h, int32_t kind, bool reverse,
+                    bool batch_major) {
+  return guarded("backward", [&] {
+    Shape s{kind, reverse, batch_major, xs.dimensions()[0], xs.dimensions()[1],
+            xs.dimensions()[2], d_h_last.dimensions()[1]};
+    if (batch_major) std::swap(s.steps, s.batch);
+    BackwardArgs a{fdata(xs),       fdata(w_x),     fdata(w_h),      fdata(ws),
+                   fdata(d_hs),     fdata(d_h_last), fdata(d_c_last), idata(lengths),
+                   fdata(dz_x),     fdata(d_h0),    fdata(d_c0),     fdata(d_w_x),
+                   fdata(d_w_h),    fdata(d_b),     fdata(d_b_h)};
+    Team team(pool);
+    backward(s, a, team);
+  });
+}
+
+}  // namespace
+
+extern "C" void rnn_jax_fused_set_num_threads(int n) { requested_threads.store(n < 0 ? 0 : n); }
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnJaxFusedForward, Forward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()  // xs (T, B, I) or (B, T, I)
+                                  .Arg<ffi::AnyBuffer>()  // lengths (B,) int32
+                                  .Arg<ffi::AnyBuffer>()  // h0 (B, H)
+                                  .Arg<ffi::AnyBuffer>()  // c0 (B, H) or (0,)
+                                  .Arg<ffi::AnyBuffer>()  // w_x (I, GH)
+                                  .Arg<ffi::AnyBuffer>()  // w_h (H, GH)
+                                  .Arg<ffi::AnyBuffer>()  // b (GH,): b, or the GRU's b_x
+                                  .Arg<ffi::AnyBuffer>()  // b_h (GH,) for the GRU, else (0,)
+                                  .Ret<ffi::AnyBuffer>()  // hs, like xs with H features
+                                  .Ret<ffi::AnyBuffer>()  // h_last (B, H)
+                                  .Ret<ffi::AnyBuffer>()  // c_last (B, H) or (0,)
+                                  .Ret<ffi::AnyBuffer>()  // residuals (N*R*H,), or (0,)
+                                  .Attr<int32_t>("kind")
+                                  .Attr<bool>("reverse")
+                                  .Attr<bool>("batch_major"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnJaxFusedBackward, Backward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()  // xs
+                                  .Arg<ffi::AnyBuffer>()  // lengths
+                                  .Arg<ffi::AnyBuffer>()  // w_x
+                                  .Arg<ffi::AnyBuffer>()  // w_h
+                                  .Arg<ffi::AnyBuffer>()  // residuals
+                                  .Arg<ffi::AnyBuffer>()  // d_hs
+                                  .Arg<ffi::AnyBuffer>()  // d_h_last
+                                  .Arg<ffi::AnyBuffer>()  // d_c_last
+                                  .Ret<ffi::AnyBuffer>()  // dz_x (N, GH)
+                                  .Ret<ffi::AnyBuffer>()  // d_h0
+                                  .Ret<ffi::AnyBuffer>()  // d_c0
+                                  .Ret<ffi::AnyBuffer>()  // d_w_x
+                                  .Ret<ffi::AnyBuffer>()  // d_w_h
+                                  .Ret<ffi::AnyBuffer>()  // d_b
+                                  .Ret<ffi::AnyBuffer>()  // d_b_h
+                                  .Attr<int32_t>("kind")
+                                  .Attr<bool>("reverse")
+                                  .Attr<bool>("batch_major"));
