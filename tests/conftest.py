@@ -22,7 +22,10 @@ prints the seed to replay a random run with ``--hypothesis-seed``).
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
+import sys
+from pathlib import Path
 
 import chex
 import jax
@@ -163,3 +166,19 @@ def pytest_configure(config):
         "markers",
         "ci_may_skip(reason): the test may skip even when CI is set (hardware CI lacks)",
     )
+
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+
+
+def load_experiment(name: str):
+    """An ``experiments/`` script imported as a module, once per process (its siblings,
+    such as ``common``, importable too)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    sys.path.insert(0, str(EXPERIMENTS))
+    spec = importlib.util.spec_from_file_location(name, EXPERIMENTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -7,25 +7,16 @@ test if reached: "nothing is trained" is checked, not assumed.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_experiment
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 
-def _load(name: str):
-    if name in sys.modules:
-        return sys.modules[name]
-    sys.path.insert(0, str(EXPERIMENTS))
-    spec = importlib.util.spec_from_file_location(name, EXPERIMENTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+_load = load_experiment
 
 
 def _must_not_train(*args, **kwargs):

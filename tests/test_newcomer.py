@@ -15,7 +15,6 @@ Kept cheap: tiny models, a few steps, one subprocess per scenario.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import json
 import os
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import jax
 import pytest
+from conftest import load_experiment
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = REPO / "experiments"
@@ -54,15 +54,7 @@ cell = rj.make_cell("indrnn", init, step,
 '''
 
 
-def _load(name: str):
-    if name in sys.modules:
-        return sys.modules[name]
-    sys.path.insert(0, str(EXPERIMENTS))
-    spec = importlib.util.spec_from_file_location(name, EXPERIMENTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+_load = load_experiment
 
 
 def _mnist_available() -> bool:
