@@ -432,6 +432,25 @@ Block block_of(const Shape& s, int index, int size) {
           false};
 }
 
+// run(block, barrier) over the whole batch: a gang split by hidden units (one barrier per
+// step) when the batch is small, else independent row chunks, each its own gang of one.
+template <class Run>
+void over_blocks(const Shape& s, Team& team, Run&& run) {
+  if (split_by_units(s, team.threads())) {
+    team.gang(team.threads(), [&](int index, int size, Barrier& barrier) {
+      run(block_of(s, index, size), barrier);
+    });
+    return;
+  }
+  const int chunks = row_chunks(s, team.threads());
+  team.parallel(chunks, [&](int i) {
+    Barrier alone(1);
+    const Block blk{chunk_begin(s.batch, chunks, i), chunk_begin(s.batch, chunks, i + 1), 0,
+                    s.hidden, false};
+    run(blk, alone);
+  });
+}
+
 // w_h's columns of units [j0, j1), gate by gate: (H, G*Hk), ldb G*Hk (Hk = j1 - j0).
 std::vector<float> unit_columns(const Shape& s, const float* w_h, int64_t j0, int64_t j1) {
   const int64_t H = s.hidden, G = num_gates(s.kind), GH = s.gh(), Hk = j1 - j0;
@@ -577,19 +596,9 @@ void forward(const Shape& s, const ForwardArgs& a, Team& team) {
   });
   check_products();
   Scratch h_pair(2 * s.batch * s.hidden);
-  if (split_by_units(s, team.threads())) {
-    team.gang(team.threads(), [&](int index, int size, Barrier& barrier) {
-      forward_block(s, a, xp.get(), block_of(s, index, size), h_pair.get(), barrier);
-    });
-  } else {
-    const int chunks = row_chunks(s, team.threads());
-    team.parallel(chunks, [&](int i) {
-      Barrier alone(1);
-      const Block blk{chunk_begin(s.batch, chunks, i), chunk_begin(s.batch, chunks, i + 1), 0,
-                      s.hidden, false};
-      forward_block(s, a, xp.get(), blk, h_pair.get(), alone);
-    });
-  }
+  over_blocks(s, team, [&](const Block& blk, Barrier& barrier) {
+    forward_block(s, a, xp.get(), blk, h_pair.get(), barrier);
+  });
   check_products();
 }
 
@@ -747,19 +756,9 @@ void backward(const Shape& s, const BackwardArgs& a, Team& team) {
   Scratch dzh_own(s.kind == kGru ? N * GH : 0);
   float* dzh = s.kind == kGru ? dzh_own.get() : dzx;
   Scratch dstep_pair(2 * s.batch * GH);
-  if (split_by_units(s, team.threads())) {
-    team.gang(team.threads(), [&](int index, int size, Barrier& barrier) {
-      backward_block(s, a, dzx, dzh, block_of(s, index, size), dstep_pair.get(), barrier);
-    });
-  } else {
-    const int chunks = row_chunks(s, team.threads());
-    team.parallel(chunks, [&](int i) {
-      Barrier alone(1);
-      const Block blk{chunk_begin(s.batch, chunks, i), chunk_begin(s.batch, chunks, i + 1), 0,
-                      s.hidden, false};
-      backward_block(s, a, dzx, dzh, blk, dstep_pair.get(), alone);
-    });
-  }
+  over_blocks(s, team, [&](const Block& blk, Barrier& barrier) {
+    backward_block(s, a, dzx, dzh, blk, dstep_pair.get(), barrier);
+  });
   check_products();
   const float* h_prev = Residuals(const_cast<float*>(a.ws), s).h_prev;
   // The weight and bias gradients as sums over position chunks, one partial result per
