@@ -13,18 +13,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
-import os
 from pathlib import Path
-
-# XLA:CPU compiles a module in parallel pieces (separate JIT dylibs). In this session's full
-# runs (jax 0.10.2, 2 xdist workers, ~1,150 tests) the compiler failed three times in
-# test_protocol.py, late in a worker's life: "Failed to materialize symbols: { (xla_jit_dylib_30,
-# { wrapped_add }) }", then a segfault and an abort inside backend_compile_and_load. One piece per
-# module avoids the concurrent materialisation; it changes no numbers. Set before JAX starts.
-if "xla_cpu_parallel_codegen_split_count" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (
-        os.environ.get("XLA_FLAGS", "") + " --xla_cpu_parallel_codegen_split_count=1"
-    ).strip()
 
 ROOT = Path(__file__).resolve().parent
 PACKAGE = ROOT / "rnn_jax"

@@ -21,6 +21,7 @@ prints the seed to replay a random run with ``--hypothesis-seed``).
 
 from __future__ import annotations
 
+import gc
 import importlib
 import importlib.util
 import os
@@ -45,6 +46,34 @@ CELLS = {
     "gru": rj.gru.cell,
 }
 TOL64 = 1e-10
+
+
+def memory_map_count() -> int:
+    """How many memory mappings this process holds (Linux); 0 where /proc is absent."""
+    try:
+        with open("/proc/self/maps", encoding="ascii") as maps:
+            return sum(1 for _ in maps)
+    except OSError:
+        return 0
+
+
+@pytest.fixture(autouse=True, scope="module")
+def release_compiled_code():
+    """Free every compiled executable after each test module.
+
+    Each XLA:CPU executable holds memory mappings until it is freed, and JAX's caches keep
+    them all. One xdist worker compiles thousands over the suite (the option walk in
+    test_option_rules.py alone leaves ~24,000 mappings), and once a process passes the
+    kernel's vm.max_map_count (65,530 by default) LLVM's JIT cannot map the next module: XLA
+    then aborts or segfaults inside backend_compile_and_load ("Failed to materialize
+    symbols"), killing the worker. Clearing the caches brings a worker back to ~600."""
+    yield
+    free_compiled_code()
+
+
+def free_compiled_code() -> None:
+    jax.clear_caches()
+    gc.collect()
 
 
 @pytest.fixture

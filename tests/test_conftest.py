@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import in_ci
+from conftest import free_compiled_code, in_ci, memory_map_count
 
 TESTS = Path(__file__).resolve().parent
 
@@ -148,3 +148,24 @@ def test_in_ci_reads_the_ci_variable(monkeypatch, value, expected):
     else:
         monkeypatch.setenv("CI", value)
     assert in_ci() is expected
+
+
+@pytest.mark.skipif(memory_map_count() == 0, reason="needs Linux /proc/self/maps")
+def test_compiled_code_is_freed_between_modules():
+    """What release_compiled_code does after each module gives back the mappings that
+    compiled executables hold (a worker that keeps them all dies past vm.max_map_count)."""
+    import jax
+    import jax.numpy as jnp
+
+    import rnn_jax as rj
+
+    free_compiled_code()
+    before = memory_map_count()
+    for hidden_size in range(1, 11):  # ten gradients of an LSTM unroll, each compiled anew
+        params = rj.lstm.init(jax.random.PRNGKey(0), 3, hidden_size)
+        loss = lambda p: rj.unroll(rj.lstm, p, jnp.ones((2, 5, 3)))[1].sum()
+        jax.block_until_ready(jax.jit(jax.grad(loss))(params))
+    grown = memory_map_count()
+    free_compiled_code()
+    assert grown > before + 300, (before, grown)
+    assert memory_map_count() < before + (grown - before) // 4, (before, grown, memory_map_count())
