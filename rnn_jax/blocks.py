@@ -2,7 +2,7 @@
 
 A linear recurrence (``rj.mingru``, ``rj.minlstm``, ``rj.lru``) mixes information over time but
 is linear in its state; depth and non-linearity come from the block around it (the LRU paper's
-and Griffin's design)::
+and Griffin's design):
 
     u = rms_norm(x)                                   (B, T, D)
     v = unroll(cell, u)                               the recurrence, width D -> D
@@ -23,6 +23,8 @@ from rnn_jax.checks import as_cell
 from rnn_jax.options import UnrollOptions, parse
 from rnn_jax.scan import unroll
 from rnn_jax.sequence import valid_mask
+
+__all__ = ["apply_residual", "init_residual", "rms_norm"]  # fmt: skip
 
 EPS = 1e-6
 

@@ -50,6 +50,8 @@ from rnn_jax.sequence import (
     zero_where_invalid,
 )
 
+__all__ = ["bptt"]  # fmt: skip
+
 
 @accepts_unbatched(
     arrays=("d_hs", "lengths", "mask", "resets"), trees=("carry", "d_carry"), results=(1, 2)

@@ -1,6 +1,6 @@
 """THE cell type: ``Cell``, the protocol every rnn_jax cell follows, and ``make_cell``.
 
-Every cell, built in or a user's, is one frozen ``Cell`` of these pure functions::
+Every cell, built in or a user's, is one frozen ``Cell`` of these pure functions:
 
     init(key, input_size, hidden_size, *, dtype=jnp.float32, **options) -> params   any pytree
     zero_carry(batch_size, hidden_size, dtype=jnp.float32) -> carry   pytree, leaves (B, ...)
@@ -40,6 +40,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
+
+__all__ = ["Cell", "GenericCell", "PROTOCOL", "RecurrentCell", "make_cell"]  # fmt: skip
 
 PyTree = Any
 

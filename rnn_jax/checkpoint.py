@@ -13,7 +13,7 @@ One file per checkpoint makes the write atomic: it goes to a hidden temp file in
 the same directory, is fsynced, then ``os.replace``-d onto its final name. A crash
 at any point leaves either the old set of checkpoints or the new one, never a
 half-written file under a checkpoint name; leftover temp files start with ``.``
-and are ignored by :func:`latest_checkpoint`.
+and are ignored by `latest_checkpoint`.
 
 Typed PRNG keys (``jax.random.key``) are stored as their raw key data and
 re-wrapped with the target's key implementation on restore.
@@ -121,7 +121,7 @@ def save_checkpoint(
       directory: created if missing.
       state: any pytree of arrays (fetched to the host here).
       step: the training step, used in the file name and returned as
-        ``metadata["step"]`` by :func:`restore_checkpoint`.
+        ``metadata["step"]`` by `restore_checkpoint`.
       metadata: JSON-serialisable dict (config, vocabulary, ...); must not use
         the key ``"step"``.
       keep: keep only the ``keep`` highest-step checkpoints (None keeps all).
@@ -130,7 +130,7 @@ def save_checkpoint(
     Raises:
       ValueError: ``step`` is below the newest checkpoint already in ``directory``
         (saving that step again is allowed). A directory holds one run's history in
-        step order: :func:`latest_checkpoint`, which a resume reads, returns the highest
+        step order: `latest_checkpoint`, which a resume reads, returns the highest
         step, so an older one saved after it would be passed over (and pruning by step
         would delete it at once). Refusing, before anything is written, is the only
         behaviour that never loses the caller's state silently; to restart from an
@@ -263,7 +263,7 @@ def restore_checkpoint(path: str | os.PathLike, target: PyTree) -> tuple[PyTree,
     """Restores a checkpoint into the structure of ``target``.
 
     Args:
-      path: a checkpoint file (e.g. from :func:`latest_checkpoint`).
+      path: a checkpoint file (e.g. from `latest_checkpoint`).
       target: a pytree with the same structure, shapes and dtypes as the saved
         one (e.g. a freshly created TrainState); its values are not used. Leaves
         that are jax arrays give the restored leaves their sharding (so a

@@ -1,13 +1,13 @@
 """Data-parallel training over several processes, on JAX's own multi-process machinery.
 
 One process per host (or per GPU), each driving its local devices; together they form one
-global :class:`jax.sharding.Mesh` with a ``"data"`` axis over *every* process's devices. The
-train step of :func:`rnn_jax.train.make_train_step` (``mesh=``) then runs unchanged: the
+global `jax.sharding.Mesh` with a ``"data"`` axis over *every* process's devices. The
+train step of `rnn_jax.train.make_train_step` (``mesh=``) then runs unchanged: the
 parameters and optimizer state are replicated, each global batch is split along its first
 axis, and the compiler inserts the gradient all-reduce (NCCL on GPUs, ICI on TPUs, gloo
 between CPU processes). Nothing here sends a byte itself.
 
-Typical use (every process runs the same program)::
+Typical use (every process runs the same program):
 
     from rnn_jax import distributed, train
 
@@ -67,7 +67,7 @@ def initialize(
     Args:
       coordinator: ``"host:port"`` of process 0's coordination service. With
         ``num_processes`` and ``process_id`` it names the group explicitly (the local
-        launcher, :mod:`rnn_jax.launch`, does this). With all three None, JAX detects the
+        launcher, `rnn_jax.launch`, does this). With all three None, JAX detects the
         cluster itself (SLURM, Open MPI, Kubernetes/JobSet, Cloud TPU).
       num_processes: how many processes take part.
       process_id: this one's index, ``0 <= process_id < num_processes``; process 0 writes
@@ -123,7 +123,7 @@ def global_batch(fetch: Callable[[np.ndarray], PyTree], size: int, mesh: Mesh) -
         batch rows numbered ``rows`` (int64, global row numbers in ``[0, size)``). Called
         once per distinct local shard. Must be the same function on every process.
       size: the global batch size; divisible by the number of devices.
-      mesh: e.g. :func:`global_mesh`.
+      mesh: e.g. `global_mesh`.
 
     Returns:
       the pytree of global ``jax.Array``\\ s, each ``(size, ...)``, sharded ``P("data")``.
@@ -151,7 +151,7 @@ def global_batch(fetch: Callable[[np.ndarray], PyTree], size: int, mesh: Mesh) -
 
 def take(arrays: dict[str, np.ndarray], rows: np.ndarray, mesh: Mesh | None = None) -> dict:
     """``{k: a[rows]}``: a training batch by example indices (e.g.
-    :func:`rnn_jax.data.batch_indices`, the same on every process). Without ``mesh``, numpy
+    `rnn_jax.data.batch_indices`, the same on every process). Without ``mesh``, numpy
     arrays; with one, global arrays of which each process gathered only its own rows."""
     rows = np.asarray(rows)
     if mesh is None:
@@ -163,7 +163,7 @@ def eval_batches(
     arrays: dict[str, np.ndarray], batch_size: int, mesh: Mesh | None = None
 ) -> list[dict]:
     """A whole split, in order, as batches of ``batch_size`` rows plus a ``"mask"`` (1.0 for
-    a real example, 0.0 for the padding of the last batch), for :func:`rnn_jax.train.evaluate`.
+    a real example, 0.0 for the padding of the last batch), for `rnn_jax.train.evaluate`.
 
     Every example is in exactly one batch, once: with a metric that weights by the mask the
     totals and the count are exact whatever ``batch_size`` and the number of processes.

@@ -60,6 +60,11 @@ from rnn_jax.checks import (
 )
 from rnn_jax.scan import unroll
 
+__all__ = [  # fmt: skip
+    "GradReport", "LeafReport", "LeafRow", "check_gradients", "hidden_grad_norms",
+    "random_problem",
+]
+
 # (a) vs (b): both sides do the same float operations in a different order, so they differ
 # by a few roundings of the dtype, relative to the leaf's scale (bfloat16 keeps 8 bits).
 DEFAULT_TOL = {"float64": 1e-10, "float32": 1e-5, "float16": 1e-2, "bfloat16": 5e-2}

@@ -11,6 +11,11 @@ import math
 import jax
 import jax.numpy as jnp
 
+__all__ = [  # fmt: skip
+    "INITIALIZERS", "fused_params", "glorot_uniform", "orthogonal_blocks", "set_gate_bias",
+    "uniform",
+]
+
 INITIALIZERS = ("default", "torch")
 
 

@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+__all__ = ["main", "start", "stop", "supervise"]  # fmt: skip
+
 POLL_S = 0.1
 EXIT_TIMEOUT = 124
 

@@ -24,6 +24,11 @@ from rnn_jax.regularize import dropout_mask
 from rnn_jax.scan import unroll
 from rnn_jax.sequence import accepts_unbatched, prepare
 
+__all__ = [  # fmt: skip
+    "MERGES", "bidirectional", "init_bidirectional", "init_stack", "output_size",
+    "unroll_stack",
+]
+
 MERGES = {
     "concat": lambda f, b: jnp.concatenate([f, b], axis=-1),
     "sum": lambda f, b: f + b,

@@ -38,6 +38,8 @@ from rnn_jax.ops.linear_recurrence import (  # noqa: F401 (METHODS, CHUNK: rj.li
 )
 from rnn_jax.sequence import flags_in_reading_order, flip_valid, to_layout, valid_mask
 
+__all__ = ["CHUNK", "METHODS", "linear_scan"]  # fmt: skip
+
 
 def linear_scan(
     a,

@@ -33,6 +33,10 @@ import numpy as np
 
 from rnn_jax.checks import carry_fields
 
+__all__ = [  # fmt: skip
+    "BACKENDS", "GRADIENTS", "MODES", "NAMES", "Plan", "UnrollOptions", "parse", "plan",
+]
+
 GRADIENTS = (None, "autodiff", "manual")
 MODES = (None, "sequential", "parallel")
 BACKENDS = ("scan", "fused_cpu", "onednn", "cudnn", "auto")

@@ -5,7 +5,7 @@
     text = vocab.decode(tokens[0])
 
 ``model_apply`` is any ``apply(params, tokens (B, T) int, carry=None) -> (logits (B, T, V),
-final_carry)`` such as :func:`rnn_jax.models.language_model`'s: the model reads the prime,
+final_carry)`` such as `rnn_jax.models.language_model`'s: the model reads the prime,
 then each sampled token is fed back as the next input, the state carried throughout.
 
 The carry contract (what makes generation resumable): the returned ``final_carry`` is the
@@ -100,7 +100,7 @@ def sample(
       prime_tokens: ``(B, P)`` ints (or ``(P,)`` for one row), ``P >= 1``: the model reads
         them (teacher-forced) and the first sample is its prediction after the last one.
         None means ``batch_size`` rows of the single token ``start_token`` (for a char vocab
-        built with :meth:`Vocab.from_text` on text with newlines, id 0 is ``"\\n"``, the
+        built with `Vocab.from_text` on text with newlines, id 0 is ``"\\n"``, the
         natural "start of a line / name").
       carry: the state before the prime (e.g. a previous call's ``final_carry``, see the
         module docstring); None means the zero state.

@@ -5,6 +5,8 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+__all__ = ["count_params", "summary"]  # fmt: skip
+
 
 def count_params(params) -> int:
     """Total number of scalars in a params pytree (``simple.init(key, 10, 3)`` -> 42).

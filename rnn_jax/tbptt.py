@@ -1,13 +1,13 @@
 """Chunked truncated BPTT over a long stream, as a training utility.
 
 A long stream (a book, a speech signal) is cut into consecutive chunks of length L (see
-:func:`rnn_jax.data.text.contiguous_batches`). Each chunk gets one optimizer update, and the
+`rnn_jax.data.text.contiguous_batches`). Each chunk gets one optimizer update, and the
 recurrent state reached at the end of a chunk is handed to the next one as a *constant*: the
 forward pass is exact across chunks (the state at any character is the state of reading the
 whole stream up to it), while gradients flow back at most to the start of the chunk. This is
 TBPTT(k1, k2) with k1 = k2 = L (Williams & Peng), the char-rnn training scheme.
 
-Conventions (a chunk-level twin of :mod:`rnn_jax.train`'s)::
+Conventions (a chunk-level twin of `rnn_jax.train`'s):
 
     loss_fn(params, carry, chunk, rng) -> (loss, (new_carry, metrics))
     metric_fn(params, carry, chunk)    -> ({"count": n, name: sum, ...}, new_carry)
@@ -86,7 +86,7 @@ def make_chunk_step(
     ``jax.lax.stop_gradient`` too, so composing steps inside a larger differentiated function
     keeps the same truncation.
 
-    Built on :func:`rnn_jax.train.make_train_step` (jit, state donation, the rng split per
+    Built on `rnn_jax.train.make_train_step` (jit, state donation, the rng split per
     step, ``metrics["grad_norm"]``); ``metrics`` holds ``"loss"``, ``loss_fn``'s metrics and
     ``"grad_norm"``. Donation covers the state, not the carry: keep using your carry.
 
@@ -159,12 +159,12 @@ def evaluate_stream(
     """Means of per-chunk sums over consecutive chunks, carrying the state across them.
 
     Args:
-      eval_chunk: from :func:`make_chunk_eval` (or any ``(params, carry, chunk) ->
+      eval_chunk: from `make_chunk_eval` (or any ``(params, carry, chunk) ->
         (sums, new_carry)``; ``sums`` has a ``"count"`` entry, e.g. the number of targets).
       params: the parameters.
       chunks: consecutive chunks of one split, in order (row ``b`` of chunk ``k+1`` continues
-        row ``b`` of chunk ``k``), e.g. a :class:`~rnn_jax.data.text.ContiguousBatches`.
-      carry: the state to start from (e.g. :func:`zero_carry`).
+        row ``b`` of chunk ``k``), e.g. a `rnn_jax.data.text.ContiguousBatches`.
+      carry: the state to start from (e.g. `zero_carry`).
 
     Returns:
       ``({name: total_sum / total_count, ..., "count": total_count}, final_carry)``; sums are
@@ -236,11 +236,11 @@ def place_chunks(chunks: Iterable[tuple], mesh: Mesh | None) -> Iterable[tuple]:
 
 
 class Stream:
-    """Chunked TBPTT over consecutive chunks (e.g. :class:`~rnn_jax.data.ContiguousBatches`),
-    for :func:`rnn_jax.train.train_loop`: ``batch(step)`` is ``(carry, chunk)``, the carry
+    """Chunked TBPTT over consecutive chunks (e.g. `rnn_jax.data.ContiguousBatches`),
+    for `rnn_jax.train.train_loop`: ``batch(step)`` is ``(carry, chunk)``, the carry
     the previous chunk ended with, reset to ``zero`` at each epoch start (chunk 0) and for a
-    random ``reset_prob`` share of the streams otherwise (:func:`reset_rows`);
-    ``step(state, batch)`` runs ``step_fn`` (from :func:`make_chunk_step`) and keeps the new
+    random ``reset_prob`` share of the streams otherwise (`reset_rows`);
+    ``step(state, batch)`` runs ``step_fn`` (from `make_chunk_step`) and keeps the new
     carry in ``self.carry`` (checkpoint it with the state for an exact resume).
 
     With ``mesh`` the streams are split over its ``"data"`` axis: give ``step_fn`` the same

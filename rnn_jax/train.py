@@ -12,11 +12,11 @@ Conventions
 * ``batch`` is any pytree of arrays whose leading axis is the batch axis.
 * ``metric_fn(params, batch) -> dict`` returns per-batch *sums* over the valid
   examples plus a ``"count"`` entry (the number of valid examples), see
-  :func:`evaluate`.
+  `evaluate`.
 * Padded batches (so that the last, partial batch has the same shape as the
   others and jit does not recompile) carry a ``"mask"`` entry of shape
-  ``(batch,)``: 1 for real examples, 0 for padding. :func:`pad_batch` makes
-  them; :func:`example_mask` reads the mask (all ones when there is none).
+  ``(batch,)``: 1 for real examples, 0 for padding. `pad_batch` makes
+  them; `example_mask` reads the mask (all ones when there is none).
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ class TrainState:
 def create_train_state(
     params: PyTree, optimizer: optax.GradientTransformation, rng: jax.Array
 ) -> TrainState:
-    """Same as :meth:`TrainState.create`.
+    """Same as `TrainState.create`.
 
     Examples:
       >>> import jax, jax.numpy as jnp, optax
@@ -181,7 +181,7 @@ def make_mesh(num_devices: int | None = None) -> Mesh:
     """A 1-D mesh with axis ``"data"`` over the first ``num_devices`` devices.
 
     Axis type is Auto (sharding propagated by the compiler), which is what
-    ``in_shardings``/``out_shardings`` in :func:`make_train_step` expect.
+    ``in_shardings``/``out_shardings`` in `make_train_step` expect.
 
     Examples:
       >>> from rnn_jax.train import DATA_AXIS, make_mesh
@@ -250,7 +250,7 @@ def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
 
 def _put(tree: PyTree, sharding: NamedSharding) -> PyTree:
     """``jax.device_put``, also onto a mesh that spans several processes (see
-    :mod:`rnn_jax.distributed`): there, leaves already placed so pass through and the others
+    `rnn_jax.distributed`): there, leaves already placed so pass through and the others
     go from the host (each process holds the same value; ``device_put`` refuses arrays
     committed to a local device, and typed PRNG keys go as their key data)."""
     if sharding.is_fully_addressable:
@@ -283,7 +283,7 @@ def make_train_step(
       loss_fn: ``loss_fn(params, batch, rng) -> (loss, aux)``, ``loss`` a scalar
         mean over the batch, ``aux`` a dict of scalar metrics.
       optimizer: the optax transformation whose state is ``state.opt_state``.
-      mesh: if given (a mesh with a ``"data"`` axis, see :func:`make_mesh`), the
+      mesh: if given (a mesh with a ``"data"`` axis, see `make_mesh`), the
         state is replicated on every device and the batch split along axis 0;
         the compiler inserts the gradient all-reduce. Batch sizes that do not
         divide by the number of devices raise ValueError before any compute.
@@ -390,7 +390,7 @@ def _all_finite(leaves: list[jax.Array]) -> jax.Array:
 def check_state_finite(state: TrainState, step: int | jax.Array) -> None:
     """Raises FloatingPointError if ``state.params`` or ``state.opt_state`` holds a NaN or inf.
 
-    :func:`check_finite` cannot see this: a step's metrics are computed from the parameters
+    `check_finite` cannot see this: a step's metrics are computed from the parameters
     *before* its update, so an update that makes them non-finite passes it. Costs one fused
     reduction on device and a one-bool fetch; only on failure are the leaves read one by one
     to name the first bad one.
@@ -433,15 +433,15 @@ def train_loop(
     """Runs ``train_step`` until ``state.step == num_steps``, checkpointing.
 
     Args:
-      train_step: from :func:`make_train_step`.
+      train_step: from `make_train_step`.
       state: the state to start from (fresh, or restored from a checkpoint).
       batches: either ``batch_fn(step) -> batch``, which makes resuming exact
         (the batch of step ``t`` is the same whether or not the run was
         interrupted), or an iterable yielding the batches from ``state.step`` on
         (the loop stops early if it runs out).
       num_steps: the total step count to reach (not the number of new steps).
-      checkpoint_dir: where :func:`rnn_jax.checkpoint.save_checkpoint` writes (in a
-        multi-process run, process 0 alone writes; see :mod:`rnn_jax.distributed`).
+      checkpoint_dir: where `rnn_jax.checkpoint.save_checkpoint` writes (in a
+        multi-process run, process 0 alone writes; see `rnn_jax.distributed`).
       checkpoint_every: save every this many steps (and at the end); 0 saves
         only at the end. Ignored without ``checkpoint_dir``.
       keep: how many checkpoints to keep.
@@ -453,9 +453,9 @@ def train_loop(
       ``(state, history)``, history a list of per-step host metrics dicts.
 
     Raises:
-      FloatingPointError: on a non-finite metric (see :func:`check_finite`), or
+      FloatingPointError: on a non-finite metric (see `check_finite`), or
         non-finite parameters or optimiser state about to be saved (see
-        :func:`check_state_finite`). No checkpoint is written for that step or
+        `check_state_finite`). No checkpoint is written for that step or
         later, so the newest on disk is the last good one.
 
     Examples:
@@ -513,7 +513,7 @@ def train_loop(
 def example_mask(batch: Mapping[str, Any], batch_size: int | None = None) -> jax.Array:
     """The per-example validity mask of a batch dict, shape ``(batch,)``, float32.
 
-    ``batch["mask"]`` if present (see :func:`pad_batch`), otherwise all ones; the
+    ``batch["mask"]`` if present (see `pad_batch`), otherwise all ones; the
     size is taken from ``batch_size`` or the first leaf's leading axis.
 
     Examples:
@@ -575,12 +575,12 @@ def evaluate(
     Args:
       metric_fn: ``metric_fn(params, batch) -> {"count": n_valid, name: sum, ...}``
         where each ``sum`` is summed over the batch's *valid* examples (weight
-        the per-example values by :func:`example_mask`) and ``count`` is the
+        the per-example values by `example_mask`) and ``count`` is the
         number of valid examples (``example_mask(batch).sum()``). It is jitted
         here.
       params: the parameters.
       batches: iterable of batches covering the split exactly once; the final
-        batch may be smaller, or padded with a ``"mask"`` (:func:`pad_batch`).
+        batch may be smaller, or padded with a ``"mask"`` (`pad_batch`).
       mesh: optionally split each batch over the mesh's ``"data"`` axis.
 
     Returns:

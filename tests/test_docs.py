@@ -165,3 +165,24 @@ def test_equinox_guide_is_on_the_site_and_trains_an_eqx_module_over_one_sequence
     for piece in ("(eqx.Module)", "rj.unroll(", "jax.vmap(model)", "filter_value_and_grad",
                   "eqx.apply_updates", "assert accuracy >"):  # fmt: skip
         assert piece in code, piece
+
+
+def test_api_reference_shows_each_modules_declared_exports_only():
+    """The API reference renders a module's ``__all__`` (mkdocs.yml ``filters: public``), so
+    every module it documents declares one, naming only what the module has; helpers such as
+    ``rnn_jax.cells.simple.tanh_pointwise`` stay out."""
+    import importlib
+
+    assert re.search(r"^\s+filters: public\b", (ROOT / "mkdocs.yml").read_text(), re.M)
+    modules = set()
+    for page in (ROOT / "docs" / "api").glob("*.md"):
+        for target in re.findall(r"^::: (\S+)", page.read_text(), re.M):
+            if (ROOT / (target.replace(".", "/") + ".py")).exists():
+                modules.add(target)
+    assert len(modules) > 20
+    for name in sorted(modules):
+        module = importlib.import_module(name)
+        exports = getattr(module, "__all__", None)
+        assert exports, f"{name} is in the API reference but declares no __all__"
+        assert [e for e in exports if not hasattr(module, e)] == [], name
+    assert "tanh_pointwise" not in importlib.import_module("rnn_jax.cells.simple").__all__

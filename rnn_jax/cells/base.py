@@ -1,6 +1,6 @@
 """What every cell shares.
 
-A cell here is two fused matrix products followed by element-wise gate math::
+A cell here is two fused matrix products followed by element-wise gate math:
 
     z_x = x @ w_x + b_x           (B, G*H)   the input path
     z_h = h @ w_h [+ b_h]         (B, G*H)   the recurrent path
@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 
 from rnn_jax.cell import Cell
+
+__all__ = ["FusedGates", "LSTMCarry", "fused_cell", "split_gates"]  # fmt: skip
 
 Array = jax.Array
 Params = dict[str, Array]

@@ -1,5 +1,5 @@
 """ConvLSTM (Shi et al. 2015) over 1-D, 2-D or 3-D inputs: the LSTM with its two matrix products
-replaced by ``"same"`` convolutions (stride 1), so the state keeps the input's spatial shape::
+replaced by ``"same"`` convolutions (stride 1), so the state keeps the input's spatial shape:
 
     z = conv(x, w_x) + conv(h, w_h) + b                     (B, *spatial, 4F)
     i, f, g, o = sigmoid, sigmoid, tanh, sigmoid of z       (rj.lstm's gate order)

@@ -1,5 +1,5 @@
 """GRU, gate order r, z, n, reset applied after the matmul (PyTorch / cuDNN / Keras
-``reset_after=True``)::
+``reset_after=True``):
 
     r = sigmoid(x_r + h_r),  z = sigmoid(x_z + h_z)     x_* = x @ w_x + b_x,  h_* = h @ w_h + b_h
     n = tanh(x_n + r * h_n)
@@ -36,6 +36,11 @@ from rnn_jax.cells.base import (
 )
 from rnn_jax.init import fused_params
 
+__all__ = [  # fmt: skip
+    "cell", "hidden_of", "init", "init_reset_before", "reset_before", "step", "step_backward",
+    "step_forward", "zero_carry",
+]
+
 
 class GRUGates(NamedTuple):
     """What a GRU step keeps for its backward, each ``(B, H)``."""
@@ -65,7 +70,7 @@ def pointwise(z_x, z_h, h):
 
 
 def pointwise_backward(gates: GRUGates, d_h):
-    """Given dL/dh' (B, H)::
+    """Given dL/dh' (B, H):
 
     dn_pre = dh' (1 - z)(1 - n^2)
     dr_pre = dn_pre * h_n * r(1 - r),     dz_pre = dh' (h - n) z(1 - z)
@@ -124,7 +129,7 @@ def init_reset_before(
 
 
 def reset_before_forward(params, h, x, h_read=None):
-    """``(params, h (B, H), x (B, I)) -> (h', h', StepResiduals)``::
+    """``(params, h (B, H), x (B, I)) -> (h', h', StepResiduals)``:
 
     r, z = sigmoid(x_r + h @ w_hr), sigmoid(x_z + h @ w_hz)    x_* = x @ w_x + b
     n = tanh(x_n + (r * h) @ w_hn),   h' = (1 - z) * n + z * h

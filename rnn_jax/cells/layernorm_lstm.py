@@ -1,4 +1,4 @@
-"""Layer-normalised LSTM (Ba, Kiros & Hinton 2016, section 3.1), gate order i, f, g, o::
+"""Layer-normalised LSTM (Ba, Kiros & Hinton 2016, section 3.1), gate order i, f, g, o:
 
     z = LN(x @ w_x; gain_x, shift_x) + LN(h @ w_h; gain_h, shift_h) + b        (B, 4H)
     i, f, g, o = sigmoid, sigmoid, tanh, sigmoid of z
@@ -40,6 +40,11 @@ from rnn_jax.cell import make_cell, step_of_forward
 from rnn_jax.cells import lstm
 from rnn_jax.cells.base import LSTMCarry, StepResiduals
 
+__all__ = [  # fmt: skip
+    "cell", "hidden_of", "init", "layer_norm", "step", "step_backward", "step_forward",
+    "zero_carry",
+]
+
 EPS = 1e-5  # PyTorch's and Keras' LayerNorm default
 
 
@@ -69,7 +74,7 @@ def layer_norm(a, gain, shift):
 
 
 def layer_norm_backward(d_y, gain, norm: Normalised):
-    """``dL/dLN(a) (B, D)`` -> ``(dL/da (B, D), d_gain (D,), d_shift (D,))``::
+    """``dL/dLN(a) (B, D)`` -> ``(dL/da (B, D), d_gain (D,), d_shift (D,))``:
 
     da = inv_std * (dy_hat - mean(dy_hat) - a_hat * mean(dy_hat * a_hat)),  dy_hat = dy * gain
     """

@@ -44,6 +44,11 @@ import jax.numpy as jnp
 from rnn_jax.cell import Cell, cell_of_functions
 from rnn_jax.ops.linear_recurrence import scan_states
 
+__all__ = [  # fmt: skip
+    "LRUCarry", "cell", "eigenvalues", "hidden_of", "init", "parallel", "step",
+    "step_backward", "step_forward", "with_state_size", "zero_carry",
+]
+
 
 class LRUCarry(NamedTuple):
     """``h (B, H)``: the last output; ``state (B, N)``: the complex recurrent state."""

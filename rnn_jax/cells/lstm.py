@@ -1,4 +1,4 @@
-"""LSTM, gate order i, f, g, o (PyTorch's)::
+"""LSTM, gate order i, f, g, o (PyTorch's):
 
     i, f, g, o = sigmoid, sigmoid, tanh, sigmoid of (x @ w_x + h @ w_h + b)
     c' = f * c + i * g
@@ -59,6 +59,11 @@ from rnn_jax.cells.base import (
     split_gates,
 )
 from rnn_jax.init import fused_params, glorot_uniform, orthogonal_blocks, set_gate_bias, uniform
+
+__all__ = [  # fmt: skip
+    "cell", "hidden_of", "init", "init_peephole", "peephole", "step", "step_backward",
+    "step_forward", "with_projection", "zero_carry",
+]
 
 FORGET_GATE = 1
 
@@ -138,7 +143,7 @@ def pointwise(z_x, z_h, carry: LSTMCarry):
 
 
 def pointwise_backward(gates: LSTMGates, d_carry: LSTMCarry):
-    """Given dL/dh', dL/dc' (B, H)::
+    """Given dL/dh', dL/dc' (B, H):
 
     d_o  = dh' * tanh(c')
     dc   = dc' + dh' * o * (1 - tanh(c')^2)        total gradient on c'
@@ -192,7 +197,7 @@ def init_peephole(key, input_size: int, hidden_size: int, *, dtype=jnp.float32,
 
 
 def peephole_forward(params, carry: LSTMCarry, x):
-    """``(params, LSTMCarry(h, c) (B, H) each, x (B, I)) -> (carry', h', StepResiduals)``::
+    """``(params, LSTMCarry(h, c) (B, H) each, x (B, I)) -> (carry', h', StepResiduals)``:
 
     i, f = sigmoid(z_i + p_i * c), sigmoid(z_f + p_f * c);  g = tanh(z_g)
     c' = f * c + i * g;  o = sigmoid(z_o + p_o * c');  h' = o * tanh(c')

@@ -1,4 +1,4 @@
-"""Minimal gated unit (Zhou et al. 2016; Flax ``linen.MGUCell``), gate order f, n::
+"""Minimal gated unit (Zhou et al. 2016; Flax ``linen.MGUCell``), gate order f, n:
 
     f = sigmoid(x_f + h_f)                  x_* = x @ w_x + b_x,  h_* = h @ w_h + b_h
     n = tanh(x_n + f * h_n)
@@ -33,6 +33,11 @@ import jax.numpy as jnp
 from rnn_jax.cells.base import fused_cell, split_gates
 from rnn_jax.cells.gru import update_backward
 from rnn_jax.init import fused_params, set_gate_bias
+
+__all__ = [  # fmt: skip
+    "cell", "hidden_of", "init", "init_without_reset", "step", "step_backward",
+    "step_forward", "without_reset", "zero_carry",
+]
 
 FORGET_GATE = 0
 
@@ -75,7 +80,7 @@ def pointwise(z_x, z_h, h):
 
 
 def pointwise_backward(gates: MGUGates, d_h):
-    """Given dL/dh' (B, H), with dn_pre, df, dh_direct from ``gru.update_backward``::
+    """Given dL/dh' (B, H), with dn_pre, df, dh_direct from ``gru.update_backward``:
 
     df_pre = (df + dn_pre * h_n) f(1 - f)       f gates both the update and h_n
     d_zx = [df_pre, dn_pre],   d_zh = [df_pre, dn_pre * f]

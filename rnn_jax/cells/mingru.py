@@ -32,6 +32,11 @@ from rnn_jax.cells.gated_linear import (
     split_gates,
 )
 
+__all__ = [  # fmt: skip
+    "cell", "hidden_of", "init", "log_space", "parallel", "step", "step_backward",
+    "step_forward", "zero_carry",
+]
+
 
 def coefficients(k):
     """``k (..., 2H)`` -> ``a = 1 - z``, ``b = z * h~``, residuals."""

@@ -27,6 +27,11 @@ from rnn_jax.cells.gated_linear import (
     split_gates,
 )
 
+__all__ = [  # fmt: skip
+    "cell", "hidden_of", "init", "log_space", "parallel", "step", "step_backward",
+    "step_forward", "zero_carry",
+]
+
 
 def _normalised_gates(k_f, k_i):
     f, i = jax.nn.sigmoid(k_f), jax.nn.sigmoid(k_i)

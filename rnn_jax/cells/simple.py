@@ -23,9 +23,14 @@ from rnn_jax.cell import Cell
 from rnn_jax.cells.base import fused_cell
 from rnn_jax.init import fused_params
 
+__all__ = [  # fmt: skip
+    "cell", "hidden_of", "init", "relu", "step", "step_backward", "step_forward",
+    "with_activation", "zero_carry",
+]
+
 
 def init(key, input_size: int, hidden_size: int, *, dtype=jnp.float32, initializer="default"):
-    """``{"w_x": (I, H), "w_h": (H, H), "b": (H,)}``; I*H + H*H + H parameters (Keras' count)."""
+    """``{"w_x": (I, H), "w_h": (H, H), "b": (H,)}``; ``I*H + H*H + H`` parameters (Keras')."""
     return fused_params(
         key, input_size, hidden_size, 1, ("b",), initializer=initializer, dtype=dtype
     )

