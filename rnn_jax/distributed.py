@@ -39,6 +39,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from rnn_jax.data import batches as data_batches
 from rnn_jax.train import DATA_AXIS, make_mesh, replicate
 
 PyTree = Any
@@ -169,19 +170,12 @@ def eval_batches(
     totals and the count are exact whatever ``batch_size`` and the number of processes.
     With ``mesh``, each batch is global and each process reads only its own rows.
     """
-    n = len(next(iter(arrays.values())))
-    if n == 0:
-        raise ValueError("eval_batches got an empty split")
+    if mesh is None:
+        return list(data_batches.eval_batches(arrays, batch_size))
+    num_examples = data_batches.count_examples(arrays)
 
     def batch(start: int) -> dict:
-        def fetch(rows: np.ndarray) -> dict:
-            pos = start + rows
-            valid = pos < n  # padding repeats the last example (a valid input), mask 0
-            out = {k: a[np.minimum(pos, n - 1)] for k, a in arrays.items()}
-            return {**out, "mask": valid.astype(np.float32)}
-
-        if mesh is None:
-            return fetch(np.arange(batch_size))
+        fetch = lambda rows: data_batches.rows_with_mask(arrays, start + rows)
         return global_batch(fetch, batch_size, mesh)
 
-    return [batch(start) for start in range(0, n, batch_size)]
+    return [batch(start) for start in range(0, num_examples, batch_size)]

@@ -34,6 +34,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from .checkpoint import save_checkpoint
+from .data.batches import count_examples, rows_with_mask
 
 PyTree = Any
 Batch = Any
@@ -532,9 +533,9 @@ def example_mask(batch: Mapping[str, Any], batch_size: int | None = None) -> jax
 def pad_batch(batch: Mapping[str, Any], batch_size: int) -> dict[str, np.ndarray]:
     """Pads every leaf of a dict batch to ``batch_size`` rows and adds ``"mask"``.
 
-    Padding rows repeat the first example (so they are valid inputs, e.g. valid
-    label indices) and get mask 0. A batch that already has a mask keeps it
-    (its padding extended with zeros). Returns numpy arrays.
+    Padding rows repeat the last example (valid inputs, e.g. valid label indices) with mask
+    0, as ``rnn_jax.data.eval_batches`` pads. A batch that already has a mask keeps it (its
+    padding extended with zeros). Returns numpy arrays.
 
     Args:
       batch: dict of arrays with a common leading size ``n <= batch_size``.
@@ -544,23 +545,18 @@ def pad_batch(batch: Mapping[str, Any], batch_size: int) -> dict[str, np.ndarray
       >>> import numpy as np
       >>> from rnn_jax.train import pad_batch
       >>> padded = pad_batch({"x": np.array([[1.0], [2.0]]), "y": np.array([3, 4])}, batch_size=4)
-      >>> padded["y"].tolist(), padded["mask"].tolist()  # padding repeats the first example
-      ([3, 4, 3, 3], [1.0, 1.0, 0.0, 0.0])
+      >>> padded["y"].tolist(), padded["mask"].tolist()  # padding repeats the last example
+      ([3, 4, 4, 4], [1.0, 1.0, 0.0, 0.0])
     """
-    batch = {k: np.asarray(v) for k, v in batch.items()}
-    sizes = {k: v.shape[0] for k, v in batch.items()}
-    n = next(iter(sizes.values()))
-    if any(s != n for s in sizes.values()):
-        raise ValueError(f"batch leaves have different leading sizes: {sizes}")
-    if n > batch_size:
-        raise ValueError(f"batch has {n} examples, more than batch_size={batch_size}")
-    if n == 0:
-        raise ValueError("cannot pad an empty batch")
-    mask = batch.pop("mask", np.ones((n,), np.float32)).astype(np.float32)
-    pad = batch_size - n
-    out = {k: np.concatenate([v, np.repeat(v[:1], pad, axis=0)]) for k, v in batch.items()}
-    out["mask"] = np.concatenate([mask, np.zeros((pad,), np.float32)])
-    return out
+    batch = dict(batch)
+    mask = batch.pop("mask", None)
+    num_examples = count_examples(batch)
+    if num_examples > batch_size:
+        raise ValueError(f"batch has {num_examples} examples, more than batch_size={batch_size}")
+    padded = rows_with_mask(batch, np.arange(batch_size))
+    if mask is not None:
+        padded["mask"][:num_examples] = np.asarray(mask, np.float32)
+    return padded
 
 
 def evaluate(

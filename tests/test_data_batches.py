@@ -93,7 +93,7 @@ def test_argument_validation():
         batch_indices(0, N, B, -1)
     with pytest.raises(ValueError, match="leading"):
         next(iterate_batches((images, labels[:-1]), B, seed=0))
-    with pytest.raises(ValueError, match="tuple"):
+    with pytest.raises(ValueError, match="tuple or dict"):
         next(iterate_batches(images, B, seed=0))
 
 
@@ -101,10 +101,13 @@ def test_argument_validation():
 def test_eval_batches_cover_split_once_in_order(batch_size):
     images, labels = _aligned_arrays()
     seen_x, seen_y = [], []
-    for (x, y), num_valid in eval_batches((images, labels), batch_size):
+    for batch in eval_batches({"x": images, "y": labels}, batch_size):
+        x, y, mask = batch["x"], batch["y"], batch["mask"]
         assert x.shape == (batch_size, 2, 3) and y.shape == (batch_size,)
-        assert 1 <= num_valid <= batch_size
-        assert np.all(x[num_valid:] == 0) and np.all(y[num_valid:] == 0)  # zero padding
+        assert mask.dtype == np.float32 and set(np.unique(mask)) <= {0.0, 1.0}
+        num_valid = int(mask.sum())
+        assert 1 <= num_valid <= batch_size and np.all(mask[:num_valid] == 1)
+        assert np.all(x[num_valid:] == images[-1]) and np.all(y[num_valid:] == labels[-1])
         seen_x.append(x[:num_valid])
         seen_y.append(y[:num_valid])
     np.testing.assert_array_equal(np.concatenate(seen_x), images)
@@ -113,11 +116,26 @@ def test_eval_batches_cover_split_once_in_order(batch_size):
 
 
 def test_eval_batches_mask_weights_mean_correctly():
-    """The documented mask gives the exact split mean even with a padded last batch."""
+    """The mask gives the exact split mean even with a padded last batch."""
     values = np.arange(1, 24, dtype=np.float64)
     total, count = 0.0, 0
-    for (v,), num_valid in eval_batches((values,), 5):
-        mask = np.arange(5) < num_valid
-        total += float((v * mask).sum())
-        count += int(mask.sum())
+    for batch in eval_batches({"v": values}, 5):
+        total += float((batch["v"] * batch["mask"]).sum())
+        count += int(batch["mask"].sum())
     assert count == 23 and total / count == values.mean()
+
+
+def test_eval_batches_refuse_a_tuple_and_an_empty_split():
+    with pytest.raises(TypeError, match=r"dict of arrays.*got tuple"):
+        next(eval_batches((np.arange(3),), 2))
+    with pytest.raises(ValueError, match="no examples"):
+        next(eval_batches({"x": np.zeros((0, 3))}, 2))
+
+
+def test_dict_training_batches_match_the_tuple_ones():
+    images, labels = _aligned_arrays()
+    as_dicts = iterate_batches({"x": images, "y": labels}, 8, seed=3, num_steps=4)
+    as_tuples = iterate_batches((images, labels), 8, seed=3, num_steps=4)
+    for batch, (x, y) in zip(as_dicts, as_tuples, strict=True):
+        np.testing.assert_array_equal(batch["x"], x)
+        np.testing.assert_array_equal(batch["y"], y)

@@ -293,13 +293,17 @@ def test_pad_batch_and_example_mask():
     np.testing.assert_array_equal(p["mask"], [1, 1, 1, 0, 0])
     assert p["x"].shape == (5, 2) and p["y"].shape == (5,)
     np.testing.assert_array_equal(p["x"][:3], b["x"])
-    np.testing.assert_array_equal(p["y"][3:], [2, 2])  # padding repeats a real (valid) row
+    np.testing.assert_array_equal(p["y"][3:], [1, 1])  # padding repeats a real (valid) row
     np.testing.assert_array_equal(tr.example_mask(p), p["mask"])
     np.testing.assert_array_equal(tr.example_mask(b), np.ones(3))
     # re-padding keeps the old padding masked
     np.testing.assert_array_equal(tr.pad_batch(p, 6)["mask"], [1, 1, 1, 0, 0, 0])
     with pytest.raises(ValueError, match="more than"):
         tr.pad_batch(b, 2)
+    with pytest.raises(ValueError, match="leading .* dimension"):
+        tr.pad_batch({"x": np.zeros((3, 2)), "y": np.zeros(2)}, 4)
+    with pytest.raises(ValueError, match="no examples"):
+        tr.pad_batch({"x": np.zeros((0, 2))}, 4)
 
 
 # ----------------------------------------------------------------- NaN and resuming

@@ -68,9 +68,9 @@ def accuracy(predict, params, images, labels, batch_size: int = 2000) -> float:
     whole split (padded batches: one compiled shape)."""
     predict = jax.jit(predict)
     correct = 0
-    for (x, y), valid in eval_batches((images, labels), batch_size):
-        predicted = np.asarray(predict(params, x)).argmax(-1)
-        correct += int(np.sum(predicted[:valid] == y[:valid]))
+    for batch in eval_batches({"x": images, "y": labels}, batch_size):
+        predicted = np.asarray(predict(params, batch["x"])).argmax(-1)
+        correct += int(np.sum((predicted == batch["y"]) * batch["mask"]))
     return correct / len(labels)
 
 

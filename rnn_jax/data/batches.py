@@ -5,14 +5,15 @@ epoch])``; step ``s`` takes slice ``s % steps_per_epoch`` of epoch ``s // steps_
 permutation. The last ``num_examples % batch_size`` examples of each permutation are dropped
 (different ones every epoch), so every training batch has the same shape and jit compiles once.
 
-Evaluation batches: the whole split in order, the last batch zero-padded to ``batch_size`` and
-reported with its number of valid rows, so eval also runs one compiled shape and nothing is
-dropped: weight per-example results by ``np.arange(batch_size) < num_valid``.
+Evaluation batches: the whole split in order, the last batch padded to ``batch_size``, so eval
+also runs one compiled shape and nothing is dropped. A batch is a dict of arrays plus
+``"mask"`` ``(batch_size,)`` (1.0 a real example, 0.0 padding): the one batch convention of
+``rnn_jax.train`` (``evaluate``, ``example_mask``, ``pad_batch``) and ``rnn_jax.distributed``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -22,6 +23,7 @@ __all__ = [
     "batch_indices",
     "iterate_batches",
     "eval_batches",
+    "rows_with_mask",
 ]
 
 
@@ -37,16 +39,20 @@ def _check_sizes(num_examples: int, batch_size: int) -> None:
         )
 
 
-def _num_examples(arrays: Sequence[np.ndarray]) -> int:
+def count_examples(arrays: Sequence[np.ndarray] | Mapping[str, np.ndarray]) -> int:
     """Common leading dimension of ``arrays``; ValueError when they disagree or none given."""
     if isinstance(arrays, np.ndarray) or len(arrays) == 0:
-        raise ValueError("arrays must be a non-empty tuple of arrays, e.g. (images, labels)")
-    shapes = [np.shape(a) for a in arrays]
+        raise ValueError(
+            "arrays must be a non-empty tuple or dict of arrays, e.g. (images, labels)"
+        )
+    shapes = [np.shape(a) for a in (arrays.values() if isinstance(arrays, Mapping) else arrays)]
     if any(len(s) == 0 for s in shapes):
         raise ValueError(f"arrays must have a leading example dimension, got shapes {shapes}")
     sizes = [s[0] for s in shapes]
     if len(set(sizes)) != 1:
         raise ValueError(f"arrays must share their leading (example) dimension, got {sizes}")
+    if sizes[0] == 0:
+        raise ValueError(f"arrays have no examples: shapes {shapes}")
     return sizes[0]
 
 
@@ -85,13 +91,14 @@ def batch_indices(seed: int, num_examples: int, batch_size: int, step: int) -> n
 
 
 def iterate_batches(
-    arrays: Sequence[np.ndarray],
+    arrays: Sequence[np.ndarray] | Mapping[str, np.ndarray],
     batch_size: int,
     seed: int,
     start_step: int = 0,
     num_steps: int | None = None,
-) -> Iterator[tuple[np.ndarray, ...]]:
-    """Yield shuffled training batches ``(a[idx] for a in arrays)``, each (batch_size, ...).
+) -> Iterator[tuple[np.ndarray, ...] | dict[str, np.ndarray]]:
+    """Yield shuffled training batches ``(a[idx] for a in arrays)``, each (batch_size, ...);
+    a dict of arrays gives dict batches (what ``rnn_jax.train``'s loss functions read).
 
     Steps ``start_step, start_step + 1, ...``; ``num_steps=None`` runs forever. Batch ``k``
     equals what ``batch_indices(seed, N, batch_size, start_step + k)`` selects, so resuming from
@@ -107,7 +114,7 @@ def iterate_batches(
       >>> bool((xb == 10 * yb).all()), bool((yb == batch_indices(0, 10, 4, 3)).all())
       (True, True)
     """
-    n = _num_examples(arrays)
+    n = count_examples(arrays)
     per_epoch = steps_per_epoch(n, batch_size)
     if start_step < 0:
         raise ValueError(f"start_step must be non-negative, got {start_step}")
@@ -121,7 +128,10 @@ def iterate_batches(
             perm = batch_permutation(seed, n, epoch)
             perm_epoch = epoch
         idx = perm[within * batch_size : (within + 1) * batch_size]
-        yield tuple(np.asarray(a)[idx] for a in arrays)
+        if isinstance(arrays, Mapping):
+            yield {name: np.asarray(a)[idx] for name, a in arrays.items()}
+        else:
+            yield tuple(np.asarray(a)[idx] for a in arrays)
         step += 1
 
 
@@ -140,35 +150,44 @@ def batch_permutation(seed: int, num_examples: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(num_examples)
 
 
-def eval_batches(
-    arrays: Sequence[np.ndarray], batch_size: int
-) -> Iterator[tuple[tuple[np.ndarray, ...], int]]:
-    """Yield ``(batch_arrays, num_valid)`` covering the whole split in order.
+def eval_batches(arrays: Mapping[str, np.ndarray], batch_size: int) -> Iterator[dict]:
+    """Yield batches covering the whole split in order, each ``rows_with_mask`` of
+    ``batch_size`` rows: ``{name: (batch_size, ...), "mask": (batch_size,)}``.
 
-    Every batch array has leading dimension ``batch_size``; the last batch is zero-padded past
-    ``num_valid`` rows (so one jit-compiled shape serves all batches). Rows ``[:num_valid]`` are
-    real examples; mask the rest, e.g. ``mask = np.arange(batch_size) < num_valid``.
-    Unlike training, batch_size may exceed the split size (one padded batch).
+    Only the last batch has padding (mask 0). Feed them to ``rnn_jax.train.evaluate``, or
+    weight per-example results by ``batch["mask"]``. Unlike training, ``batch_size`` may
+    exceed the split size (one padded batch).
 
     Examples:
       >>> import numpy as np
       >>> from rnn_jax.data import eval_batches
-      >>> [(batch[0].tolist(), valid) for batch, valid in eval_batches((np.arange(5),), 3)]
-      [([0, 1, 2], 3), ([3, 4, 0], 2)]
+      >>> [(b["x"].tolist(), b["mask"].tolist()) for b in eval_batches({"x": np.arange(5)}, 3)]
+      [([0, 1, 2], [1.0, 1.0, 1.0]), ([3, 4, 4], [1.0, 1.0, 0.0])]
     """
-    n = _num_examples(arrays)
+    if not isinstance(arrays, Mapping):
+        raise TypeError(
+            "eval_batches takes a dict of arrays, e.g. {'x': images, 'y': labels}, got "
+            f"{type(arrays).__name__}"
+        )
+    num_examples = count_examples(arrays)
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    arrays = [np.asarray(a) for a in arrays]
-    for start in range(0, n, batch_size):
-        num_valid = min(batch_size, n - start)
-        batch = []
-        for a in arrays:
-            chunk = a[start : start + num_valid]
-            if num_valid < batch_size:
-                pad = np.zeros((batch_size - num_valid, *a.shape[1:]), dtype=a.dtype)
-                chunk = np.concatenate([chunk, pad])
-            else:
-                chunk = chunk.copy()  # a copy, like the training batches: callers may mutate
-            batch.append(chunk)
-        yield tuple(batch), num_valid
+    for start in range(0, num_examples, batch_size):
+        yield rows_with_mask(arrays, start + np.arange(batch_size))
+
+
+def rows_with_mask(arrays: Mapping[str, np.ndarray], rows: np.ndarray) -> dict:
+    """Rows ``rows`` of every array plus ``"mask"``: rows past the end read the last example
+    (a valid input for any model, so padding cannot make NaNs) with mask 0.0; fresh copies.
+
+    Examples:
+      >>> import numpy as np
+      >>> from rnn_jax.data.batches import rows_with_mask
+      >>> batch = rows_with_mask({"y": np.array([7, 8])}, np.arange(1, 4))
+      >>> batch["y"].tolist(), batch["mask"].tolist()
+      ([8, 8, 8], [1.0, 0.0, 0.0])
+    """
+    num_examples = count_examples(arrays)
+    rows = np.asarray(rows)
+    batch = {name: np.asarray(a)[np.minimum(rows, num_examples - 1)] for name, a in arrays.items()}
+    return {**batch, "mask": (rows < num_examples).astype(np.float32)}
