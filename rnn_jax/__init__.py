@@ -12,7 +12,7 @@ The submodules (``rj.models``, ``rj.train``, ``rj.nnx``, ``rj.interop``, ...) lo
 import importlib
 
 from rnn_jax.bptt import bptt
-from rnn_jax.cell import Cell, GenericCell, RecurrentCell, make_cell
+from rnn_jax.cell import Cell, GenericCell, LinearForm, RecurrentCell, make_cell
 from rnn_jax.cellcheck import CellReport, check_cell
 from rnn_jax.cells import gru, layernorm_lstm, lru, lstm, mgu, mingru, minlstm, simple
 from rnn_jax.cells.base import LSTMCarry
@@ -63,6 +63,7 @@ __all__ = [
     "CellReport",
     "GenericCell",
     "LSTMCarry",
+    "LinearForm",
     "RecurrentCell",
     "UnrollOptions",
     "bidirectional",

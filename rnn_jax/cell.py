@@ -22,8 +22,10 @@ Beyond the protocol a cell may declare *capabilities*, which the drivers test fo
 - ``fused``: the fused-gate form (``rnn_jax.cells.base.FusedGates``: two fused products and
   element-wise gate math), which BPTT uses for its after-loop weight products and which
   ``matmul_dtype`` and the fused backends need;
-- ``parallel``: a linear form that runs a whole sequence at once (``rj.unroll``'s
-  ``mode="parallel"``), for the linear recurrences;
+- ``parallel``: a form that runs a whole sequence at once (``rj.unroll``'s
+  ``mode="parallel"``). A linear recurrence states only its ``LinearForm`` (the coefficients
+  of ``state_t = a_t * state_{t-1} + b_t`` and a readout) and ``linear_parallel`` does the
+  rest for every such cell: the scan, lengths, masks, resets and the final carry;
 - ``recurrent_dropout``: where recurrent dropout acts. ``"read"``: ``step_forward`` takes
   ``h_read=`` (what the recurrent products read instead of the carry's ``h``) and
   ``step_backward_parts`` returns dL/d(h read) apart; ``"carry"``: the carry's ``h`` is read
@@ -41,7 +43,11 @@ from typing import Any, Protocol, runtime_checkable
 import jax
 import jax.numpy as jnp
 
-__all__ = ["Cell", "GenericCell", "PROTOCOL", "RecurrentCell", "make_cell"]  # fmt: skip
+from rnn_jax.ops.linear_recurrence import scan_states
+
+__all__ = [  # fmt: skip
+    "Cell", "GenericCell", "LinearForm", "PROTOCOL", "RecurrentCell", "make_cell",
+]
 
 PyTree = Any
 
@@ -139,6 +145,7 @@ def make_cell(
     step_backward: Callable | None = None,
     sizes: Callable | None = None,
     parallel: Callable | None = None,
+    linear: LinearForm | None = None,
     spatial_rank: int = 0,
     recurrent_dropout: str | None = None,
     step_backward_parts: Callable | None = None,
@@ -164,6 +171,9 @@ def make_cell(
         *, method) -> (final_carry, hs (T, B, H_out))``, time-major, past a row's length
         the carry frozen and the output zero, ``starts (T, B) | None`` where the carry
         restarts from the initial one. ``rj.unroll`` uses it with ``mode="parallel"``.
+      linear: for a recurrence ``state_t = a_t * state_{t-1} + b_t``, its ``LinearForm``
+        in place of ``parallel``: the library then scans it and applies lengths, masks,
+        resets and the final carry.
       spatial_rank: n > 0 for a cell over n-D inputs (a convolutional cell): each step
         reads ``x (B, *spatial, I)``, sequences are ``(B, T, *spatial, I)``, and
         ``zero_carry`` takes the carry's leading shape ``(B, *spatial)`` in place of
@@ -203,6 +213,10 @@ def make_cell(
             "which it was not written for. Give both, or neither (the backward is then "
             "derived with jax.vjp)."
         )
+    if linear is not None:
+        if parallel is not None:
+            raise ValueError(f"{name}: give parallel= or linear= (which builds it), not both")
+        parallel = functools.partial(linear_parallel, linear, hidden_of or default_hidden_of)
     hand_written = step_backward is not None
     if step_forward is None:
         step_forward = functools.partial(_forward_keeping_inputs, step)
@@ -265,8 +279,11 @@ def default_hidden_of(carry):
 
 def cell_of_functions(name: str, functions) -> Cell:
     """A ``Cell`` from an object (a module, a class instance) that has the protocol's
-    functions as attributes, and optionally ``sizes``, ``parallel``, ``spatial_rank``,
-    ``recurrent_dropout`` and ``step_backward_parts``."""
+    functions as attributes, and optionally ``sizes``, ``parallel`` (or ``linear``, a
+    ``LinearForm``), ``spatial_rank``, ``recurrent_dropout`` and ``step_backward_parts``."""
+    parallel = getattr(functions, "parallel", None)
+    if getattr(functions, "linear", None) is not None:
+        parallel = functools.partial(linear_parallel, functions.linear, functions.hidden_of)
     return Cell(
         name=name,
         init=functions.init,
@@ -276,7 +293,7 @@ def cell_of_functions(name: str, functions) -> Cell:
         step_forward=functions.step_forward,
         step_backward=functions.step_backward,
         sizes=getattr(functions, "sizes", fused_sizes),
-        parallel=getattr(functions, "parallel", None),
+        parallel=parallel,
         spatial_rank=getattr(functions, "spatial_rank", 0),
         recurrent_dropout=getattr(functions, "recurrent_dropout", None),
         step_backward_parts=getattr(functions, "step_backward_parts", None),
@@ -292,3 +309,46 @@ def fused_sizes(params) -> tuple[int, int]:
             f"from params['w_h'] (H, ...); these params have {got}: pass sizes= to rj.make_cell"
         )
     return int(params["w_x"].shape[0]), int(params["w_h"].shape[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class LinearForm:
+    """A recurrence ``state_t = a_t * state_{t-1} + b_t`` (element-wise) and its readout.
+
+    ``coefficients(params, xs (T, B, I), carry) -> (a, b (T, B, ...), state0 (B, ...))``;
+    ``readout(params, states (T, B, ...), xs) -> hs (T, B, H)`` (None: the states are the
+    outputs); ``carry_of(carry0, state, h) -> carry`` (None: the carry is the state).
+    """
+
+    coefficients: Callable
+    readout: Callable | None = None
+    carry_of: Callable | None = None
+
+
+def linear_parallel(form: LinearForm, hidden_of, params, xs, carry, valid, starts=None, *,
+                    method="auto", gradient="manual"):  # fmt: skip
+    """A cell's ``parallel`` from its ``LinearForm``: time-major ``xs (T, B, I)`` ->
+    ``(final carry, hs (T, B, H))``; past a row's length (``valid (T, B)``) the carry is
+    frozen and the output zero, and at ``starts (T, B)`` the state restarts from the carry's
+    (``rnn_jax.ops.linear_recurrence.scan_states``)."""
+    a, b, state0 = form.coefficients(params, xs, carry)
+    final_state, states = scan_states(a, b, state0, valid=valid, starts=starts, method=method,
+                                      gradient=gradient)  # fmt: skip
+    if form.readout is None:
+        return final_state, states
+    hs = form.readout(params, states, xs)
+    final_h = _last_valid(hs, valid, hidden_of(carry))
+    if valid is not None:
+        hs = jnp.where(valid.reshape(valid.shape + (1,) * (hs.ndim - 2)), hs, 0)
+    return form.carry_of(carry, final_state, final_h), hs
+
+
+def _last_valid(hs, valid, initial):
+    """Each row's output at its last valid step (``initial`` if it has none); ``hs (T, B, H)``."""
+    if hs.shape[0] == 0:
+        return initial
+    if valid is None:
+        return hs[-1]
+    last = hs.shape[0] - 1 - jnp.argmax(valid[::-1], axis=0)
+    picked = hs[last, jnp.arange(hs.shape[1])]
+    return jnp.where(valid.any(axis=0)[:, None], picked, initial)

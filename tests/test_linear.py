@@ -243,3 +243,42 @@ def test_long_float32_scan_matches_a_float64_log_space_evaluation():
     prefix = np.cumsum(log_a, axis=0)
     log_h = prefix + np.logaddexp.accumulate(np.log(b) - prefix, axis=0)
     np.testing.assert_allclose(np.asarray(ours), np.exp(log_h), rtol=1e-4)
+
+
+def _ema_cell():
+    """A user's linear cell, ``h' = a * h + (1 - a) * (x @ w)`` with ``a = sigmoid(alpha)``,
+    given as a ``LinearForm``: only the coefficients, no scan, masks or carry handling."""
+
+    def init(key, input_size, hidden_size, *, dtype=jnp.float32):
+        k_w, k_a = jax.random.split(key)
+        return {"w": jax.random.normal(k_w, (input_size, hidden_size), dtype),
+                "alpha": jax.random.normal(k_a, (hidden_size,), dtype)}  # fmt: skip
+
+    def step(params, h, x):
+        a = jax.nn.sigmoid(params["alpha"])
+        h = a * h + (1 - a) * (x @ params["w"])
+        return h, h
+
+    def coefficients(params, xs, h0):
+        a = jax.nn.sigmoid(params["alpha"])
+        b = (1 - a) * (xs @ params["w"])
+        return jnp.broadcast_to(a, b.shape), b, h0
+
+    sizes = lambda p: p["w"].shape
+    return rj.make_cell("ema", init, step, sizes=sizes, linear=rj.LinearForm(coefficients))
+
+
+def test_a_users_linear_form_gets_lengths_resets_and_carry_from_the_library(x64):
+    cell = _ema_cell()
+    params = cell.init(jax.random.PRNGKey(0), 3, 4, dtype=jnp.float64)
+    xs = jax.random.normal(jax.random.PRNGKey(1), (3, 7, 3), jnp.float64)
+    options = dict(lengths=jnp.array([7, 3, 0]), resets=jnp.zeros((3, 7), bool).at[0, 4].set(True))
+    for reverse in (False, True):
+        parallel = rj.unroll(cell, params, xs, mode="parallel", reverse=reverse, **options)
+        steps = rj.unroll(cell, params, xs, mode="sequential", reverse=reverse, **options)
+        assert_close(parallel, steps, 1e-12)
+    report = rj.check_cell(cell, 3, 4)
+    assert report.ok and "parallel" in report.stages
+    with pytest.raises(ValueError, match="parallel= or linear="):
+        rj.make_cell("both", cell.init, cell.step, parallel=cell.parallel,
+                     linear=rj.LinearForm(lambda *a: None))  # fmt: skip

@@ -3,7 +3,7 @@
 The gates read only the input, through one fused product ``k = x @ w_x + b`` with
 ``w_x (I, G*H)``, ``b (G*H,)``; the state enters linearly. So the same cell runs step by step
 (``step``, for sampling, streaming and ``rnn_jax.tbptt``) or over a whole sequence at once
-(``parallel``: one ``(T*B, I) @ (I, G*H)`` product, then ``rj.linear_scan``).
+(its ``LinearForm``: one ``(T*B, I) @ (I, G*H)`` product, then the linear scan).
 
 A variant is described by ``coefficients(k) -> (a, b, residuals)`` and its hand-written
 ``coefficients_backward(residuals, d_a, d_b) -> d_k``; everything else is here.
@@ -18,9 +18,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from rnn_jax.cell import cell_of_functions
+from rnn_jax.cell import LinearForm, cell_of_functions
 from rnn_jax.cells.base import split_gates  # noqa: F401 (minGRU and minLSTM import it here)
-from rnn_jax.ops.linear_recurrence import scan_states
 
 
 def gated_linear_cell(name: str, num_gates: int, coefficients, coefficients_backward):
@@ -76,15 +75,18 @@ class Variant:
         d_params = {"w_x": x.T @ d_k, "b": d_k.sum(0)}
         return d_params, d_k @ params["w_x"].T, d_total * a
 
-    def parallel(self, params, xs, h0, valid, starts=None, *, method="auto", gradient="manual"):
-        """Time-major ``xs (T, B, I)`` -> ``(final h (B, H), hs (T, B, H))``: one product for
-        every step's gates, then ``rj.linear_scan``'s core (``method``, ``gradient`` as
-        ``rnn_jax.ops.linear_recurrence.scan_states``)."""
+    @property
+    def linear(self) -> LinearForm:
+        return LinearForm(self.sequence_coefficients)
+
+    def sequence_coefficients(self, params, xs, h0):
+        """Time-major ``xs (T, B, I)`` -> ``(a, b (T, B, H), h0)``: one product for every
+        step's gates (a 2-D product: its gradient is ~3x faster than a (T, B, I)
+        contraction's on CPU)."""
         num_steps, batch_size, input_size = xs.shape
-        # A 2-D product: its gradient is ~3x faster than a (T, B, I) contraction's on CPU.
         k = xs.reshape(-1, input_size) @ params["w_x"] + params["b"]
         a, b, _ = self.coefficients(k.reshape(num_steps, batch_size, -1))
-        return scan_states(a, b, h0, valid=valid, starts=starts, method=method, gradient=gradient)
+        return a, b, h0
 
 
 def positive(v):

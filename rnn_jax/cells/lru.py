@@ -41,8 +41,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from rnn_jax.cell import Cell, cell_of_functions
-from rnn_jax.ops.linear_recurrence import scan_states
+from rnn_jax.cell import Cell, LinearForm, cell_of_functions
 
 __all__ = [  # fmt: skip
     "LRUCarry", "cell", "eigenvalues", "hidden_of", "init", "parallel", "step",
@@ -132,23 +131,10 @@ class LRU:
         }
         return d_params, d_x, LRUCarry(jnp.zeros_like(d_out), d_state * eigen)
 
-    def parallel(self, params, xs, carry, valid, starts=None, *, method="auto", gradient="manual"):
-        """Time-major ``xs (T, B, I)``: one product for every step's drive, ``linear_scan``,
-        one product for every readout; ``(final LRUCarry, hs (T, B, H))``."""
-        num_steps, batch_size, input_size = xs.shape
-        rows = xs.reshape(-1, input_size)  # 2-D products (their gradients are faster on CPU)
-        drive = _complex_product(rows, params) * jnp.exp(params["gamma_log"])
-        drive = drive.reshape(num_steps, batch_size, -1)
-        eigen = jnp.broadcast_to(eigenvalues(params), drive.shape)
-        final_state, states = scan_states(eigen, drive, carry.state, valid=valid,
-                                          starts=starts, method=method,
-                                          gradient=gradient)  # fmt: skip
-        hs = readout(params, states.reshape(-1, states.shape[-1]), rows)
-        hs = hs.reshape(num_steps, batch_size, -1)
-        final_h = _last_valid(hs, valid, carry.h)
-        if valid is not None:
-            hs = jnp.where(valid[..., None], hs, 0)
-        return LRUCarry(final_h, final_state), hs
+    @property
+    def linear(self) -> LinearForm:
+        """``state_t = lambda * state_{t-1} + gain * (x_t @ b)``, read out by ``readout``."""
+        return LinearForm(_coefficients, _readout_sequence, _carry_of)
 
     @staticmethod
     def sizes(params) -> tuple[int, int]:
@@ -186,15 +172,23 @@ def _skip_backward(skip, x, d_out):
     return d_out @ skip.T, x.T @ d_out
 
 
-def _last_valid(hs, valid, initial):
-    """Each row's output at its last valid step (``initial`` if it has none); ``hs (T, B, H)``."""
-    if hs.shape[0] == 0:
-        return initial
-    if valid is None:
-        return hs[-1]
-    last = hs.shape[0] - 1 - jnp.argmax(valid[::-1], axis=0)
-    picked = hs[last, jnp.arange(hs.shape[1])]
-    return jnp.where(valid.any(axis=0)[:, None], picked, initial)
+def _coefficients(params, xs, carry):
+    """Time-major ``xs (T, B, I)``: one product for every step's drive; ``(a, b, state0)``."""
+    num_steps, batch_size, input_size = xs.shape
+    rows = xs.reshape(-1, input_size)  # 2-D products (their gradients are faster on CPU)
+    drive = _complex_product(rows, params) * jnp.exp(params["gamma_log"])
+    drive = drive.reshape(num_steps, batch_size, -1)
+    return jnp.broadcast_to(eigenvalues(params), drive.shape), drive, carry.state
+
+
+def _readout_sequence(params, states, xs):
+    """``readout`` of every step at once, as one 2-D product: ``(T, B, N)`` -> ``(T, B, H)``."""
+    rows = readout(params, states.reshape(-1, states.shape[-1]), xs.reshape(-1, xs.shape[-1]))
+    return rows.reshape(*xs.shape[:2], -1)
+
+
+def _carry_of(carry, state, h):
+    return LRUCarry(h, state)
 
 
 @functools.cache
