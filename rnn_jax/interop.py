@@ -794,10 +794,9 @@ def slstm_from_xlstm(module_or_state_dict, input_weight, *, backend="vanilla", d
     Examples:
       >>> import numpy as np, rnn_jax as rj
       >>> from rnn_jax import interop
-      >>> rng = np.random.default_rng(0)
-      >>> state = {"_recurrent_kernel_": rng.normal(size=(2, 8, 2)),   # K=2 heads, D=2
-      ...          "_bias_": rng.normal(size=(16,))}
-      >>> params = interop.slstm_from_xlstm(state, rng.normal(size=(16, 3)))
+      >>> normal = lambda *shape: np.random.default_rng(0).normal(size=shape).astype("float32")
+      >>> state = {"_recurrent_kernel_": normal(2, 8, 2), "_bias_": normal(16)}  # K=2, D=2
+      >>> params = interop.slstm_from_xlstm(state, normal(16, 3))  # input_weight (4H, I)
       >>> params["r"].shape
       (2, 2, 4, 2)
       >>> back, w = interop.slstm_to_xlstm(params, as_tensors=False)
