@@ -1,4 +1,5 @@
-"""Weight converters between rnn_jax parameters and PyTorch, Flax linen and Keras.
+"""Weight converters between rnn_jax parameters and PyTorch, Flax linen and Keras, and the
+``xlstm`` package's sLSTM (``slstm_from_xlstm``, ``slstm_to_xlstm``).
 
 Every converter works on plain arrays, so none of those frameworks is imported here: a
 PyTorch state_dict may hold tensors (read through ``.detach().cpu().numpy()``) or numpy
@@ -842,6 +843,8 @@ def slstm_to_xlstm(params, *, backend="vanilla", as_tensors=True):
     The inverse of ``slstm_from_xlstm``, bitwise. ``as_tensors=False``: numpy arrays."""
     if backend not in XLSTM_BACKENDS:
         raise ValueError(f"backend must be one of {XLSTM_BACKENDS}, got {backend!r}")
+    if not isinstance(params, Mapping):
+        raise TypeError(f"expected one rj.slstm layer's params dict, got {type(params)}")
     p = _np_params(params)
     if set(p) != {"w_x", "r", "b"} or p["r"].ndim != 4:
         raise ValueError(f"expected rj.slstm params w_x, r (K, D, 4, D), b; got "
