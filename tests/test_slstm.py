@@ -343,6 +343,23 @@ def test_classifier_over_a_bidirectional_layer_a_stack_and_nnx(x64):
     assert_close(hs, rj.unroll(rj.slstm, module.params[0], xs)[1], 1e-12)
 
 
+def test_zoneout_keeps_h_alone(x64):
+    """c is scaled together with n and m, so zoneout may not keep it alone: one rate acts on
+    h only (evaluation mix h' = z h + (1 - z) h_new, c, n, m the step's), a rate for c is
+    refused by name."""
+    cell = rj.slstm.configured(num_heads=2)
+    params, xs, carry = _problem(cell, 4, steps=3)
+    final, hs = rj.unroll(cell, params, xs, carry, zoneout=0.25)
+    state = carry
+    for t in range(3):
+        new, _ = cell.step(params, state, xs[:, t])
+        state = new._replace(h=0.25 * state.h + 0.75 * new.h)
+        assert_close(hs[:, t], state.h, 1e-12)
+    assert_close(final, state, 1e-12)
+    with pytest.raises(ValueError, match=r"zoneout= with cell=: zoneout of c needs a carry"):
+        rj.unroll(cell, params, xs, carry, zoneout=(0.1, 0.1))
+
+
 def test_bad_sizes_and_options_are_refused_by_name():
     with pytest.raises(ValueError, match=r"num_heads=4: hidden_size must be a positive multiple"
                                          r" of 4, got 6"):  # fmt: skip

@@ -93,6 +93,9 @@ class SLSTMCarry(NamedTuple):
     n: jax.Array
     m: jax.Array
 
+    # Zoneout may keep h; c only together with n and m (one scale e^-m), so never alone.
+    zoneout_fields = ("h",)
+
 
 class SLSTMResiduals(NamedTuple):
     """What a step keeps for its backward: its input and carry, and the gate values, each
