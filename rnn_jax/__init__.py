@@ -1,10 +1,11 @@
 """rnn_jax: recurrent neural networks for JAX as pure functions.
 
 Cells are objects of pure functions over parameter pytrees (``rj.simple``, ``rj.lstm``,
-``rj.gru``, ``rj.mgu``, ``rj.layernorm_lstm`` and their variants, ``rj.conv_lstm(kernel_size)``
-over 1-D and 2-D inputs, or your own from ``rj.make_cell``); ``rj.unroll`` runs one over a
-sequence with ``lax.scan``; ``rj.bptt`` is the hand-written backward through time;
-``rj.check_cell`` and ``rj.check_gradients`` prove a backward against ``jax.grad``.
+``rj.gru``, ``rj.mgu``, ``rj.layernorm_lstm``, xLSTM's ``rj.slstm`` and their variants,
+``rj.conv_lstm(kernel_size)`` over 1-D and 2-D inputs, or your own from ``rj.make_cell``);
+``rj.unroll`` runs one over a sequence with ``lax.scan``; ``rj.bptt`` is the hand-written
+backward through time; ``rj.check_cell`` and ``rj.check_gradients`` prove a backward against
+``jax.grad``.
 
 The submodules (``rj.models``, ``rj.train``, ``rj.nnx``, ``rj.interop``, ...) load on first use.
 """
@@ -14,7 +15,7 @@ import importlib
 from rnn_jax.bptt import bptt
 from rnn_jax.cell import Cell, GenericCell, LinearForm, RecurrentCell, make_cell
 from rnn_jax.cellcheck import CellReport, check_cell
-from rnn_jax.cells import gru, layernorm_lstm, lru, lstm, mgu, mingru, minlstm, simple
+from rnn_jax.cells import gru, layernorm_lstm, lru, lstm, mgu, mingru, minlstm, simple, slstm
 from rnn_jax.cells.base import LSTMCarry
 from rnn_jax.cells.conv_lstm import conv_lstm
 from rnn_jax.gradcheck import check_gradients, hidden_grad_norms
@@ -87,6 +88,7 @@ __all__ = [
     "output_size",
     "regularized",
     "simple",
+    "slstm",
     "summary",
     "unroll",
     "unroll_stack",

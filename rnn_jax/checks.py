@@ -351,7 +351,9 @@ def check_lengths(lengths, batch_size: int, num_steps: int):
 
 def carry_fields(cell) -> set[str]:
     """Which of ``h``, ``c`` the wrapper can set in ``cell``'s carry: ``h`` when
-    ``hidden_of`` returns the carry itself or its ``h`` field, ``c`` for a ``c`` field."""
+    ``hidden_of`` returns the carry itself or its ``h`` field, ``c`` for a ``c`` field, unless
+    the carry's type lists the fields zoneout may keep on their own (``zoneout_fields``, a
+    class attribute) without it: ``SLSTMCarry``'s ``c`` is scaled together with ``n``, ``m``."""
     fields = set()
 
     def probe():
@@ -360,7 +362,7 @@ def carry_fields(cell) -> set[str]:
         settable = hasattr(carry, "_replace")
         if h is carry or (settable and h is getattr(carry, "h", None)):
             fields.add("h")
-        if settable and hasattr(carry, "c"):
+        if settable and hasattr(carry, "c") and "c" in getattr(carry, "zoneout_fields", "c"):
             fields.add("c")
         return carry
 

@@ -1,4 +1,5 @@
-"""Weight converters between rnn_jax parameters and PyTorch, Flax linen and Keras.
+"""Weight converters between rnn_jax parameters and PyTorch, Flax linen and Keras, and the
+``xlstm`` package's sLSTM (``slstm_from_xlstm``, ``slstm_to_xlstm``).
 
 Every converter works on plain arrays, so none of those frameworks is imported here: a
 PyTorch state_dict may hold tensors (read through ``.detach().cpu().numpy()``) or numpy
@@ -30,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rnn_jax.cell import Cell
+from rnn_jax.cells import slstm
 from rnn_jax.cells.base import LSTMCarry
 from rnn_jax.checks import as_cell, cell_for, check_params, spatial_rank
 from rnn_jax.layers import is_bidirectional
@@ -42,6 +44,8 @@ __all__ = [
     "from_flax",
     "from_keras",
     "from_torch",
+    "slstm_from_xlstm",
+    "slstm_to_xlstm",
     "to_flax",
     "to_keras",
     "to_torch",
@@ -749,3 +753,112 @@ def to_keras(params, cell, *, use_bias: bool = True) -> list:
             params["bwd"], cell, use_bias
         )
     return _cell_to_keras(params, cell, use_bias)
+
+
+# ---------------------------------------------------------------------------------------
+# xLSTM's sLSTM (the ``xlstm`` package's ``sLSTMCell``)
+
+XLSTM_BACKENDS = ("vanilla", "cuda")
+
+
+def _xlstm_backend(module_or_state_dict, backend):
+    """``(state_dict, backend)``: a module's own backend (``config.backend``), else ``backend``."""
+    state = module_or_state_dict
+    if hasattr(state, "state_dict") and callable(state.state_dict):
+        backend = getattr(getattr(state, "config", None), "backend", backend)
+        state = state.state_dict()
+    if not isinstance(state, Mapping):
+        raise TypeError(f"expected an xlstm sLSTMCell or its state_dict, got {type(state)}")
+    if backend not in XLSTM_BACKENDS:
+        raise ValueError(f"backend must be one of {XLSTM_BACKENDS}, got {backend!r}")
+    return state, backend
+
+
+def slstm_from_xlstm(module_or_state_dict, input_weight, *, backend="vanilla", dtype=None):
+    """An ``xlstm`` sLSTM cell's weights -> ``rj.slstm.configured(num_heads=K)``'s params.
+
+    Args:
+      module_or_state_dict: an ``xlstm.sLSTMCell`` (its ``config.backend`` says the layout)
+        or its ``state_dict()``: ``_recurrent_kernel_`` and ``_bias_``, whose internal layouts
+        differ by backend (``xlstm/blocks/slstm/cell.py``, ``sLSTMCell_vanilla`` and
+        ``sLSTMCell_cuda``'s ``_ext2int``): vanilla ``(K, 4D, D)`` and ``(4*K*D,)`` gate-major,
+        cuda ``(K, D, 4D)`` and ``(K*4*D,)`` head-major.
+      input_weight: ``(4H, I)``, PyTorch ``nn.Linear`` layout: the projection whose product
+        ``x @ input_weight.T`` is the cell's input (``sLSTMLayer``'s four gate projections,
+        rows i, f, z, o); the xlstm cell has none of its own. It becomes ``w_x``.
+      backend: the state_dict's layout, ``"vanilla"`` or ``"cuda"`` (a module says its own).
+      dtype: cast to this dtype; None keeps the weights' own.
+
+    Returns ``{"w_x": input_weight.T, "r": (K, D, 4, D), "b": (4H,)}``: ``r`` is xlstm's
+    external ``recurrent_kernel`` layout ``[head, d_in, gate, d_out]``, ``b`` gate-major.
+
+    Examples:
+      >>> import numpy as np, rnn_jax as rj
+      >>> from rnn_jax import interop
+      >>> normal = lambda *shape: np.random.default_rng(0).normal(size=shape).astype("float32")
+      >>> state = {"_recurrent_kernel_": normal(2, 8, 2), "_bias_": normal(16)}  # K=2, D=2
+      >>> params = interop.slstm_from_xlstm(state, normal(16, 3))  # input_weight (4H, I)
+      >>> params["r"].shape
+      (2, 2, 4, 2)
+      >>> back, w = interop.slstm_to_xlstm(params, as_tensors=False)
+      >>> bool(np.array_equal(back["_recurrent_kernel_"], state["_recurrent_kernel_"]))
+      True
+    """
+    state, backend = _xlstm_backend(module_or_state_dict, backend)
+    missing = {"_recurrent_kernel_", "_bias_"} - set(state)
+    if missing:
+        raise ValueError(f"an xlstm sLSTMCell state_dict has _recurrent_kernel_ and _bias_; "
+                         f"missing {sorted(missing)} in {sorted(state)}")  # fmt: skip
+    kernel, bias = _numpy(state["_recurrent_kernel_"]), _numpy(state["_bias_"])
+    w_in = _numpy(input_weight)
+    heads = kernel.shape[0] if kernel.ndim == 3 else 0
+    head_dim = kernel.shape[2] if backend == "vanilla" else kernel.shape[1]
+    hidden = heads * head_dim
+    want = (
+        (heads, 4 * head_dim, head_dim) if backend == "vanilla" else (heads, head_dim, 4 * head_dim)
+    )
+    if kernel.ndim != 3 or kernel.shape != want or bias.shape != (4 * hidden,):
+        raise ValueError(
+            f"xlstm {backend} sLSTMCell weights must be _recurrent_kernel_ (K, "
+            + ("4D, D)" if backend == "vanilla" else "D, 4D)")
+            + f" and _bias_ (4KD,); got {kernel.shape} and {bias.shape}"
+        )
+    if w_in.ndim != 2 or w_in.shape[0] != 4 * hidden:
+        raise ValueError(f"input_weight must be (4H, I) = ({4 * hidden}, I) for H={hidden}, "
+                         f"got {w_in.shape}")  # fmt: skip
+    if backend == "vanilla":  # [k, g*D + e, d] -> [k, d, g, e]; bias already [g, k, e]
+        r = kernel.reshape(heads, 4, head_dim, head_dim).transpose(0, 3, 1, 2)
+        b = bias
+    else:  # [k, d, g*D + e] -> [k, d, g, e]; bias [k, g, e] -> [g, k, e]
+        r = kernel.reshape(heads, head_dim, 4, head_dim)
+        b = bias.reshape(heads, 4, head_dim).transpose(1, 0, 2).reshape(-1)
+    params = {"w_x": w_in.T, "r": r, "b": b}
+    return _finish(slstm.configured(heads), params, dtype)
+
+
+def slstm_to_xlstm(params, *, backend="vanilla", as_tensors=True):
+    """``rj.slstm`` params -> ``(state_dict, input_weight)`` for an ``xlstm.sLSTMCell`` of
+    ``num_heads = r.shape[0]`` with that ``backend`` (``module.load_state_dict(state_dict)``)
+    and the ``(4H, I)`` input projection its input is made with (``x @ input_weight.T``).
+    The inverse of ``slstm_from_xlstm``, bitwise. ``as_tensors=False``: numpy arrays."""
+    if backend not in XLSTM_BACKENDS:
+        raise ValueError(f"backend must be one of {XLSTM_BACKENDS}, got {backend!r}")
+    if not isinstance(params, Mapping):
+        raise TypeError(f"expected one rj.slstm layer's params dict, got {type(params)}")
+    p = _np_params(params)
+    if set(p) != {"w_x", "r", "b"} or p["r"].ndim != 4:
+        raise ValueError(f"expected rj.slstm params w_x, r (K, D, 4, D), b; got "
+                         f"{ {k: getattr(v, 'shape', None) for k, v in p.items()} }")  # fmt: skip
+    heads, head_dim = p["r"].shape[:2]
+    check_params(slstm.configured(heads), params)
+    if backend == "vanilla":
+        kernel = p["r"].transpose(0, 2, 3, 1).reshape(heads, 4 * head_dim, head_dim)
+        bias = p["b"]
+    else:
+        kernel = p["r"].reshape(heads, head_dim, 4 * head_dim)
+        bias = p["b"].reshape(4, heads, head_dim).transpose(1, 0, 2).reshape(-1)
+    state = {"_recurrent_kernel_": kernel, "_bias_": bias}
+    w_in = p["w_x"].T
+    if as_tensors:
+        return {k: _as_tensor(v) for k, v in state.items()}, _as_tensor(w_in)
+    return {k: np.array(v) for k, v in state.items()}, np.array(w_in)

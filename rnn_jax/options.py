@@ -247,8 +247,9 @@ def _resolve_mode(opts: UnrollOptions, cell, name: str, *, wraps: bool) -> str:
 
 
 def zoneout_for(zoneout, cell, name: str) -> tuple[float | None, float | None]:
-    """``(z_h, z_c)`` for ``cell``: one rate acts on ``h`` and, where the carry has one,
-    ``c``; a pair is taken as asked (its ``z_c`` needs a ``c`` field)."""
+    """``(z_h, z_c)`` for ``cell``: one rate acts on ``h`` and, where the carry has one that
+    zoneout may keep on its own (``checks.carry_fields``), ``c``; a pair is taken as asked
+    (its ``z_c`` needs such a ``c``)."""
     if zoneout is None:
         return None, None
     fields = carry_fields(cell)
@@ -260,8 +261,9 @@ def zoneout_for(zoneout, cell, name: str) -> tuple[float | None, float | None]:
         _refuse("zoneout", "cell", f"zoneout of h needs {name}'s hidden state as its carry or "
                 "the carry's h field (a NamedTuple)")  # fmt: skip
     if z_c is not None and "c" not in fields:
-        _refuse("zoneout", "cell", f"zoneout of c needs a carry with a c field; {name}'s has "
-                "none: pass zoneout=(z_h, None) or one rate")  # fmt: skip
+        _refuse("zoneout", "cell", f"zoneout of c needs a carry with a c field that zoneout "
+                f"may keep on its own; {name}'s has none: pass zoneout=(z_h, None) or one "
+                "rate")  # fmt: skip
     return z_h, z_c
 
 
