@@ -156,6 +156,7 @@ CELL_PATHS = {
     "mingru": "mingru",
     "minlstm": "minlstm",
     "lru": "lru",
+    "slstm": "slstm",
 }
 CELL_HELP = (f"a built-in cell ({', '.join(CELL_PATHS)}), or your own as MODULE:ATTR (a module "
              "importable from the current folder) or path/to/file.py:ATTR")  # fmt: skip

@@ -78,6 +78,11 @@ from rnn_jax.cell import Cell, cell_of_functions
 from rnn_jax.cells.base import input_projection, input_weight_backward, split_gates
 from rnn_jax.init import uniform
 
+__all__ = [  # fmt: skip
+    "FORGET_GATES", "SLSTMCarry", "cell", "configured", "hidden_of", "init", "step",
+    "step_backward", "step_forward", "zero_carry",
+]
+
 NUM_GATES = 4  # i, f, z, o
 FORGET_GATES = ("sigmoid", "exp")
 BIAS_INITS = ("powerlaw_blockdependent", "small_init", "standard", "zeros")
