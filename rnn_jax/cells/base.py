@@ -56,6 +56,18 @@ def with_hidden(carry, h: Array):
     return h if hasattr(carry, "shape") else carry._replace(h=h)
 
 
+def last_valid(hs, valid, initial):
+    """For a parallel form: each row's output at its last valid step (``initial`` if it has
+    none); ``hs (T, B, H)``, ``valid (T, B)`` bool or None."""
+    if hs.shape[0] == 0:
+        return initial
+    if valid is None:
+        return hs[-1]
+    last = hs.shape[0] - 1 - jnp.argmax(valid[::-1], axis=0)
+    picked = hs[last, jnp.arange(hs.shape[1])]
+    return jnp.where(valid.any(axis=0)[:, None], picked, initial)
+
+
 def bias_names(params: Params) -> tuple[str, ...]:
     """The fused cell's bias names: ``("b",)`` (one fused bias) or ``("b_x", "b_h")``."""
     return ("b",) if "b" in params else ("b_x", "b_h")

@@ -42,6 +42,7 @@ import jax
 import jax.numpy as jnp
 
 from rnn_jax.cell import Cell, cell_of_functions
+from rnn_jax.cells.base import last_valid
 from rnn_jax.ops.linear_recurrence import scan_states
 
 
@@ -140,7 +141,7 @@ class LRU:
                                           gradient=gradient)  # fmt: skip
         hs = readout(params, states.reshape(-1, states.shape[-1]), rows)
         hs = hs.reshape(num_steps, batch_size, -1)
-        final_h = _last_valid(hs, valid, carry.h)
+        final_h = last_valid(hs, valid, carry.h)
         if valid is not None:
             hs = jnp.where(valid[..., None], hs, 0)
         return LRUCarry(final_h, final_state), hs
@@ -179,17 +180,6 @@ def _skip_backward(skip, x, d_out):
     if skip.ndim == 1:
         return d_out * skip, jnp.sum(d_out * x, axis=0)
     return d_out @ skip.T, x.T @ d_out
-
-
-def _last_valid(hs, valid, initial):
-    """Each row's output at its last valid step (``initial`` if it has none); ``hs (T, B, H)``."""
-    if hs.shape[0] == 0:
-        return initial
-    if valid is None:
-        return hs[-1]
-    last = hs.shape[0] - 1 - jnp.argmax(valid[::-1], axis=0)
-    picked = hs[last, jnp.arange(hs.shape[1])]
-    return jnp.where(valid.any(axis=0)[:, None], picked, initial)
 
 
 @functools.cache
