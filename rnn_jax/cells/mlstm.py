@@ -152,8 +152,17 @@ class MLSTM:
         input_size, width = params["w_x"].shape
         heads = self.num_heads
         if self.key_size is None:  # Z = 4 H + 2 NH
-            return input_size, (width - 2 * heads) // 4
-        return input_size, (width - 2 * heads - 2 * heads * self.key_size) // 2
+            hidden_size = (width - 2 * heads) // 4
+        else:  # Z = 2 NH d_k + 2 H + 2 NH
+            hidden_size = (width - 2 * heads - 2 * heads * self.key_size) // 2
+        if hidden_size < 1 or hidden_size % heads or sum(self.widths(hidden_size)) != width:
+            raise ValueError(
+                f"mlstm with num_heads={heads}, key_size={self.key_size}: params['w_x'] "
+                f"{tuple(params['w_x'].shape)} has {width} columns, which is no "
+                "q | k | v | o | i | f layout of these heads (were the params made by another "
+                "variant?)"
+            )
+        return input_size, hidden_size
 
     # -- the protocol ----------------------------------------------------------------------
 
