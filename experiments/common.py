@@ -157,6 +157,7 @@ CELL_PATHS = {
     "minlstm": "minlstm",
     "lru": "lru",
     "slstm": "slstm",
+    "mlstm": "mlstm",
 }
 CELL_HELP = (f"a built-in cell ({', '.join(CELL_PATHS)}), or your own as MODULE:ATTR (a module "
              "importable from the current folder) or path/to/file.py:ATTR")  # fmt: skip

@@ -15,7 +15,18 @@ import importlib
 from rnn_jax.bptt import bptt
 from rnn_jax.cell import Cell, GenericCell, LinearForm, RecurrentCell, make_cell
 from rnn_jax.cellcheck import CellReport, check_cell
-from rnn_jax.cells import gru, layernorm_lstm, lru, lstm, mgu, mingru, minlstm, simple, slstm
+from rnn_jax.cells import (
+    gru,
+    layernorm_lstm,
+    lru,
+    lstm,
+    mgu,
+    mingru,
+    minlstm,
+    mlstm,
+    simple,
+    slstm,
+)  # fmt: skip
 from rnn_jax.cells.base import LSTMCarry
 from rnn_jax.cells.conv_lstm import conv_lstm
 from rnn_jax.gradcheck import check_gradients, hidden_grad_norms
@@ -85,6 +96,7 @@ __all__ = [
     "mgu",
     "mingru",
     "minlstm",
+    "mlstm",
     "output_size",
     "regularized",
     "simple",

@@ -25,7 +25,9 @@ Beyond the protocol a cell may declare *capabilities*, which the drivers test fo
 - ``parallel``: a form that runs a whole sequence at once (``rj.unroll``'s
   ``mode="parallel"``). A linear recurrence states only its ``LinearForm`` (the coefficients
   of ``state_t = a_t * state_{t-1} + b_t`` and a readout) and ``linear_parallel`` does the
-  rest for every such cell: the scan, lengths, masks, resets and the final carry;
+  rest for every such cell: the scan, lengths, masks, resets and the final carry, and the
+  hand-written reverse scan as its gradient (``gradient="manual"``); a cell with only a
+  ``parallel`` function (``rj.mlstm``'s chunkwise form) is differentiated by JAX;
 - ``recurrent_dropout``: where recurrent dropout acts. ``"read"``: ``step_forward`` takes
   ``h_read=`` (what the recurrent products read instead of the carry's ``h``) and
   ``step_backward_parts`` returns dL/d(h read) apart; ``"carry"``: the carry's ``h`` is read
@@ -100,6 +102,7 @@ class Cell:
     parallel: Callable | None = None
     spatial_rank: int = 0
     fused: Any = None  # rnn_jax.cells.base.FusedGates, or None
+    linear: Any = None  # LinearForm, or None: then ``parallel`` is built from it
     recurrent_dropout: str | None = None
     step_backward_parts: Callable | None = None
 
@@ -170,7 +173,8 @@ def make_cell(
         see ``rj.linear_scan``): ``(params, xs (T, B, I), carry, valid (T, B) | None, starts,
         *, method) -> (final_carry, hs (T, B, H_out))``, time-major, past a row's length
         the carry frozen and the output zero, ``starts (T, B) | None`` where the carry
-        restarts from the initial one. ``rj.unroll`` uses it with ``mode="parallel"``.
+        restarts from the initial one. ``rj.unroll`` uses it with ``mode="parallel"``; its
+        gradient is JAX's autodiff through it (``gradient="manual"`` is refused there).
       linear: for a recurrence ``state_t = a_t * state_{t-1} + b_t``, its ``LinearForm``
         in place of ``parallel``: the library then scans it and applies lengths, masks,
         resets and the final carry.
@@ -233,6 +237,7 @@ def make_cell(
         sizes=sizes or fused_sizes,
         hand_written=hand_written,
         parallel=parallel,
+        linear=linear,
         spatial_rank=spatial_rank,
         recurrent_dropout=recurrent_dropout,
         step_backward_parts=step_backward_parts,
@@ -282,8 +287,9 @@ def cell_of_functions(name: str, functions) -> Cell:
     functions as attributes, and optionally ``sizes``, ``parallel`` (or ``linear``, a
     ``LinearForm``), ``spatial_rank``, ``recurrent_dropout`` and ``step_backward_parts``."""
     parallel = getattr(functions, "parallel", None)
-    if getattr(functions, "linear", None) is not None:
-        parallel = functools.partial(linear_parallel, functions.linear, functions.hidden_of)
+    linear = getattr(functions, "linear", None)
+    if linear is not None:
+        parallel = functools.partial(linear_parallel, linear, functions.hidden_of)
     return Cell(
         name=name,
         init=functions.init,
@@ -294,6 +300,7 @@ def cell_of_functions(name: str, functions) -> Cell:
         step_backward=functions.step_backward,
         sizes=getattr(functions, "sizes", fused_sizes),
         parallel=parallel,
+        linear=linear,
         spatial_rank=getattr(functions, "spatial_rank", 0),
         recurrent_dropout=getattr(functions, "recurrent_dropout", None),
         step_backward_parts=getattr(functions, "step_backward_parts", None),
@@ -337,14 +344,15 @@ def linear_parallel(form: LinearForm, hidden_of, params, xs, carry, valid, start
     if form.readout is None:
         return final_state, states
     hs = form.readout(params, states, xs)
-    final_h = _last_valid(hs, valid, hidden_of(carry))
+    final_h = last_valid(hs, valid, hidden_of(carry))
     if valid is not None:
         hs = jnp.where(valid.reshape(valid.shape + (1,) * (hs.ndim - 2)), hs, 0)
     return form.carry_of(carry, final_state, final_h), hs
 
 
-def _last_valid(hs, valid, initial):
-    """Each row's output at its last valid step (``initial`` if it has none); ``hs (T, B, H)``."""
+def last_valid(hs, valid, initial):
+    """For a parallel form: each row's output at its last valid step (``initial`` if it has
+    none); ``hs (T, B, H)``, ``valid (T, B)`` bool or None."""
     if hs.shape[0] == 0:
         return initial
     if valid is None:

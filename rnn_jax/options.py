@@ -222,8 +222,13 @@ def plan(opts: UnrollOptions, cell, *, lengths=None, mask=None, resets=None, key
     mode = _resolve_mode(opts, cell, name, wraps=bool(recurrent) or z_h is not None or
                          z_c is not None)  # fmt: skip
     gradient = opts.gradient or "autodiff"
-    if mode == "parallel" and opts.gradient is None:
+    if mode == "parallel" and cell.linear is not None and opts.gradient is None:
         gradient = "manual"  # the linear recurrence's hand-written reverse scan: the fast one
+    if mode == "parallel" and cell.linear is None and gradient == "manual":
+        _refuse("gradient", "mode", f"{name}'s parallel form has no hand-written backward "
+                "(only a linear recurrence's LinearForm has one); JAX differentiates it: pass "
+                "gradient='autodiff', or mode='sequential' for the hand-written step backward",
+                )  # fmt: skip
     return Plan(opts, mode, gradient, z_h, z_c, training,
                 opts.input_dropout if training else 0.0, recurrent)  # fmt: skip
 

@@ -159,7 +159,9 @@ def unroll(
         prep = prep._replace(xs=xs_regularized)
     xs_tm, valid, resets = reading_order(prep, opts.reverse)
     if how.mode == "parallel":
-        final, hs = cell.parallel(params, xs_tm, prep.carry, valid, resets, gradient=how.gradient)
+        # Only a LinearForm's path has a hand-written backward to choose; others are autodiff.
+        gradient = {"gradient": how.gradient} if cell.linear is not None else {}
+        final, hs = cell.parallel(params, xs_tm, prep.carry, valid, resets, **gradient)
         return final, _to_caller(hs, prep.lengths, opts.reverse, opts.time_major)
     final, hs = _sequential(cell, params, xs_tm, prep.carry, valid, resets, opts, how.gradient)
     if opts.return_carries:
