@@ -14,7 +14,7 @@ import importlib
 from rnn_jax.bptt import bptt
 from rnn_jax.cell import Cell, GenericCell, RecurrentCell, make_cell
 from rnn_jax.cellcheck import CellReport, check_cell
-from rnn_jax.cells import gru, layernorm_lstm, lru, lstm, mgu, mingru, minlstm, simple
+from rnn_jax.cells import gru, layernorm_lstm, lru, lstm, mgu, mingru, minlstm, rglru, simple
 from rnn_jax.cells.base import LSTMCarry
 from rnn_jax.cells.conv_lstm import conv_lstm
 from rnn_jax.gradcheck import check_gradients, hidden_grad_norms
@@ -85,6 +85,7 @@ __all__ = [
     "minlstm",
     "output_size",
     "regularized",
+    "rglru",
     "simple",
     "summary",
     "unroll",

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rnn_jax.cell import Cell
+from rnn_jax.cells import rglru
 from rnn_jax.cells.base import LSTMCarry
 from rnn_jax.checks import as_cell, cell_for, check_params, spatial_rank
 from rnn_jax.layers import is_bidirectional
@@ -38,10 +39,14 @@ _ZERO = -0.0
 
 __all__ = [
     "carry_from_flax",
+    "carry_from_recurrentgemma",
+    "carry_to_recurrentgemma",
     "carry_to_flax",
     "from_flax",
     "from_keras",
     "from_torch",
+    "rglru_from_recurrentgemma",
+    "rglru_to_recurrentgemma",
     "to_flax",
     "to_keras",
     "to_torch",
@@ -749,3 +754,66 @@ def to_keras(params, cell, *, use_bias: bool = True) -> list:
             params["bwd"], cell, use_bias
         )
     return _cell_to_keras(params, cell, use_bias)
+
+
+# ---------------------------------------------------------------------------------------
+# recurrentgemma (Griffin/Hawk, JAX/flax linen): its RGLRU layer's parameters
+#   {"a_param": (D,), "a_gate": {"w": (heads, D/heads, D/heads), "b": (heads, D/heads)},
+#    "input_gate": {"w", "b"}},  log a = -softplus(a_param); rnn_jax's lam = -a_param.
+# Negation is exact, so both round trips are bitwise.
+
+_RGLRU_GATES = (("a_gate", "r"), ("input_gate", "i"))
+
+
+def rglru_from_recurrentgemma(variables_or_params, *, dtype=None) -> dict:
+    """``rj.rglru`` parameters from recurrentgemma's ``RGLRU`` variables (``{"params": ...}``
+    or the inner mapping); run them with ``rj.rglru.with_heads(heads)`` (the gates' ``w``
+    have ``heads`` blocks: ``rj.rglru.num_heads_of(params)``).
+
+    Examples:
+      >>> import jax, numpy as np, rnn_jax as rj
+      >>> from rnn_jax.interop import rglru_from_recurrentgemma, rglru_to_recurrentgemma
+      >>> params = rj.rglru.with_heads(2).init(jax.random.PRNGKey(0), 4, 4)
+      >>> tree = rglru_to_recurrentgemma(params)
+      >>> sorted(tree), tree["a_gate"]["w"].shape
+      (['a_gate', 'a_param', 'input_gate'], (2, 2, 2))
+      >>> back = rglru_from_recurrentgemma({"params": tree})
+      >>> all(np.array_equal(back[k], params[k]) for k in params)
+      True
+    """
+    tree = _unwrap_flax(variables_or_params)
+    expected = {"a_param", "a_gate", "input_gate"}
+    if not isinstance(tree, Mapping) or set(tree) != expected:
+        got = sorted(tree) if isinstance(tree, Mapping) else type(tree).__name__
+        raise ValueError(f"recurrentgemma RGLRU parameters have {sorted(expected)} (only_real="
+                         f"True); got {got}")  # fmt: skip
+    params = {"lam": -_numpy(tree["a_param"])}
+    for theirs, ours in _RGLRU_GATES:
+        params[f"w_{ours}"] = _numpy(tree[theirs]["w"])
+        params[f"b_{ours}"] = _numpy(tree[theirs]["b"])
+    params = {k: jnp.asarray(v, dtype=dtype) for k, v in params.items()}
+    check_params(rglru.with_heads(rglru.num_heads_of(params)), params)
+    return params
+
+
+def rglru_to_recurrentgemma(params) -> dict:
+    """recurrentgemma ``RGLRU`` parameters (the mapping under ``"params"``) from ``rj.rglru``'s;
+    numpy arrays."""
+    check_params(rglru.with_heads(rglru.num_heads_of(params)), params)
+    tree = {"a_param": -np.asarray(params["lam"])}
+    for theirs, ours in _RGLRU_GATES:
+        tree[theirs] = {"w": np.asarray(params[f"w_{ours}"]), "b": np.asarray(params[f"b_{ours}"])}
+    return tree
+
+
+def carry_from_recurrentgemma(state, *, dtype=None) -> rglru.RGLRUCarry:
+    """An ``rj.rglru`` carry from recurrentgemma's RG-LRU cache ``h (B, D)``: a segment that
+    goes on (``fresh = 0``), as the reference reads a cache at ``segment_pos > 0``."""
+    h = jnp.asarray(state, dtype=dtype)  # jnp, not numpy: traceable (a cache under jax.grad)
+    return rglru.RGLRUCarry(h, jnp.zeros(h.shape[:1], h.dtype))
+
+
+def carry_to_recurrentgemma(carry: rglru.RGLRUCarry):
+    """recurrentgemma's RG-LRU cache ``h (B, D)`` from an ``rj.rglru`` carry (the reference's
+    cache has no ``fresh``: its resets come from ``segment_pos``)."""
+    return carry.h
