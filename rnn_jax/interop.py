@@ -45,6 +45,8 @@ __all__ = [
     "from_flax",
     "from_keras",
     "from_torch",
+    "hawk_block_from_recurrentgemma",
+    "hawk_block_to_recurrentgemma",
     "rglru_from_recurrentgemma",
     "rglru_to_recurrentgemma",
     "to_flax",
@@ -817,3 +819,60 @@ def carry_to_recurrentgemma(carry: rglru.RGLRUCarry):
     """recurrentgemma's RG-LRU cache ``h (B, D)`` from an ``rj.rglru`` carry (the reference's
     cache has no ``fresh``: its resets come from ``segment_pos``)."""
     return carry.h
+
+
+# recurrentgemma's ResidualBlock with a RecurrentBlock (Hawk) <-> one block of
+# rnn_jax.blocks.init_hawk. Its RMSNorm multiplies by (scale + 1), ours by the scale: the
+# norms convert by +-1 (exact for scales in [-1, 2] and near there: one rounding at most).
+
+_HAWK_DENSE = (("linear_y", "y"), ("linear_x", "x"), ("linear_out", "out"))
+
+
+def hawk_block_from_recurrentgemma(variables_or_params, *, dtype=None) -> dict:
+    """One ``rnn_jax.blocks.init_hawk`` block from recurrentgemma's ``ResidualBlock``
+    (``temporal_block_type=RECURRENT``, ``use_mlp=True``) variables."""
+    tree = _unwrap_flax(variables_or_params)
+    expected = {"temporal_pre_norm", "recurrent_block", "channel_pre_norm", "mlp_block"}
+    if not isinstance(tree, Mapping) or set(tree) != expected:
+        got = sorted(tree) if isinstance(tree, Mapping) else type(tree).__name__
+        raise ValueError(f"a recurrentgemma recurrent ResidualBlock has {sorted(expected)}; "
+                         f"got {got}")  # fmt: skip
+    recurrent, mlp = tree["recurrent_block"], tree["mlp_block"]
+    block = {
+        "temporal_norm": _numpy(tree["temporal_pre_norm"]["scale"]) + 1,
+        "channel_norm": _numpy(tree["channel_pre_norm"]["scale"]) + 1,
+        "conv_w": _numpy(recurrent["conv_1d"]["w"]),
+        "conv_b": _numpy(recurrent["conv_1d"]["b"]),
+        "w_gate": _numpy(mlp["ffw_up"]["w"])[0],
+        "w_up": _numpy(mlp["ffw_up"]["w"])[1],
+        "b_gate": _numpy(mlp["ffw_up"]["b"])[0].reshape(-1),
+        "b_up": _numpy(mlp["ffw_up"]["b"])[1].reshape(-1),
+        "w_down": _numpy(mlp["ffw_down"]["kernel"]),
+        "b_down": _numpy(mlp["ffw_down"]["bias"]),
+    }
+    for theirs, ours in _HAWK_DENSE:
+        block[f"w_{ours}"] = _numpy(recurrent[theirs]["kernel"])
+        block[f"b_{ours}"] = _numpy(recurrent[theirs]["bias"])
+    block = {k: jnp.asarray(v, dtype=dtype) for k, v in block.items()}
+    block["rglru"] = rglru_from_recurrentgemma(recurrent["rg_lru"], dtype=dtype)
+    return block
+
+
+def hawk_block_to_recurrentgemma(block) -> dict:
+    """recurrentgemma ``ResidualBlock`` (recurrent) parameters from one Hawk block; numpy."""
+    arr = lambda name: np.asarray(block[name])
+    recurrent = {theirs: {"kernel": arr(f"w_{ours}"), "bias": arr(f"b_{ours}")}
+                 for theirs, ours in _HAWK_DENSE}  # fmt: skip
+    recurrent["conv_1d"] = {"w": arr("conv_w"), "b": arr("conv_b")}
+    recurrent["rg_lru"] = rglru_to_recurrentgemma(block["rglru"])
+    up_b = np.stack([arr("b_gate"), arr("b_up")])
+    return {
+        "temporal_pre_norm": {"scale": arr("temporal_norm") - 1},
+        "recurrent_block": recurrent,
+        "channel_pre_norm": {"scale": arr("channel_norm") - 1},
+        "mlp_block": {
+            "ffw_up": {"w": np.stack([arr("w_gate"), arr("w_up")]),
+                       "b": up_b.reshape(2, 1, 1, -1)},
+            "ffw_down": {"kernel": arr("w_down"), "bias": arr("b_down")},
+        },
+    }  # fmt: skip

@@ -229,3 +229,86 @@ def test_stack_bidirectional_classifier_and_nnx():
     module = rj_nnx.RNN(CELL, WIDTH, WIDTH, rngs=nnx.Rngs(0), gradient="manual")
     _, expected = rj.unroll(CELL, module.params[0], xs, lengths=lengths)
     assert_close(module(xs, lengths=lengths)[1], expected, 1e-6)
+
+
+# ---------------------------------------------------------------------------------------
+# the Hawk block (rnn_jax.blocks) against recurrentgemma's ResidualBlock (recurrent)
+
+
+def _hawk_reference(dtype, width=8, lru_width=6, expanded=12):
+    layer = recurrentgemma.ResidualBlock(
+        width=width, mlp_expanded_width=expanded, num_heads=2, attention_window_size=4,
+        temporal_block_type=recurrentgemma.TemporalBlockType.RECURRENT, lru_width=lru_width,
+        param_dtype=dtype,
+    )  # fmt: skip
+    x = jnp.zeros((BATCH, STEPS, width), dtype)
+    variables = layer.init(jax.random.PRNGKey(0), x, jnp.zeros((BATCH, STEPS), int))
+    rng = np.random.default_rng(3)
+    shift = lambda p: p + jnp.asarray(rng.normal(0, 0.3, p.shape), dtype)
+    return layer, jax.tree.map(shift, variables)
+
+
+@needs_reference
+@pytest.mark.parametrize("mode", ["sequential", "parallel"])
+def test_hawk_block_equals_recurrentgemma_residual_block(mode, x64, float64_accumulation):
+    from rnn_jax.blocks import hawk_block, zero_hawk_carry
+
+    layer, variables = _hawk_reference(jnp.float64)
+    x = jnp.asarray(np.random.default_rng(4).normal(size=(BATCH, STEPS, 8)))
+    segment_pos = jnp.asarray(SEGMENTS["resets"][0])
+    starts = segment_pos == 0
+    weights = jnp.asarray(np.cos(np.arange(x.size)).reshape(x.shape))
+
+    def reference(params, x):
+        return jnp.sum(layer.apply({"params": params}, x, segment_pos)[0] * weights)
+
+    def ours(block, x):
+        carry = zero_hawk_carry(block, BATCH)
+        y, _ = hawk_block(block, x, carry, starts=starts, resets=starts, mode=mode)
+        return jnp.sum(y * weights)
+
+    grad = lambda f: jax.jit(jax.value_and_grad(f, argnums=(0, 1)))
+    expected = grad(reference)(variables["params"], x)
+    block = interop.hawk_block_from_recurrentgemma(variables)
+    value, (d_block, d_x) = grad(ours)(block, x)
+    # the converter is affine (norm scales +-1): gradients map by its linear part
+    d_tree = interop.hawk_block_to_recurrentgemma(d_block)
+    for norm in ("temporal_pre_norm", "channel_pre_norm"):
+        d_tree[norm]["scale"] = d_tree[norm]["scale"] + 1
+    assert_close((value, (d_tree, d_x)), expected, 1e-11)
+
+
+@needs_reference
+def test_hawk_converters_round_trip():
+    _, variables = _hawk_reference(jnp.float32)
+    back = interop.hawk_block_to_recurrentgemma(interop.hawk_block_from_recurrentgemma(variables))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1.2e-7), back,
+                 jax.tree.map(np.asarray, variables["params"]))  # fmt: skip
+    with pytest.raises(ValueError, match="recurrent ResidualBlock has"):
+        interop.hawk_block_from_recurrentgemma({"params": {"mlp_block": {}}})
+
+
+def test_hawk_resets_lengths_and_chunks_are_segments_run_apart(x64):
+    """A reset starts the block afresh (convolution window and RG-LRU); a row's final carry
+    at its length is that of the row cut there; modes agree; options it cannot honour are
+    refused by name."""
+    from rnn_jax.blocks import apply_hawk, init_hawk
+
+    params = init_hawk(jax.random.PRNGKey(0), 3, width=4, num_layers=2, num_heads=2,
+                       dtype=jnp.float64)  # fmt: skip
+    params = jax.tree.map(lambda p: p + 0.1, params)  # non-zero biases, a wider convolution
+    xs = jax.random.normal(jax.random.PRNGKey(1), (2, STEPS, 3), jnp.float64)
+    resets = jnp.zeros((2, STEPS), bool).at[0, 3].set(True)
+    lengths = jnp.array([STEPS, 2])
+    finals, hs = apply_hawk(params, xs, resets=resets, lengths=lengths, mode="parallel")
+    assert_close((finals, hs), apply_hawk(params, xs, resets=resets, lengths=lengths,
+                                          mode="sequential"))  # fmt: skip
+    assert_close(hs[:1, 3:], apply_hawk(params, xs[:1, 3:])[1])
+    assert_close(hs[:1, :3], apply_hawk(params, xs[:1, :3])[1])
+    cut_finals, cut = apply_hawk(params, xs[1:, :2])
+    assert_close(hs[1:, :2], cut)
+    assert_close([jax.tree.map(lambda v: v[1:], f) for f in finals], cut_finals)
+    carries, first = apply_hawk(params, xs[1:, :2])  # a chunk handed on = the whole
+    assert_close(apply_hawk(params, xs[1:, 2:], carries)[1], apply_hawk(params, xs[1:])[1][:, 2:])
+    with pytest.raises(ValueError, match="reverse= with the Hawk block"):
+        apply_hawk(params, xs, reverse=True)
