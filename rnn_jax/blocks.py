@@ -220,6 +220,9 @@ def apply_hawk(params, xs, carries=None, *, lengths=None, resets=None, key=None,
             raise ValueError(f"{name}= with the Hawk block: its convolution is causal and "
                              "batch-major; run it forwards on (B, T, I)")  # fmt: skip
     blocks = params["blocks"]
+    input_size = params["encoder"]["w"].shape[0]
+    if xs.ndim != 3 or xs.shape[-1] != input_size:
+        raise ValueError(f"apply_hawk reads xs (B, T, {input_size}), got {tuple(xs.shape)}")
     batch_size, num_steps = xs.shape[:2]
     if carries is None:
         carries = [zero_hawk_carry(block, batch_size) for block in blocks]

@@ -123,9 +123,21 @@ def hidden_of(carry: RGLRUCarry):
     return carry.h
 
 
-def sizes(params) -> tuple[int, int]:
-    width = params["lam"].shape[0]
-    return width, width
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    """``sizes`` for ``num_heads``: ``(D, D)``, refusing parameters with another head count."""
+
+    num_heads: int = 1
+
+    def __call__(self, params) -> tuple[int, int]:
+        found = num_heads_of(params)
+        if found != self.num_heads:
+            raise ValueError(
+                f"these RG-LRU params have {found} heads (w_r {tuple(params['w_r'].shape)}), "
+                f"the cell {self.num_heads}: run them with rj.rglru.with_heads({found})"
+            )
+        width = params["lam"].shape[0]
+        return width, width
 
 
 def block_diagonal(x, w, b):
@@ -271,7 +283,7 @@ def with_heads(num_heads: int) -> Cell:
         hidden_of=hidden_of,
         step_forward=step_forward,
         step_backward=step_backward,
-        sizes=sizes,
+        sizes=Sizes(num_heads),
         parallel=parallel,
     )
 
