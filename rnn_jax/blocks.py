@@ -294,5 +294,6 @@ def causal_conv1d(w, b, v, history, *, starts, lengths=None):
 
 def _segment_starts(resets, batch_size: int, num_steps: int):
     """``(B, T)`` bool: step 0 and the resets."""
-    starts = jnp.zeros((batch_size, num_steps), bool).at[:, 0].set(num_steps > 0)
+    starts = jnp.arange(num_steps)[None, :] == 0
+    starts = jnp.broadcast_to(starts, (batch_size, num_steps))
     return starts if resets is None else starts | jnp.asarray(resets, bool)

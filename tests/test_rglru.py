@@ -199,6 +199,9 @@ def test_unroll_modes_lengths_resets_reverse(x64):
         parallel = rj.unroll(CELL, params, xs, mode="parallel", **options)
         assert_close(parallel, rj.unroll(CELL, params, xs, mode="sequential", **options))
         assert parallel[0].fresh.tolist() == [0.0, 0.0, 1.0]
+    for mode in ("parallel", "sequential"):  # an empty sequence: the carry stays fresh
+        final, hs = rj.unroll(CELL, params, xs[:, :0], mode=mode)
+        assert hs.shape == (3, 0, WIDTH) and final.fresh.tolist() == [1.0] * 3
     mask = jnp.asarray(np.random.default_rng(5).random((3, STEPS)) > 0.3)
     masked = rj.unroll(CELL, params, xs, mask=mask, mode="parallel")
     assert_close(masked, rj.unroll(CELL, params, xs, mask=mask, mode="sequential"))
@@ -308,6 +311,8 @@ def test_hawk_resets_lengths_and_chunks_are_segments_run_apart(x64):
     assert_close(hs[1:, :2], cut)
     assert_close([jax.tree.map(lambda v: v[1:], f) for f in finals], cut_finals)
     assert_close(run(params, xs[1:, 2:], cut_finals)[1], run(params, xs[1:])[1][:, 2:])
+    empty_finals, empty = apply_hawk(params, xs[:, :0])
+    assert empty.shape == (2, 0, 4) and empty_finals[0].rglru.fresh.tolist() == [1.0, 1.0]
     with pytest.raises(ValueError, match="reverse= with the Hawk block"):
         apply_hawk(params, xs, reverse=True)
     with pytest.raises(ValueError, match=r"reads xs \(B, T, 3\), got \(2, 7, 4\)"):

@@ -144,7 +144,8 @@ def block_diagonal(x, w, b):
     """``x (R, D)`` times the block-diagonal ``w (heads, D/heads, D/heads)`` plus ``b``."""
     heads, block, _ = w.shape
     blocks = x.reshape(x.shape[0], heads, block)
-    return (jnp.einsum("rhi,hij->rhj", blocks, w) + b).reshape(x.shape[0], -1)
+    # explicit sizes, not -1: an empty sequence has R = 0 rows
+    return (jnp.einsum("rhi,hij->rhj", blocks, w) + b).reshape(x.shape[0], heads * w.shape[2])
 
 
 def _block_diagonal_backward(x, w, d_y):
