@@ -1,4 +1,5 @@
-"""Weight converters between rnn_jax parameters and PyTorch, Flax linen and Keras.
+"""Weight converters between rnn_jax parameters and PyTorch, Flax linen and Keras, and
+recurrentgemma's Griffin/Hawk layers (``rglru_*``, ``hawk_block_*``, ``carry_*_recurrentgemma``).
 
 Every converter works on plain arrays, so none of those frameworks is imported here: a
 PyTorch state_dict may hold tensors (read through ``.detach().cpu().numpy()``) or numpy

@@ -101,10 +101,11 @@ def test_equals_recurrentgemma_float64(case, mode, x64, float64_accumulation):
 
 @needs_reference
 def test_equals_recurrentgemma_as_shipped_float32():
-    """The reference as it ships (float32, its float32 scan) on the resets case."""
+    """The reference as it ships (float32, its float32 scan) on the resets case: measured
+    max error 1e-6 absolute (on the loss, ~10), 2e-7 relative to each leaf's largest entry."""
     got, expected = _both(jnp.float32, "resets", "parallel")
-    chex_tol = dict(atol=2e-5, rtol=2e-5)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **chex_tol), got, expected)
+    close = functools.partial(np.testing.assert_allclose, atol=3e-6, rtol=2e-6)
+    jax.tree.map(close, got, expected)
 
 
 @needs_reference
