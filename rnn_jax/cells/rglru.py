@@ -171,6 +171,7 @@ def _bounded_sqrt_backward(max_gradient, u, g):
 
 
 def bounded_sqrt_derivative(u, max_gradient=MAX_SQRT_GRADIENT):
+    """``d sqrt(u) / du`` taken at ``max(u, 1 / (4 max_gradient^2))``: at most ``max_gradient``."""
     return 0.5 * jax.lax.rsqrt(jnp.maximum(u, 1 / (4 * max_gradient**2)))
 
 
@@ -194,6 +195,10 @@ def coefficients(params, x, fresh):
 
 def coefficients_backward(params, residuals, d_a, d_b):
     """The VJP of ``coefficients``: ``(d_params, d_x (R, D), d_fresh (R,))``."""
+    # The chain, outputs first: a_out = a (1 - fresh); b_out = gated * normaliser with
+    # normaliser = fresh + (1 - fresh) root, root = sqrt(1 - a^2) (its derivative bounded as
+    # the forward's custom VJP); a = exp(log_a) and a^2 = exp(2 log_a), both read log_a =
+    # -C r softplus(-lam); r = sigmoid(x W_r + b_r); gated = i x, i = sigmoid(x W_i + b_i).
     x, fresh, r, i, a, a_squared, normaliser, gated = residuals
     root = jnp.sqrt(1 - a_squared)
     d_fresh = jnp.sum(-d_a * a + d_b * gated * (1 - root), axis=-1)
