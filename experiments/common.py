@@ -158,6 +158,7 @@ CELL_PATHS = {
     "lru": "lru",
     "slstm": "slstm",
     "mlstm": "mlstm",
+    "rglru": "rglru",
 }
 CELL_HELP = (f"a built-in cell ({', '.join(CELL_PATHS)}), or your own as MODULE:ATTR (a module "
              "importable from the current folder) or path/to/file.py:ATTR")  # fmt: skip

@@ -24,6 +24,7 @@ from rnn_jax.cells import (
     mingru,
     minlstm,
     mlstm,
+    rglru,
     simple,
     slstm,
 )  # fmt: skip
@@ -99,6 +100,7 @@ __all__ = [
     "mlstm",
     "output_size",
     "regularized",
+    "rglru",
     "simple",
     "slstm",
     "summary",

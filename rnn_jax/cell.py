@@ -26,8 +26,10 @@ Beyond the protocol a cell may declare *capabilities*, which the drivers test fo
   ``mode="parallel"``). A linear recurrence states only its ``LinearForm`` (the coefficients
   of ``state_t = a_t * state_{t-1} + b_t`` and a readout) and ``linear_parallel`` does the
   rest for every such cell: the scan, lengths, masks, resets and the final carry, and the
-  hand-written reverse scan as its gradient (``gradient="manual"``); a cell with only a
-  ``parallel`` function (``rj.mlstm``'s chunkwise form) is differentiated by JAX;
+  hand-written reverse scan as its gradient (``gradient="manual"``). ``parallel_backward``
+  says a ``parallel`` function takes ``gradient=`` and has a hand-written backward for
+  ``"manual"`` (True for every ``LinearForm`` and ``rj.rglru``); without it (``rj.mlstm``'s
+  chunkwise form) JAX differentiates it and ``gradient="manual"`` is refused there;
 - ``recurrent_dropout``: where recurrent dropout acts. ``"read"``: ``step_forward`` takes
   ``h_read=`` (what the recurrent products read instead of the carry's ``h``) and
   ``step_backward_parts`` returns dL/d(h read) apart; ``"carry"``: the carry's ``h`` is read
@@ -102,7 +104,7 @@ class Cell:
     parallel: Callable | None = None
     spatial_rank: int = 0
     fused: Any = None  # rnn_jax.cells.base.FusedGates, or None
-    linear: Any = None  # LinearForm, or None: then ``parallel`` is built from it
+    parallel_backward: bool = False  # parallel takes gradient=, and "manual" is by hand
     recurrent_dropout: str | None = None
     step_backward_parts: Callable | None = None
 
@@ -237,7 +239,7 @@ def make_cell(
         sizes=sizes or fused_sizes,
         hand_written=hand_written,
         parallel=parallel,
-        linear=linear,
+        parallel_backward=linear is not None,
         spatial_rank=spatial_rank,
         recurrent_dropout=recurrent_dropout,
         step_backward_parts=step_backward_parts,
@@ -300,7 +302,7 @@ def cell_of_functions(name: str, functions) -> Cell:
         step_backward=functions.step_backward,
         sizes=getattr(functions, "sizes", fused_sizes),
         parallel=parallel,
-        linear=linear,
+        parallel_backward=linear is not None,
         spatial_rank=getattr(functions, "spatial_rank", 0),
         recurrent_dropout=getattr(functions, "recurrent_dropout", None),
         step_backward_parts=getattr(functions, "step_backward_parts", None),

@@ -1,5 +1,6 @@
-"""Weight converters between rnn_jax parameters and PyTorch, Flax linen and Keras, and the
-``xlstm`` package's sLSTM (``slstm_from_xlstm``, ``slstm_to_xlstm``).
+"""Weight converters between rnn_jax parameters and PyTorch, Flax linen and Keras, the
+``xlstm`` package's sLSTM (``slstm_from_xlstm``, ``slstm_to_xlstm``) and recurrentgemma's
+Griffin/Hawk layers (``rglru_*``, ``hawk_block_*``, ``carry_*_recurrentgemma``).
 
 Every converter works on plain arrays, so none of those frameworks is imported here: a
 PyTorch state_dict may hold tensors (read through ``.detach().cpu().numpy()``) or numpy
@@ -31,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rnn_jax.cell import Cell
-from rnn_jax.cells import slstm
+from rnn_jax.cells import rglru, slstm
 from rnn_jax.cells.base import LSTMCarry
 from rnn_jax.checks import as_cell, cell_for, check_params, spatial_rank
 from rnn_jax.layers import is_bidirectional
@@ -40,10 +41,16 @@ _ZERO = -0.0
 
 __all__ = [
     "carry_from_flax",
+    "carry_from_recurrentgemma",
+    "carry_to_recurrentgemma",
     "carry_to_flax",
     "from_flax",
     "from_keras",
     "from_torch",
+    "hawk_block_from_recurrentgemma",
+    "hawk_block_to_recurrentgemma",
+    "rglru_from_recurrentgemma",
+    "rglru_to_recurrentgemma",
     "slstm_from_xlstm",
     "slstm_to_xlstm",
     "to_flax",
@@ -862,3 +869,123 @@ def slstm_to_xlstm(params, *, backend="vanilla", as_tensors=True):
     if as_tensors:
         return {k: _as_tensor(v) for k, v in state.items()}, _as_tensor(w_in)
     return {k: np.array(v) for k, v in state.items()}, np.array(w_in)
+
+
+# ---------------------------------------------------------------------------------------
+# recurrentgemma (Griffin/Hawk, JAX/flax linen): its RGLRU layer's parameters
+#   {"a_param": (D,), "a_gate": {"w": (heads, D/heads, D/heads), "b": (heads, D/heads)},
+#    "input_gate": {"w", "b"}},  log a = -softplus(a_param); rnn_jax's lam = -a_param.
+# Negation is exact, so both round trips are bitwise.
+
+_RGLRU_GATES = (("a_gate", "r"), ("input_gate", "i"))
+
+
+def rglru_from_recurrentgemma(variables_or_params, *, dtype=None) -> dict:
+    """``rj.rglru`` parameters from recurrentgemma's ``RGLRU`` variables (``{"params": ...}``
+    or the inner mapping); run them with ``rj.rglru.with_heads(heads)`` (the gates' ``w``
+    have ``heads`` blocks: ``rj.rglru.num_heads_of(params)``).
+
+    Examples:
+      >>> import jax, numpy as np, rnn_jax as rj
+      >>> from rnn_jax.interop import rglru_from_recurrentgemma, rglru_to_recurrentgemma
+      >>> params = rj.rglru.with_heads(2).init(jax.random.PRNGKey(0), 4, 4)
+      >>> tree = rglru_to_recurrentgemma(params)
+      >>> sorted(tree), tree["a_gate"]["w"].shape
+      (['a_gate', 'a_param', 'input_gate'], (2, 2, 2))
+      >>> back = rglru_from_recurrentgemma({"params": tree})
+      >>> all(np.array_equal(back[k], params[k]) for k in params)
+      True
+    """
+    tree = _unwrap_flax(variables_or_params)
+    expected = {"a_param", "a_gate", "input_gate"}
+    if not isinstance(tree, Mapping) or set(tree) != expected:
+        got = sorted(tree) if isinstance(tree, Mapping) else type(tree).__name__
+        raise ValueError(f"recurrentgemma RGLRU parameters have {sorted(expected)} (only_real="
+                         f"True); got {got}")  # fmt: skip
+    params = {"lam": -_numpy(tree["a_param"])}
+    for theirs, ours in _RGLRU_GATES:
+        params[f"w_{ours}"] = _numpy(tree[theirs]["w"])
+        params[f"b_{ours}"] = _numpy(tree[theirs]["b"])
+    params = {k: jnp.asarray(v, dtype=dtype) for k, v in params.items()}
+    check_params(rglru.with_heads(rglru.num_heads_of(params)), params)
+    return params
+
+
+def rglru_to_recurrentgemma(params) -> dict:
+    """recurrentgemma ``RGLRU`` parameters (the mapping under ``"params"``) from ``rj.rglru``'s;
+    numpy arrays."""
+    check_params(rglru.with_heads(rglru.num_heads_of(params)), params)
+    tree = {"a_param": -np.asarray(params["lam"])}
+    for theirs, ours in _RGLRU_GATES:
+        tree[theirs] = {"w": np.asarray(params[f"w_{ours}"]), "b": np.asarray(params[f"b_{ours}"])}
+    return tree
+
+
+def carry_from_recurrentgemma(state, *, dtype=None) -> rglru.RGLRUCarry:
+    """An ``rj.rglru`` carry from recurrentgemma's RG-LRU cache ``h (B, D)``: a segment that
+    goes on (``fresh = 0``), as the reference reads a cache at ``segment_pos > 0``."""
+    h = jnp.asarray(state, dtype=dtype)  # jnp, not numpy: traceable (a cache under jax.grad)
+    return rglru.RGLRUCarry(h, jnp.zeros(h.shape[:1], h.dtype))
+
+
+def carry_to_recurrentgemma(carry: rglru.RGLRUCarry):
+    """recurrentgemma's RG-LRU cache ``h (B, D)`` from an ``rj.rglru`` carry (the reference's
+    cache has no ``fresh``: its resets come from ``segment_pos``)."""
+    return carry.h
+
+
+# recurrentgemma's ResidualBlock with a RecurrentBlock (Hawk) <-> one block of
+# rnn_jax.blocks.init_hawk. Its RMSNorm multiplies by (scale + 1), ours by the scale: the
+# norms convert by +-1 (exact for scales in [-1, 2] and near there: one rounding at most).
+
+_HAWK_DENSE = (("linear_y", "y"), ("linear_x", "x"), ("linear_out", "out"))
+
+
+def hawk_block_from_recurrentgemma(variables_or_params, *, dtype=None) -> dict:
+    """One ``rnn_jax.blocks.init_hawk`` block from recurrentgemma's ``ResidualBlock``
+    (``temporal_block_type=RECURRENT``, ``use_mlp=True``) variables."""
+    tree = _unwrap_flax(variables_or_params)
+    expected = {"temporal_pre_norm", "recurrent_block", "channel_pre_norm", "mlp_block"}
+    if not isinstance(tree, Mapping) or set(tree) != expected:
+        got = sorted(tree) if isinstance(tree, Mapping) else type(tree).__name__
+        raise ValueError(f"a recurrentgemma recurrent ResidualBlock has {sorted(expected)}; "
+                         f"got {got}")  # fmt: skip
+    recurrent, mlp = tree["recurrent_block"], tree["mlp_block"]
+    block = {
+        "temporal_norm": _numpy(tree["temporal_pre_norm"]["scale"]) + 1,
+        "channel_norm": _numpy(tree["channel_pre_norm"]["scale"]) + 1,
+        "conv_w": _numpy(recurrent["conv_1d"]["w"]),
+        "conv_b": _numpy(recurrent["conv_1d"]["b"]),
+        "w_gate": _numpy(mlp["ffw_up"]["w"])[0],
+        "w_up": _numpy(mlp["ffw_up"]["w"])[1],
+        "b_gate": _numpy(mlp["ffw_up"]["b"])[0].reshape(-1),
+        "b_up": _numpy(mlp["ffw_up"]["b"])[1].reshape(-1),
+        "w_down": _numpy(mlp["ffw_down"]["kernel"]),
+        "b_down": _numpy(mlp["ffw_down"]["bias"]),
+    }
+    for theirs, ours in _HAWK_DENSE:
+        block[f"w_{ours}"] = _numpy(recurrent[theirs]["kernel"])
+        block[f"b_{ours}"] = _numpy(recurrent[theirs]["bias"])
+    block = {k: jnp.asarray(v, dtype=dtype) for k, v in block.items()}
+    block["rglru"] = rglru_from_recurrentgemma(recurrent["rg_lru"], dtype=dtype)
+    return block
+
+
+def hawk_block_to_recurrentgemma(block) -> dict:
+    """recurrentgemma ``ResidualBlock`` (recurrent) parameters from one Hawk block; numpy."""
+    arr = lambda name: np.asarray(block[name])
+    recurrent = {theirs: {"kernel": arr(f"w_{ours}"), "bias": arr(f"b_{ours}")}
+                 for theirs, ours in _HAWK_DENSE}  # fmt: skip
+    recurrent["conv_1d"] = {"w": arr("conv_w"), "b": arr("conv_b")}
+    recurrent["rg_lru"] = rglru_to_recurrentgemma(block["rglru"])
+    up_b = np.stack([arr("b_gate"), arr("b_up")])
+    return {
+        "temporal_pre_norm": {"scale": arr("temporal_norm") - 1},
+        "recurrent_block": recurrent,
+        "channel_pre_norm": {"scale": arr("channel_norm") - 1},
+        "mlp_block": {
+            "ffw_up": {"w": np.stack([arr("w_gate"), arr("w_up")]),
+                       "b": up_b.reshape(2, 1, 1, -1)},
+            "ffw_down": {"kernel": arr("w_down"), "bias": arr("b_down")},
+        },
+    }  # fmt: skip

@@ -222,9 +222,9 @@ def plan(opts: UnrollOptions, cell, *, lengths=None, mask=None, resets=None, key
     mode = _resolve_mode(opts, cell, name, wraps=bool(recurrent) or z_h is not None or
                          z_c is not None)  # fmt: skip
     gradient = opts.gradient or "autodiff"
-    if mode == "parallel" and cell.linear is not None and opts.gradient is None:
+    if mode == "parallel" and cell.parallel_backward and opts.gradient is None:
         gradient = "manual"  # the linear recurrence's hand-written reverse scan: the fast one
-    if mode == "parallel" and cell.linear is None and gradient == "manual":
+    if mode == "parallel" and not cell.parallel_backward and gradient == "manual":
         _refuse("gradient", "mode", f"{name}'s parallel form has no hand-written backward "
                 "(only a linear recurrence's LinearForm has one); JAX differentiates it: pass "
                 "gradient='autodiff', or mode='sequential' for the hand-written step backward",
@@ -234,7 +234,8 @@ def plan(opts: UnrollOptions, cell, *, lengths=None, mask=None, resets=None, key
 
 
 def _resolve_mode(opts: UnrollOptions, cell, name: str, *, wraps: bool) -> str:
-    """``mode=None``: parallel for a cell with a linear form, unless an option needs steps."""
+    """``mode=None``: parallel for a cell with a parallel form, unless an option needs steps
+    (or ``gradient="manual"`` asks for a backward only its steps have)."""
     linear = cell.parallel is not None
     if opts.mode == "parallel":
         if not linear:
@@ -247,6 +248,8 @@ def _resolve_mode(opts: UnrollOptions, cell, name: str, *, wraps: bool) -> str:
         return "parallel"
     if opts.mode == "sequential" or not linear or wraps:
         return "sequential"
+    if opts.gradient == "manual" and not cell.parallel_backward:
+        return "sequential"  # the hand-written gradient asked for is the step's
     needs_steps = [n for n in STEP_BY_STEP if getattr(opts, n) != getattr(UnrollOptions(), n)]
     return "sequential" if needs_steps else "parallel"
 

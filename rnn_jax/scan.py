@@ -160,7 +160,7 @@ def unroll(
     xs_tm, valid, resets = reading_order(prep, opts.reverse)
     if how.mode == "parallel":
         # Only a LinearForm's path has a hand-written backward to choose; others are autodiff.
-        gradient = {"gradient": how.gradient} if cell.linear is not None else {}
+        gradient = {"gradient": how.gradient} if cell.parallel_backward else {}
         final, hs = cell.parallel(params, xs_tm, prep.carry, valid, resets, **gradient)
         return final, _to_caller(hs, prep.lengths, opts.reverse, opts.time_major)
     final, hs = _sequential(cell, params, xs_tm, prep.carry, valid, resets, opts, how.gradient)

@@ -238,7 +238,13 @@ def test_refusals():
     with pytest.raises(ValueError, match="recurrent_dropout"):
         rj.unroll(rj.mlstm, rj.mlstm.init(jax.random.PRNGKey(0), I, 4), jnp.ones((B, T, I)),
                   recurrent_dropout=0.1, key=jax.random.PRNGKey(0))  # fmt: skip
-    # The chunkwise form has no hand-written backward: asking for one there is refused.
+    # The chunkwise form has no hand-written backward: asking for one there is refused, and
+    # without mode= it picks the steps, whose backward is hand-written.
+    params = rj.mlstm.init(jax.random.PRNGKey(0), I, 4)
+    xs = jax.random.normal(jax.random.PRNGKey(1), (B, T, I))
+    by_hand = jax.grad(lambda p: rj.unroll(rj.mlstm, p, xs, gradient="manual")[1].sum())(params)
+    steps = jax.grad(lambda p: rj.unroll(rj.mlstm, p, xs, mode="sequential")[1].sum())(params)
+    assert_close(by_hand, steps, 1e-5)
     with pytest.raises(ValueError, match=r"gradient= with mode=: mlstm's parallel form has no"):
         rj.unroll(rj.mlstm, rj.mlstm.init(jax.random.PRNGKey(0), I, 4), jnp.ones((B, T, I)),
                   mode="parallel", gradient="manual")  # fmt: skip
