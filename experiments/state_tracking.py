@@ -142,7 +142,7 @@ def parse_args(argv=None):
     parser.add_argument("--hidden", type=common.int_at_least(1), default=64)
     parser.add_argument("--steps", type=common.int_at_least(1), default=3000)
     parser.add_argument("--batch-size", type=common.int_at_least(1), default=64)
-    parser.add_argument("--lr", type=common.float_range(0, low_open=True), default=1e-3)
+    parser.add_argument("--lr", type=common.float_range(0, low_open=True), default=1e-2)
     parser.add_argument("--train-max-len", type=common.int_at_least(1), default=40)
     parser.add_argument("--test-lengths", default="40,64,128,256",
                         help="comma list of test sequence lengths")  # fmt: skip
