@@ -282,3 +282,14 @@ def test_a_users_linear_form_gets_lengths_resets_and_carry_from_the_library(x64)
     with pytest.raises(ValueError, match="parallel= or linear="):
         rj.make_cell("both", cell.init, cell.step, parallel=cell.parallel,
                      linear=rj.LinearForm(lambda *a: None))  # fmt: skip
+
+
+@pytest.mark.parametrize("cell", [rj.lru.cell, rj.mingru.cell, rj.minlstm.cell, rj.rglru.cell],
+                         ids=lambda cell: cell.name)  # fmt: skip
+def test_parallel_runs_an_empty_sequence(cell):
+    """T = 0 in parallel mode: no outputs and the initial carry back, as step by step."""
+    params = cell.init(jax.random.PRNGKey(0), 4, 4)
+    carry = jax.tree.map(lambda leaf: leaf + 0.5, cell.zero_carry(2, 4))
+    final, hs = rj.unroll(cell, params, jnp.zeros((2, 0, 4)), carry, mode="parallel")
+    assert hs.shape == (2, 0, 4)
+    assert_close(final, carry, 0)

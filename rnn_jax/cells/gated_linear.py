@@ -85,7 +85,7 @@ class Variant:
         contraction's on CPU)."""
         num_steps, batch_size, input_size = xs.shape
         k = xs.reshape(-1, input_size) @ params["w_x"] + params["b"]
-        a, b, _ = self.coefficients(k.reshape(num_steps, batch_size, -1))
+        a, b, _ = self.coefficients(k.reshape(num_steps, batch_size, k.shape[-1]))  # T may be 0
         return a, b, h0
 
 

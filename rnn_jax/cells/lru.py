@@ -177,14 +177,14 @@ def _coefficients(params, xs, carry):
     num_steps, batch_size, input_size = xs.shape
     rows = xs.reshape(-1, input_size)  # 2-D products (their gradients are faster on CPU)
     drive = _complex_product(rows, params) * jnp.exp(params["gamma_log"])
-    drive = drive.reshape(num_steps, batch_size, -1)
+    drive = drive.reshape(num_steps, batch_size, drive.shape[-1])  # no -1: T may be 0
     return jnp.broadcast_to(eigenvalues(params), drive.shape), drive, carry.state
 
 
 def _readout_sequence(params, states, xs):
     """``readout`` of every step at once, as one 2-D product: ``(T, B, N)`` -> ``(T, B, H)``."""
     rows = readout(params, states.reshape(-1, states.shape[-1]), xs.reshape(-1, xs.shape[-1]))
-    return rows.reshape(*xs.shape[:2], -1)
+    return rows.reshape(*xs.shape[:2], rows.shape[-1])
 
 
 def _carry_of(carry, state, h):
