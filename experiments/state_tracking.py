@@ -5,8 +5,10 @@ solve parity and modular arithmetic and extrapolate past their training lengths,
 recurrences whose state update is linear in the state (mLSTM, and the diagonal ones: minGRU,
 LRU, RG-LRU) cannot: a linear map with input-dependent decay cannot flip a sign per step.
 
-Every cell gets the same budget: the same model shape (one recurrent layer of ``--hidden``
-units read at each row's last step), optimiser, batches (the same seed) and ``--steps``.
+Every cell gets the same budget: the same model shape (a learned embedding of the symbols to
+``--hidden`` features, which RG-LRU needs as it maps width D to D, then one recurrent layer of
+``--hidden`` units read at each row's last step), optimiser, batches (the same seed) and
+``--steps``.
 Training sequences have lengths uniform in ``[1, --train-max-len]`` (padded; ``lengths``
 masks them); test sets of ``--test-size`` fresh sequences at each of ``--test-lengths``.
 
@@ -68,19 +70,24 @@ def train_batches(seed: int, batch_size: int, max_len: int, modulus: int):
 
 def run_cell(args, cell_name: str, log):
     """Train one cell; returns ``({test_length: accuracy}, seconds)``."""
-    cell = common.resolve_cell(cell_name)
-    model = models.classifier(cell, args.hidden, args.modulus)
+    model = models.classifier(common.resolve_cell(cell_name), args.hidden, args.modulus)
     optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.rmsprop(args.lr))
-    params = model.init(jax.random.PRNGKey(args.seed), input_size=args.modulus)
+    key_embed, key_model = jax.random.split(jax.random.PRNGKey(args.seed))
+    params = {"embed": jax.random.normal(key_embed, (args.modulus, args.hidden)),
+              "model": model.init(key_model, input_size=args.hidden)}  # fmt: skip
     state = train.TrainState.create(params, optimizer, jax.random.PRNGKey(args.seed + 1))
 
+    def logits_of(params, batch):
+        xs = batch["x"] @ params["embed"]  # (B, T, k) one-hot -> (B, T, hidden)
+        return model.apply(params["model"], xs, lengths=batch["lengths"])
+
     def loss_fn(params, batch, rng):
-        logits = model.apply(params, batch["x"], lengths=batch["lengths"])
+        logits = logits_of(params, batch)
         accuracy = train.accuracy(logits, batch["y"])
         return train.softmax_cross_entropy(logits, batch["y"]), {"accuracy": accuracy}
 
     def correct(params, batch):
-        logits = model.apply(params, batch["x"], lengths=batch["lengths"])
+        logits = logits_of(params, batch)
         hits = jnp.argmax(logits, -1) == batch["y"]
         return {"accuracy": jnp.sum(hits * batch["mask"]), "count": jnp.sum(batch["mask"])}
 

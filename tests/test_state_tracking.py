@@ -34,9 +34,9 @@ def test_training_batches_are_a_pure_function_of_the_step():
 
 def test_quick_run_writes_accuracy_by_length_for_each_cell(tmp_path):
     out = tmp_path / "run"
-    flags = ["--cells", "lstm,mingru", "--hidden", "8", "--quick", "--test-lengths", "40,64"]
+    flags = ["--cells", "lstm,rglru", "--hidden", "8", "--quick", "--test-lengths", "40,64"]
     summary = state_tracking.main([*flags, "--no-progress", "--out", str(out)])
-    assert set(summary["cells"]) == {"lstm", "mingru"}
+    assert set(summary["cells"]) == {"lstm", "rglru"}
     for entry in summary["cells"].values():
         assert set(entry["accuracy_by_length"]) == {"40", "64"}
         assert all(0 <= a <= 1 for a in entry["accuracy_by_length"].values())
@@ -44,7 +44,7 @@ def test_quick_run_writes_accuracy_by_length_for_each_cell(tmp_path):
     assert (out / "accuracy_by_length.png").stat().st_size > 0
     assert (out / "curves.png").stat().st_size > 0
     logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert {r["cell"] for r in logged} == {"lstm", "mingru"} and logged[-1]["step"] == 20
+    assert {r["cell"] for r in logged} == {"lstm", "rglru"} and logged[-1]["step"] == 20
 
 
 def test_bad_flags_are_refused_by_name(capsys):
