@@ -204,8 +204,10 @@ def reset_mask(seed: int, step: int, batch_size: int, prob: float) -> np.ndarray
     return np.random.default_rng([seed, step, 1]).random(batch_size) < prob
 
 
-def reset_rows(carry: PyTree, mask: np.ndarray) -> PyTree:
-    """``carry`` with the rows where ``mask`` is set replaced by zeros.
+def reset_rows(carry: PyTree, mask: np.ndarray, fresh: PyTree | None = None) -> PyTree:
+    """``carry`` (leaves ``(B, ...)``) with the rows where ``mask (B,)`` is set replaced by
+    those of ``fresh`` (the model's initial carry, same structure; None: zeros). A fresh carry
+    is not always zeros: the RG-LRU's holds a "fresh" flag of one.
 
     Why: carried across a whole epoch, the state almost never starts from zero, and the model
     learns to rely on "deep in the stream" states (LSTM cells whose forget gate saturates at 1
@@ -218,7 +220,12 @@ def reset_rows(carry: PyTree, mask: np.ndarray) -> PyTree:
     if not mask.any():
         return carry
     keep = jnp.asarray(~mask)
-    return jax.tree.map(lambda c: jnp.where(keep[:, None], c, jnp.zeros_like(c)), carry)
+    fresh = jax.tree.map(jnp.zeros_like, carry) if fresh is None else fresh
+
+    def row_wise(c, start):
+        return jnp.where(keep.reshape((-1,) + (1,) * (c.ndim - 1)), c, start)
+
+    return jax.tree.map(row_wise, carry, fresh)
 
 
 def place_chunks(chunks: Iterable[tuple], mesh: Mesh | None) -> Iterable[tuple]:
@@ -256,8 +263,8 @@ class Stream:
         k = step % len(self.chunks)
         carry = self.zero if k == 0 else self.carry  # a new epoch restarts every stream
         if k and self.reset_prob:
-            carry = reset_rows(carry, reset_mask(self.seed, step, self.chunks.batch_size,
-                                                 self.reset_prob))  # fmt: skip
+            mask = reset_mask(self.seed, step, self.chunks.batch_size, self.reset_prob)
+            carry = reset_rows(carry, mask, self.zero)
         (chunk,) = place_chunks([self.chunks[k]], self.mesh)
         return (carry, chunk) if self.mesh is None else (shard_batch(carry, self.mesh), chunk)
 

@@ -141,6 +141,12 @@ def test_reset_rows_restarts_only_masked_streams():
     np.testing.assert_array_equal(out[0].h[:, 0], [1, 0, 1, 0])
     np.testing.assert_array_equal(out[0].c[:, 1], [2, 0, 2, 0])
     assert reset_rows(carry, np.zeros(4, bool)) is carry
+    # a matrix memory (B, heads, d, d) restarts whole, from the model's fresh carry (ones here,
+    # as the RG-LRU's "fresh" flag), not from zeros
+    memory, fresh = jnp.full((4, 2, 3, 3), 5.0), jnp.ones((4, 2, 3, 3))
+    out = reset_rows(memory, np.array([True, False, False, True]), fresh)
+    np.testing.assert_array_equal(out[:, 0, 0, 0], [1, 5, 5, 1])
+    np.testing.assert_array_equal(out[0], fresh[0])
 
 
 def test_residual_linear_recurrence_language_model_builds():
@@ -152,3 +158,26 @@ def test_residual_linear_recurrence_language_model_builds():
     logits, carries = model.apply(params, jnp.zeros((2, 3), jnp.int32))
     assert logits.shape == (2, 3, 5) and len(carries) == 2
     assert carries[0].state.dtype == jnp.complex64  # the LRU's complex state, per block
+
+
+def test_mixed_and_hawk_stacks_build_from_the_flags():
+    """--cell mlstm,slstm --block residual: one cell per block; --block hawk --cell rglru: a Hawk
+    stack; a list needs --block residual and one cell per block (exit 2 before anything runs)."""
+    sizes = ["--hidden-size", "8", "--embed-size", "4", "--layers", "2"]
+    args = char_lm.parse_args(["--cell", "mlstm,slstm", "--block", "residual", "--heads", "2",
+                               *sizes])  # fmt: skip
+    model, _ = char_lm.build(args, vocab_size=5)
+    params = model.init(jax.random.PRNGKey(0))
+    _, carries = model.apply(params, jnp.zeros((2, 3), jnp.int32))
+    assert [type(c).__name__ for c in carries] == ["MLSTMCarry", "SLSTMCarry"]
+    assert carries[0].C.shape[1] == 2 and params["rnn"]["blocks"][1]["rnn"]["r"].shape[0] == 2
+    args = char_lm.parse_args(["--cell", "rglru", "--block", "hawk", "--expansion", "3", *sizes])
+    params = char_lm.build(args, vocab_size=5)[0].init(jax.random.PRNGKey(0))
+    assert params["rnn"]["blocks"][0]["w_up"].shape == (8, 24)
+    plain = ["--cell", "mlstm,slstm", *sizes]
+    three_for_two = ["--cell", "mlstm,slstm,mlstm", "--block", "residual", *sizes]
+    headless = ["--cell", "lstm", "--heads", "2", *sizes]
+    for bad in (plain, three_for_two, headless):
+        with pytest.raises(SystemExit) as exit_info:
+            char_lm.parse_args(bad)
+        assert exit_info.value.code == 2
