@@ -86,13 +86,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     # fmt: off
     p.add_argument("--data", default="names", help="names | shakespeare | PATH.txt (UTF-8)")
     p.add_argument("--val-fraction", type=fraction, default=0.1, help="held out (names: share)")
-    p.add_argument("--cell", type=common.cell_spec, default="lstm", metavar="CELL",
-                   help=f"recurrent cell: {common.CELL_HELP}")
+    p.add_argument("--cell", type=cells_spec, default="lstm", metavar="CELL",
+                   help=f"recurrent cell: {common.CELL_HELP}; with --block residual a comma-"
+                   "separated list mixes cells, one per block (mlstm,slstm,mlstm)")
     p.add_argument("--hidden-size", type=pos_int, default=128, help="units per layer")
     p.add_argument("--layers", type=pos_int, default=1, help="stacked recurrent layers")
-    p.add_argument("--block", choices=["plain", "residual"], default="plain",
-                   help="plain layers, or residual blocks of width --hidden-size (norm -> "
-                   "recurrence -> gated MLP; for the linear recurrences mingru, minlstm, lru)")
+    p.add_argument("--block", choices=["plain", "residual", "hawk"], default="plain",
+                   help="plain layers, residual blocks of width --hidden-size (norm -> "
+                   "recurrence -> gated MLP; for the linear recurrences mingru, minlstm, lru), "
+                   "or Griffin's Hawk blocks (--cell rglru)")
+    p.add_argument("--expansion", type=pos_int, default=2, help="blocks' MLP width / D")
+    p.add_argument("--heads", type=pos_int, default=None,
+                   help="heads of the slstm, mlstm and rglru cells (default: each cell's own)")
     p.add_argument("--embed-size", type=nonneg_int, default=32, help="0: one-hot inputs")
     p.add_argument("--dropout", type=below_one, default=0.0, help="between layers")
     p.add_argument("--seq-len", type=pos_int, default=32, help="characters per chunk (BPTT length)")
@@ -130,6 +135,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     # fmt: on
     args = p.parse_args(argv)
     common.check_process_args(p, args)
+    if "," in args.cell and args.block != "residual":
+        p.error(f"argument --cell: a list of cells ({args.cell}) needs --block residual")
+    headless = [spec for spec in args.cell.split(",") if spec not in common.HEADED_CELLS]
+    if args.heads is not None and headless:
+        p.error(f"argument --heads: applies to {', '.join(common.HEADED_CELLS)}, not {headless}")
+    if "," in args.cell and len(args.cell.split(",")) != args.layers:
+        p.error(f"argument --cell: {args.cell} names {len(args.cell.split(','))} cells for "
+                f"--layers {args.layers}: give one per block")
     if args.data not in DATASETS and not Path(args.data).is_file():
         p.error(f"argument --data: expected {' or '.join(DATASETS)} or a file, got {args.data!r}")
     if args.prime is not None and args.data == "names":
@@ -139,12 +152,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def cells_spec(text: str) -> str:
+    """``--cell``: one cell spec, or a comma-separated list of them (one per residual block)."""
+    for spec in text.split(","):
+        common.cell_spec(spec)
+    return text
+
+
 def build(args, vocab_size: int):
+    specs = args.cell.split(",")
+    cells = [common.with_heads(spec, getattr(args, "heads", None)) for spec in specs]
     model = language_model(
-        common.resolve_cell(args.cell), vocab_size, args.hidden_size, num_layers=args.layers,
-        embed_size=args.embed_size or None, dropout=args.dropout,
+        cells if len(specs) > 1 else cells[0], vocab_size, args.hidden_size,
+        num_layers=args.layers, embed_size=args.embed_size or None, dropout=args.dropout,
         gradient=None if args.gradient == "auto" else args.gradient,
         block=getattr(args, "block", "plain"),  # runs saved before --block have none
+        expansion=getattr(args, "expansion", 2),
     )  # fmt: skip
     if args.matmul_dtype != "float32":
         # Mixed precision: matrix products in bfloat16, carries/gates/loss in float32. One

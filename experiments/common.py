@@ -34,6 +34,7 @@ from typing import Any
 __all__ = [
     "ArgumentParser",
     "ConfigMismatch",
+    "HEADED_CELLS",
     "HelpFormatter",
     "Interrupted",
     "EXIT_INTERRUPTED",
@@ -59,6 +60,7 @@ __all__ = [
     "process_mesh",
     "progress",
     "resolve_cell",
+    "with_heads",
     "read_jsonl",
     "save_figure",
     "setup_run_dir",
@@ -162,6 +164,26 @@ CELL_PATHS = {
 }
 CELL_HELP = (f"a built-in cell ({', '.join(CELL_PATHS)}), or your own as MODULE:ATTR (a module "
              "importable from the current folder) or path/to/file.py:ATTR")  # fmt: skip
+
+
+# The built-in cells with heads, and how to make one with ``num_heads`` of them.
+HEADED_CELLS = {
+    "slstm": lambda rj, num_heads: rj.slstm.configured(num_heads=num_heads),
+    "mlstm": lambda rj, num_heads: rj.mlstm.variant(num_heads=num_heads),
+    "rglru": lambda rj, num_heads: rj.rglru.with_heads(num_heads),
+}
+
+
+def with_heads(spec: str, num_heads: int | None):
+    """The cell ``spec`` names (see :func:`resolve_cell`), with ``num_heads`` heads when given:
+    for a cell of ``HEADED_CELLS``; any other cell with ``num_heads`` is a ValueError."""
+    if num_heads is None:
+        return resolve_cell(spec)
+    if spec not in HEADED_CELLS:
+        raise ValueError(f"--heads applies to {', '.join(HEADED_CELLS)}, not to {spec!r}")
+    import rnn_jax as rj
+
+    return HEADED_CELLS[spec](rj, num_heads)
 
 
 def library_cell(name: str):

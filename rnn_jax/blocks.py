@@ -10,8 +10,10 @@ and Griffin's design):
 
 ``init_residual`` / ``apply_residual`` build an encoder ``I -> D``, ``num_layers`` such blocks
 and a final norm; ``rnn_jax.models.classifier`` and ``language_model`` use them with
-``block="residual"``. Any cell works (an LSTM too); the gradient of each recurrence is its own
-(``gradient=`` as in ``rj.unroll``), the rest is autodiff.
+``block="residual"``. Any cell works (an LSTM too), and each block may have its own (a list of
+cells, e.g. xLSTM's mix of mLSTM and sLSTM blocks); the gradient of each recurrence is its own
+(``gradient=`` as in ``rj.unroll``), the rest is autodiff. ``init_hawk`` / ``apply_hawk`` build
+Griffin's Hawk stack around the RG-LRU (``block="hawk"``).
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ from rnn_jax.scan import unroll
 from rnn_jax.sequence import valid_mask
 
 __all__ = [  # fmt: skip
-    "HawkCarry", "apply_hawk", "apply_residual", "causal_conv1d", "hawk_block", "init_hawk",
-    "init_residual", "rms_norm", "zero_hawk_carry",
+    "HawkCarry", "apply_hawk", "apply_residual", "block_cells", "causal_conv1d", "hawk_block",
+    "hawk_heads", "init_hawk", "init_residual", "rms_norm", "zero_hawk_carry",
 ]
 
 EPS = 1e-6
@@ -49,20 +51,32 @@ def rms_norm(scale, x):
     return x * jax.lax.rsqrt(mean_square + EPS) * scale
 
 
+def block_cells(cell, num_blocks: int) -> list:
+    """One cell per block: ``cell`` itself ``num_blocks`` times, or a list/tuple of that many
+    cells (block ``i`` runs ``cell[i]``)."""
+    if not isinstance(cell, (list, tuple)):
+        return [as_cell(cell)] * num_blocks
+    if len(cell) != num_blocks:
+        raise ValueError(f"a list of cells needs one cell per block ({num_blocks}), "
+                         f"got {len(cell)}")  # fmt: skip
+    return [as_cell(one) for one in cell]
+
+
 def init_residual(cell, key, input_size: int, width: int, num_layers: int, *,
                   expansion: int = 2, dtype=jnp.float32, **init_kwargs) -> dict:  # fmt: skip
     """``{"encoder": {"w" (I, D), "b"}, "blocks": [...], "norm": (D,)}``; each block
     ``{"norm": (D,), "rnn": cell.init(key, D, D), "w_gate", "w_up": (D, E*D), "w_out": (E*D, D)}``.
+    ``cell``: one cell for every block, or a list of ``num_layers`` cells (see ``block_cells``).
     """
     if num_layers < 1 or width < 1 or expansion < 1:
         raise ValueError(f"num_layers, width and expansion must be >= 1, got {num_layers}, "
                          f"{width}, {expansion}")  # fmt: skip
-    cell = as_cell(cell)
+    cells = block_cells(cell, num_layers)
     keys = jax.random.split(key, num_layers + 1)
     glorot = jax.nn.initializers.glorot_uniform()
     encoder = {"w": glorot(keys[0], (input_size, width), dtype), "b": jnp.zeros(width, dtype)}
     blocks = []
-    for block_key in keys[1:]:
+    for cell, block_key in zip(cells, keys[1:], strict=True):
         k_rnn, k_gate, k_up, k_out = jax.random.split(block_key, 4)
         inner = expansion * width
         blocks.append({
@@ -80,6 +94,7 @@ def apply_residual(cell, params, xs, carries=None, *, lengths=None, mask=None, r
     """``xs (B, T, I)`` -> ``(finals, hs (B, T, D))``: one final carry per block, and the
     normalised output of the last block (zero past each row's length).
 
+    ``cell``: one cell, or one per block (as ``init_residual``'s).
     ``carries``: a list of initial carries, one per block (None: zeros); ``lengths``,
     ``mask``, ``resets`` and the options (``options=`` an ``rj.UnrollOptions`` and/or
     keywords: ``mode=``, ``gradient=``, ``input_dropout=`` ...) go to every ``rj.unroll``;
@@ -93,9 +108,9 @@ def apply_residual(cell, params, xs, carries=None, *, lengths=None, mask=None, r
       >>> hs.shape, len(finals), finals[0].shape
       ((3, 784, 16), 2, (3, 16))
     """
-    cell = as_cell(cell)
     opts = parse(options, **option_kwargs)
     blocks = params["blocks"]
+    cells = block_cells(cell, len(blocks))
     carries = [None] * len(blocks) if carries is None else list(carries)
     if len(carries) != len(blocks):
         raise ValueError(f"carries must hold one carry per block ({len(blocks)}), "
@@ -103,7 +118,7 @@ def apply_residual(cell, params, xs, carries=None, *, lengths=None, mask=None, r
     x = _product(xs, params["encoder"]["w"]) + params["encoder"]["b"]
     finals = []
     keys = [None] * len(blocks) if key is None else list(jax.random.split(key, len(blocks)))
-    for block, carry, block_key in zip(blocks, carries, keys, strict=True):
+    for cell, block, carry, block_key in zip(cells, blocks, carries, keys, strict=True):
         final, mixed = unroll(cell, block["rnn"], rms_norm(block["norm"], x), carry,
                               lengths=lengths, mask=mask, resets=resets, key=block_key,
                               options=opts)  # fmt: skip
@@ -186,6 +201,16 @@ def init_hawk(key, input_size: int, width: int, num_layers: int, *, num_heads: i
             "w_down": fan_in(k[7], (inner, width)), "b_down": jnp.zeros(width, dtype),
         })  # fmt: skip
     return {"encoder": encoder, "blocks": blocks, "norm": jnp.ones(width, dtype)}
+
+
+def hawk_heads(cell) -> int:
+    """The gate blocks of the RG-LRU ``cell`` a Hawk stack runs (``rj.rglru``: 1,
+    ``rj.rglru.with_heads(n)``: n); any other cell is refused by name."""
+    cell = as_cell(cell)
+    if not isinstance(cell.init, rglru.Init):
+        raise ValueError(f"a Hawk stack runs the RG-LRU (rj.rglru or rj.rglru.with_heads(n)), "
+                         f"got the cell {cell.name!r}")  # fmt: skip
+    return cell.init.num_heads
 
 
 def zero_hawk_carry(block: dict, batch_size: int) -> HawkCarry:
@@ -288,8 +313,16 @@ def causal_conv1d(w, b, v, history, *, starts, lengths=None):
         index = jnp.where(source >= start, source, source - start) + conv_width - 1
         return jnp.take_along_axis(padded, index[..., None], axis=1)
 
-    out = b + sum(w[conv_width - 1 - lag] * read(steps - lag, segment_start)
-                  for lag in range(conv_width))  # fmt: skip
+    # Each lag is a static slice (a gather's gradient is a slow scatter on the CPU); a lag that
+    # crosses a reset reads the history instead, one select per history slot.
+    out = b
+    for lag in range(conv_width):
+        term = padded[:, conv_width - 1 - lag: conv_width - 1 - lag + num_steps]
+        behind = steps - lag - segment_start  # < 0: before this segment's start
+        for slot in range(conv_width - 1):  # history slot j holds position j - (K - 1)
+            crossed = (segment_start > 0) & (behind == slot - (conv_width - 1))
+            term = jnp.where(crossed[..., None], history[:, slot][:, None].astype(v.dtype), term)
+        out = out + w[conv_width - 1 - lag] * term
     end = jnp.full((batch_size,), num_steps) if lengths is None else jnp.asarray(lengths)
     last_start = jnp.take_along_axis(segment_start, jnp.maximum(end - 1, 0)[:, None], axis=1)
     last_start = jnp.where(end[:, None] > 0, last_start, 0)

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rnn_jax.blocks import apply_residual, init_residual
+from rnn_jax.blocks import apply_hawk, apply_residual, hawk_heads, init_hawk, init_residual
 from rnn_jax.checks import as_cell
 from rnn_jax.layers import (
     MERGES,
@@ -104,7 +104,9 @@ def classifier(
     every layer, in training (a ``key``) only; zoneout's evaluation mix without one.
     ``block="residual"``: ``num_layers`` residual blocks of width ``hidden_size`` instead of
     plain layers (``rnn_jax.blocks``: norm -> recurrence -> gated MLP with ``expansion``; the
-    deep stacks linear recurrences need). ``pool``: ``"last"`` reads the state after the last
+    deep stacks linear recurrences need), ``cell`` one cell or a list of one per block;
+    ``block="hawk"``: Griffin's Hawk blocks (``cell`` an RG-LRU, ``rnn_jax.blocks.init_hawk``'s
+    options in ``init_kwargs``). ``pool``: ``"last"`` reads the state after the last
     valid step, ``"mean"`` the mean output over valid steps. ``mode``: ``rj.unroll``'s.
 
     Examples:
@@ -121,16 +123,16 @@ def classifier(
       >>> model.apply(params, images[0]).shape  # one sequence (T, I), as PyTorch accepts
       (10,)
     """
-    cell = as_cell(cell)
+    _check_block(block, bidirectional=bidirectional, dropout=dropout)
+    cell = _cells_for(block, cell)
     # Parsed once, at build: a bad option or combination raises here, not in the first step.
     options = parse(gradient=gradient, matmul_dtype=matmul_dtype, backend=backend, mode=mode,
                     input_dropout=input_dropout, recurrent_dropout=recurrent_dropout,
                     zoneout=zoneout)  # fmt: skip
     _check_choice("pool", pool, POOLS)
-    _check_block(block, bidirectional=bidirectional, dropout=dropout)
-    if block == "residual":
-        return _residual_classifier(cell, hidden_size, num_classes, num_layers, expansion, pool,
-                                    options, init_kwargs)  # fmt: skip
+    if block != "plain":
+        stack = _block_stack(block, cell, expansion, init_kwargs)
+        return _block_classifier(stack, hidden_size, num_classes, num_layers, pool, options)
 
     def init_fn(key, input_size: int, dtype=jnp.float32):
         k_rnn, k_out = jax.random.split(key)
@@ -176,8 +178,9 @@ def language_model(
     continue a stream (truncated BPTT over consecutive chunks, sampling); ``unroll_kwargs``
     may hold ``rj.unroll``'s regularisers (``recurrent_dropout=``...). Tokens outside
     ``[0, V)`` raise ValueError when concrete; under ``jit`` they cannot be seen (see
-    ``_check_tokens``). ``block="residual"``: residual blocks (``rnn_jax.blocks``) of width
-    ``hidden_size`` instead of plain layers, as in ``classifier``.
+    ``_check_tokens``). ``block="residual"`` or ``"hawk"``: blocks (``rnn_jax.blocks``) of
+    width ``hidden_size`` instead of plain layers, as in ``classifier`` (a list of cells, one
+    per residual block, mixes them: ``[rj.mlstm, rj.slstm, rj.mlstm]``).
 
     Examples:
       >>> import jax, jax.numpy as jnp, rnn_jax as rj
@@ -190,9 +193,9 @@ def language_model(
       ((2, 5, 27), (2, 16))
       >>> logits2, _ = model.apply(params, tokens, carries)  # continue the stream from there
     """
-    cell = as_cell(cell)
     _check_block(block, dropout=dropout)
-    residual = block == "residual"
+    cell = _cells_for(block, cell)
+    stack = _block_stack(block, cell, expansion, init_kwargs) if block != "plain" else None
     base = parse(gradient=gradient)
 
     def init_fn(key, dtype=jnp.float32):
@@ -202,13 +205,12 @@ def language_model(
         if embed_size is not None:
             params["embed"] = jax.random.normal(k_embed, (vocab_size, embed_size), dtype) * 0.1
             input_size = embed_size
-        init = functools.partial(init_residual, expansion=expansion) if residual else init_stack
-        params["rnn"] = init(
-            cell, k_rnn, input_size, hidden_size, num_layers, dtype=dtype, **init_kwargs
-        )
-        if residual:
+        if stack:
+            params["rnn"] = stack.init(k_rnn, input_size, hidden_size, num_layers, dtype=dtype)
             width = hidden_size
         else:  # an LSTM's proj_size=P (in init_kwargs): P features
+            params["rnn"] = init_stack(cell, k_rnn, input_size, hidden_size, num_layers,
+                                       dtype=dtype, **init_kwargs)  # fmt: skip
             width = params_output_size(cell, params["rnn"][-1], hidden_size)
         params["readout"] = dense_init(k_out, width, vocab_size, dtype)
         return params
@@ -220,9 +222,9 @@ def language_model(
             xs = params["embed"][tokens]
         else:
             xs = jax.nn.one_hot(tokens, vocab_size, dtype=dtype)
-        if residual:
-            finals, hs = apply_residual(cell, params["rnn"], xs, carry, key=key, options=base,
-                                        **unroll_kwargs)  # fmt: skip
+        if stack:
+            finals, hs = stack.apply(params["rnn"], xs, carry, key=key, options=base,
+                                     **unroll_kwargs)  # fmt: skip
         else:
             finals, hs = unroll_stack(cell, params["rnn"], xs, carry, dropout=dropout, key=key,
                                       options=base, **unroll_kwargs)  # fmt: skip
@@ -231,7 +233,7 @@ def language_model(
     return Model(init_fn, apply_fn)
 
 
-BLOCKS = ("plain", "residual")
+BLOCKS = ("plain", "residual", "hawk")
 POOLS = ("last", "mean")
 
 
@@ -241,12 +243,42 @@ def _check_choice(name: str, value, allowed) -> None:
 
 
 def _check_block(block: str, **plain_only) -> None:
-    """``block`` is known; the options only plain layers have are off for residual blocks."""
+    """``block`` is known; the options only plain layers have are off for blocks."""
     _check_choice("block", block, BLOCKS)
     used = sorted(name for name, value in plain_only.items() if value)
-    if block == "residual" and used:
-        raise ValueError(f"block='residual' does not take {used}: those options belong to "
+    if block != "plain" and used:
+        raise ValueError(f"block={block!r} does not take {used}: those options belong to "
                          "plain layers (rnn_jax.layers)")  # fmt: skip
+
+
+def _cells_for(block: str, cell):
+    """The cell (or, for residual blocks, the list of one cell per block) a model runs."""
+    if isinstance(cell, (list, tuple)):
+        if block != "residual":
+            raise ValueError(f"a list of cells (one per block) needs block='residual', "
+                             f"got block={block!r}")  # fmt: skip
+        return [as_cell(one) for one in cell]
+    return as_cell(cell)
+
+
+class _BlockStack(NamedTuple):
+    """``init(key, input_size, width, num_layers, dtype)`` and ``apply(params, xs, carries,
+    **options)`` of one of ``rnn_jax.blocks``' stacks."""
+
+    init: Callable
+    apply: Callable
+
+
+def _block_stack(block: str, cell, expansion: int, init_kwargs: dict) -> _BlockStack:
+    """``block="residual"``: ``init_residual``/``apply_residual`` of ``cell``;
+    ``block="hawk"``: ``init_hawk``/``apply_hawk`` with the RG-LRU ``cell``'s heads."""
+    if block == "hawk":
+        init = functools.partial(init_hawk, num_heads=hawk_heads(cell), expansion=expansion,
+                                 **init_kwargs)  # fmt: skip
+        return _BlockStack(lambda *sizes, dtype: init(*sizes, dtype=dtype), apply_hawk)
+    init = functools.partial(init_residual, cell, expansion=expansion, **init_kwargs)
+    return _BlockStack(lambda *sizes, dtype: init(*sizes, dtype=dtype),
+                       functools.partial(apply_residual, cell))  # fmt: skip
 
 
 def mean_over_valid(hs, lengths):
@@ -267,19 +299,18 @@ def _last_valid_output(hs, lengths):
     return jnp.where((jnp.asarray(lengths) > 0)[:, None], picked, 0)
 
 
-def _residual_classifier(cell, width, num_classes, num_layers, expansion, pool, options,
-                         init_kwargs) -> Model:  # fmt: skip
-    """``classifier(block="residual")``: ``rnn_jax.blocks``' stack, pooled, then dense."""
+def _block_classifier(stack: _BlockStack, width, num_classes, num_layers, pool,
+                      options) -> Model:  # fmt: skip
+    """``classifier(block="residual" | "hawk")``: a block stack, pooled, then dense."""
 
     def init_fn(key, input_size: int, dtype=jnp.float32):
         k_rnn, k_out = jax.random.split(key)
-        rnn = init_residual(cell, k_rnn, input_size, width, num_layers, expansion=expansion,
-                            dtype=dtype, **init_kwargs)  # fmt: skip
+        rnn = stack.init(k_rnn, input_size, width, num_layers, dtype=dtype)
         return {"rnn": rnn, "readout": dense_init(k_out, width, num_classes, dtype)}
 
     @accepts_unbatched(arrays=("lengths",), results=None)
     def apply_fn(params, xs, *, lengths=None, key=None):
-        _, hs = apply_residual(cell, params["rnn"], xs, lengths=lengths, key=key, options=options)
+        _, hs = stack.apply(params["rnn"], xs, lengths=lengths, key=key, options=options)
         pooled = mean_over_valid(hs, lengths) if pool == "mean" else _last_valid_output(hs, lengths)
         return dense(params["readout"], pooled)
 

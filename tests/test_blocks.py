@@ -93,3 +93,62 @@ def test_residual_models_refuse_plain_layer_options():
         models.language_model(rj.mingru, 7, 8, block="deep")
     with pytest.raises(ValueError, match="pool must be one of"):
         models.classifier(rj.mingru, 8, 3, pool="max")
+
+
+def test_mixed_residual_stack_runs_each_block_with_its_own_cell():
+    """A list of cells (xLSTM's mLSTM/sLSTM mix): block i is ``cell[i]``'s residual block, so
+    the stack equals the blocks applied one by one; a list of the wrong length is refused."""
+    cells = [rj.mlstm, rj.slstm.configured(num_heads=2), rj.mingru]
+    params = init_residual(cells, jax.random.PRNGKey(0), 3, width=4, num_layers=3)
+    xs = jax.random.normal(jax.random.PRNGKey(1), (2, 5, 3))
+    finals, hs = apply_residual(cells, params, xs)
+    assert [type(f).__name__ for f in finals[:2]] == ["MLSTMCarry", "SLSTMCarry"]
+    assert finals[2].shape == (2, 4)  # the minGRU's carry is its h
+    x = xs @ params["encoder"]["w"] + params["encoder"]["b"]
+    for cell, block in zip(cells, params["blocks"], strict=True):
+        x = _residual_block(cell, block, x)
+    assert_close(hs, rms_norm(params["norm"], x), 1e-5)
+    with pytest.raises(ValueError, match=r"one cell per block \(2\), got 3"):
+        apply_residual(cells, {**params, "blocks": params["blocks"][:2]}, xs)
+
+
+def _residual_block(cell, block, x):
+    """One residual block by its definition (the module docstring's three lines)."""
+    _, mixed = rj.unroll(cell, block["rnn"], rms_norm(block["norm"], x))
+    hidden = jax.nn.gelu(mixed @ block["w_gate"]) * (mixed @ block["w_up"])
+    return x + hidden @ block["w_out"]
+
+
+def test_hawk_and_mixed_models_are_the_block_stacks_with_a_readout():
+    """``block="hawk"`` is ``apply_hawk`` (the RG-LRU's heads from the cell) and a list of cells
+    is ``apply_residual`` of that list, each under the model's embedding and readout; a cell a
+    stack cannot run is refused by name."""
+    from rnn_jax import models
+    from rnn_jax.blocks import apply_hawk
+
+    tokens = jax.random.randint(jax.random.PRNGKey(1), (2, 6), 0, 11)
+    hawk = models.language_model(rj.rglru.with_heads(2), vocab_size=11, hidden_size=4,
+                                 num_layers=2, embed_size=3, block="hawk")  # fmt: skip
+    params = hawk.init(jax.random.PRNGKey(0))
+    assert params["rnn"]["blocks"][0]["rglru"]["w_r"].shape[0] == 2  # two gate blocks
+    logits, _ = hawk.apply(params, tokens)
+    _, hs = apply_hawk(params["rnn"], params["embed"][tokens])
+    expected = models.dense(params["readout"], hs)
+    assert_close(logits, expected, 1e-6)
+    first, carries = hawk.apply(params, tokens[:, :4])
+    assert_close(jnp.concatenate([first, hawk.apply(params, tokens[:, 4:], carries)[0]], 1),
+                 logits, 1e-5)  # fmt: skip
+    cells = [rj.mlstm, rj.slstm.configured(num_heads=2)]
+    mixed = models.language_model(cells, 11, 4, num_layers=2, embed_size=3, block="residual")
+    params = mixed.init(jax.random.PRNGKey(0))
+    expected = apply_residual(cells, params["rnn"], params["embed"][tokens])[1]
+    assert_close(mixed.apply(params, tokens)[0], models.dense(params["readout"], expected), 1e-6)
+    classifier = models.classifier(rj.rglru, 4, 3, block="hawk")
+    logits = classifier.apply(classifier.init(jax.random.PRNGKey(0), 5), jnp.ones((2, 7, 5)))
+    assert logits.shape == (2, 3)
+    with pytest.raises(ValueError, match="Hawk stack runs the RG-LRU .* got the cell 'lstm'"):
+        models.language_model(rj.lstm, 11, 4, block="hawk")
+    with pytest.raises(ValueError, match="list of cells .* needs block='residual'"):
+        models.language_model(cells, 11, 4, block="hawk")
+    with pytest.raises(ValueError, match=r"block='hawk' does not take \['dropout'\]"):
+        models.language_model(rj.rglru, 11, 4, block="hawk", dropout=0.5)

@@ -318,3 +318,37 @@ def test_hawk_resets_lengths_and_chunks_are_segments_run_apart(x64):
         apply_hawk(params, xs, reverse=True)
     with pytest.raises(ValueError, match=r"reads xs \(B, T, 3\), got \(2, 7, 4\)"):
         apply_hawk(params, jnp.ones((2, STEPS, 4)))
+
+
+def test_causal_conv1d_equals_its_definition_with_history_and_resets(x64):
+    """Per row and step, ``out_t = b + sum_lag w[K-1-lag] * input(t - lag)``, where a lag past
+    the segment's start reads the initial history as if the segment began the sequence; the
+    final history is the K-1 inputs before each row's length, by the same rule."""
+    from rnn_jax.blocks import _segment_starts, causal_conv1d
+
+    rng = np.random.default_rng(7)
+    batch, steps, width, conv = 3, 9, 2, 4
+    w, b = rng.normal(size=(conv, width)), rng.normal(size=width)
+    v, history = rng.normal(size=(batch, steps, width)), rng.normal(size=(batch, conv - 1, width))
+    resets = np.zeros((batch, steps), bool)
+    resets[0, 4] = resets[1, 1] = resets[1, 6] = True
+    lengths = np.array([steps, 8, 2])
+    starts = _segment_starts(jnp.asarray(resets), batch, steps)
+
+    def position(row, t, start):  # the input at step t of the segment starting at `start`
+        offset = t - start if t < start else t
+        return v[row, t] if t >= start else history[row, offset + conv - 1]
+
+    out, final = causal_conv1d(jnp.asarray(w), jnp.asarray(b), jnp.asarray(v),
+                               jnp.asarray(history), starts=starts, lengths=lengths)  # fmt: skip
+    for row in range(batch):
+        start = 0
+        for t in range(steps):
+            start = t if resets[row, t] else start
+            expected = b + sum(w[conv - 1 - lag] * position(row, t - lag, start)
+                               for lag in range(conv))  # fmt: skip
+            np.testing.assert_allclose(out[row, t], expected, rtol=1e-12)
+        end = lengths[row]
+        last = max((t for t in range(end) if resets[row, t]), default=0)
+        expected = [position(row, t, last) for t in range(end - conv + 1, end)]
+        np.testing.assert_allclose(final[row], np.stack(expected), rtol=1e-12)
