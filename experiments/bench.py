@@ -115,7 +115,8 @@ class Bench:
     """One implementation ready to time: ``run()`` does one step and blocks until done.
 
     ``run()`` returns None (the caller times it) or the seconds it measured itself (a worker
-    process). ``close`` releases what the bench holds (the worker process).
+    process). ``close`` releases what the bench holds (the worker process). ``info``: what a
+    bench reports besides times (e.g. a worker's loss before the first step).
     """
 
     name: str
@@ -123,6 +124,7 @@ class Bench:
     memory_bytes: int | None = None
     times: list[float] = field(default_factory=list)
     close: Callable[[], None] | None = None
+    info: dict = field(default_factory=dict)
 
 
 class Skip(Exception):
@@ -174,17 +176,20 @@ def jax_train_step(loss_fn):
 
 def jax_train_bench(name, loss_fn, params, *inputs) -> Bench:
     """``jax_train_step(loss_fn)`` compiled on these arguments as a timed ``Bench`` (each run
-    updates the params and optimizer state); memory: XLA's temp bytes."""
+    updates the params and optimizer state); memory: XLA's temp bytes; ``info["initial_loss"]``:
+    the loss at the given params (read by the first run)."""
     optimizer, train_step = jax_train_step(loss_fn)
     state = {"params": params, "opt": optimizer.init(params)}
     compiled = train_step.lower(state["params"], state["opt"], *inputs).compile()
+    info = {}
 
     def run():
         p, o, loss = compiled(state["params"], state["opt"], *inputs)
         loss.block_until_ready()
         state["params"], state["opt"] = p, o
+        info.setdefault("initial_loss", float(loss))
 
-    return Bench(name, run, _xla_temp_bytes(compiled))
+    return Bench(name, run, _xla_temp_bytes(compiled), info=info)
 
 
 def _readout(key, hidden_size):
@@ -418,9 +423,11 @@ def make_torch(cell, cfg, mode, x, y):
 
 
 def start_torch_worker(script: Path, request: dict) -> Callable[[str], Bench]:
-    """Start ``script TORCH_WORKER_FLAG`` (a script whose main calls ``torch_worker``), send it
-    ``request`` (JSON) to build its step, and return the maker of a ``Bench`` that asks it for
-    one timed step per run. The worker's reply ``{"skip": why}`` raises ``Skip``."""
+    """Start ``script TORCH_WORKER_FLAG`` (a script whose main calls ``torch_worker``) and send
+    it ``request`` (JSON) to build its step; return the maker of a ``Bench`` that asks it for
+    one timed step per run. The worker builds while the caller goes on (start several, then
+    make them); the maker waits for its reply: ``{"skip": why}`` raises ``Skip``, other keys
+    than ``memory`` go to ``Bench.info``. ``maker.close`` ends the worker (idempotent)."""
     worker = subprocess.Popen(
         [sys.executable, str(Path(script).resolve()), TORCH_WORKER_FLAG],
         stdin=subprocess.PIPE,
@@ -428,16 +435,20 @@ def start_torch_worker(script: Path, request: dict) -> Callable[[str], Bench]:
         text=True,
     )
 
-    def ask(request):
-        try:
-            worker.stdin.write(json.dumps(request) + "\n")
+    def send(message):
+        with contextlib.suppress(BrokenPipeError):  # a worker that died: no reply, below
+            worker.stdin.write(json.dumps(message) + "\n")
             worker.stdin.flush()
-            reply = worker.stdout.readline()
-        except BrokenPipeError:
-            reply = ""
+
+    def receive():
+        reply = worker.stdout.readline()
         if not reply:
             raise RuntimeError(f"torch worker exited with code {worker.wait()}")
         return json.loads(reply)
+
+    def ask(message):
+        send(message)
+        return receive()
 
     def close():
         with contextlib.suppress(BrokenPipeError):  # flushing to a worker that died
@@ -449,20 +460,28 @@ def start_torch_worker(script: Path, request: dict) -> Callable[[str], Bench]:
             worker.wait()
         worker.stdout.close()
 
-    try:
-        reply = ask(request)
-        if "skip" in reply:
-            raise Skip(reply["skip"])
-    except BaseException:
-        close()
-        raise
-    return lambda name: Bench(name, lambda: ask("step"), reply["memory"], close=close)
+    send(request)
+
+    def make(name):
+        try:
+            reply = receive()
+            if "skip" in reply:
+                raise Skip(reply["skip"])
+        except BaseException:
+            close()
+            raise
+        info = {k: v for k, v in reply.items() if k != "memory"}
+        return Bench(name, lambda: ask("step"), reply["memory"], close=close, info=info)
+
+    make.close = close
+    return make
 
 
 def torch_worker(make_step: Callable[[dict], tuple[Callable[[], None], int]] | None = None):
     """Worker side of ``start_torch_worker``: build the step from the first line's request,
-    then run and time one step per line. ``make_step(request) -> (step, memory_bytes)``
-    (raising ``Skip``); default: ``make_torch``'s PyTorch classifier step."""
+    then run and time one step per line. ``make_step(request) -> (step, memory_bytes)`` or
+    ``(step, memory_bytes, info)`` (a JSON-able dict for ``Bench.info``), raising ``Skip``;
+    default: ``make_torch``'s PyTorch classifier step."""
     make_step = make_step or _torch_classifier_step
     replies = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # stray prints (Python or C) go to stderr, not into the replies
@@ -473,11 +492,11 @@ def torch_worker(make_step: Callable[[dict], tuple[Callable[[], None], int]] | N
 
     spec = json.loads(sys.stdin.readline())
     try:
-        step, memory = make_step(spec)
+        step, memory, *info = make_step(spec)
     except Skip as e:
         send({"skip": str(e)})
         return
-    send({"memory": memory})
+    send({"memory": memory, **(info[0] if info else {})})
     for _ in sys.stdin:
         start = time.perf_counter()
         step()

@@ -101,6 +101,7 @@ def make_input(cfg) -> np.ndarray:
 
 
 def rnn_jax_cell(cell: str, cfg):
+    """The rnn_jax cell of a row: 4 heads; the mLSTM chunked as its reference."""
     import rnn_jax as rj
 
     if cell == "slstm":
@@ -110,7 +111,7 @@ def rnn_jax_cell(cell: str, cfg):
     return rj.rglru.with_heads(HEADS)
 
 
-def rnn_jax_maker(cell: str, params, x, options) -> Callable[[str], bench.Bench]:
+def rnn_jax_maker(cell, params, x, options) -> Callable[[str], bench.Bench]:
     """``rj.unroll(cell, params, x, **options)``'s train step (loss: mean of squares)."""
     import jax.numpy as jnp
 
@@ -164,25 +165,25 @@ def cell_benches(cell, cfg, warmup, log, cleanup, folder) -> list[bench.Bench]:
     width = cfg[2]
     params = module.init(jax.random.key(0), width, width)
     x = make_input(cfg)
-    makers = [(name, rnn_jax_maker(module, params, x, options)) for name, options in OURS[cell]]
-    if cell == "rglru":
-        makers += [(name, lambda n: recurrentgemma_maker(params, x)(n)) for name in THEIRS[cell]]
-    else:
+    workers = {}  # PyTorch rows first: the workers build while JAX compiles
+    if cell != "rglru":
         arrays = folder / f"{cell}.npz"
         np.savez(arrays, **reference_arrays(cell, params))
         for name, kind in THEIRS[cell].items():
             request = {"kind": kind, "cfg": list(cfg), "params": str(arrays),
                        "chunk_size": mlstm_chunk(cfg[1])}  # fmt: skip
-            makers.append((name, lambda n, r=request: bench.start_torch_worker(__file__, r)(n)))
+            workers[name] = bench.start_torch_worker(__file__, request)
+            cleanup.callback(workers[name].close)
+    makers = [(name, rnn_jax_maker(module, params, x, options)) for name, options in OURS[cell]]
+    if cell == "rglru":
+        makers += [(name, lambda n: recurrentgemma_maker(params, x)(n)) for name in THEIRS[cell]]
     benches = []
-    for name, make in makers:
+    for name, make in [*makers, *workers.items()]:
         try:
             made = make(name)
         except bench.Skip as e:
             log(f"  skip {name}: {e}")
             continue
-        if made.close is not None:
-            cleanup.callback(made.close)
         for _ in range(warmup):
             made.run()
         benches.append(made)
@@ -192,7 +193,7 @@ def cell_benches(cell, cfg, warmup, log, cleanup, folder) -> list[bench.Bench]:
 # ----------------------------------------------------------------------------- torch worker
 
 
-def torch_reference_step(request: dict) -> tuple[Callable[[], None], int]:
+def torch_reference_step(request: dict) -> tuple[Callable[[], None], int, dict]:
     """Worker side: the reference's train step and its activation memory (no JAX here)."""
     torch = bench.import_torch()
     batch, steps, width = request["cfg"]
@@ -212,7 +213,9 @@ def torch_reference_step(request: dict) -> tuple[Callable[[], None], int]:
         loss().backward()
         optimizer.step()
 
-    return train, bench.torch_saved_bytes(loss)
+    with torch.no_grad():
+        initial_loss = float(loss())
+    return train, bench.torch_saved_bytes(loss), {"initial_loss": initial_loss}
 
 
 def _xlstm_slstm(torch, arrays, width):
@@ -281,13 +284,16 @@ def to_markdown(report: dict) -> str:
              "interleaved steps (IQR); ratio = median / the cell's first rnn_jax row's, same "
              "run (> 1: slower). PyTorch rows ran in worker processes. Memory: JAX = XLA temp "
              "buffers; torch = tensors saved for backward.",
+             "Loss at init: the loss before the first update (the same parameters on both "
+             "sides: equal up to float32 rounding).",
              "", "| cell | work per step (both sides) | impl | median ms (IQR) | ratio | "
-             "peak MiB |", "|---|---|---|---|---|---|"]  # fmt: skip
+             "peak MiB | loss at init |", "|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in report["results"]:
         mem = r["peak_memory_bytes"]
         mem = "–" if mem is None else f"{mem / 2**20:.1f}"
         lines.append(f"| {r['cell']} | {WORK[r['cell']]} | {r['impl']} | {r['median_ms']:.2f} "
-                     f"({r['iqr_ms']:.2f}) | {r['ratio_to_rnn_jax']:.2f} | {mem} |")  # fmt: skip
+                     f"({r['iqr_ms']:.2f}) | {r['ratio_to_rnn_jax']:.2f} | {mem} | "
+                     f"{r['initial_loss']:.6g} |")  # fmt: skip
     if report["skipped"]:
         lines += ["", "Skipped: " + "; ".join(report["skipped"])]
     return "\n".join(lines) + "\n"
@@ -343,8 +349,10 @@ def main(argv=None) -> dict:
                 bench.time_round_robin(benches, args.steps)
             rows = bench.summarise(benches, cell, (batch, steps, width, width), "train",
                                    baseline=OURS[cell][0][0], count_flops=False)  # fmt: skip
+            initial_losses = {b.name: b.info.get("initial_loss") for b in benches}
             for r in rows:
                 r["work"] = WORK[cell]
+                r["initial_loss"] = initial_losses[r["impl"]]  # same params: same loss
                 ratio = r["ratio_to_rnn_jax"]
                 log(f"  {r['impl']:34s} {r['median_ms']:9.2f} ms (IQR {r['iqr_ms']:.2f})"
                     f"  x{ratio if ratio is None else round(ratio, 2)}")  # fmt: skip

@@ -173,6 +173,11 @@ def test_bench_references_quick_run_times_each_cell_against_its_reference(tmp_pa
         ours = [name for name, _ in references.OURS[cell]]
         assert {name for c, name in rows if c == cell} == {*ours, *references.THEIRS[cell]}
         assert rows[cell, ours[0]]["ratio_to_rnn_jax"] == 1.0
+        # Same parameters (converted), same input, same loss: the same value before the first
+        # update, up to float32 rounding (measured: at most 1.1e-7 relative).
+        first = rows[cell, ours[0]]["initial_loss"]
+        for name in references.THEIRS[cell]:
+            np.testing.assert_allclose(rows[cell, name]["initial_loss"], first, rtol=1e-6)
     for row in rows.values():
         assert row["steps"] == 3 and row["median_ms"] > 0
         assert np.isfinite(row["ratio_to_rnn_jax"]) and row["ratio_to_rnn_jax"] > 0
