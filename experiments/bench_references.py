@@ -82,9 +82,14 @@ THEIRS = {
     "rglru": {"recurrentgemma RGLRU": "rglru"},
 }  # fmt: skip
 WORK = {  # what one step computes, per cell (the markdown says it)
-    "slstm": "x @ w_x, then the sLSTM cell over T steps",
-    "mlstm": "x @ w_x + b, the mLSTM over T steps, sigmoid(o) * h~",
-    "rglru": "the RG-LRU layer (both gates, a^(c r), sqrt(1 - a^2) x) over T steps",
+    "slstm": "the input projection x @ w_x (no bias; xlstm: a bias-free matmul feeding its "
+    "sLSTMCell), then the sLSTM cell (4 heads, block-diagonal recurrent weights, bias) over T "
+    "steps; xlstm's vanilla backend, autograd",
+    "mlstm": "one projection x @ w_x + b to q, k, v, o, i, f, the mLSTM over T steps (4 heads, "
+    f"chunks of gcd({MLSTM_CHUNK}, T) steps in the chunkwise forms), h = sigmoid(o) * h~; "
+    "mlstm-kernels' native PyTorch kernels, the projection and gate in torch",
+    "rglru": "the RG-LRU layer (block-diagonal gates, a^(c r), sqrt(1 - a^2) (i * x)) over T "
+    "steps; recurrentgemma's RGLRU also reads segment_pos (0..T-1: no resets)",
 }
 
 
@@ -276,22 +281,31 @@ def _mlstm_kernels(torch, arrays, request, cfg):
 def to_markdown(report: dict) -> str:
     info = report["machine"]
     batch, steps, width = report["config"]
-    lines = [f"# rnn_jax against the reference implementations, {info['date']}", "",
-             bench.machine_line(info),
-             f"B, T, D = {batch}, {steps}, {width}; {HEADS} heads; float32, CPU. Train step, both "
-             "sides: forward over the sequence from the zero state, loss mean(h^2) over all "
-             "outputs, backward to every parameter, RMSProp update (optax / torch). Median of "
-             "interleaved steps (IQR); ratio = median / the cell's first rnn_jax row's, same "
-             "run (> 1: slower). PyTorch rows ran in worker processes. Memory: JAX = XLA temp "
-             "buffers; torch = tensors saved for backward.",
-             "Loss at init: the loss before the first update (the same parameters on both "
-             "sides: equal up to float32 rounding).",
-             "", "| cell | work per step (both sides) | impl | median ms (IQR) | ratio | "
-             "peak MiB | loss at init |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        f"# rnn_jax against the reference implementations, {info['date']}",
+        "",
+        bench.machine_line(info),
+        f"B, T, D = {batch}, {steps}, {width}; {HEADS} heads; float32, CPU. Train step, both "
+        "sides: forward over the sequence from the zero state, loss mean(h^2) over all "
+        "outputs, backward to every parameter, RMSProp update (optax / torch). Median of "
+        "interleaved steps (IQR); ratio = median / the cell's first rnn_jax row's, same "
+        "run (> 1: slower). PyTorch rows ran in worker processes. Memory: JAX = XLA temp "
+        "buffers; torch = tensors saved for backward.",
+        "Loss at init: the loss before the first update (the same parameters on both "
+        "sides: equal up to float32 rounding).",
+        "",
+        "The work of one step, the same on both sides of each cell's rows:",
+        "",
+    ]
+    lines += [
+        f"- {cell}: {WORK[cell]}" for cell in dict.fromkeys(r["cell"] for r in report["results"])
+    ]
+    lines += ["", "| cell | impl | median ms (IQR) | ratio | peak MiB | loss at init |",
+              "|---|---|---|---|---|---|"]  # fmt: skip
     for r in report["results"]:
         mem = r["peak_memory_bytes"]
         mem = "–" if mem is None else f"{mem / 2**20:.1f}"
-        lines.append(f"| {r['cell']} | {WORK[r['cell']]} | {r['impl']} | {r['median_ms']:.2f} "
+        lines.append(f"| {r['cell']} | {r['impl']} | {r['median_ms']:.2f} "
                      f"({r['iqr_ms']:.2f}) | {r['ratio_to_rnn_jax']:.2f} | {mem} | "
                      f"{r['initial_loss']:.6g} |")  # fmt: skip
     if report["skipped"]:
