@@ -188,8 +188,8 @@ def test_bench_references_quick_run_times_each_cell_against_its_reference(tmp_pa
 
 
 def load_bench_references():
-    """experiments/bench_references.py as a module (its sibling ``bench`` on the path)."""
-    sys.path.insert(0, str(BENCH.parent))
+    """experiments/bench_references.py as a module (it puts its folder on the path to import
+    its sibling ``bench``)."""
     spec = importlib.util.spec_from_file_location("bench_references", BENCH.parent
                                                   / "bench_references.py")  # fmt: skip
     module = importlib.util.module_from_spec(spec)
