@@ -115,7 +115,8 @@ class Bench:
     """One implementation ready to time: ``run()`` does one step and blocks until done.
 
     ``run()`` returns None (the caller times it) or the seconds it measured itself (a worker
-    process). ``close`` releases what the bench holds (the worker process).
+    process). ``close`` releases what the bench holds (the worker process). ``info``: what a
+    bench reports besides times (e.g. a worker's loss before the first step).
     """
 
     name: str
@@ -123,6 +124,7 @@ class Bench:
     memory_bytes: int | None = None
     times: list[float] = field(default_factory=list)
     close: Callable[[], None] | None = None
+    info: dict = field(default_factory=dict)
 
 
 class Skip(Exception):
@@ -132,16 +134,15 @@ class Skip(Exception):
 # ----------------------------------------------------------------------------- JAX helpers
 
 
-def _jax_loss_and_update(forward, params, x, y):
-    """Build the jitted train/inference functions shared by all JAX implementations.
+def _classifier_loss_and_infer(forward, params, x, y):
+    """The loss (for ``jax_train_bench``) and the jitted inference function shared by the
+    classification benches.
 
     ``forward(params, x (B, T, I)) -> h_last (B, H)``; params hold the RNN and a readout.
     """
     import jax
     import jax.numpy as jnp
     import optax
-
-    optimizer = optax.rmsprop(LEARNING_RATE)
 
     def logits_fn(params, x):
         h = forward(params["rnn"], x)
@@ -151,14 +152,44 @@ def _jax_loss_and_update(forward, params, x, y):
         logits = logits_fn(params, x)
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
+    infer = jax.jit(lambda params, x: logits_fn(params, x))
+    return loss_fn, infer, jnp
+
+
+def jax_train_step(loss_fn):
+    """``(optimizer, train_step)``: the jitted ``train_step(params, opt_state, *inputs) ->
+    (params, opt_state, loss)`` = ``jax.value_and_grad(loss_fn)`` + the RMSProp update every
+    JAX implementation here takes (``loss_fn(params, *inputs) -> scalar``)."""
+    import jax
+    import optax
+
+    optimizer = optax.rmsprop(LEARNING_RATE)
+
     @jax.jit
-    def train_step(params, opt_state, x, y):
-        loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
+    def train_step(params, opt_state, *inputs):
+        loss, grads = jax.value_and_grad(loss_fn)(params, *inputs)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    infer = jax.jit(lambda params, x: logits_fn(params, x))
-    return optimizer, train_step, infer, jnp
+    return optimizer, train_step
+
+
+def jax_train_bench(name, loss_fn, params, *inputs) -> Bench:
+    """``jax_train_step(loss_fn)`` compiled on these arguments as a timed ``Bench`` (each run
+    updates the params and optimizer state); memory: XLA's temp bytes; ``info["initial_loss"]``:
+    the loss at the given params (read by the first run)."""
+    optimizer, train_step = jax_train_step(loss_fn)
+    state = {"params": params, "opt": optimizer.init(params)}
+    compiled = train_step.lower(state["params"], state["opt"], *inputs).compile()
+    info = {}
+
+    def run():
+        p, o, loss = compiled(state["params"], state["opt"], *inputs)
+        loss.block_until_ready()
+        state["params"], state["opt"] = p, o
+        info.setdefault("initial_loss", float(loss))
+
+    return Bench(name, run, _xla_temp_bytes(compiled), info=info)
 
 
 def _readout(key, hidden_size):
@@ -175,22 +206,14 @@ def _jax_bench(name, forward, rnn_params, hidden_size, mode, x_np, y_np) -> Benc
     import jax
 
     params = {"rnn": rnn_params, "out": _readout(jax.random.key(1), hidden_size)}
-    optimizer, train_step, infer, jnp = _jax_loss_and_update(forward, params, x_np, y_np)
+    loss_fn, infer, jnp = _classifier_loss_and_infer(forward, params, x_np, y_np)
     x, y = jnp.asarray(x_np), jnp.asarray(y_np)
     if mode == "train":
-        state = {"params": params, "opt": optimizer.init(params)}
-        compiled = train_step.lower(state["params"], state["opt"], x, y).compile()
+        return jax_train_bench(name, loss_fn, params, x, y)
+    compiled = infer.lower(params, x).compile()
 
-        def run():
-            p, o, loss = compiled(state["params"], state["opt"], x, y)
-            loss.block_until_ready()
-            state["params"], state["opt"] = p, o
-
-    else:
-        compiled = infer.lower(params, x).compile()
-
-        def run():
-            compiled(params, x).block_until_ready()
+    def run():
+        compiled(params, x).block_until_ready()
 
     return Bench(name, run, _xla_temp_bytes(compiled))
 
@@ -396,23 +419,36 @@ def make_keras(cell, cfg, mode, x, y):
 def make_torch(cell, cfg, mode, x, y):
     """PyTorch in a worker process (module docstring); it regenerates ``x``, ``y`` itself."""
     _needs_peer_cell("torch", cell)
+    return start_torch_worker(Path(__file__), {"cell": cell, "cfg": list(cfg), "mode": mode})
+
+
+def start_torch_worker(script: Path, request: dict) -> Callable[[str], Bench]:
+    """Start ``script TORCH_WORKER_FLAG`` (a script whose main calls ``torch_worker``) and send
+    it ``request`` (JSON) to build its step; return the maker of a ``Bench`` that asks it for
+    one timed step per run. The worker builds while the caller goes on (start several, then
+    make them); the maker waits for its reply: ``{"skip": why}`` raises ``Skip``, other keys
+    than ``memory`` go to ``Bench.info``. ``maker.close`` ends the worker (idempotent)."""
     worker = subprocess.Popen(
-        [sys.executable, str(Path(__file__).resolve()), TORCH_WORKER_FLAG],
+        [sys.executable, str(Path(script).resolve()), TORCH_WORKER_FLAG],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
 
-    def ask(request):
-        try:
-            worker.stdin.write(json.dumps(request) + "\n")
+    def send(message):
+        with contextlib.suppress(BrokenPipeError):  # a worker that died: no reply, below
+            worker.stdin.write(json.dumps(message) + "\n")
             worker.stdin.flush()
-            reply = worker.stdout.readline()
-        except BrokenPipeError:
-            reply = ""
+
+    def receive():
+        reply = worker.stdout.readline()
         if not reply:
             raise RuntimeError(f"torch worker exited with code {worker.wait()}")
         return json.loads(reply)
+
+    def ask(message):
+        send(message)
+        return receive()
 
     def close():
         with contextlib.suppress(BrokenPipeError):  # flushing to a worker that died
@@ -424,18 +460,29 @@ def make_torch(cell, cfg, mode, x, y):
             worker.wait()
         worker.stdout.close()
 
-    try:
-        reply = ask({"cell": cell, "cfg": list(cfg), "mode": mode})
-        if "skip" in reply:
-            raise Skip(reply["skip"])
-    except BaseException:
-        close()
-        raise
-    return lambda name: Bench(name, lambda: ask("step"), reply["memory"], close=close)
+    send(request)
+
+    def make(name):
+        try:
+            reply = receive()
+            if "skip" in reply:
+                raise Skip(reply["skip"])
+        except BaseException:
+            close()
+            raise
+        info = {k: v for k, v in reply.items() if k != "memory"}
+        return Bench(name, lambda: ask("step"), reply["memory"], close=close, info=info)
+
+    make.close = close
+    return make
 
 
-def torch_worker() -> None:
-    """Worker side of ``make_torch``: build the model, then run and time one step per line."""
+def torch_worker(make_step: Callable[[dict], tuple[Callable[[], None], int]] | None = None):
+    """Worker side of ``start_torch_worker``: build the step from the first line's request,
+    then run and time one step per line. ``make_step(request) -> (step, memory_bytes)`` or
+    ``(step, memory_bytes, info)`` (a JSON-able dict for ``Bench.info``), raising ``Skip``;
+    default: ``make_torch``'s PyTorch classifier step."""
+    make_step = make_step or _torch_classifier_step
     replies = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # stray prints (Python or C) go to stderr, not into the replies
 
@@ -444,21 +491,26 @@ def torch_worker() -> None:
         replies.flush()
 
     spec = json.loads(sys.stdin.readline())
-    cfg = tuple(spec["cfg"])
     try:
-        step, memory = _torch_step(spec["cell"], cfg, spec["mode"], *make_inputs(cfg))
+        step, memory, *info = make_step(spec)
     except Skip as e:
         send({"skip": str(e)})
         return
-    send({"memory": memory})
+    send({"memory": memory, **(info[0] if info else {})})
     for _ in sys.stdin:
         start = time.perf_counter()
         step()
         send(time.perf_counter() - start)
 
 
-def _torch_step(cell, cfg, mode, x, y) -> tuple[Callable[[], None], int]:
-    """The PyTorch step function and its activation memory (call in the worker process)."""
+def _torch_classifier_step(spec: dict) -> tuple[Callable[[], None], int]:
+    cfg = tuple(spec["cfg"])
+    return _torch_step(spec["cell"], cfg, spec["mode"], *make_inputs(cfg))
+
+
+def import_torch():
+    """``torch`` set up as every PyTorch bench here runs it (in a worker process): ``THREADS``
+    threads, denormals flushed; ``Skip`` where it is not installed."""
     try:
         import torch
     except ImportError as e:
@@ -466,6 +518,12 @@ def _torch_step(cell, cfg, mode, x, y) -> tuple[Callable[[], None], int]:
     torch.set_num_threads(THREADS)
     # XLA flushes denormals; without this PyTorch crawls once gradients vanish (T=512: 5x).
     torch.set_flush_denormal(True)
+    return torch
+
+
+def _torch_step(cell, cfg, mode, x, y) -> tuple[Callable[[], None], int]:
+    """The PyTorch step function and its activation memory (call in the worker process)."""
+    torch = import_torch()
     _, _, input_size, hidden_size = cfg
     torch.manual_seed(0)
     proj = projection_size(cell, hidden_size)
@@ -496,11 +554,11 @@ def _torch_step(cell, cfg, mode, x, y) -> tuple[Callable[[], None], int]:
             logits()
 
     if mode == "train":
-        return train, _torch_saved_bytes(lambda: loss_fn(logits(), yt))
+        return train, torch_saved_bytes(lambda: loss_fn(logits(), yt))
     return infer, 0
 
 
-def _torch_saved_bytes(forward) -> int:
+def torch_saved_bytes(forward) -> int:
     """Bytes of distinct tensors autograd saves during ``forward`` (its activation memory)."""
     import torch
 
@@ -598,10 +656,13 @@ def time_round_robin(benches: list[Bench], steps: int) -> None:
             bench.times.append(elapsed if measured is None else measured)
 
 
-def summarise(benches, cell, cfg, mode) -> list[dict]:
-    flops = useful_flops(cell, cfg, mode)
+def summarise(benches, cell, cfg, mode, *, baseline=BASELINE, count_flops=True) -> list[dict]:
+    """One row per bench: median, quartiles, IQR (ms), the ratio of its median to the
+    ``baseline`` bench's (None without one) and ``useful_flops``' GFLOP/s (``count_flops=False``
+    or a cell it cannot count: None)."""
+    flops = useful_flops(cell, cfg, mode) if count_flops else None
     medians = {b.name: float(np.median(b.times)) for b in benches}
-    base = medians.get(BASELINE)
+    base = medians.get(baseline)
     rows = []
     for b in benches:
         q25, q50, q75 = np.percentile(b.times, [25, 50, 75])
@@ -882,15 +943,20 @@ def machine_info() -> dict:
     }
 
 
+def machine_line(info: dict) -> str:
+    """``machine_info()`` as the sentence under a report's title."""
+    versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v)
+    return (f"{info['cpu']}, {info['cores']} cores, {info['threads']} threads, "
+            f"{info['jax_backend']}; {versions}; load average at the end "
+            f"{info.get('load_average_1_5_15min', ['?'])[0]:.1f}.")  # fmt: skip
+
+
 def to_markdown(report: dict) -> str:
     info = report["machine"]
-    versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v)
     lines = [
         f"# rnn_jax benchmark, {info['date']}",
         "",
-        f"{info['cpu']}, {info['cores']} cores, {info['threads']} threads, "
-        f"{info['jax_backend']}; {versions}; load average at the end "
-        f"{info.get('load_average_1_5_15min', ['?'])[0]:.1f}.",
+        machine_line(info),
         "Train step = forward + cross-entropy on a readout of the last state + backward + "
         "RMSProp. Median of interleaved steps (IQR); ratio = median / rnn_jax's (autodiff) "
         "median, so > 1 means slower than rnn_jax. GFLOP/s counts the matrix products only. "

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "experiments" / "bench.py"
@@ -147,3 +149,49 @@ def test_bench_conv_lstm_rows_against_flax_and_keras(tmp_path, monkeypatch):
     assert [r["impl"] for r in rows] == list(bench.CONV_NAMES)
     assert all(r["median_ms"] > 0 for r in rows) and rows[0]["ratio_to_rnn_jax"] == 1.0
     assert "| 2,2,3,3,1,2 | 2x2 | keras ConvLSTM2D |" in (tmp_path / "conv.md").read_text()
+
+
+def test_bench_references_quick_run_times_each_cell_against_its_reference(tmp_path):
+    """experiments/bench_references.py --quick, as a user runs it: every rnn_jax row and every
+    reference row of the three cells (the PyTorch ones from worker processes) with a finite
+    positive ratio to the cell's first rnn_jax row, and the Markdown table."""
+    pytest.importorskip("torch")
+    pytest.importorskip("xlstm")
+    pytest.importorskip("mlstm_kernels")
+    pytest.importorskip("recurrentgemma.jax")
+    script = BENCH.parent / "bench_references.py"
+    command = [sys.executable, str(script), "--quick", "--out", str(tmp_path), "--name", "refs"]
+    done = subprocess.run(command, cwd=BENCH.parents[1], capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    report = json.loads((tmp_path / "refs.json").read_text())
+    assert not report["skipped"] and report["config"] == [2, 8, 8]
+    rows = {(r["cell"], r["impl"]): r for r in report["results"]}
+    references = load_bench_references()
+    for cell in references.CELLS:
+        ours = [name for name, _ in references.OURS[cell]]
+        assert {name for c, name in rows if c == cell} == {*ours, *references.THEIRS[cell]}
+        assert rows[cell, ours[0]]["ratio_to_rnn_jax"] == 1.0
+        # Same parameters (converted), same input, same loss: the same value before the first
+        # update, up to float32 rounding (measured: at most 1.1e-7 relative).
+        first = rows[cell, ours[0]]["initial_loss"]
+        for name in references.THEIRS[cell]:
+            np.testing.assert_allclose(rows[cell, name]["initial_loss"], first, rtol=1e-6)
+    for row in rows.values():
+        assert row["steps"] == 3 and row["median_ms"] > 0
+        assert np.isfinite(row["ratio_to_rnn_jax"]) and row["ratio_to_rnn_jax"] > 0
+    assert rows["slstm", "xlstm sLSTMCell vanilla"]["peak_memory_bytes"] > 0  # the worker's
+    markdown = (tmp_path / "refs.md").read_text()
+    assert "| mlstm | " in markdown and "mlstm-kernels chunkwise custbw" in markdown
+    assert not list(tmp_path.glob(".refs*"))  # atomic writes leave no temporaries
+
+
+def load_bench_references():
+    """experiments/bench_references.py as a module (it puts its folder on the path to import
+    its sibling ``bench``)."""
+    spec = importlib.util.spec_from_file_location("bench_references", BENCH.parent
+                                                  / "bench_references.py")  # fmt: skip
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
