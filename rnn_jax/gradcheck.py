@@ -52,7 +52,6 @@ from rnn_jax.bptt import bptt
 from rnn_jax.checks import (
     as_cell,
     carry_lead,
-    cell_for,
     check_lengths,
     check_params,
     params_dtype,
@@ -195,7 +194,7 @@ def frozen_starts(cell, params, xs, carry, *, lengths=None, reverse=False, time_
     ``(params, xs, carry)`` whose exact gradient is the truncated gradient (what finite
     differences need: they cannot see ``stop_gradient``).
     """
-    cell = cell_for(cell, params)
+    cell = as_cell(cell)
     zeros = jnp.zeros(xs.shape[:2] + (1,), xs.dtype)  # a dummy d_hs in xs' layout
     return [
         row_start_carries(cell, params, xs_row, carry_row)
@@ -226,7 +225,7 @@ def windowed_loss(
     initial carry (the plain loss). ``starts=None``: window starts are recomputed from the
     arguments under ``stop_gradient``; else a list from ``frozen_starts``.
     """
-    cell = cell_for(cell, params)
+    cell = as_cell(cell)
     loss = 0.0
     rows = _rows(cell, xs, d_hs, carry, d_carry, lengths, reverse, time_major)
     for b, (xs_row, d_hs_row, carry_row, d_carry_row) in enumerate(rows):
@@ -262,7 +261,7 @@ def truncated_reference_grads(
     each row's last valid step. ``truncate=None`` gives full BPTT. Slow (O(T k) steps):
     a test oracle, not a training tool.
     """
-    cell = cell_for(cell, params)
+    cell = as_cell(cell)
     carry, d_carry = _default_carries(cell, params, xs, carry, d_carry, time_major)
     batch_size, num_steps = _batch_major(xs, time_major).shape[:2]
     lengths = tuple(int(n) for n in _concrete_lengths(lengths, batch_size, num_steps))
@@ -610,7 +609,7 @@ def check_gradients(
       >>> report.ok, [row.path for row in report.rows]
       (True, ['params.b', 'params.w_h', 'params.w_x', 'xs', 'carry.h', 'carry.c'])
     """
-    cell = cell_for(cell, params)
+    cell = as_cell(cell)
     dtype = params_dtype(params)
     tol = DEFAULT_TOL.get(jnp.dtype(dtype).name, DEFAULT_TOL["float32"])
     rtol = tol if rtol is None else rtol
@@ -715,7 +714,7 @@ def hidden_grad_norms(cell, params, xs, carry=None, *, d_h_last=None, time_major
     signal survives ``T-1-t`` steps back: decaying toward t = 0 is vanishing, growing is
     exploding. Each step back is one ``rj.bptt`` over a single step, chaining its ``d_carry0``.
     """
-    cell = cell_for(cell, params)
+    cell = as_cell(cell)
     xs_tm = xs if time_major else jnp.swapaxes(xs, 0, 1)
     hidden_size = check_params(cell, params)[1]
     if carry is None:

@@ -34,7 +34,7 @@ import numpy as np
 from rnn_jax.cell import Cell
 from rnn_jax.cells import rglru, slstm
 from rnn_jax.cells.base import LSTMCarry
-from rnn_jax.checks import as_cell, cell_for, check_params, spatial_rank
+from rnn_jax.checks import as_cell, check_params, spatial_rank
 from rnn_jax.layers import is_bidirectional
 
 _ZERO = -0.0
@@ -80,7 +80,7 @@ def _zeros(width: int, dtype) -> np.ndarray:
 def _finish(cell: Cell, params: dict, dtype) -> dict:
     """numpy -> jax arrays (cast to ``dtype`` if given), then the same checks as ``unroll``."""
     params = {k: jnp.asarray(v, dtype=dtype) for k, v in params.items()}
-    check_params(cell_for(cell, params), params)
+    check_params(as_cell(cell), params)
     return params
 
 
@@ -108,7 +108,7 @@ def _layers_of(params) -> tuple[list, bool]:
 
 def _check_layer(cell: Cell, layer) -> None:
     for part in (layer["fwd"], layer["bwd"]) if is_bidirectional(layer) else (layer,):
-        check_params(cell_for(cell, dict(part)), dict(part))
+        check_params(cell, dict(part))
 
 
 def _np_params(layer) -> dict:
@@ -212,8 +212,8 @@ def from_torch(module_or_state_dict, cell, *, dtype=None):
       ``{"fwd": ..., "bwd": ...}`` (the ``_reverse`` weights). Elman/LSTM get
       ``b = bias_ih + bias_hh``, the GRU ``b_x = bias_ih, b_h = bias_hh`` (its reset gate
       scales ``h @ W_hn + b_hn`` alone, so the two cannot be fused). ``bias=False`` gives
-      zero biases. ``proj_size=P`` adds ``w_hr = weight_hr.T (H, P)`` (``rj.lstm.init(...,
-      proj_size=P)``'s params; ``rj.unroll(rj.lstm, ...)`` runs them). For a Cell
+      zero biases. ``proj_size=P`` adds ``w_hr = weight_hr.T (H, P)``: pass
+      ``cell=rj.lstm.with_projection(P)``, the cell that runs them. For a Cell
       module/state_dict, the cell's params dict itself.
 
     Examples:

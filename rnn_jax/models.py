@@ -21,7 +21,7 @@ from rnn_jax.layers import (
     MERGES,
     init_stack,
     is_bidirectional,
-    params_output_size,
+    output_size,
     unroll_stack,
 )
 from rnn_jax.options import parse
@@ -138,7 +138,7 @@ def classifier(
             cell, k_rnn, input_size, hidden_size, num_layers,
             bidirectional=bidirectional, merge=merge, dtype=dtype, **init_kwargs,
         )  # fmt: skip
-        width = params_output_size(cell, rnn[-1], hidden_size, merge)  # LSTM proj_size=P: P
+        width = output_size(hidden_size, bidirectional=bidirectional, merge=merge, cell=cell)
         return {"rnn": rnn, "readout": dense_init(k_out, width, num_classes, dtype)}
 
     @accepts_unbatched(arrays=("lengths",), results=None)
@@ -206,10 +206,7 @@ def language_model(
         params["rnn"] = init(
             cell, k_rnn, input_size, hidden_size, num_layers, dtype=dtype, **init_kwargs
         )
-        if residual:
-            width = hidden_size
-        else:  # an LSTM's proj_size=P (in init_kwargs): P features
-            width = params_output_size(cell, params["rnn"][-1], hidden_size)
+        width = output_size(hidden_size, bidirectional=False, cell=None if residual else cell)
         params["readout"] = dense_init(k_out, width, vocab_size, dtype)
         return params
 
