@@ -53,7 +53,7 @@ import jax.numpy as jnp
 from rnn_jax.ops.linear_recurrence import scan_states
 
 __all__ = [  # fmt: skip
-    "Cell", "GenericCell", "LinearForm", "PROTOCOL", "RecurrentCell", "make_cell",
+    "Cell", "LinearForm", "PROTOCOL", "RecurrentCell", "make_cell",
 ]
 
 PyTree = Any
@@ -137,10 +137,6 @@ class Cell:
             raise ValueError(f"{self.name} is not a fused-gate cell: it has no matmul_dtype")
         name = None if matmul_dtype is None else jnp.dtype(matmul_dtype).name
         return dataclasses.replace(self.fused, matmul_dtype=name).cell
-
-
-# The name of releases before the one cell type: the same class.
-GenericCell = Cell
 
 
 def make_cell(
@@ -302,26 +298,12 @@ def cell_of_functions(name: str, functions) -> Cell:
     functions as attributes, and optionally ``sizes``, ``parallel`` (or ``linear``, a
     ``LinearForm``), ``spatial_rank``, ``recurrent_dropout``, ``step_backward_parts`` and
     ``output_size``."""
-    parallel = getattr(functions, "parallel", None)
-    linear = getattr(functions, "linear", None)
-    if linear is not None:
-        parallel = functools.partial(linear_parallel, linear, functions.hidden_of)
-    return Cell(
-        name=name,
-        init=functions.init,
-        step=functions.step,
-        zero_carry=functions.zero_carry,
-        hidden_of=functions.hidden_of,
-        step_forward=functions.step_forward,
-        step_backward=functions.step_backward,
-        sizes=getattr(functions, "sizes", fused_sizes),
-        parallel=parallel,
-        parallel_backward=linear is not None,
-        spatial_rank=getattr(functions, "spatial_rank", 0),
-        recurrent_dropout=getattr(functions, "recurrent_dropout", None),
-        step_backward_parts=getattr(functions, "step_backward_parts", None),
-        output_size=getattr(functions, "output_size", None),
-    )
+    optional = ("sizes", "parallel", "linear", "spatial_rank", "recurrent_dropout",
+                "step_backward_parts", "output_size")  # fmt: skip
+    found = {name: getattr(functions, name) for name in optional if hasattr(functions, name)}
+    return make_cell(name, functions.init, functions.step, zero_carry=functions.zero_carry,
+                     hidden_of=functions.hidden_of, step_forward=functions.step_forward,
+                     step_backward=functions.step_backward, **found)  # fmt: skip
 
 
 def fused_sizes(params) -> tuple[int, int]:

@@ -340,7 +340,11 @@ class LeafReport:
         line per failing leaf (at most ``MAX_DETAIL_LINES``)."""
         bad = self.failures()
         if bad:
-            raise AssertionError(failure_message(str(self), bad))
+            lines = [str(self), f"failing: {', '.join(row.path for row in bad)}"]
+            lines += [f"  {row.path}: {row.message}" for row in bad[:MAX_DETAIL_LINES]]
+            if len(bad) > MAX_DETAIL_LINES:
+                lines.append(f"  ... and {len(bad) - MAX_DETAIL_LINES} more")
+            raise AssertionError("\n".join(lines))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -387,38 +391,14 @@ class GradReport(LeafReport):
         return "\n".join(lines)
 
 
-def _path_str(path) -> str:
-    """``(DictKey('params'), DictKey('w_x'))`` -> ``params.w_x``; LSTM carry -> ``carry.h``."""
-    parts = []
-    for key in path:
-        if isinstance(key, jax.tree_util.DictKey):
-            parts.append(str(key.key))
-        elif isinstance(key, jax.tree_util.GetAttrKey):
-            parts.append(key.name)
-        elif isinstance(key, jax.tree_util.SequenceKey):
-            parts.append(str(key.idx))
-        else:
-            parts.append(str(key))
-    return ".".join(parts)
-
-
 def _leaf_names(**trees) -> list[str]:
-    """Leaf names in the order of ``jax.tree.leaves(tuple(trees.values()))``, which is the
-    order of ``bptt``'s ``(d_params, d_xs, d_carry0)`` (a dict would sort its keys)."""
-    names = []
-    for root, tree in trees.items():
-        for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]:
-            names.append(".".join([root, _path_str(path)]) if path else root)
-    return names
-
-
-def failure_message(table: str, failures) -> str:
-    """The table, then a short line per failing leaf (capped): what an error should say."""
-    lines = [table, f"failing: {', '.join(row.path for row in failures)}"]
-    lines += [f"  {row.path}: {row.message}" for row in failures[:MAX_DETAIL_LINES]]
-    if len(failures) > MAX_DETAIL_LINES:
-        lines.append(f"  ... and {len(failures) - MAX_DETAIL_LINES} more")
-    return "\n".join(lines)
+    """Leaf names (``params.w_x``, ``carry.h``) in the order of
+    ``jax.tree.leaves(tuple(trees.values()))``, which is the order of ``bptt``'s
+    ``(d_params, d_xs, d_carry0)`` (a dict would sort its keys)."""
+    flat = [(root, jax.tree_util.tree_flatten_with_path(tree)[0]) for root, tree in trees.items()]
+    keystr = lambda path: jax.tree_util.keystr(path, simple=True, separator=".")  # noqa: E731
+    return [".".join([root, keystr(path)]) if path else root for root, leaves in flat
+            for path, _ in leaves]  # fmt: skip
 
 
 def compare_leaf(manual, reference, rtol, atol, what="manual vs jax.grad"):
@@ -447,6 +427,24 @@ def compare_leaf(manual, reference, rtol, atol, what="manual vs jax.grad"):
         f"(manual {manual[worst]:.6g}, reference {reference[worst]:.6g})"
     )
     return max_abs, max_rel, False, message
+
+
+def compare_trees(names, manual, reference, rtol, atol, what, fd_errs=None, fd_tol=None):
+    """One ``LeafRow`` per leaf (``names`` in ``jax.tree.leaves`` order) of ``manual`` against
+    ``reference``; with ``fd_errs`` (one per leaf) a leaf also fails when its finite-difference
+    error exceeds ``fd_tol``; without, ``fd_err`` is NaN (not run)."""
+    rows = []
+    fds = [math.nan] * len(names) if fd_errs is None else fd_errs
+    leaves = zip(names, jax.tree.leaves(manual), jax.tree.leaves(reference), fds, strict=True)
+    for name, m, r, fd_err in leaves:
+        max_abs, max_rel, ok, message = compare_leaf(m, r, rtol, atol, what)
+        if fd_errs is not None and not fd_err <= fd_tol:  # also catches NaN
+            ok = False
+            message = (message + "; " if message else "") + (
+                f"finite differences: scaled error {fd_err:.3e} > {fd_tol:g}"
+            )
+        rows.append(LeafRow(name, max_abs, max_rel, fd_err, ok, message))
+    return rows
 
 
 # --------------------------------------------------------------------------------------
@@ -494,6 +492,12 @@ def random_carry(cell, batch_size, hidden_size: int, dtype, rng: np.random.Gener
     ``(B, *spatial)`` for a spatial cell)."""
     zero = jax.eval_shape(lambda: cell.zero_carry(batch_size, hidden_size, jnp.dtype(dtype)))
     return _normal_like(rng, zero, scale=0.5)
+
+
+def tolerances(dtype, rtol, atol) -> tuple[float, float]:
+    """``(rtol, atol)``, each ``DEFAULT_TOL`` of ``dtype`` where None."""
+    tol = DEFAULT_TOL.get(jnp.dtype(dtype).name, DEFAULT_TOL["float32"])
+    return tol if rtol is None else rtol, tol if atol is None else atol
 
 
 def _numpy_rng(key) -> np.random.Generator:
@@ -611,9 +615,7 @@ def check_gradients(
     """
     cell = as_cell(cell)
     dtype = params_dtype(params)
-    tol = DEFAULT_TOL.get(jnp.dtype(dtype).name, DEFAULT_TOL["float32"])
-    rtol = tol if rtol is None else rtol
-    atol = tol if atol is None else atol
+    rtol, atol = tolerances(dtype, rtol, atol)
     fd_tol = DEFAULT_FD_TOL if fd_tol is None else fd_tol
     eps = DEFAULT_EPS if eps is None else eps
     rng = _numpy_rng(key)
@@ -648,16 +650,8 @@ def check_gradients(
                 manual64 = _manual_and_autodiff(cell, *args64, *args[6:], autodiff=False)[0]
             fd_errs = _fd_check(cell, args64, manual64, config, truncate, rng, num_directions, eps)
 
-    rows = []
-    leaves = zip(names, jax.tree.leaves(manual), jax.tree.leaves(reference), fd_errs, strict=True)
-    for name, m, r, fd_err in leaves:
-        max_abs, max_rel, ok, message = compare_leaf(m, r, rtol, atol)
-        if not fd_err <= fd_tol:  # also catches NaN
-            ok = False
-            message = (message + "; " if message else "") + (
-                f"finite differences: scaled error {fd_err:.3e} > {fd_tol:g}"
-            )
-        rows.append(LeafRow(name, max_abs, max_rel, fd_err, ok, message))
+    rows = compare_trees(names, manual, reference, rtol, atol, "manual vs jax.grad", fd_errs,
+                         fd_tol)  # fmt: skip
     dtype_name = jnp.dtype(dtype).name
     report = GradReport(cell.name, dtype_name, truncate, tuple(rows), rtol, atol, fd_tol, eps)
     if raise_on_failure:

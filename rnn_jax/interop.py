@@ -80,13 +80,8 @@ def _zeros(width: int, dtype) -> np.ndarray:
 def _finish(cell: Cell, params: dict, dtype) -> dict:
     """numpy -> jax arrays (cast to ``dtype`` if given), then the same checks as ``unroll``."""
     params = {k: jnp.asarray(v, dtype=dtype) for k, v in params.items()}
-    check_params(as_cell(cell), params)
+    check_params(cell, params)
     return params
-
-
-def _fused(cell: Cell) -> bool:
-    """True for cells with one bias ``b`` (Elman, LSTM); False for the GRU's ``b_x, b_h``."""
-    return cell.fused.biases == ("b",)
 
 
 def _has_cell_state(cell) -> bool:
@@ -184,7 +179,7 @@ def _layer_from_torch(state: dict, suffix: str, cell: Cell, used: set) -> dict:
     if b_ih is None:  # bias=False
         b_ih, b_hh = np.zeros((width,), w_ih.dtype), np.zeros((width,), w_ih.dtype)
     params = {"w_x": w_ih.T, "w_h": w_hh.T}
-    if _fused(cell):
+    if cell.fused.sums_products:  # one bias b (Elman, LSTM); the GRU's b_x, b_h
         params["b"] = b_ih + b_hh  # PyTorch adds both; the sum is the same model
     else:
         params["b_x"], params["b_h"] = b_ih, b_hh
@@ -266,7 +261,7 @@ def from_torch(module_or_state_dict, cell, *, dtype=None):
 def _layer_to_torch(layer: dict, suffix: str, cell: Cell, bias: bool) -> dict:
     layer = _np_params(layer)
     out = {f"weight_ih{suffix}": layer["w_x"].T, f"weight_hh{suffix}": layer["w_h"].T}
-    if _fused(cell):
+    if cell.fused.sums_products:  # one bias b (Elman, LSTM); the GRU's b_x, b_h
         b_ih, b_hh = layer["b"], _zeros(layer["b"].shape[0], layer["b"].dtype)
     else:
         b_ih, b_hh = layer["b_x"], layer["b_h"]
@@ -648,19 +643,16 @@ def _swap_first_two_gates(array: np.ndarray, hidden: int) -> np.ndarray:
 
 
 def _cell_from_keras(weights: Sequence, cell: Cell, dtype) -> dict:
-    if spatial_rank(cell):  # ConvLSTM1D/2D/3D: rj.conv_lstm's params are Keras' as they are
-        if len(weights) not in (2, 3):
-            raise ValueError(f"expected Keras ConvLSTM weights [kernel, recurrent_kernel, bias] "
-                             f"(or without bias), got {len(weights)} arrays")  # fmt: skip
-        arrays = [_numpy(w) for w in weights]
-        if len(arrays) == 2:  # use_bias=False
-            arrays.append(np.zeros(arrays[1].shape[-1], arrays[1].dtype))
-        return _finish(cell, dict(zip(("w_x", "w_h", "b"), arrays, strict=True)), dtype)
     if len(weights) not in (2, 3):
         raise ValueError(
             f"expected Keras weights [kernel, recurrent_kernel, bias] (or without bias), got "
             f"{len(weights)} arrays"
         )
+    if spatial_rank(cell):  # ConvLSTM1D/2D/3D: rj.conv_lstm's params are Keras' as they are
+        arrays = [_numpy(w) for w in weights]
+        if len(arrays) == 2:  # use_bias=False
+            arrays.append(np.zeros(arrays[1].shape[-1], arrays[1].dtype))
+        return _finish(cell, dict(zip(("w_x", "w_h", "b"), arrays, strict=True)), dtype)
     num_gates, two_biases, swapped = _keras_layout(cell)
     kernel, recurrent = _numpy(weights[0]), _numpy(weights[1])
     hidden = recurrent.shape[0]

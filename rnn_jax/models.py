@@ -24,7 +24,7 @@ from rnn_jax.layers import (
     output_size,
     unroll_stack,
 )
-from rnn_jax.options import parse
+from rnn_jax.options import check_choice, parse
 from rnn_jax.sequence import accepts_unbatched, valid_mask
 
 
@@ -126,7 +126,7 @@ def classifier(
     options = parse(gradient=gradient, matmul_dtype=matmul_dtype, backend=backend, mode=mode,
                     input_dropout=input_dropout, recurrent_dropout=recurrent_dropout,
                     zoneout=zoneout)  # fmt: skip
-    _check_choice("pool", pool, POOLS)
+    check_choice("pool", pool, POOLS)
     _check_block(block, bidirectional=bidirectional, dropout=dropout)
     if block == "residual":
         return _residual_classifier(cell, hidden_size, num_classes, num_layers, expansion, pool,
@@ -232,14 +232,9 @@ BLOCKS = ("plain", "residual")
 POOLS = ("last", "mean")
 
 
-def _check_choice(name: str, value, allowed) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-
-
 def _check_block(block: str, **plain_only) -> None:
     """``block`` is known; the options only plain layers have are off for residual blocks."""
-    _check_choice("block", block, BLOCKS)
+    check_choice("block", block, BLOCKS)
     used = sorted(name for name, value in plain_only.items() if value)
     if block == "residual" and used:
         raise ValueError(f"block='residual' does not take {used}: those options belong to "
