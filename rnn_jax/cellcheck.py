@@ -35,6 +35,7 @@ from rnn_jax.checks import (
     check_like,
     check_params,
     check_step_contract,
+    init_shapes,
     spatial_rank,
 )
 from rnn_jax.gradcheck import (
@@ -205,9 +206,7 @@ def _check_contract(cell, sizes, spatial, dtype, rng, params, rtol, atol):
     lead = carry_lead(cell, (batch_size, *spatial, input_size))  # B, or (B, *spatial)
     name = cell.name
     try:
-        shapes = jax.eval_shape(
-            lambda k: cell.init(k, input_size, hidden_size, dtype=dtype), jax.random.PRNGKey(0)
-        )
+        shapes = init_shapes(cell, input_size, hidden_size, dtype)
     except TypeError as err:
         message = f"{name}.init(key, input_size, hidden_size, *, dtype=...) failed: {err}"
         raise TypeError(message) from err

@@ -74,16 +74,17 @@ def check_generic_params(cell, params) -> tuple[int, int]:
         floats = {jnp.finfo(leaf.dtype).dtype for leaf in leaves
                   if jnp.issubdtype(leaf.dtype, jnp.inexact)}  # fmt: skip
         for found in sorted(floats, key=str):  # is init the cause?
-            check_init_dtype(cell, _init_shapes(cell, input_size, hidden_size, found), found)
+            check_init_dtype(cell, init_shapes(cell, input_size, hidden_size, found), found)
         raise TypeError(f"{cell.name} {err}") from None
-    expected = _init_shapes(cell, input_size, hidden_size, dtype)
+    expected = init_shapes(cell, input_size, hidden_size, dtype)
     check_init_dtype(cell, expected, dtype)
     where = f"{cell.name} params (input_size={input_size}, hidden_size={hidden_size})"
     check_like(expected, params, where)
     return input_size, hidden_size
 
 
-def _init_shapes(cell, input_size: int, hidden_size: int, dtype):
+def init_shapes(cell, input_size: int, hidden_size: int, dtype):
+    """The shapes and dtypes of ``cell.init``'s params (``jax.eval_shape``: no compute)."""
     return jax.eval_shape(
         lambda key: cell.init(key, input_size, hidden_size, dtype=dtype), jax.random.PRNGKey(0)
     )

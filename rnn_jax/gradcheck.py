@@ -54,6 +54,7 @@ from rnn_jax.checks import (
     carry_lead,
     check_lengths,
     check_params,
+    init_shapes,
     params_dtype,
     spatial_rank,
 )
@@ -463,11 +464,7 @@ def random_problem(cell, shape, dtype, rng: np.random.Generator, *, time_major=F
     cell = as_cell(cell)
     spatial = check_spatial_shape(cell, spatial)
     batch_size, num_steps, input_size, hidden_size = shape
-    shapes = jax.eval_shape(
-        lambda key: cell.init(key, input_size, hidden_size, dtype=jnp.dtype(dtype)),
-        jax.random.PRNGKey(0),
-    )
-    params = _normal_like(rng, shapes, scale=0.5)
+    params = _normal_like(rng, init_shapes(cell, input_size, hidden_size, jnp.dtype(dtype)), 0.5)
     seq = (num_steps, batch_size) if time_major else (batch_size, num_steps)
     xs = jnp.asarray(rng.normal(size=(*seq, *spatial, input_size)), dtype)
     carry = random_carry(cell, carry_lead(cell, (batch_size, *spatial, input_size)),
@@ -710,9 +707,7 @@ def hidden_grad_norms(cell, params, xs, carry=None, *, d_h_last=None, time_major
     """
     cell = as_cell(cell)
     xs_tm = xs if time_major else jnp.swapaxes(xs, 0, 1)
-    hidden_size = check_params(cell, params)[1]
-    if carry is None:
-        carry = cell.zero_carry(carry_lead(cell, xs_tm.shape[1:]), hidden_size, xs.dtype)
+    carry, _ = _default_carries(cell, params, xs, carry, None, time_major)
     if d_h_last is None:
         h_shape = jax.eval_shape(cell.hidden_of, carry).shape  # (B, [*spatial,] H)
         d_h_last = jnp.full(h_shape, 1 / math.sqrt(math.prod(h_shape)), xs.dtype)
