@@ -133,6 +133,8 @@ def init_stack(
         else:
             layers.append(cell.init(layer_key, input_size, hidden_size, **init_kwargs))
         input_size = output_size(hidden_size, bidirectional=bidirectional, merge=merge, cell=cell)
+    # Params the cell cannot run (rj.lstm with init's proj_size=P) are refused now, not later.
+    check_params(cell, layers[0]["fwd"] if bidirectional else layers[0])
     return layers
 
 

@@ -149,6 +149,8 @@ def test_clear_errors():
     for run in (rj.unroll, rj.unroll_stack, rj.check_gradients):  # no implicit swap
         with pytest.raises(ValueError, match=refused):
             run(rj.lstm, [params] if run is rj.unroll_stack else params, xs)
+    with pytest.raises(ValueError, match=refused):  # at init, before a layer is sized for H
+        rj.init_stack(rj.lstm, key, IN, HID, 2, bidirectional=True, proj_size=PROJ)
     plain = rj.lstm.init(key, IN, HID)
     with pytest.raises(ValueError, match="must have keys"):
         rj.unroll(rj.lstm.with_projection(PROJ), plain, xs)
