@@ -238,8 +238,9 @@ def make_rnn_jax(cell, cfg, mode, x, y, *, gradient=None, **unroll_options) -> C
     _, _, input_size, hidden_size = cfg
     module = as_cell(_cell_of(cell))
     proj = projection_size(cell, hidden_size)
-    init_options = {} if proj is None else {"proj_size": proj}
-    rnn_params = module.init(jax.random.key(0), input_size, hidden_size, **init_options)
+    if proj is not None:  # the cell whose h has P features; its init adds w_hr (H, P)
+        module = module.with_projection(proj)
+    rnn_params = module.init(jax.random.key(0), input_size, hidden_size)
 
     if "unroll_mode" in unroll_options:
         unroll_options["mode"] = unroll_options.pop("unroll_mode")
@@ -256,7 +257,7 @@ def _cell_of(cell: str):
     """A user's cell (``--cell module:attr``) or the library cell of that name."""
     if cell in USER_CELLS:
         return USER_CELLS[cell]
-    if cell == "lstm_proj":  # rj.lstm; its params (w_hr) select the projected cell
+    if cell == "lstm_proj":  # rj.lstm; make_rnn_jax projects it (with_projection(H // 2))
         import rnn_jax as rj
 
         return rj.lstm

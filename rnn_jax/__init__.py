@@ -13,7 +13,7 @@ The submodules (``rj.models``, ``rj.train``, ``rj.nnx``, ``rj.interop``, ...) lo
 import importlib
 
 from rnn_jax.bptt import bptt
-from rnn_jax.cell import Cell, GenericCell, LinearForm, RecurrentCell, make_cell
+from rnn_jax.cell import Cell, LinearForm, RecurrentCell, make_cell
 from rnn_jax.cellcheck import CellReport, check_cell
 from rnn_jax.cells import (
     gru,
@@ -74,7 +74,6 @@ def __getattr__(name):
 __all__ = [
     "Cell",
     "CellReport",
-    "GenericCell",
     "LSTMCarry",
     "LinearForm",
     "RecurrentCell",

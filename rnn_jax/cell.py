@@ -34,7 +34,10 @@ Beyond the protocol a cell may declare *capabilities*, which the drivers test fo
   ``h_read=`` (what the recurrent products read instead of the carry's ``h``) and
   ``step_backward_parts`` returns dL/d(h read) apart; ``"carry"``: the carry's ``h`` is read
   only by recurrent products, so scaling it is exact; None: refused by name;
-- ``spatial_rank``: how many spatial axes inputs and carry leaves have after the batch.
+- ``spatial_rank``: how many spatial axes inputs and carry leaves have after the batch;
+- ``output_size``: ``output_size(hidden_size) -> width of h`` (``hidden_width`` for a cell
+  whose h is ``(B, [*spatial,] H)``); None: the layers read it from ``hidden_of`` of a zero
+  carry (``rnn_jax.checks.cell_output_size``).
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ import jax.numpy as jnp
 from rnn_jax.ops.linear_recurrence import scan_states
 
 __all__ = [  # fmt: skip
-    "Cell", "GenericCell", "LinearForm", "PROTOCOL", "RecurrentCell", "make_cell",
+    "Cell", "LinearForm", "PROTOCOL", "RecurrentCell", "make_cell",
 ]
 
 PyTree = Any
@@ -107,6 +110,7 @@ class Cell:
     parallel_backward: bool = False  # parallel takes gradient=, and "manual" is by hand
     recurrent_dropout: str | None = None
     step_backward_parts: Callable | None = None
+    output_size: Callable | None = None  # hidden_size -> width of h; None: probed
 
     def __post_init__(self):
         if self.recurrent_dropout not in RECURRENT_DROPOUT_SITES:
@@ -135,10 +139,6 @@ class Cell:
         return dataclasses.replace(self.fused, matmul_dtype=name).cell
 
 
-# The name of releases before the one cell type: the same class.
-GenericCell = Cell
-
-
 def make_cell(
     name: str,
     init: Callable,
@@ -154,6 +154,7 @@ def make_cell(
     spatial_rank: int = 0,
     recurrent_dropout: str | None = None,
     step_backward_parts: Callable | None = None,
+    output_size: Callable | None = None,
 ) -> Cell:
     """A cell from plain functions, usable everywhere a library cell is.
 
@@ -190,6 +191,8 @@ def make_cell(
         and ``step_backward_parts`` returns ``(d_params, d_x, d_carry_direct, d_read)``;
         None (default): recurrent dropout is refused for this cell.
       step_backward_parts: with ``recurrent_dropout="read"``, as above.
+      output_size: ``hidden_size -> width of h'`` (``rnn_jax.cell.hidden_width`` when h is
+        ``(B, H)``); None (default): read from ``hidden_of`` of a zero carry.
 
     Examples:
       >>> import jax, jax.numpy as jnp, rnn_jax as rj
@@ -243,6 +246,7 @@ def make_cell(
         spatial_rank=spatial_rank,
         recurrent_dropout=recurrent_dropout,
         step_backward_parts=step_backward_parts,
+        output_size=output_size,
     )
 
 
@@ -266,6 +270,11 @@ def _vjp_backward(step, params, residuals, d_h, d_carry):
     return d_params, d_x, d_carry_prev
 
 
+def hidden_width(hidden_size: int) -> int:
+    """A cell's ``output_size`` when its h is ``(B, [*spatial,] H)``: the hidden size."""
+    return hidden_size
+
+
 def _zero_hidden(batch_size: int, hidden_size: int, dtype=jnp.float32):
     return jnp.zeros((batch_size, hidden_size), dtype)
 
@@ -287,26 +296,14 @@ def default_hidden_of(carry):
 def cell_of_functions(name: str, functions) -> Cell:
     """A ``Cell`` from an object (a module, a class instance) that has the protocol's
     functions as attributes, and optionally ``sizes``, ``parallel`` (or ``linear``, a
-    ``LinearForm``), ``spatial_rank``, ``recurrent_dropout`` and ``step_backward_parts``."""
-    parallel = getattr(functions, "parallel", None)
-    linear = getattr(functions, "linear", None)
-    if linear is not None:
-        parallel = functools.partial(linear_parallel, linear, functions.hidden_of)
-    return Cell(
-        name=name,
-        init=functions.init,
-        step=functions.step,
-        zero_carry=functions.zero_carry,
-        hidden_of=functions.hidden_of,
-        step_forward=functions.step_forward,
-        step_backward=functions.step_backward,
-        sizes=getattr(functions, "sizes", fused_sizes),
-        parallel=parallel,
-        parallel_backward=linear is not None,
-        spatial_rank=getattr(functions, "spatial_rank", 0),
-        recurrent_dropout=getattr(functions, "recurrent_dropout", None),
-        step_backward_parts=getattr(functions, "step_backward_parts", None),
-    )
+    ``LinearForm``), ``spatial_rank``, ``recurrent_dropout``, ``step_backward_parts`` and
+    ``output_size``."""
+    optional = ("sizes", "parallel", "linear", "spatial_rank", "recurrent_dropout",
+                "step_backward_parts", "output_size")  # fmt: skip
+    found = {name: getattr(functions, name) for name in optional if hasattr(functions, name)}
+    return make_cell(name, functions.init, functions.step, zero_carry=functions.zero_carry,
+                     hidden_of=functions.hidden_of, step_forward=functions.step_forward,
+                     step_backward=functions.step_backward, **found)  # fmt: skip
 
 
 def fused_sizes(params) -> tuple[int, int]:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
@@ -36,21 +35,22 @@ from rnn_jax.checks import (
     check_like,
     check_params,
     check_step_contract,
+    init_shapes,
     spatial_rank,
 )
 from rnn_jax.gradcheck import (
     DEFAULT_EPS,
     DEFAULT_FD_TOL,
-    DEFAULT_TOL,
     LeafReport,
-    LeafRow,
     _leaf_names,
     _normal_like,
     _numpy_rng,
     check_gradients,
     check_spatial_shape,
     compare_leaf,
+    compare_trees,
     random_carry,
+    tolerances,
 )
 from rnn_jax.scan import unroll
 
@@ -159,9 +159,7 @@ def check_cell(
     if dtype == jnp.float64 and not jax.config.jax_enable_x64:
         raise ValueError("check_cell in float64 needs 64-bit JAX: run it under "
                          "jax.enable_x64(True), or pass dtype=jnp.float32")  # fmt: skip
-    tol = DEFAULT_TOL.get(dtype.name, DEFAULT_TOL["float32"])
-    rtol = tol if rtol is None else rtol
-    atol = tol if atol is None else atol
+    rtol, atol = tolerances(dtype, rtol, atol)
     rng = _numpy_rng(key)
     if spatial_shape is None:
         spatial_shape = (4,) * spatial_rank(cell)
@@ -208,9 +206,7 @@ def _check_contract(cell, sizes, spatial, dtype, rng, params, rtol, atol):
     lead = carry_lead(cell, (batch_size, *spatial, input_size))  # B, or (B, *spatial)
     name = cell.name
     try:
-        shapes = jax.eval_shape(
-            lambda k: cell.init(k, input_size, hidden_size, dtype=dtype), jax.random.PRNGKey(0)
-        )
+        shapes = init_shapes(cell, input_size, hidden_size, dtype)
     except TypeError as err:
         message = f"{name}.init(key, input_size, hidden_size, *, dtype=...) failed: {err}"
         raise TypeError(message) from err
@@ -256,11 +252,7 @@ def _step_stage(cell, params, carry, x, rng, rtol, atol):
     reference = (d_params, d_x, d_carry_prev)
     check_like(jax.eval_shape(lambda: reference), manual, f"{cell.name}.step_backward's result")
     names = _leaf_names(d_params=params, d_x=x, d_carry=carry)
-    rows = []
-    for name, m, r in zip(names, jax.tree.leaves(manual), jax.tree.leaves(reference), strict=True):
-        max_abs, max_rel, ok, message = compare_leaf(m, r, rtol, atol, "step_backward vs jax.vjp")
-        rows.append(LeafRow(name, max_abs, max_rel, math.nan, ok, message))  # no FD at a step
-    return rows
+    return compare_trees(names, manual, reference, rtol, atol, "step_backward vs jax.vjp")
 
 
 def _parallel_stage(cell, params, xs, carry, lengths, rng, rtol, atol):
@@ -288,10 +280,5 @@ def _parallel_stage(cell, params, xs, carry, lengths, rng, rtol, atol):
     grads = {mode: jax.grad(loss(fn), argnums=(0, 1, 2))(params, xs, carry)
              for mode, fn in run.items()}  # fmt: skip
     names = _leaf_names(d_params=params, d_x=xs, d_carry=carry)
-    rows = []
-    for name, got, want in zip(names, jax.tree.leaves(grads["parallel"]),
-                               jax.tree.leaves(grads["sequential"]), strict=True):  # fmt: skip
-        max_abs, max_rel, ok, message = compare_leaf(got, want, rtol, atol,
-                                                     "parallel vs jax.grad of the steps")
-        rows.append(LeafRow(name, max_abs, max_rel, math.nan, ok, message))
-    return rows
+    return compare_trees(names, grads["parallel"], grads["sequential"], rtol, atol,
+                         "parallel vs jax.grad of the steps")  # fmt: skip

@@ -74,16 +74,17 @@ def check_generic_params(cell, params) -> tuple[int, int]:
         floats = {jnp.finfo(leaf.dtype).dtype for leaf in leaves
                   if jnp.issubdtype(leaf.dtype, jnp.inexact)}  # fmt: skip
         for found in sorted(floats, key=str):  # is init the cause?
-            check_init_dtype(cell, _init_shapes(cell, input_size, hidden_size, found), found)
+            check_init_dtype(cell, init_shapes(cell, input_size, hidden_size, found), found)
         raise TypeError(f"{cell.name} {err}") from None
-    expected = _init_shapes(cell, input_size, hidden_size, dtype)
+    expected = init_shapes(cell, input_size, hidden_size, dtype)
     check_init_dtype(cell, expected, dtype)
     where = f"{cell.name} params (input_size={input_size}, hidden_size={hidden_size})"
     check_like(expected, params, where)
     return input_size, hidden_size
 
 
-def _init_shapes(cell, input_size: int, hidden_size: int, dtype):
+def init_shapes(cell, input_size: int, hidden_size: int, dtype):
+    """The shapes and dtypes of ``cell.init``'s params (``jax.eval_shape``: no compute)."""
     return jax.eval_shape(
         lambda key: cell.init(key, input_size, hidden_size, dtype=dtype), jax.random.PRNGKey(0)
     )
@@ -172,8 +173,7 @@ def check_fused_params(cell, params) -> tuple[int, int]:
         proj = getattr(params["w_hr"], "shape", (None, "P"))[-1]
         raise ValueError(
             f"{cell.name} params have an output projection w_hr: run them with "
-            f"rj.lstm.with_projection({proj}) (rj.unroll, rj.bptt and the layers pick it "
-            "from the params themselves)"
+            f"rj.lstm.with_projection({proj}), the cell whose h has {proj} features"
         )
     expected = {"w_x", "w_h", *cell.biases} | ({"w_hr"} if cell.proj_size else set())
     if set(params) != expected:
@@ -220,6 +220,14 @@ def one_zero_carry(cell, hidden_size: int, dtype=jnp.float32):
     return cell.zero_carry(carry_lead(cell, (1,) * (spatial_rank(cell) + 2)), hidden_size, dtype)
 
 
+def cell_output_size(cell, hidden_size: int) -> int:
+    """Width of the h a cell outputs at each step: its declared ``output_size``, else (a
+    user's cell that does not declare it) the last axis of ``hidden_of`` of a zero carry."""
+    if cell.output_size is not None:
+        return cell.output_size(hidden_size)
+    return jax.eval_shape(lambda: cell.hidden_of(one_zero_carry(cell, hidden_size))).shape[-1]
+
+
 def _check_projection(cell, w_hr, w_h) -> int:
     """``w_hr`` must be ``(H, P)`` with ``P = cell.proj_size`` and ``w_h (P, G*H)``; returns H."""
     proj = cell.proj_size
@@ -229,19 +237,6 @@ def _check_projection(cell, w_hr, w_h) -> int:
             f"w_hr {getattr(w_hr, 'shape', None)}, w_h {w_h.shape}"
         )
     return w_hr.shape[0]
-
-
-def cell_for(cell, params):
-    """The cell that runs ``params``: ``rj.lstm`` given params with an output projection
-    ``w_hr (H, P)`` runs as ``rj.lstm.with_projection(P)`` (its zero carry's h is ``(B, P)``);
-    any other cell as it is."""
-    cell = as_cell(cell)
-    if not (cell.fused is not None and cell.fused.projectable and cell.fused.proj_size is None):
-        return cell
-    w_hr = params.get("w_hr") if isinstance(params, dict) else None
-    if getattr(w_hr, "ndim", None) != 2:
-        return cell  # no projection (or a malformed one: check_params says which)
-    return cell.with_projection(int(w_hr.shape[1]))
 
 
 def check_sequence(xs, input_size: int, dtype, *, time_major: bool, name="xs", spatial=0):

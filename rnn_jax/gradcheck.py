@@ -52,9 +52,9 @@ from rnn_jax.bptt import bptt
 from rnn_jax.checks import (
     as_cell,
     carry_lead,
-    cell_for,
     check_lengths,
     check_params,
+    init_shapes,
     params_dtype,
     spatial_rank,
 )
@@ -195,7 +195,7 @@ def frozen_starts(cell, params, xs, carry, *, lengths=None, reverse=False, time_
     ``(params, xs, carry)`` whose exact gradient is the truncated gradient (what finite
     differences need: they cannot see ``stop_gradient``).
     """
-    cell = cell_for(cell, params)
+    cell = as_cell(cell)
     zeros = jnp.zeros(xs.shape[:2] + (1,), xs.dtype)  # a dummy d_hs in xs' layout
     return [
         row_start_carries(cell, params, xs_row, carry_row)
@@ -226,7 +226,7 @@ def windowed_loss(
     initial carry (the plain loss). ``starts=None``: window starts are recomputed from the
     arguments under ``stop_gradient``; else a list from ``frozen_starts``.
     """
-    cell = cell_for(cell, params)
+    cell = as_cell(cell)
     loss = 0.0
     rows = _rows(cell, xs, d_hs, carry, d_carry, lengths, reverse, time_major)
     for b, (xs_row, d_hs_row, carry_row, d_carry_row) in enumerate(rows):
@@ -262,7 +262,7 @@ def truncated_reference_grads(
     each row's last valid step. ``truncate=None`` gives full BPTT. Slow (O(T k) steps):
     a test oracle, not a training tool.
     """
-    cell = cell_for(cell, params)
+    cell = as_cell(cell)
     carry, d_carry = _default_carries(cell, params, xs, carry, d_carry, time_major)
     batch_size, num_steps = _batch_major(xs, time_major).shape[:2]
     lengths = tuple(int(n) for n in _concrete_lengths(lengths, batch_size, num_steps))
@@ -341,7 +341,11 @@ class LeafReport:
         line per failing leaf (at most ``MAX_DETAIL_LINES``)."""
         bad = self.failures()
         if bad:
-            raise AssertionError(failure_message(str(self), bad))
+            lines = [str(self), f"failing: {', '.join(row.path for row in bad)}"]
+            lines += [f"  {row.path}: {row.message}" for row in bad[:MAX_DETAIL_LINES]]
+            if len(bad) > MAX_DETAIL_LINES:
+                lines.append(f"  ... and {len(bad) - MAX_DETAIL_LINES} more")
+            raise AssertionError("\n".join(lines))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -388,38 +392,14 @@ class GradReport(LeafReport):
         return "\n".join(lines)
 
 
-def _path_str(path) -> str:
-    """``(DictKey('params'), DictKey('w_x'))`` -> ``params.w_x``; LSTM carry -> ``carry.h``."""
-    parts = []
-    for key in path:
-        if isinstance(key, jax.tree_util.DictKey):
-            parts.append(str(key.key))
-        elif isinstance(key, jax.tree_util.GetAttrKey):
-            parts.append(key.name)
-        elif isinstance(key, jax.tree_util.SequenceKey):
-            parts.append(str(key.idx))
-        else:
-            parts.append(str(key))
-    return ".".join(parts)
-
-
 def _leaf_names(**trees) -> list[str]:
-    """Leaf names in the order of ``jax.tree.leaves(tuple(trees.values()))``, which is the
-    order of ``bptt``'s ``(d_params, d_xs, d_carry0)`` (a dict would sort its keys)."""
-    names = []
-    for root, tree in trees.items():
-        for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]:
-            names.append(".".join([root, _path_str(path)]) if path else root)
-    return names
-
-
-def failure_message(table: str, failures) -> str:
-    """The table, then a short line per failing leaf (capped): what an error should say."""
-    lines = [table, f"failing: {', '.join(row.path for row in failures)}"]
-    lines += [f"  {row.path}: {row.message}" for row in failures[:MAX_DETAIL_LINES]]
-    if len(failures) > MAX_DETAIL_LINES:
-        lines.append(f"  ... and {len(failures) - MAX_DETAIL_LINES} more")
-    return "\n".join(lines)
+    """Leaf names (``params.w_x``, ``carry.h``) in the order of
+    ``jax.tree.leaves(tuple(trees.values()))``, which is the order of ``bptt``'s
+    ``(d_params, d_xs, d_carry0)`` (a dict would sort its keys)."""
+    flat = [(root, jax.tree_util.tree_flatten_with_path(tree)[0]) for root, tree in trees.items()]
+    keystr = lambda path: jax.tree_util.keystr(path, simple=True, separator=".")  # noqa: E731
+    return [".".join([root, keystr(path)]) if path else root for root, leaves in flat
+            for path, _ in leaves]  # fmt: skip
 
 
 def compare_leaf(manual, reference, rtol, atol, what="manual vs jax.grad"):
@@ -450,6 +430,24 @@ def compare_leaf(manual, reference, rtol, atol, what="manual vs jax.grad"):
     return max_abs, max_rel, False, message
 
 
+def compare_trees(names, manual, reference, rtol, atol, what, fd_errs=None, fd_tol=None):
+    """One ``LeafRow`` per leaf (``names`` in ``jax.tree.leaves`` order) of ``manual`` against
+    ``reference``; with ``fd_errs`` (one per leaf) a leaf also fails when its finite-difference
+    error exceeds ``fd_tol``; without, ``fd_err`` is NaN (not run)."""
+    rows = []
+    fds = [math.nan] * len(names) if fd_errs is None else fd_errs
+    leaves = zip(names, jax.tree.leaves(manual), jax.tree.leaves(reference), fds, strict=True)
+    for name, m, r, fd_err in leaves:
+        max_abs, max_rel, ok, message = compare_leaf(m, r, rtol, atol, what)
+        if fd_errs is not None and not fd_err <= fd_tol:  # also catches NaN
+            ok = False
+            message = (message + "; " if message else "") + (
+                f"finite differences: scaled error {fd_err:.3e} > {fd_tol:g}"
+            )
+        rows.append(LeafRow(name, max_abs, max_rel, fd_err, ok, message))
+    return rows
+
+
 # --------------------------------------------------------------------------------------
 # check_gradients
 # --------------------------------------------------------------------------------------
@@ -466,11 +464,7 @@ def random_problem(cell, shape, dtype, rng: np.random.Generator, *, time_major=F
     cell = as_cell(cell)
     spatial = check_spatial_shape(cell, spatial)
     batch_size, num_steps, input_size, hidden_size = shape
-    shapes = jax.eval_shape(
-        lambda key: cell.init(key, input_size, hidden_size, dtype=jnp.dtype(dtype)),
-        jax.random.PRNGKey(0),
-    )
-    params = _normal_like(rng, shapes, scale=0.5)
+    params = _normal_like(rng, init_shapes(cell, input_size, hidden_size, jnp.dtype(dtype)), 0.5)
     seq = (num_steps, batch_size) if time_major else (batch_size, num_steps)
     xs = jnp.asarray(rng.normal(size=(*seq, *spatial, input_size)), dtype)
     carry = random_carry(cell, carry_lead(cell, (batch_size, *spatial, input_size)),
@@ -495,6 +489,12 @@ def random_carry(cell, batch_size, hidden_size: int, dtype, rng: np.random.Gener
     ``(B, *spatial)`` for a spatial cell)."""
     zero = jax.eval_shape(lambda: cell.zero_carry(batch_size, hidden_size, jnp.dtype(dtype)))
     return _normal_like(rng, zero, scale=0.5)
+
+
+def tolerances(dtype, rtol, atol) -> tuple[float, float]:
+    """``(rtol, atol)``, each ``DEFAULT_TOL`` of ``dtype`` where None."""
+    tol = DEFAULT_TOL.get(jnp.dtype(dtype).name, DEFAULT_TOL["float32"])
+    return tol if rtol is None else rtol, tol if atol is None else atol
 
 
 def _numpy_rng(key) -> np.random.Generator:
@@ -610,11 +610,9 @@ def check_gradients(
       >>> report.ok, [row.path for row in report.rows]
       (True, ['params.b', 'params.w_h', 'params.w_x', 'xs', 'carry.h', 'carry.c'])
     """
-    cell = cell_for(cell, params)
+    cell = as_cell(cell)
     dtype = params_dtype(params)
-    tol = DEFAULT_TOL.get(jnp.dtype(dtype).name, DEFAULT_TOL["float32"])
-    rtol = tol if rtol is None else rtol
-    atol = tol if atol is None else atol
+    rtol, atol = tolerances(dtype, rtol, atol)
     fd_tol = DEFAULT_FD_TOL if fd_tol is None else fd_tol
     eps = DEFAULT_EPS if eps is None else eps
     rng = _numpy_rng(key)
@@ -649,16 +647,8 @@ def check_gradients(
                 manual64 = _manual_and_autodiff(cell, *args64, *args[6:], autodiff=False)[0]
             fd_errs = _fd_check(cell, args64, manual64, config, truncate, rng, num_directions, eps)
 
-    rows = []
-    leaves = zip(names, jax.tree.leaves(manual), jax.tree.leaves(reference), fd_errs, strict=True)
-    for name, m, r, fd_err in leaves:
-        max_abs, max_rel, ok, message = compare_leaf(m, r, rtol, atol)
-        if not fd_err <= fd_tol:  # also catches NaN
-            ok = False
-            message = (message + "; " if message else "") + (
-                f"finite differences: scaled error {fd_err:.3e} > {fd_tol:g}"
-            )
-        rows.append(LeafRow(name, max_abs, max_rel, fd_err, ok, message))
+    rows = compare_trees(names, manual, reference, rtol, atol, "manual vs jax.grad", fd_errs,
+                         fd_tol)  # fmt: skip
     dtype_name = jnp.dtype(dtype).name
     report = GradReport(cell.name, dtype_name, truncate, tuple(rows), rtol, atol, fd_tol, eps)
     if raise_on_failure:
@@ -715,11 +705,9 @@ def hidden_grad_norms(cell, params, xs, carry=None, *, d_h_last=None, time_major
     signal survives ``T-1-t`` steps back: decaying toward t = 0 is vanishing, growing is
     exploding. Each step back is one ``rj.bptt`` over a single step, chaining its ``d_carry0``.
     """
-    cell = cell_for(cell, params)
+    cell = as_cell(cell)
     xs_tm = xs if time_major else jnp.swapaxes(xs, 0, 1)
-    hidden_size = check_params(cell, params)[1]
-    if carry is None:
-        carry = cell.zero_carry(carry_lead(cell, xs_tm.shape[1:]), hidden_size, xs.dtype)
+    carry, _ = _default_carries(cell, params, xs, carry, None, time_major)
     if d_h_last is None:
         h_shape = jax.eval_shape(cell.hidden_of, carry).shape  # (B, [*spatial,] H)
         d_h_last = jnp.full(h_shape, 1 / math.sqrt(math.prod(h_shape)), xs.dtype)

@@ -34,7 +34,7 @@ import numpy as np
 from rnn_jax.cell import Cell
 from rnn_jax.cells import rglru, slstm
 from rnn_jax.cells.base import LSTMCarry
-from rnn_jax.checks import as_cell, cell_for, check_params, spatial_rank
+from rnn_jax.checks import as_cell, check_params, spatial_rank
 from rnn_jax.layers import is_bidirectional
 
 _ZERO = -0.0
@@ -80,13 +80,8 @@ def _zeros(width: int, dtype) -> np.ndarray:
 def _finish(cell: Cell, params: dict, dtype) -> dict:
     """numpy -> jax arrays (cast to ``dtype`` if given), then the same checks as ``unroll``."""
     params = {k: jnp.asarray(v, dtype=dtype) for k, v in params.items()}
-    check_params(cell_for(cell, params), params)
+    check_params(cell, params)
     return params
-
-
-def _fused(cell: Cell) -> bool:
-    """True for cells with one bias ``b`` (Elman, LSTM); False for the GRU's ``b_x, b_h``."""
-    return cell.fused.biases == ("b",)
 
 
 def _has_cell_state(cell) -> bool:
@@ -108,7 +103,7 @@ def _layers_of(params) -> tuple[list, bool]:
 
 def _check_layer(cell: Cell, layer) -> None:
     for part in (layer["fwd"], layer["bwd"]) if is_bidirectional(layer) else (layer,):
-        check_params(cell_for(cell, dict(part)), dict(part))
+        check_params(cell, dict(part))
 
 
 def _np_params(layer) -> dict:
@@ -184,7 +179,7 @@ def _layer_from_torch(state: dict, suffix: str, cell: Cell, used: set) -> dict:
     if b_ih is None:  # bias=False
         b_ih, b_hh = np.zeros((width,), w_ih.dtype), np.zeros((width,), w_ih.dtype)
     params = {"w_x": w_ih.T, "w_h": w_hh.T}
-    if _fused(cell):
+    if cell.fused.sums_products:  # one bias b (Elman, LSTM); the GRU's b_x, b_h
         params["b"] = b_ih + b_hh  # PyTorch adds both; the sum is the same model
     else:
         params["b_x"], params["b_h"] = b_ih, b_hh
@@ -212,8 +207,8 @@ def from_torch(module_or_state_dict, cell, *, dtype=None):
       ``{"fwd": ..., "bwd": ...}`` (the ``_reverse`` weights). Elman/LSTM get
       ``b = bias_ih + bias_hh``, the GRU ``b_x = bias_ih, b_h = bias_hh`` (its reset gate
       scales ``h @ W_hn + b_hn`` alone, so the two cannot be fused). ``bias=False`` gives
-      zero biases. ``proj_size=P`` adds ``w_hr = weight_hr.T (H, P)`` (``rj.lstm.init(...,
-      proj_size=P)``'s params; ``rj.unroll(rj.lstm, ...)`` runs them). For a Cell
+      zero biases. ``proj_size=P`` adds ``w_hr = weight_hr.T (H, P)``: pass
+      ``cell=rj.lstm.with_projection(P)``, the cell that runs them. For a Cell
       module/state_dict, the cell's params dict itself.
 
     Examples:
@@ -266,7 +261,7 @@ def from_torch(module_or_state_dict, cell, *, dtype=None):
 def _layer_to_torch(layer: dict, suffix: str, cell: Cell, bias: bool) -> dict:
     layer = _np_params(layer)
     out = {f"weight_ih{suffix}": layer["w_x"].T, f"weight_hh{suffix}": layer["w_h"].T}
-    if _fused(cell):
+    if cell.fused.sums_products:  # one bias b (Elman, LSTM); the GRU's b_x, b_h
         b_ih, b_hh = layer["b"], _zeros(layer["b"].shape[0], layer["b"].dtype)
     else:
         b_ih, b_hh = layer["b_x"], layer["b_h"]
@@ -648,19 +643,16 @@ def _swap_first_two_gates(array: np.ndarray, hidden: int) -> np.ndarray:
 
 
 def _cell_from_keras(weights: Sequence, cell: Cell, dtype) -> dict:
-    if spatial_rank(cell):  # ConvLSTM1D/2D/3D: rj.conv_lstm's params are Keras' as they are
-        if len(weights) not in (2, 3):
-            raise ValueError(f"expected Keras ConvLSTM weights [kernel, recurrent_kernel, bias] "
-                             f"(or without bias), got {len(weights)} arrays")  # fmt: skip
-        arrays = [_numpy(w) for w in weights]
-        if len(arrays) == 2:  # use_bias=False
-            arrays.append(np.zeros(arrays[1].shape[-1], arrays[1].dtype))
-        return _finish(cell, dict(zip(("w_x", "w_h", "b"), arrays, strict=True)), dtype)
     if len(weights) not in (2, 3):
         raise ValueError(
             f"expected Keras weights [kernel, recurrent_kernel, bias] (or without bias), got "
             f"{len(weights)} arrays"
         )
+    if spatial_rank(cell):  # ConvLSTM1D/2D/3D: rj.conv_lstm's params are Keras' as they are
+        arrays = [_numpy(w) for w in weights]
+        if len(arrays) == 2:  # use_bias=False
+            arrays.append(np.zeros(arrays[1].shape[-1], arrays[1].dtype))
+        return _finish(cell, dict(zip(("w_x", "w_h", "b"), arrays, strict=True)), dtype)
     num_gates, two_biases, swapped = _keras_layout(cell)
     kernel, recurrent = _numpy(weights[0]), _numpy(weights[1])
     hidden = recurrent.shape[0]

@@ -12,10 +12,9 @@ import jax.numpy as jnp
 from rnn_jax.checks import (
     as_cell,
     carry_lead,
-    cell_for,
+    cell_output_size,
     check_carry,
     check_params,
-    one_zero_carry,
     params_dtype,
     spatial_rank,
 )
@@ -43,34 +42,12 @@ def _merge_fn(merge: str):
     return MERGES[merge]
 
 
-def output_size(hidden_size: int, *, bidirectional: bool, merge: str = "concat") -> int:
-    """Feature size of a layer's outputs, for a cell whose output is its hidden state
-    (``cell_output_size`` gives a cell's own width, e.g. a projection's)."""
+def output_size(hidden_size: int, *, bidirectional: bool, merge: str = "concat", cell=None) -> int:
+    """Feature size of a layer's outputs (both directions merged): of a cell whose output is
+    its hidden state, or with ``cell`` of that cell's outputs (e.g. a projection's P)."""
     _merge_fn(merge)
-    return 2 * hidden_size if bidirectional and merge == "concat" else hidden_size
-
-
-def cell_output_size(cell, hidden_size: int) -> int:
-    """Width of the ``h`` a cell outputs at each step (``hidden_of`` of its carry)."""
-    cell = as_cell(cell)
-    carry = jax.eval_shape(lambda: one_zero_carry(cell, hidden_size))
-    return jax.eval_shape(cell.hidden_of, carry).shape[-1]
-
-
-def layer_output_size(cell, hidden_size: int, *, bidirectional: bool, merge="concat") -> int:
-    """Feature size of a layer of ``cell``'s outputs (both directions merged)."""
-    return output_size(cell_output_size(cell, hidden_size), bidirectional=bidirectional,
-                       merge=merge)  # fmt: skip
-
-
-def params_output_size(cell, layer, hidden_size: int, merge: str = "concat") -> int:
-    """``layer_output_size`` of a layer given its params: an LSTM with a projection ``w_hr
-    (H, P)`` outputs P features (bidirectional, concat: 2P), which ``hidden_size`` alone
-    cannot tell."""
-    bidir = is_bidirectional(layer)
-    direction = layer["fwd"] if bidir else layer
-    return layer_output_size(cell_for(cell, direction), hidden_size, bidirectional=bidir,
-                             merge=merge)  # fmt: skip
+    width = hidden_size if cell is None else cell_output_size(as_cell(cell), hidden_size)
+    return 2 * width if bidirectional and merge == "concat" else width
 
 
 def is_bidirectional(layer_params) -> bool:
@@ -155,8 +132,9 @@ def init_stack(
             )
         else:
             layers.append(cell.init(layer_key, input_size, hidden_size, **init_kwargs))
-        # init_kwargs may add a projection (rj.lstm's proj_size=P): read the width from params
-        input_size = params_output_size(cell, layers[-1], hidden_size, merge)
+        input_size = output_size(hidden_size, bidirectional=bidirectional, merge=merge, cell=cell)
+    # Params the cell cannot run (rj.lstm with init's proj_size=P) are refused now, not later.
+    check_params(cell, layers[0]["fwd"] if bidirectional else layers[0])
     return layers
 
 
@@ -240,18 +218,17 @@ def check_stack_sizes(cell, params: list, xs, merge: str, *, carries=None, time_
         if not bidir and layer_carry is not None:
             direction_carries = (layer_carry,)
         for direction, direction_carry in zip(directions, direction_carries, strict=True):
-            direction_cell = cell_for(cell, direction)
-            expects, hidden_size = check_params(direction_cell, direction)
+            expects, hidden_size = check_params(cell, direction)
             if direction_carry is not None and lead is not None:
                 dtype = params_dtype(direction)
-                check_carry(direction_cell, direction_carry, lead, hidden_size, dtype)
+                check_carry(cell, direction_carry, lead, hidden_size, dtype)
             if expects != input_size:
                 source = "xs" if index == 0 else f"layer {index - 1}'s output"
                 raise ValueError(
                     f"stack layer {index}: {source} has {input_size} features but its w_x "
                     f"expects input_size={expects}"
                 )
-        input_size = params_output_size(cell, layer, hidden_size, merge)
+        input_size = output_size(hidden_size, bidirectional=bidir, merge=merge, cell=cell)
 
 
 def _dropout(key, values, rate: float):

@@ -16,15 +16,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from rnn_jax.blocks import apply_hawk, apply_residual, hawk_heads, init_hawk, init_residual
+from rnn_jax.cell import last_valid
 from rnn_jax.checks import as_cell
 from rnn_jax.layers import (
     MERGES,
     init_stack,
     is_bidirectional,
-    params_output_size,
+    output_size,
     unroll_stack,
 )
-from rnn_jax.options import parse
+from rnn_jax.options import check_choice, parse
 from rnn_jax.sequence import accepts_unbatched, valid_mask
 
 
@@ -129,7 +130,7 @@ def classifier(
     options = parse(gradient=gradient, matmul_dtype=matmul_dtype, backend=backend, mode=mode,
                     input_dropout=input_dropout, recurrent_dropout=recurrent_dropout,
                     zoneout=zoneout)  # fmt: skip
-    _check_choice("pool", pool, POOLS)
+    check_choice("pool", pool, POOLS)
     if block != "plain":
         stack = _block_stack(block, cell, expansion, init_kwargs)
         return _block_classifier(stack, hidden_size, num_classes, num_layers, pool, options)
@@ -140,7 +141,7 @@ def classifier(
             cell, k_rnn, input_size, hidden_size, num_layers,
             bidirectional=bidirectional, merge=merge, dtype=dtype, **init_kwargs,
         )  # fmt: skip
-        width = params_output_size(cell, rnn[-1], hidden_size, merge)  # LSTM proj_size=P: P
+        width = output_size(hidden_size, bidirectional=bidirectional, merge=merge, cell=cell)
         return {"rnn": rnn, "readout": dense_init(k_out, width, num_classes, dtype)}
 
     @accepts_unbatched(arrays=("lengths",), results=None)
@@ -208,10 +209,10 @@ def language_model(
         if stack:
             params["rnn"] = stack.init(k_rnn, input_size, hidden_size, num_layers, dtype=dtype)
             width = hidden_size
-        else:  # an LSTM's proj_size=P (in init_kwargs): P features
+        else:
             params["rnn"] = init_stack(cell, k_rnn, input_size, hidden_size, num_layers,
                                        dtype=dtype, **init_kwargs)  # fmt: skip
-            width = params_output_size(cell, params["rnn"][-1], hidden_size)
+            width = output_size(hidden_size, bidirectional=False, cell=cell)
         params["readout"] = dense_init(k_out, width, vocab_size, dtype)
         return params
 
@@ -237,14 +238,9 @@ BLOCKS = ("plain", "residual", "hawk")
 POOLS = ("last", "mean")
 
 
-def _check_choice(name: str, value, allowed) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-
-
 def _check_block(block: str, **plain_only) -> None:
     """``block`` is known; the options only plain layers have are off for blocks."""
-    _check_choice("block", block, BLOCKS)
+    check_choice("block", block, BLOCKS)
     used = sorted(name for name, value in plain_only.items() if value)
     if block != "plain" and used:
         raise ValueError(f"block={block!r} does not take {used}: those options belong to "
@@ -292,11 +288,8 @@ def mean_over_valid(hs, lengths):
 
 def _last_valid_output(hs, lengths):
     """``hs (B, T, H)`` at each row's last valid step (zeros for an empty row)."""
-    if lengths is None:
-        return hs[:, -1]
-    last = jnp.maximum(jnp.asarray(lengths) - 1, 0)
-    picked = hs[jnp.arange(hs.shape[0]), last]
-    return jnp.where((jnp.asarray(lengths) > 0)[:, None], picked, 0)
+    valid = None if lengths is None else valid_mask(jnp.asarray(lengths), hs.shape[1])
+    return last_valid(jnp.swapaxes(hs, 0, 1), valid, jnp.zeros_like(hs[:, 0]))
 
 
 def _block_classifier(stack: _BlockStack, width, num_classes, num_layers, pool,

@@ -43,7 +43,7 @@ class _CellParams(nnx.Module):
 
 
 def _attribute_name(path) -> str:
-    name = "_".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+    name = jax.tree_util.keystr(path, simple=True, separator="_")
     return name if name.isidentifier() else f"p_{name}"
 
 

@@ -103,9 +103,9 @@ def parse(options: UnrollOptions | None = None, /, **changes) -> UnrollOptions:
 def _checked_fields(opts: UnrollOptions) -> dict:
     """Each option on its own: type and range; normalised values."""
     _check_bool("return_carries", opts.return_carries)
-    _check_choice("mode", opts.mode, MODES)
-    _check_choice("gradient", opts.gradient, GRADIENTS)
-    _check_choice("backend", opts.backend, BACKENDS)
+    check_choice("mode", opts.mode, MODES)
+    check_choice("gradient", opts.gradient, GRADIENTS)
+    check_choice("backend", opts.backend, BACKENDS)
     if isinstance(opts.unroll, bool) or not isinstance(opts.unroll, int) or opts.unroll < 1:
         raise ValueError(f"unroll must be an int >= 1, got {opts.unroll!r}")
     remat = opts.remat
@@ -330,7 +330,7 @@ def _as_bool(name: str, value) -> bool:
     raise TypeError(f"{name} must be True or False, got {value!r}")
 
 
-def _check_choice(name: str, value, allowed) -> None:
+def check_choice(name: str, value, allowed) -> None:
     if value not in allowed:
         raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
 

@@ -16,8 +16,9 @@ import jax.numpy as jnp
 
 from rnn_jax.cells.base import LSTMCarry
 from rnn_jax.checks import (
+    as_cell,
     carry_lead,
-    cell_for,
+    cell_output_size,
     check_carry,
     check_lengths,
     check_params,
@@ -55,7 +56,7 @@ def prepare(
     takes ``(B, *spatial)`` from it; masks act on whole ``(B,)`` rows as ever.
     """
     check_step_flags(reverse=reverse, mask=mask, resets=resets)
-    cell = cell_for(cell, params)  # rj.lstm with a projection w_hr: its with_projection(P)
+    cell = as_cell(cell)
     input_size, hidden_size = check_params(cell, params)
     dtype = params_dtype(params)
     check_sequence(xs, input_size, dtype, time_major=time_major, spatial=spatial_rank(cell))
@@ -72,7 +73,7 @@ def prepare(
     mask = check_steps(mask, "mask", batch_size, num_steps, time_major=time_major)
     resets = check_steps(resets, "resets", batch_size, num_steps, time_major=time_major)
     valid, resets = _step_flags(valid, mask, resets)
-    output_size = jax.eval_shape(cell.hidden_of, carry).shape[-1]
+    output_size = cell_output_size(cell, hidden_size)
     return Prepared(cell, xs_tm, carry, lengths, valid, hidden_size, output_size, resets)
 
 

@@ -18,7 +18,6 @@ Conventions (a chunk-level twin of `rnn_jax.train`'s):
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -28,7 +27,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from rnn_jax.train import TrainState, make_train_step, shard_batch
+from rnn_jax.train import TrainState, make_train_step, means_of_sums, shard_batch
 
 PyTree = Any
 ChunkLossFn = Callable[[PyTree, PyTree, PyTree, jax.Array], tuple[jax.Array, tuple[PyTree, dict]]]
@@ -185,16 +184,7 @@ def evaluate_stream(
     for chunk in chunks:
         sums, carry = eval_chunk(params, carry, chunk)
         results.append(sums)
-    if not results:
-        raise ValueError("evaluate_stream got no chunks")
-    host = jax.device_get(results)
-    if "count" not in host[0]:
-        raise KeyError(f"eval_chunk sums must have a 'count' entry, got keys {sorted(host[0])}")
-    totals = {k: math.fsum(float(np.asarray(r[k], np.float64)) for r in host) for k in host[0]}
-    count = totals.pop("count")
-    if count <= 0:
-        raise ValueError(f"evaluate_stream saw {count} targets")
-    return {**{k: v / count for k, v in totals.items()}, "count": count}, carry
+    return means_of_sums(results, "evaluate_stream", "eval_chunk", "chunks", "targets"), carry
 
 
 def reset_mask(seed: int, step: int, batch_size: int, prob: float) -> np.ndarray:

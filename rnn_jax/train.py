@@ -597,22 +597,24 @@ def evaluate(
     fn = jax.jit(metric_fn)
     if mesh is not None:
         params = replicate(params, mesh)
-    # Keep device results and fetch them at the end: no host sync per batch.
-    results = []
-    for batch in batches:
-        if mesh is not None:
-            batch = shard_batch(batch, mesh)
-        out = fn(params, batch)
-        if "count" not in out:
-            raise KeyError(f"metric_fn must return a 'count' entry, got keys {sorted(out)}")
-        results.append(out)
+    results = [fn(params, batch if mesh is None else shard_batch(batch, mesh)) for batch in batches]
+    return means_of_sums(results, "evaluate", "metric_fn")
+
+
+def means_of_sums(results: list, caller: str, source: str, items="batches",
+                  counted="valid examples") -> dict[str, float]:  # fmt: skip
+    """``{name: total / total count, ..., "count": total count}`` of per-batch sums (each
+    with a ``"count"`` entry, from ``source``), fetched at the end in one go (no host sync
+    per batch) and accumulated in float64 on the host."""
     if not results:
-        raise ValueError("evaluate got no batches")
+        raise ValueError(f"{caller} got no {items}")
     host = jax.device_get(results)
+    if any("count" not in r for r in host):
+        raise KeyError(f"{source} must return a 'count' entry, got keys {sorted(host[0])}")
     totals = {k: math.fsum(float(np.asarray(r[k], np.float64)) for r in host) for k in host[0]}
     count = totals.pop("count")
     if count <= 0:
-        raise ValueError(f"evaluate saw {count} valid examples")
+        raise ValueError(f"{caller} saw {count} {counted}")
     return {**{k: v / count for k, v in totals.items()}, "count": count}
 
 

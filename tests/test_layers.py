@@ -13,6 +13,7 @@ from conftest import CELLS, assert_close, random_carry, random_stack
 
 import rnn_jax as rj
 from rnn_jax import models
+from rnn_jax.checks import as_cell, cell_output_size, one_zero_carry
 
 # jit caches compiled scans per shape; eager lax.scan recompiles on every call
 jstack = jax.jit(rj.unroll_stack, static_argnums=0, static_argnames=("merge", "dropout"))
@@ -51,6 +52,37 @@ def test_init_stack_shapes():
     assert not np.allclose(stack[0]["fwd"]["w_h"], stack[0]["bwd"]["w_h"])
     assert rj.output_size(4, bidirectional=True) == 8
     assert rj.output_size(4, bidirectional=True, merge="mean") == 4
+
+
+def test_cells_declare_their_output_size():
+    """Every built-in cell states the width of its h (no probing), equal to hidden_of of its
+    zero carry; a make_cell cell that does not is probed (one fallback), and the layers size
+    the layer above from it."""
+    builtin = (rj.simple, rj.simple.relu, rj.lstm, rj.lstm.peephole, rj.lstm.with_projection(2),
+               rj.gru, rj.gru.reset_before, rj.mgu, rj.layernorm_lstm, rj.conv_lstm((3,)), rj.lru,
+               rj.mingru, rj.minlstm, rj.slstm, rj.mlstm, rj.rglru)  # fmt: skip
+    for cell in map(as_cell, builtin):
+        probed = jax.eval_shape(lambda c=cell: c.hidden_of(one_zero_carry(c, 8))).shape[-1]
+        assert cell.output_size is not None and cell.output_size(8) == probed, cell.name
+    assert as_cell(rj.lstm.with_projection(2)).output_size(8) == 2
+
+    def step(params, h, x):  # h is (B, 2H): outputs twice the hidden size
+        h = jnp.tanh(x @ params["w_x"] + h @ params["w_h"])
+        return h, h
+
+    def init(key, input_size, hidden_size, *, dtype=jnp.float32):
+        k1, k2 = jax.random.split(key)
+        return {"w_x": jax.random.normal(k1, (input_size, 2 * hidden_size), dtype),
+                "w_h": jax.random.normal(k2, (2 * hidden_size, 2 * hidden_size), dtype)}
+
+    sizes = lambda p: (p["w_x"].shape[0], p["w_h"].shape[0] // 2)  # noqa: E731
+    zero_carry = lambda b, h, dtype=jnp.float32: jnp.zeros((b, 2 * h), dtype)  # noqa: E731
+    cell = rj.make_cell("wide", init, step, sizes=sizes, zero_carry=zero_carry)
+    assert cell.output_size is None and cell_output_size(cell, 3) == 6
+    stack = rj.init_stack(cell, jax.random.PRNGKey(0), 2, 3, 2, bidirectional=True)
+    assert stack[1]["fwd"]["w_x"].shape == (12, 6)
+    _, hs = rj.unroll_stack(cell, stack, jnp.ones((2, 4, 2)))
+    assert hs.shape == (2, 4, 12)
 
 
 @pytest.mark.parametrize("merge", sorted(MERGE_FNS))

@@ -18,30 +18,34 @@ from rnn_jax import interop, models
 torch, needs_torch = optional_import("torch")
 
 IN, HID, PROJ = 3, 5, 2  # input, hidden (c), projection (h and outputs)
+PROJECTED = rj.lstm.with_projection(PROJ)
 
 
 def test_check_cell_float64(x64):
     """Contract, one step vs jax.vjp, full and truncated (k=2) BPTT with uneven lengths vs
     jax.grad and finite differences, d_params.w_hr included: float64 round-off."""
-    report = rj.check_cell(rj.lstm.with_projection(PROJ), 2, 3, batch_size=2, num_steps=3,
+    report = rj.check_cell(PROJECTED, 2, 3, batch_size=2, num_steps=3,
                            truncate=2, num_directions=1)  # fmt: skip
     assert report.ok and max(max(row.errors) for row in report.rows) < 1e-12
     assert "d_params.w_hr" in [row.path for row in report.rows]
 
 
-def test_shapes_and_sizes_come_from_the_params():
-    """rj.lstm runs params with w_hr: outputs and h have P features, c has H; a stack feeds
-    2P features to the layer above, and a classifier's readout reads 2P."""
-    params = rj.lstm.init(jax.random.PRNGKey(0), IN, HID, proj_size=PROJ)
+def test_shapes_and_sizes_of_the_projected_cell():
+    """rj.lstm.with_projection(P) runs params with w_hr: outputs and h have P features, c has
+    H; a stack feeds 2P features to the layer above, and a classifier's readout reads 2P (the
+    cell declares its output size)."""
+    params = PROJECTED.init(jax.random.PRNGKey(0), IN, HID)
+    assert jax.tree.all(jax.tree.map(jnp.array_equal, params,
+                                     rj.lstm.init(jax.random.PRNGKey(0), IN, HID, proj_size=PROJ)))
     assert params["w_h"].shape == (PROJ, 4 * HID) and params["w_hr"].shape == (HID, PROJ)
     block = params["w_h"][:, HID : 2 * HID]  # the forget gate's (P, H) block: orthonormal rows
     assert_close(block @ block.T, jnp.eye(PROJ), 1e-6)
-    carry, hs = jax.eval_shape(lambda: rj.unroll(rj.lstm, params, jnp.ones((2, 4, IN))))
+    carry, hs = jax.eval_shape(lambda: rj.unroll(PROJECTED, params, jnp.ones((2, 4, IN))))
     assert hs.shape == (2, 4, PROJ) and carry.h.shape == (2, PROJ) and carry.c.shape == (2, HID)
-    stack = jax.eval_shape(lambda: rj.init_stack(rj.lstm, jax.random.PRNGKey(1), IN, HID, 2,
-                                                 bidirectional=True, proj_size=PROJ))  # fmt: skip
+    stack = jax.eval_shape(lambda: rj.init_stack(PROJECTED, jax.random.PRNGKey(1), IN, HID, 2,
+                                                 bidirectional=True))  # fmt: skip
     assert stack[1]["fwd"]["w_x"].shape == (2 * PROJ, 4 * HID)
-    model = models.classifier(rj.lstm, HID, 3, num_layers=2, bidirectional=True, proj_size=PROJ)
+    model = models.classifier(PROJECTED, HID, 3, num_layers=2, bidirectional=True)
     shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(2), IN))
     assert shapes["readout"]["w"].shape == (2 * PROJ, 3)
     logits = jax.eval_shape(model.apply, shapes, jnp.ones((2, 4, IN)), lengths=jnp.array([4, 1]))
@@ -60,7 +64,7 @@ def test_torch_parity_packed_two_layers_bidirectional(x64):
     3) from given initial (h0 (P), c0 (H)): outputs, final (h, c), and the gradients of a loss
     on all of them w.r.t. every weight, the input and the initial state, in float64."""
     module = _torch_lstm()
-    stack = interop.from_torch(module, rj.lstm)
+    stack = interop.from_torch(module, PROJECTED)
     rng = np.random.default_rng(1)
     batch, steps = 3, 4
     lengths = np.array([4, 1, 3])
@@ -84,7 +88,7 @@ def test_torch_parity_packed_two_layers_bidirectional(x64):
         return [pair(0), pair(1)]
 
     def run(stack, xs, h0, c0):
-        finals, hs = rj.unroll_stack(rj.lstm, stack, xs, to_carries(h0, c0),
+        finals, hs = rj.unroll_stack(PROJECTED, stack, xs, to_carries(h0, c0),
                                      lengths=jnp.asarray(lengths), gradient="manual")  # fmt: skip
         h_n = jnp.stack([c.h for pair in finals for c in pair])
         c_n = jnp.stack([c.c for pair in finals for c in pair])
@@ -100,7 +104,7 @@ def test_torch_parity_packed_two_layers_bidirectional(x64):
     (d_stack, d_xs, d_h0, d_c0), outputs = grads(*args)
     numpy = lambda t: t.detach().numpy()
     assert_close(outputs, tuple(map(numpy, (out, h_n, c_n))))
-    ours = interop.to_torch(d_stack, rj.lstm, as_tensors=False)
+    ours = interop.to_torch(d_stack, PROJECTED, as_tensors=False)
     theirs = {name: numpy(p.grad) for name, p in module.named_parameters()}
     assert sorted(ours) == sorted(theirs) and any(name.startswith("weight_hr") for name in ours)
     # b = bias_ih + bias_hh: its gradient is each one's (to_torch writes it to bias_ih).
@@ -112,20 +116,22 @@ def test_torch_parity_packed_two_layers_bidirectional(x64):
 @needs_torch
 def test_torch_round_trip_is_bitwise(x64):
     """rnn_jax -> torch (strict load into nn.LSTM(proj_size=P), weight_hr_l{k}[_reverse])
-    -> rnn_jax is bitwise; rj.lstm.with_projection(P) converts the same as rj.lstm."""
-    stack = interop.from_torch(_torch_lstm(), rj.lstm)
+    -> rnn_jax is bitwise; plain rj.lstm refuses the projected weights, naming the cell."""
+    with pytest.raises(ValueError, match=rf"run them with rj.lstm.with_projection\({PROJ}\)"):
+        interop.from_torch(_torch_lstm(), rj.lstm)
+    stack = interop.from_torch(_torch_lstm(), PROJECTED)
     stack = jax.tree.map(lambda a: a + 0.5, stack)  # not torch's own draws
     top = stack[1]["bwd"]
     assert top["w_hr"].shape == (HID, PROJ) and top["w_x"].shape[0] == 2 * PROJ
     module = _torch_lstm()
-    module.load_state_dict(interop.to_torch(stack, rj.lstm))  # strict: same keys and shapes
-    back = interop.from_torch(module, rj.lstm.with_projection(PROJ))
+    module.load_state_dict(interop.to_torch(stack, PROJECTED))  # strict: same keys and shapes
+    back = interop.from_torch(module, PROJECTED)
     assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.all(a == b)), back, stack))
 
 
 def test_clear_errors():
     """proj_size outside (0, H), as torch refuses; fused backends name the option; params
-    and cells that disagree about the projection."""
+    and cells that disagree about the projection (plain rj.lstm names with_projection(P))."""
     key = jax.random.PRNGKey(0)
     for bad in (HID, HID + 1, 0, -1):
         with pytest.raises(ValueError, match="proj_size must be"):
@@ -135,10 +141,16 @@ def test_clear_errors():
     for backend in ("onednn", "cudnn"):
         message = rf"backend='{backend}' does not support an LSTM with an output projection"
         with pytest.raises(ValueError, match=message + rf" \(proj_size={PROJ}"):
-            rj.unroll(rj.lstm, params, xs, backend=backend)
-    assert_close(rj.unroll(rj.lstm, params, xs, backend="auto"), rj.unroll(rj.lstm, params, xs))
-    with pytest.raises(ValueError, match=rf"run them with rj.lstm.with_projection\({PROJ}\)"):
+            rj.unroll(PROJECTED, params, xs, backend=backend)
+    assert_close(rj.unroll(PROJECTED, params, xs, backend="auto"), rj.unroll(PROJECTED, params, xs))
+    refused = rf"run them with rj.lstm.with_projection\({PROJ}\), the cell whose h has {PROJ}"
+    with pytest.raises(ValueError, match=refused):
         rj.checks.check_params(rj.lstm.cell, params)
+    for run in (rj.unroll, rj.unroll_stack, rj.check_gradients):  # no implicit swap
+        with pytest.raises(ValueError, match=refused):
+            run(rj.lstm, [params] if run is rj.unroll_stack else params, xs)
+    with pytest.raises(ValueError, match=refused):  # at init, before a layer is sized for H
+        rj.init_stack(rj.lstm, key, IN, HID, 2, bidirectional=True, proj_size=PROJ)
     plain = rj.lstm.init(key, IN, HID)
     with pytest.raises(ValueError, match="must have keys"):
         rj.unroll(rj.lstm.with_projection(PROJ), plain, xs)

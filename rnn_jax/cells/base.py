@@ -219,6 +219,10 @@ class FusedGates:
             return LSTMCarry(jnp.zeros((batch_size, self.proj_size), dtype), h)
         return LSTMCarry(h, jnp.zeros_like(h)) if self.has_cell_state else h
 
+    def output_size(self, hidden_size: int) -> int:
+        """The width of h: P with an output projection, else ``hidden_size``."""
+        return self.proj_size or hidden_size
+
     def with_projection(self, proj_size: int) -> FusedGates:
         """This cell with its output projected to ``proj_size`` features (PyTorch
         ``nn.LSTM(proj_size=P)``): ``init`` adds ``w_hr (H, P)``, the zero carry's h is
@@ -299,7 +303,7 @@ def _cell_of(form: FusedGates) -> Cell:
     return Cell(
         name=form.name, init=form.init, step=form.step, zero_carry=form.zero_carry,
         hidden_of=hidden_of, step_forward=form.step_forward, step_backward=form.step_backward,
-        sizes=form.sizes, fused=form, recurrent_dropout="read",
+        sizes=form.sizes, fused=form, recurrent_dropout="read", output_size=form.output_size,
         step_backward_parts=form.step_backward_parts,
     )  # fmt: skip
 

@@ -50,7 +50,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from rnn_jax.cell import make_cell, step_of_forward
+from rnn_jax.cell import hidden_width, make_cell, step_of_forward
 from rnn_jax.cells import lstm
 from rnn_jax.cells.base import LSTMCarry, StepResiduals
 from rnn_jax.init import set_gate_bias
@@ -225,4 +225,5 @@ def _cell(kernel: tuple[int, ...]):
         sizes=sizes,
         spatial_rank=len(kernel),
         recurrent_dropout="carry",  # h is read by the recurrent convolution alone
+        output_size=hidden_width,
     )

@@ -18,7 +18,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from rnn_jax.cell import LinearForm, cell_of_functions
+from rnn_jax.cell import LinearForm, cell_of_functions, hidden_width
 from rnn_jax.cells.base import split_gates  # noqa: F401 (minGRU and minLSTM import it here)
 
 
@@ -34,6 +34,7 @@ class Variant:
     num_gates: int
     coefficients: Callable
     coefficients_backward: Callable
+    output_size = staticmethod(hidden_width)
 
     def init(self, key, input_size: int, hidden_size: int, *, dtype=jnp.float32):
         """``{"w_x": (I, G*H), "b": (G*H,)}``, U(-1/sqrt(I), 1/sqrt(I)) as ``torch.nn.Linear``."""

@@ -26,7 +26,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from rnn_jax.cell import make_cell, step_of_forward
+from rnn_jax.cell import hidden_width, make_cell, step_of_forward
 from rnn_jax.cells.base import (
     StepResiduals,
     fused_cell,
@@ -182,6 +182,7 @@ reset_before = make_cell(
     step_backward=reset_before_backward,
     recurrent_dropout="read",
     step_backward_parts=reset_before_backward_parts,
+    output_size=hidden_width,
 )
 
 zero_carry = cell.zero_carry

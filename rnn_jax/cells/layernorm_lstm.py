@@ -36,7 +36,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from rnn_jax.cell import make_cell, step_of_forward
+from rnn_jax.cell import hidden_width, make_cell, step_of_forward
 from rnn_jax.cells import lstm
 from rnn_jax.cells.base import LSTMCarry, StepResiduals
 
@@ -146,6 +146,7 @@ cell = make_cell(
     step_forward=step_forward,
     step_backward=step_backward,
     recurrent_dropout="carry",  # h is read by the recurrent product alone
+    output_size=hidden_width,
 )
 
 zero_carry = cell.zero_carry

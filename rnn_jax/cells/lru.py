@@ -41,7 +41,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from rnn_jax.cell import Cell, LinearForm, cell_of_functions
+from rnn_jax.cell import Cell, LinearForm, cell_of_functions, hidden_width
 
 __all__ = [  # fmt: skip
     "LRUCarry", "cell", "eigenvalues", "hidden_of", "init", "parallel", "step",
@@ -61,6 +61,7 @@ class LRU:
     """The cell's functions for one state size (None: ``hidden_size``); hashable."""
 
     state_size: int | None = None
+    output_size = staticmethod(hidden_width)  # h (B, H) whatever the state size
 
     def init(self, key, input_size: int, hidden_size: int, *, dtype=jnp.float32,
              r_min: float = 0.0, r_max: float = 1.0, max_phase: float = 2 * math.pi):  # fmt: skip

@@ -10,9 +10,9 @@ Parameters ``{"w_x": (I, 4H), "w_h": (H, 4H), "b": (4H,)}``; carry ``LSTMCarry(h
 
 With an output projection (PyTorch ``nn.LSTM(proj_size=P)``, Sak et al. 2014), ``init(...,
 proj_size=P)`` adds ``w_hr (H, P)``: ``h' = (o * tanh(c')) @ w_hr`` is ``(B, P)``, the
-recurrent product reads it (``w_h (P, 4H)``) and ``c`` stays ``(B, H)``. The same step
-functions run such params; ``rj.lstm.with_projection(P)`` is the cell whose zero carry has
-``h (B, P)`` (``rj.unroll``, ``rj.bptt`` and the layers choose it from the params).
+recurrent product reads it (``w_h (P, 4H)``) and ``c`` stays ``(B, H)``. The cell that runs
+such params is ``rj.lstm.with_projection(P)`` (its zero carry has ``h (B, P)``, its ``init``
+adds ``w_hr``); ``rj.unroll``, ``rj.bptt`` and the layers refuse them with plain ``rj.lstm``.
 
 Examples:
   One step, and its hand-written backward:
@@ -30,10 +30,11 @@ Examples:
   >>> params = rj.lstm.init(jax.random.PRNGKey(0), 3, 4, proj_size=2)
   >>> {name: w.shape for name, w in sorted(params.items())}
   {'b': (16,), 'w_h': (2, 16), 'w_hr': (4, 2), 'w_x': (3, 16)}
-  >>> carry, hs = rj.unroll(rj.lstm, params, jnp.ones((2, 5, 3)), gradient="manual")
+  >>> projected = rj.lstm.with_projection(2)
+  >>> carry, hs = rj.unroll(projected, params, jnp.ones((2, 5, 3)), gradient="manual")
   >>> hs.shape, carry.h.shape, carry.c.shape
   ((2, 5, 2), (2, 2), (2, 4))
-  >>> rj.lstm.with_projection(2).zero_carry(2, 4).h.shape
+  >>> projected.zero_carry(2, 4).h.shape
   (2, 2)
 """
 
@@ -46,7 +47,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from rnn_jax.cell import make_cell, step_of_forward
+from rnn_jax.cell import hidden_width, make_cell, step_of_forward
 from rnn_jax.cells.base import (
     LSTMCarry,
     StepResiduals,
@@ -247,6 +248,7 @@ peephole = make_cell(
     step_forward=peephole_forward,
     step_backward=peephole_backward,
     recurrent_dropout="carry",  # h is read by the recurrent product alone
+    output_size=hidden_width,
 )
 
 zero_carry = cell.zero_carry

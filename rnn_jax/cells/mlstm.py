@@ -86,7 +86,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from rnn_jax.cell import Cell, cell_of_functions, last_valid
+from rnn_jax.cell import Cell, cell_of_functions, hidden_width, last_valid
 
 __all__ = [  # fmt: skip
     "MLSTMCarry", "cell", "chunkwise", "hidden_of", "init", "parallel", "step",
@@ -129,6 +129,7 @@ class MLSTM:
     num_heads: int = 1
     key_size: int | None = None
     chunk_size: int = DEFAULT_CHUNK
+    output_size = staticmethod(hidden_width)
 
     # -- sizes -----------------------------------------------------------------------------
 

@@ -61,7 +61,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from rnn_jax.cell import Cell
+from rnn_jax.cell import Cell, hidden_width
 from rnn_jax.ops.linear_recurrence import scan_states
 
 __all__ = [  # fmt: skip
@@ -297,6 +297,7 @@ def with_heads(num_heads: int) -> Cell:
         sizes=Sizes(num_heads),
         parallel=parallel,
         parallel_backward=True,  # scan_states' hand-written reverse scan for "manual"
+        output_size=hidden_width,
     )
 
 

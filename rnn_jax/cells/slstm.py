@@ -74,7 +74,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from rnn_jax.cell import Cell, cell_of_functions
+from rnn_jax.cell import Cell, cell_of_functions, hidden_width
 from rnn_jax.cells.base import input_projection, input_weight_backward, split_gates
 from rnn_jax.init import uniform
 
@@ -125,6 +125,7 @@ class SLSTM:
     forget_gate: str = "sigmoid"
     # The carry's h is read by the recurrent product alone: recurrent dropout scales it there.
     recurrent_dropout = "carry"
+    output_size = staticmethod(hidden_width)
 
     def init(self, key, input_size: int, hidden_size: int, *, dtype=jnp.float32,
              bias_init: str = "powerlaw_blockdependent", recurrent_init: str = "zeros",

@@ -30,6 +30,7 @@ from typing import NamedTuple
 import numpy as np
 
 from rnn_jax.atomic import atomic_path
+from rnn_jax.cache import cache_dir as default_cache_dir  # the kernels' folder too
 
 __all__ = ["MNIST", "load_mnist", "default_cache_dir", "IDX_FILES", "PACKAGE_HINT"]
 
@@ -135,23 +136,6 @@ def load_mnist(
     return _to_float(raw)
 
 
-def default_cache_dir() -> Path:
-    """``$RNN_JAX_CACHE``, else ``$XDG_CACHE_HOME/rnn_jax``, else ``~/.cache/rnn_jax``
-    (``rnn_jax.cache.cache_dir``: the compiled kernels' folder too).
-
-    Examples:
-      >>> import os
-      >>> from rnn_jax.data import default_cache_dir
-      >>> os.environ["RNN_JAX_CACHE"] = "/tmp/my-cache"
-      >>> default_cache_dir().as_posix()
-      '/tmp/my-cache'
-      >>> del os.environ["RNN_JAX_CACHE"]
-    """
-    from rnn_jax.cache import cache_dir
-
-    return cache_dir()
-
-
 # --------------------------------------------------------------------------------------------
 # Conversion and validation of the raw uint8 arrays
 # --------------------------------------------------------------------------------------------
@@ -186,8 +170,9 @@ def _raw_problem(raw: dict[str, np.ndarray], expected: tuple[int, int] | None) -
             return f"{split}: dtypes {images.dtype}/{labels.dtype}, expected uint8"
         if images.ndim != 3 or images.shape[1:] != (IMAGE_SIDE, IMAGE_SIDE):
             return f"{split}: images of shape {images.shape}, expected (N, 28, 28)"
-        if labels.shape != (images.shape[0],):
-            return f"{split}: {labels.shape} labels for {images.shape[0]} images"
+        if labels.shape != (images.shape[0],):  # (N,) labels: "6 labels but 7 images"
+            count = labels.shape[0] if labels.ndim == 1 else labels.shape
+            return f"{split}: {count} labels but {images.shape[0]} images"
         if want is not None and images.shape[0] != want:
             return f"{split}: {images.shape[0]} examples, expected {want}"
         if labels.size and labels.max() >= NUM_CLASSES:
@@ -316,23 +301,11 @@ def parse_idx(data: bytes, name: str, magic: int) -> np.ndarray:
 
 
 def _parse_idx_set(paths: list[Path]) -> dict[str, np.ndarray]:
-    """Parse the four IDX files into raw uint8 arrays, checking the pairs agree."""
-    raw = {}
-    for split, (img_path, lab_path) in zip(
-        ("train", "test"), (paths[0:2], paths[2:4]), strict=True
-    ):
-        images = parse_idx(_read_maybe_gz(img_path), str(img_path), _IDX_IMAGES_MAGIC)
-        labels = parse_idx(_read_maybe_gz(lab_path), str(lab_path), _IDX_LABELS_MAGIC)
-        if images.shape[1:] != (IMAGE_SIDE, IMAGE_SIDE):
-            raise ValueError(f"{img_path}: images are {images.shape[1:]}, expected (28, 28)")
-        if labels.shape[0] != images.shape[0]:
-            raise ValueError(
-                f"{lab_path}: {labels.shape[0]} labels but {img_path} has {images.shape[0]} images"
-            )
-        if labels.size and labels.max() >= NUM_CLASSES:
-            raise ValueError(f"{lab_path}: label {int(labels.max())} outside 0..9")
-        raw[f"{split}_images"], raw[f"{split}_labels"] = images, labels
-    return raw
+    """Parse the four IDX files into raw uint8 arrays (``load_mnist`` then checks that the
+    pairs agree, as for every source)."""
+    magics = (_IDX_IMAGES_MAGIC, _IDX_LABELS_MAGIC) * 2
+    arrays = [parse_idx(_read_maybe_gz(p), str(p), m) for p, m in zip(paths, magics, strict=True)]
+    return dict(zip(_RAW_KEYS, arrays, strict=True))
 
 
 # --------------------------------------------------------------------------------------------
