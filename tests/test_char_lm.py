@@ -181,3 +181,27 @@ def test_mixed_and_hawk_stacks_build_from_the_flags():
         with pytest.raises(SystemExit) as exit_info:
             char_lm.parse_args(bad)
         assert exit_info.value.code == 2
+
+
+def test_results_record_a_finished_run_and_plot_its_curve(tmp_path):
+    """record: config, summary and the validation curve of a run folder; a run without a
+    summary (unfinished) is refused; plot: one PNG of every result's curve."""
+    import char_lm_results
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"cell": "mlstm,slstm", "layers": 2,
+                                                 "hidden_size": 8, "block": "residual"}))
+    lines = [{"step": 1, "loss": 3.0}, {"step": 2, "time_s": 6.0, "val_nats_per_char": 2.5}]
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
+    with pytest.raises(SystemExit, match="no summary.json"):
+        char_lm_results.record(run, "cmd")
+    (run / "summary.json").write_text(json.dumps({"val_nats_per_char": 2.5}))
+    out = tmp_path / "result.json"
+    char_lm_results.main(["record", str(run), "--command", "cmd", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert result["val_curve"] == [{"step": 2, "time_s": 6.0, "val_nats_per_char": 2.5}]
+    assert result["command"] == "cmd" and result["config"]["cell"] == "mlstm,slstm"
+    assert char_lm_results.label(result) == "mlstm,slstm 2x8 (residual): 2.500"
+    char_lm_results.main(["plot", str(out), str(out), "--out", str(tmp_path / "curves.png")])
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
