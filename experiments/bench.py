@@ -1152,13 +1152,17 @@ def main(argv=None) -> dict:
         for r in report["remat_memory"]:
             mib = r["temp_bytes"] / 2**20
             log(f"  {r['gradient']:8s} remat {r['remat']!s:5s} T={r['config']['T']}: {mib:.1f} MiB")
-    stem = args.name or f"bench-{dt.date.today().isoformat()}"
-    out = Path(args.out)
+    return write_report(report, args.out, args.name or f"bench-{dt.date.today().isoformat()}",
+                        to_markdown(report))  # fmt: skip
+
+
+def write_report(report: dict, out: str, stem: str, markdown: str) -> dict:
+    """``<out>/<stem>.json`` and ``.md``, each written atomically; returns ``report``."""
     from rnn_jax.atomic import write_atomic
 
-    write_atomic(out / f"{stem}.json", json.dumps(report, indent=1))
-    write_atomic(out / f"{stem}.md", to_markdown(report))
-    print(f"wrote {out / stem}.json and .md")
+    write_atomic(Path(out) / f"{stem}.json", json.dumps(report, indent=1))
+    write_atomic(Path(out) / f"{stem}.md", markdown)
+    print(f"wrote {Path(out) / stem}.json and .md")
     return report
 
 

@@ -42,7 +42,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import importlib.metadata
-import json
 import math
 import sys
 import tempfile
@@ -379,13 +378,7 @@ def main(argv=None) -> dict:
               "config": list(args.cfg), "heads": HEADS, "mlstm_chunk": mlstm_chunk(steps),
               "results": results, "skipped": sorted(set(skipped))}  # fmt: skip
     stem = args.name or f"bench-references-{dt.date.today().isoformat()}"
-    out = Path(args.out)
-    from rnn_jax.atomic import write_atomic
-
-    write_atomic(out / f"{stem}.json", json.dumps(report, indent=1))
-    write_atomic(out / f"{stem}.md", to_markdown(report))
-    print(f"wrote {out / stem}.json and .md")
-    return report
+    return bench.write_report(report, args.out, stem, to_markdown(report))
 
 
 if __name__ == "__main__":

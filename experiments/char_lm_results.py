@@ -52,22 +52,13 @@ def label(result: dict) -> str:
 
 
 def plot(results: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for result in results:
-        curve = result["val_curve"]
-        ax.plot([p["time_s"] / 60 for p in curve], [p["val_nats_per_char"] for p in curve],
-                marker="o", markersize=3, label=label(result))  # fmt: skip
-    ax.set_xlabel("training time (minutes, validation included)")
-    ax.set_ylabel("validation nats per character")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    common.save_figure(fig, path, dpi=120)  # atomic, and closes the figure
+    lines = {
+        label(result): ([p["time_s"] / 60 for p in result["val_curve"]],
+                        [p["val_nats_per_char"] for p in result["val_curve"]])
+        for result in results
+    }  # fmt: skip
+    common.plot_lines(lines, path, xlabel="training time (minutes, validation included)",
+                      ylabel="validation nats per character")  # fmt: skip
 
 
 def main(argv=None) -> int:

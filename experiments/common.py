@@ -56,6 +56,7 @@ __all__ = [
     "jsonable",
     "make_optimizer",
     "plot_curves",
+    "plot_lines",
     "print_summary",
     "process_mesh",
     "progress",
@@ -803,6 +804,24 @@ def save_figure(fig, path: str | os.PathLike, *, dpi: int = 100) -> Path:
     finally:
         plt.close(fig)
     return Path(path)
+
+
+def plot_lines(lines: dict[str, tuple[list, list]], path, *, xlabel: str, ylabel: str) -> Path:
+    """One figure of labelled ``(xs, ys)`` lines, markers at the points, saved atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, (xs, ys) in lines.items():
+        ax.plot(xs, ys, marker="o", markersize=3, label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=120)  # atomic, and closes the figure
 
 
 def _series(records: list[Mapping], x: str, key: str) -> tuple[list, list]:

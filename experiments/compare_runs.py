@@ -99,20 +99,9 @@ def markdown(runs: dict[str, list], marks: list[float]) -> str:
 
 
 def plot(runs: dict[str, list], path: Path, xlabel: str = "wall time (minutes)") -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, rows in runs.items():
-        ax.plot([r[0] for r in rows], [100 * r[2] for r in rows], marker="o", label=name)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("test accuracy (%, all 10,000 digits)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    common.save_figure(fig, path, dpi=120)  # atomic, and closes the figure
+    lines = {name: ([r[0] for r in rows], [100 * r[2] for r in rows])
+             for name, rows in runs.items()}  # fmt: skip
+    common.plot_lines(lines, path, xlabel=xlabel, ylabel="test accuracy (%, all 10,000 digits)")
 
 
 def main(argv=None) -> int:
