@@ -7,13 +7,27 @@ minimal install can still run ``pytest``; with the dependency present it is coll
 Under ``tests/`` only ``test_*.py`` (and ``conftest.py``) are collected: ``--doctest-modules``
 imports every module it collects, and a helper script there (a worker that parses its own
 command line at import) must not run inside pytest.
+
+The tests compile XLA:CPU code with LLVM's optimisation level 0
+(``--xla_backend_optimization_level=0``, set here before JAX starts, so the scripts the tests
+run in subprocesses inherit it). Their shapes are tiny, so compiling is most of their time:
+level 0 cut a compile-bound pair of tests (mlstm's check_cell, the bfloat16 check_cell) from
+103 to 74 s. It changes how LLVM lowers the code, not what the computation is (XLA's HLO
+passes, buffer assignment and float semantics are the same), and no test measures speed.
+Speed is measured by ``experiments/bench.py``, which runs at the default level.
 """
 
 from __future__ import annotations
 
 import ast
 import importlib.util
+import os
 from pathlib import Path
+
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
+    ).strip()
 
 ROOT = Path(__file__).resolve().parent
 PACKAGE = ROOT / "rnn_jax"
