@@ -95,7 +95,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="plain layers, residual blocks of width --hidden-size (norm -> "
                    "recurrence -> gated MLP; for the linear recurrences mingru, minlstm, lru), "
                    "or Griffin's Hawk blocks (--cell rglru)")
-    p.add_argument("--expansion", type=pos_int, default=2, help="blocks' MLP width / D")
+    p.add_argument("--expansion", type=pos_int, default=None,
+                   help="blocks' MLP width / D (--block residual or hawk; default 2)")
     p.add_argument("--heads", type=pos_int, default=None,
                    help="heads of the slstm, mlstm and rglru cells (default: each cell's own)")
     p.add_argument("--embed-size", type=nonneg_int, default=32, help="0: one-hot inputs")
@@ -137,6 +138,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     common.check_process_args(p, args)
     if "," in args.cell and args.block != "residual":
         p.error(f"argument --cell: a list of cells ({args.cell}) needs --block residual")
+    if args.expansion is not None and args.block == "plain":
+        p.error("argument --expansion: plain layers have no MLP; use --block residual or hawk")
     headless = [spec for spec in args.cell.split(",") if spec not in common.HEADED_CELLS]
     if args.heads is not None and headless:
         p.error(f"argument --heads: applies to {', '.join(common.HEADED_CELLS)}, not {headless}")
@@ -167,7 +170,7 @@ def build(args, vocab_size: int):
         num_layers=args.layers, embed_size=args.embed_size or None, dropout=args.dropout,
         gradient=None if args.gradient == "auto" else args.gradient,
         block=getattr(args, "block", "plain"),  # runs saved before --block have none
-        expansion=getattr(args, "expansion", 2),
+        expansion=getattr(args, "expansion", None) or 2,
     )  # fmt: skip
     if args.matmul_dtype != "float32":
         # Mixed precision: matrix products in bfloat16, carries/gates/loss in float32. One

@@ -177,7 +177,8 @@ def test_mixed_and_hawk_stacks_build_from_the_flags():
     plain = ["--cell", "mlstm,slstm", *sizes]
     three_for_two = ["--cell", "mlstm,slstm,mlstm", "--block", "residual", *sizes]
     headless = ["--cell", "lstm", "--heads", "2", *sizes]
-    for bad in (plain, three_for_two, headless):
+    plain_expansion = ["--cell", "lstm", "--expansion", "3", *sizes]
+    for bad in (plain, three_for_two, headless, plain_expansion):
         with pytest.raises(SystemExit) as exit_info:
             char_lm.parse_args(bad)
         assert exit_info.value.code == 2
