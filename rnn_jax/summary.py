@@ -51,7 +51,3 @@ def summary(params) -> str:
     ]
     total = f"Total params: {count_params(params):,}"
     return "\n".join([rule, line, rule, *body, rule, total])
-
-
-def _cell(value, width: int, numeric: bool) -> str:
-    return str(value).rjust(width) if numeric else str(value).ljust(width)
