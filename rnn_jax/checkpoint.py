@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import flax.serialization
@@ -54,10 +55,6 @@ class CheckpointError(ValueError):
     """A checkpoint file is corrupt or does not match the restore target."""
 
 
-def _checkpoint_name(step: int) -> str:
-    return f"checkpoint_{step:08d}.msgpack"
-
-
 def _is_key(x: Any) -> bool:
     return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
 
@@ -82,12 +79,8 @@ def list_checkpoints(directory: str | os.PathLike) -> list[tuple[int, str]]:
     directory = os.fspath(directory)
     if not os.path.isdir(directory):
         return []
-    found = []
-    for name in os.listdir(directory):
-        match = _NAME.match(name)
-        if match:
-            found.append((int(match.group(1)), os.path.join(directory, name)))
-    return sorted(found)
+    matches = (_NAME.match(name) for name in os.listdir(directory))
+    return sorted((int(m[1]), os.path.join(directory, m[0])) for m in matches if m)
 
 
 def latest_checkpoint(directory: str | os.PathLike) -> str | None:
@@ -179,8 +172,7 @@ def save_checkpoint(
         use_bin_type=True,
     )
 
-    os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, _checkpoint_name(step))
+    path = os.path.join(directory, f"checkpoint_{step:08d}.msgpack")
     write_atomic(path, payload)
 
     if keep is not None:
@@ -207,9 +199,8 @@ def _read(path: str) -> tuple[dict, bytes]:
             f"this rnn_jax reads version {VERSION}"
         )
     state_bytes = record.get("state")
-    if not isinstance(state_bytes, bytes) or hashlib.sha256(state_bytes).hexdigest() != record.get(
-        "sha256"
-    ):
+    digest = hashlib.sha256(state_bytes).hexdigest() if isinstance(state_bytes, bytes) else None
+    if digest is None or digest != record.get("sha256"):
         raise CheckpointError(f"corrupt checkpoint {path}: state checksum mismatch")
     try:
         metadata = json.loads(record["metadata"])
@@ -233,30 +224,27 @@ def read_metadata(path: str | os.PathLike) -> dict:
     return _read(os.fspath(path))[0]
 
 
-def _compare(target: Any, restored: Any, where: str, problems: list[str]) -> None:
-    """Collects structure/shape/dtype differences between two flax state dicts."""
-    if isinstance(target, dict):
-        if not isinstance(restored, dict):
-            problems.append(f"{where or '<root>'}: target has a container, checkpoint has a leaf")
-            return
+def _mismatches(target: Any, restored: Any, where: str = "") -> Iterator[str]:
+    """Structure/shape/dtype differences between two flax state dicts, one line each."""
+    if isinstance(target, dict) and not isinstance(restored, dict):
+        yield f"{where or '<root>'}: target has a container, checkpoint has a leaf"
+    elif isinstance(target, dict):
         t_keys, r_keys = set(map(str, target)), set(map(str, restored))
         for key in sorted(t_keys - r_keys):
-            problems.append(f"{where}/{key}: in target, missing from checkpoint")
+            yield f"{where}/{key}: in target, missing from checkpoint"
         for key in sorted(r_keys - t_keys):
-            problems.append(f"{where}/{key}: in checkpoint, not in target")
+            yield f"{where}/{key}: in checkpoint, not in target"
         for key in sorted(t_keys & r_keys):
-            _compare(target[key], restored[key], f"{where}/{key}", problems)
-        return
-    if isinstance(restored, dict) and restored:
-        problems.append(f"{where}: target has a leaf, checkpoint has a container")
-        return
-    if hasattr(target, "shape") and hasattr(target, "dtype"):
+            yield from _mismatches(target[key], restored[key], f"{where}/{key}")
+    elif isinstance(restored, dict) and restored:
+        yield f"{where}: target has a leaf, checkpoint has a container"
+    elif hasattr(target, "shape") and hasattr(target, "dtype"):
         t_shape, t_dtype = tuple(target.shape), np.dtype(target.dtype)
         r_shape, r_dtype = tuple(np.shape(restored)), np.asarray(restored).dtype
         if t_shape != r_shape:
-            problems.append(f"{where}: shape {r_shape} in checkpoint, {t_shape} in target")
+            yield f"{where}: shape {r_shape} in checkpoint, {t_shape} in target"
         elif t_dtype != r_dtype:
-            problems.append(f"{where}: dtype {r_dtype} in checkpoint, {t_dtype} in target")
+            yield f"{where}: dtype {r_dtype} in checkpoint, {t_dtype} in target"
 
 
 def restore_checkpoint(path: str | os.PathLike, target: PyTree) -> tuple[PyTree, dict]:
@@ -294,8 +282,7 @@ def restore_checkpoint(path: str | os.PathLike, target: PyTree) -> tuple[PyTree,
         restored_dict = flax.serialization.msgpack_restore(state_bytes)
     except Exception as e:
         raise CheckpointError(f"corrupt checkpoint {path}: state not readable ({e})") from e
-    problems: list[str] = []
-    _compare(flax.serialization.to_state_dict(plain_target), restored_dict, "", problems)
+    problems = list(_mismatches(flax.serialization.to_state_dict(plain_target), restored_dict))
     if problems:
         raise CheckpointError(
             f"checkpoint {path} does not match the target:\n  " + "\n  ".join(problems)
