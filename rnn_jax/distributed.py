@@ -150,14 +150,14 @@ def global_batch(fetch: Callable[[np.ndarray], PyTree], size: int, mesh: Mesh) -
     return jax.tree.map(assemble, *(tree for _, tree in parts))
 
 
-def take(arrays: dict[str, np.ndarray], rows: np.ndarray, mesh: Mesh | None = None) -> dict:
-    """``{k: a[rows]}``: a training batch by example indices (e.g.
-    `rnn_jax.data.batch_indices`, the same on every process). Without ``mesh``, numpy
-    arrays; with one, global arrays of which each process gathered only its own rows."""
+def take(arrays: PyTree, rows: np.ndarray, mesh: Mesh | None = None) -> PyTree:
+    """``arrays`` (e.g. a dict of numpy arrays, each ``(N, ...)``) at ``rows``: a training batch
+    by example indices (e.g. `rnn_jax.data.batch_indices`, the same on every process). Without
+    ``mesh``, numpy arrays; with one, global arrays of which each process gathered only its own
+    rows."""
     rows = np.asarray(rows)
-    if mesh is None:
-        return {k: a[rows] for k, a in arrays.items()}
-    return global_batch(lambda r: {k: a[rows[r]] for k, a in arrays.items()}, len(rows), mesh)
+    pick = lambda r: jax.tree.map(lambda a: a[r], arrays)
+    return pick(rows) if mesh is None else global_batch(lambda r: pick(rows[r]), len(rows), mesh)
 
 
 def eval_batches(

@@ -27,6 +27,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
+from rnn_jax.distributed import take
 from rnn_jax.train import TrainState, make_train_step, means_of_sums, shard_batch
 
 PyTree = Any
@@ -224,12 +225,7 @@ def place_chunks(chunks: Iterable[tuple], mesh: Mesh | None) -> Iterable[tuple]:
     without a mesh."""
     if mesh is None:
         return chunks
-    from rnn_jax.distributed import global_batch
-
-    def place(chunk: tuple) -> tuple:
-        return global_batch(lambda rows: tuple(a[rows] for a in chunk), len(chunk[0]), mesh)
-
-    return (place(chunk) for chunk in chunks)
+    return (take(chunk, np.arange(len(chunk[0])), mesh) for chunk in chunks)
 
 
 class Stream:
