@@ -133,21 +133,16 @@ def global_batch(fetch: Callable[[np.ndarray], PyTree], size: int, mesh: Mesh) -
     if size % devices:
         raise ValueError(f"global batch size {size} is not divisible by the {devices} devices")
     sharding = NamedSharding(mesh, P(DATA_AXIS))
-    index_map = sharding.addressable_devices_indices_map((size,))
-    fetched: dict[tuple[int, int, int], PyTree] = {}
-    parts = []
-    for device, index in index_map.items():
-        span = index[0].indices(size)
-        if span not in fetched:
-            fetched[span] = fetch(np.arange(*span))
-        parts.append((device, fetched[span]))
+    indices = sharding.addressable_devices_indices_map((size,)).values()
+    spans = dict.fromkeys(index[0].indices(size) for index in indices)  # distinct, in order
+    fetched = {span: jax.tree.flatten(fetch(np.arange(*span))) for span in spans}
+    leaves, treedef = next(iter(fetched.values()))
 
-    def assemble(*leaves: np.ndarray) -> jax.Array:
-        shape = (size, *np.shape(leaves[0])[1:])
-        arrays = [jax.device_put(leaf, d) for (d, _), leaf in zip(parts, leaves, strict=True)]
-        return jax.make_array_from_single_device_arrays(shape, sharding, arrays)
+    def assemble(i: int) -> jax.Array:
+        shard = lambda index: fetched[index[0].indices(size)][0][i]
+        return jax.make_array_from_callback((size, *np.shape(leaves[i])[1:]), sharding, shard)
 
-    return jax.tree.map(assemble, *(tree for _, tree in parts))
+    return jax.tree.unflatten(treedef, [assemble(i) for i in range(len(leaves))])
 
 
 def take(arrays: PyTree, rows: np.ndarray, mesh: Mesh | None = None) -> PyTree:
