@@ -70,13 +70,9 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
 
 def _fsync_dir(directory: Path) -> None:
     # Makes the rename itself durable; not every platform can open a directory.
-    try:
+    with contextlib.suppress(OSError):
         fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
