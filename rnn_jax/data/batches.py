@@ -13,6 +13,8 @@ also runs one compiled shape and nothing is dropped. A batch is a dict of arrays
 
 from __future__ import annotations
 
+import functools
+import itertools
 from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
@@ -25,18 +27,6 @@ __all__ = [
     "eval_batches",
     "rows_with_mask",
 ]
-
-
-def _check_sizes(num_examples: int, batch_size: int) -> None:
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    if num_examples <= 0:
-        raise ValueError(f"num_examples must be positive, got {num_examples}")
-    if batch_size > num_examples:
-        raise ValueError(
-            f"batch_size ({batch_size}) is larger than num_examples ({num_examples}): "
-            f"not even one full batch per epoch"
-        )
 
 
 def count_examples(arrays: Sequence[np.ndarray] | Mapping[str, np.ndarray]) -> int:
@@ -64,7 +54,15 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
       >>> steps_per_epoch(60_000, 128)  # 60000 = 468 * 128 + 96: the 96 left over are dropped
       468
     """
-    _check_sizes(num_examples, batch_size)
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if num_examples <= 0:
+        raise ValueError(f"num_examples must be positive, got {num_examples}")
+    if batch_size > num_examples:
+        raise ValueError(
+            f"batch_size ({batch_size}) is larger than num_examples ({num_examples}): "
+            f"not even one full batch per epoch"
+        )
     return num_examples // batch_size
 
 
@@ -120,19 +118,15 @@ def iterate_batches(
         raise ValueError(f"start_step must be non-negative, got {start_step}")
     if num_steps is not None and num_steps < 0:
         raise ValueError(f"num_steps must be non-negative or None, got {num_steps}")
-    step = start_step
-    perm, perm_epoch = None, None
-    while num_steps is None or step < start_step + num_steps:
+    # One permutation per epoch, not per step (the batches of an epoch are consecutive).
+    permutation = functools.lru_cache(maxsize=1)(functools.partial(batch_permutation, seed, n))
+    for step in itertools.islice(itertools.count(start_step), num_steps):
         epoch, within = divmod(step, per_epoch)
-        if epoch != perm_epoch:  # one permutation per epoch, not per step
-            perm = batch_permutation(seed, n, epoch)
-            perm_epoch = epoch
-        idx = perm[within * batch_size : (within + 1) * batch_size]
+        idx = permutation(epoch)[within * batch_size : (within + 1) * batch_size]
         if isinstance(arrays, Mapping):
             yield {name: np.asarray(a)[idx] for name, a in arrays.items()}
         else:
             yield tuple(np.asarray(a)[idx] for a in arrays)
-        step += 1
 
 
 def batch_permutation(seed: int, num_examples: int, epoch: int) -> np.ndarray:
