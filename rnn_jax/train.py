@@ -21,6 +21,7 @@ Conventions
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -462,23 +463,17 @@ def train_loop(
     """
     if checkpoint_every < 0:
         raise ValueError(f"checkpoint_every must be >= 0, got {checkpoint_every}")
-    iterator = None if callable(batches) else iter(batches)
     history: list[dict[str, float]] = []
     step = int(state.step)
     last_saved = step  # nothing new to save unless a step runs
+    batch_of_step = map(batches, itertools.count(step)) if callable(batches) else iter(batches)
 
     def save(state: TrainState, step: int) -> None:
         check_state_finite(state, step)
         if jax.process_index() == 0:  # one writer; every process holds the same state
             save_checkpoint(checkpoint_dir, state, step=step, metadata=metadata, keep=keep)
 
-    while step < num_steps:
-        if iterator is None:
-            batch = batches(step)
-        else:
-            batch = next(iterator, None)
-            if batch is None:
-                break
+    for batch in itertools.islice(batch_of_step, max(num_steps - step, 0)):
         state, metrics = train_step(state, batch)
         step += 1
         host = {k: float(v) for k, v in jax.device_get(metrics).items()}
