@@ -9,11 +9,9 @@ map holding
 * ``"state"``: the pytree, serialised by ``flax.serialization.to_bytes``,
 * ``"sha256"``: the hex digest of ``"state"``, so silent corruption is caught.
 
-One file per checkpoint makes the write atomic: it goes to a hidden temp file in
-the same directory, is fsynced, then ``os.replace``-d onto its final name. A crash
-at any point leaves either the old set of checkpoints or the new one, never a
-half-written file under a checkpoint name; leftover temp files start with ``.``
-and are ignored by `latest_checkpoint`.
+One file per checkpoint, written atomically (`rnn_jax.atomic`): a crash at any
+point leaves the old set of checkpoints or the new one, never a half-written file
+under a checkpoint name (`latest_checkpoint` skips leftover ``.`` temporaries).
 
 Typed PRNG keys (``jax.random.key``) are stored as their raw key data and
 re-wrapped with the target's key implementation on restore.

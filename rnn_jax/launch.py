@@ -17,6 +17,7 @@ do not fight over the same cores.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import socket
@@ -77,17 +78,11 @@ def start(args: argparse.Namespace, logs: Path) -> list[subprocess.Popen]:
         flags = ["--coordinator", address, "--num-processes", str(args.num_processes)]
         command = [sys.executable, *args.command, *flags, "--process-id", str(i)]
         # Process 0 speaks for the group; the others write to a file shown if they fail.
-        out = None if i == 0 else open(logs / f"process-{i}.log", "wb")  # noqa: SIM115
-        procs.append(
-            subprocess.Popen(
-                command,
-                stdout=out,
-                stderr=subprocess.STDOUT if out else None,
-                preexec_fn=_pin(i, args.cpus_per_process),
-            )  # fmt: skip
-        )
-        if out is not None:
-            out.close()  # the child holds its own descriptor
+        log = contextlib.nullcontext() if i == 0 else open(logs / f"process-{i}.log", "wb")
+        with log as out:  # closed here once started: the child holds its own descriptor
+            stderr = subprocess.STDOUT if out else None
+            pin = _pin(i, args.cpus_per_process)
+            procs.append(subprocess.Popen(command, stdout=out, stderr=stderr, preexec_fn=pin))
     return procs
 
 
