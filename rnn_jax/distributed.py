@@ -36,6 +36,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -109,8 +110,6 @@ global_mesh = make_mesh
 def sync(name: str) -> None:
     """Waits until every process has reached the barrier ``name`` (a no-op alone)."""
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         multihost_utils.sync_global_devices(name)
 
 

@@ -4,11 +4,8 @@
                            prime_tokens=vocab.encode("ROMEO:\\n")[None], temperature=0.8)
     text = vocab.decode(tokens[0])
 
-``model_apply`` is any ``apply(params, tokens (B, T) int, carry=None) -> (logits (B, T, V),
-final_carry)`` such as `rnn_jax.models.language_model`'s: the model reads the prime,
-then each sampled token is fed back as the next input, the state carried throughout.
-
-The carry contract (what makes generation resumable): the returned ``final_carry`` is the
+The model reads the prime, then each sampled token is fed back as the next input, the state
+carried throughout. The carry contract (what makes generation resumable): the returned ``final_carry`` is the
 state after reading the prime and every sampled token *except the last*, so
 
     more, carry = sample(apply, params, key2, num_steps=n, prime_tokens=tokens[:, -1:],

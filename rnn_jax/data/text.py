@@ -253,12 +253,11 @@ class Vocab:
         if len(set(chars)) != len(chars):
             raise ValueError("a Vocab's characters must be unique")
         self._chars = chars
-        self._index = {c: i for i, c in enumerate(chars)}
+        self._codes = np.array([ord(c) for c in chars], dtype=np.uint32)
         # Fast path for encode: a lookup table indexed by code point (Python's str -> int
         # mapping of millions of chars is the bottleneck otherwise).
-        self._table = np.full(max(map(ord, chars), default=0) + 1, -1, dtype=np.int32)
-        self._table[[ord(c) for c in chars]] = np.arange(len(chars), dtype=np.int32)
-        self._codes = np.array([ord(c) for c in chars], dtype=np.uint32)
+        self._table = np.full(int(self._codes.max(initial=0)) + 1, -1, dtype=np.int32)
+        self._table[self._codes] = np.arange(len(chars), dtype=np.int32)
 
     @classmethod
     def from_text(cls, text: str) -> Vocab:
@@ -281,7 +280,7 @@ class Vocab:
         return f"Vocab(size={self.size}, chars={''.join(self._chars)!r})"
 
     def __contains__(self, char: object) -> bool:
-        return char in self._index
+        return char in self._chars
 
     def to_list(self) -> list[str]:
         return list(self._chars)
