@@ -135,8 +135,6 @@ def load_mnist(
 # Conversion and validation of the raw uint8 arrays
 # --------------------------------------------------------------------------------------------
 
-_RAW_KEYS = ("train_images", "train_labels", "test_images", "test_labels")
-
 
 def _to_float(raw: dict[str, np.ndarray]) -> MNIST:
     """uint8 {images (N, 28, 28), labels (N,)} -> MNIST of float32 [0, 1] images, int32 labels."""
@@ -156,7 +154,7 @@ def _to_float(raw: dict[str, np.ndarray]) -> MNIST:
 
 def _raw_problem(raw: dict[str, np.ndarray], expected: tuple[int, int] | None) -> str | None:
     """Describe what is wrong with a raw array dict, or None when it is well formed."""
-    missing = [k for k in _RAW_KEYS if k not in raw]
+    missing = [k for k in MNIST._fields if k not in raw]
     if missing:
         return f"missing arrays {missing}"
     for split, want in zip(("train", "test"), expected or (None, None), strict=True):
@@ -292,7 +290,7 @@ def _parse_idx_set(paths: list[Path]) -> dict[str, np.ndarray]:
     pairs agree, as for every source)."""
     magics = (_IDX_IMAGES_MAGIC, _IDX_LABELS_MAGIC) * 2
     arrays = [parse_idx(_read_maybe_gz(p), str(p), m) for p, m in zip(paths, magics, strict=True)]
-    return dict(zip(_RAW_KEYS, arrays, strict=True))
+    return dict(zip(MNIST._fields, arrays, strict=True))
 
 
 # --------------------------------------------------------------------------------------------
@@ -349,4 +347,4 @@ def parse_csv(data: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
 
 def _parse_package_csvs(csvs: list[Path]) -> dict[str, np.ndarray]:
     pairs = [parse_csv(csv.read_bytes(), f"{_DISTRIBUTION}:data/{csv.name}") for csv in csvs]
-    return dict(zip(_RAW_KEYS, (array for pair in pairs for array in pair), strict=True))
+    return dict(zip(MNIST._fields, (array for pair in pairs for array in pair), strict=True))
