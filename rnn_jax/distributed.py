@@ -16,8 +16,7 @@ Typical use (every process runs the same program):
     state = distributed.replicate(state, mesh)            # host values, same on every process
     step = train.make_train_step(loss_fn, optimizer, mesh=mesh)
     rows = data.batch_indices(seed, n, global_batch, t)    # the same on every process
-    batch = distributed.global_batch(lambda r: {"x": x[rows[r]], "y": y[rows[r]]},
-                                     global_batch, mesh)   # each process reads its own rows
+    batch = distributed.take({"x": x, "y": y}, rows, mesh)  # each process reads its own rows
     state, metrics = step(state, batch)
 
 What is sharded: the batch (and so the forward/backward activations). What is replicated:

@@ -5,8 +5,9 @@
     text = vocab.decode(tokens[0])
 
 The model reads the prime, then each sampled token is fed back as the next input, the state
-carried throughout. The carry contract (what makes generation resumable): the returned ``final_carry`` is the
-state after reading the prime and every sampled token *except the last*, so
+carried throughout. The carry contract (what makes generation resumable): the returned
+``final_carry`` is the state after reading the prime and every sampled token *except the
+last*, so
 
     more, carry = sample(apply, params, key2, num_steps=n, prime_tokens=tokens[:, -1:],
                          carry=carry)

@@ -9,14 +9,9 @@ Conventions
 * ``loss_fn(params, batch, rng) -> (loss, aux)``: ``loss`` is a scalar (a *mean*
   over the batch, so the learning rate does not depend on the batch size) and
   ``aux`` a dict of scalar metrics (may be empty).
-* ``batch`` is any pytree of arrays whose leading axis is the batch axis.
-* ``metric_fn(params, batch) -> dict`` returns per-batch *sums* over the valid
-  examples plus a ``"count"`` entry (the number of valid examples), see
-  `evaluate`.
-* Padded batches (so that the last, partial batch has the same shape as the
-  others and jit does not recompile) carry a ``"mask"`` entry of shape
-  ``(batch,)``: 1 for real examples, 0 for padding. `pad_batch` makes
-  them; `example_mask` reads the mask (all ones when there is none).
+* ``batch`` is any pytree of arrays whose leading axis is the batch axis; a
+  padded one carries a ``"mask"`` (`pad_batch`, `example_mask`).
+* ``metric_fn(params, batch) -> dict`` returns per-batch *sums*, see `evaluate`.
 """
 
 from __future__ import annotations
@@ -353,8 +348,7 @@ def check_finite(metrics: Mapping[str, Any], step: int | jax.Array) -> None:
       non-finite loss nan at step 4
     """
     host = jax.device_get(dict(metrics))
-    names = ["loss"] + [k for k in host if k != "loss"] if "loss" in host else list(host)
-    for name in names:
+    for name in sorted(host, key=lambda k: k != "loss"):  # the loss first
         value = np.asarray(host[name])
         if not np.all(np.isfinite(value)):
             shown = value.item() if value.size == 1 else value
@@ -512,9 +506,11 @@ def example_mask(batch: Mapping[str, Any]) -> jax.Array:
 def pad_batch(batch: Mapping[str, Any], batch_size: int) -> dict[str, np.ndarray]:
     """Pads every leaf of a dict batch to ``batch_size`` rows and adds ``"mask"``.
 
-    Padding rows repeat the last example (valid inputs, e.g. valid label indices) with mask
-    0, as ``rnn_jax.data.eval_batches`` pads. A batch that already has a mask keeps it (its
-    padding extended with zeros). Returns numpy arrays.
+    The mask ``(batch_size,)`` is 1 for real examples, 0 for padding: the last, partial batch
+    then has the shape of the others, and jit does not recompile. Padding rows repeat the last
+    example (valid inputs, e.g. valid label indices) with mask 0, as
+    ``rnn_jax.data.eval_batches`` pads. A batch that already has a mask keeps it (its padding
+    extended with zeros). Returns numpy arrays.
 
     Args:
       batch: dict of arrays with a common leading size ``n <= batch_size``.
