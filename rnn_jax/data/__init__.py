@@ -5,48 +5,13 @@
   the char-RNN `ContiguousBatches` layout.
 - `rnn_jax.data.batches`: shuffled training batches as a pure function of (seed, step),
   padded evaluation batches.
+
+This package re-exports each submodule's ``__all__`` (one list of names, kept there).
 """
 
-from rnn_jax.data.batches import (
-    batch_indices,
-    batch_permutation,
-    eval_batches,
-    iterate_batches,
-    steps_per_epoch,
-)
-from rnn_jax.data.mnist import MNIST, default_cache_dir, load_mnist
-from rnn_jax.data.text import (
-    ContiguousBatches,
-    Vocab,
-    contiguous_batches,
-    fit_layout,
-    load_corpus,
-    load_names,
-    load_shakespeare,
-    load_text,
-    markdown_play_to_text,
-    names_dataset,
-    train_val_split,
-)
+from rnn_jax.data import batches, mnist, text
+from rnn_jax.data.batches import *  # noqa: F403
+from rnn_jax.data.mnist import *  # noqa: F403
+from rnn_jax.data.text import *  # noqa: F403
 
-__all__ = [
-    "MNIST",
-    "load_mnist",
-    "default_cache_dir",
-    "batch_indices",
-    "batch_permutation",
-    "eval_batches",
-    "iterate_batches",
-    "steps_per_epoch",
-    "ContiguousBatches",
-    "Vocab",
-    "contiguous_batches",
-    "fit_layout",
-    "load_corpus",
-    "load_names",
-    "load_shakespeare",
-    "load_text",
-    "markdown_play_to_text",
-    "names_dataset",
-    "train_val_split",
-]
+__all__ = [*mnist.__all__, *batches.__all__, *text.__all__]
