@@ -24,6 +24,7 @@ import json
 import os
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import flax.serialization
@@ -183,8 +184,7 @@ def _read(path: str) -> tuple[dict, bytes]:
     """Returns (header with metadata decoded, state bytes); CheckpointError if corrupt."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint file at {path}")
-    with open(path, "rb") as f:
-        raw = f.read()
+    raw = Path(path).read_bytes()
     try:
         record = msgpack.unpackb(raw, raw=False)
     except Exception as e:  # msgpack raises several unrelated types on bad input

@@ -148,17 +148,14 @@ def default_optimizer(
       >>> updates["w"]  # RMSProp's first step: -lr g / sqrt(0.1 g^2) = -lr sqrt(10) sign(g)
       Array([-0.00316..., -0.00316...], dtype=float32)
     """
-    parts: list[optax.GradientTransformation] = []
-    if clip_value is not None:
-        if clip_value <= 0:
-            raise ValueError(f"clip_value must be positive, got {clip_value}")
-        parts.append(optax.clip(clip_value))
-    if clip_norm is not None:
-        if clip_norm <= 0:
-            raise ValueError(f"clip_norm must be positive, got {clip_norm}")
-        parts.append(optax.clip_by_global_norm(clip_norm))
-    parts.append(optax.rmsprop(learning_rate))
-    return optax.chain(*parts)
+    # Element-wise first, then the global norm (see above).
+    clips = [("clip_value", clip_value, optax.clip),
+             ("clip_norm", clip_norm, optax.clip_by_global_norm)]  # fmt: skip
+    for name, bound, _ in clips:
+        if bound is not None and bound <= 0:
+            raise ValueError(f"{name} must be positive, got {bound}")
+    parts = [clip(bound) for _, bound, clip in clips if bound is not None]
+    return optax.chain(*parts, optax.rmsprop(learning_rate))
 
 
 # ------------------------------------------------------------------ data parallel
