@@ -384,9 +384,8 @@ class ContiguousBatches:
             )
         self.batch_size, self.seq_len, self.num_chunks = batch_size, seq_len, num_chunks
         # Rows are contiguous stretches of the stream; each keeps one extra id for the targets.
-        used = num_chunks * seq_len + 1
-        self.rows = np.ascontiguousarray(ids[: batch_size * row_len].reshape(batch_size, row_len))
-        self.rows = self.rows[:, :used].astype(np.int32)
+        rows = ids[: batch_size * row_len].reshape(batch_size, row_len)
+        self.rows = rows[:, : num_chunks * seq_len + 1].astype(np.int32)  # a C-ordered copy
 
     def __len__(self) -> int:
         return self.num_chunks
