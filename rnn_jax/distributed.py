@@ -164,10 +164,6 @@ def eval_batches(
     """
     if mesh is None:
         return list(data_batches.eval_batches(arrays, batch_size))
-    num_examples = data_batches.count_examples(arrays)
-
-    def batch(start: int) -> dict:
-        fetch = lambda rows: data_batches.rows_with_mask(arrays, start + rows)
-        return global_batch(fetch, batch_size, mesh)
-
-    return [batch(start) for start in range(0, num_examples, batch_size)]
+    starts = range(0, data_batches.count_examples(arrays), batch_size)
+    fetch_from = lambda start: lambda rows: data_batches.rows_with_mask(arrays, start + rows)
+    return [global_batch(fetch_from(start), batch_size, mesh) for start in starts]
