@@ -31,7 +31,6 @@ is the same whatever the number of processes (up to the reduction order of the a
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import numpy as np
@@ -40,9 +39,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from rnn_jax.data import batches as data_batches
-from rnn_jax.train import DATA_AXIS, make_mesh, replicate
-
-PyTree = Any
+from rnn_jax.train import DATA_AXIS, PyTree, make_mesh, replicate
 
 __all__ = [
     "eval_batches",

@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from rnn_jax.tbptt import zero_carry
-
-PyTree = Any
+from rnn_jax.train import PyTree
 
 __all__ = ["filter_logits", "next_token", "sample"]
 

@@ -19,7 +19,6 @@ Conventions (a chunk-level twin of `rnn_jax.train`'s):
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -28,9 +27,8 @@ import optax
 from jax.sharding import Mesh
 
 from rnn_jax.distributed import take
-from rnn_jax.train import TrainState, make_train_step, means_of_sums, shard_batch
+from rnn_jax.train import PyTree, TrainState, make_train_step, means_of_sums, shard_batch
 
-PyTree = Any
 ChunkLossFn = Callable[[PyTree, PyTree, PyTree, jax.Array], tuple[jax.Array, tuple[PyTree, dict]]]
 ChunkMetricFn = Callable[[PyTree, PyTree, PyTree], tuple[dict, PyTree]]
 
@@ -212,11 +210,8 @@ def reset_rows(carry: PyTree, mask: np.ndarray, fresh: PyTree | None = None) -> 
         return carry
     keep = jnp.asarray(~mask)
     fresh = jax.tree.map(jnp.zeros_like, carry) if fresh is None else fresh
-
-    def row_wise(c, start):
-        return jnp.where(keep.reshape((-1,) + (1,) * (c.ndim - 1)), c, start)
-
-    return jax.tree.map(row_wise, carry, fresh)
+    keep_like = lambda c: keep.reshape((-1,) + (1,) * (c.ndim - 1))  # (B, 1, ...) as c
+    return jax.tree.map(lambda c, start: jnp.where(keep_like(c), c, start), carry, fresh)
 
 
 def place_chunks(chunks: Iterable[tuple], mesh: Mesh | None) -> Iterable[tuple]:
