@@ -1,0 +1,304 @@
+// rnn_jax's fused linear-recurrence CPU kernel (backend="fused_cpu" for the linear cells):
+// h_t = a_t * h_{t-1} + b_t over a whole time-major (T, B, H) sequence in ONE pass forward
+// and ONE reverse pass backward (XLA FFI), with the validity mask, the starts (resets) and
+// h0 handled inside. Built on first use by rnn_jax/backends/build.py (-O3 -march=native, no
+// oneDNN: there are no products here; XLA computes them before and after).
+//
+// Kinds (the attribute `kind`):
+//   kMinGru = 0: the minGRU's gates fused in. x1 = k (T, B, 2H) pre-activations [k_z | k_h];
+//                z = sigmoid(k_z), a = 1 - z, b = z * k_h. The backward recomputes z from k
+//                (cheaper than storing it) and returns d_k (T, B, 2H).
+//   kAffine = 1: any real LinearForm. x1 = a, x2 = b (T, B, H); the backward returns d_a, d_b.
+//
+// Semantics (rnn_jax.ops.linear_recurrence.scan_states, per lane (b, j)):
+//   prev = (t == 0 or starts[t, b]) ? h0 : state
+//   state = valid[t, b] ? a_t * prev + b_t : prev       (frozen past a row's length / masked)
+//   hs[t] = valid[t, b] ? state : 0;  final = state after step T-1.
+// valid and starts are (T, B) uint8, or (0,) for "all valid" / "only step 0 starts".
+//
+// Backward: the reverse recurrence over the same lanes, g = dL/dstate:
+//   g += d_hs[t] (valid steps); d_a = g * prev, d_b = g, g = g * a (valid steps; a masked
+//   step passes g through); at a start step d_h0 += g, g = 0. prev is read back from hs: at a
+//   valid step t it is hs at the last valid step before t since the last start, else h0
+//   (found per row in O(T) before the sweep). d_hs may be (0,): no output gradient (only the
+//   final state is read), which saves reading a (T, B, H) array of zeros.
+//
+// Threads: the lanes are independent, so tasks are blocks of (rows, hidden units) claimed by
+// the team of fused_common.h; no barrier. The inner loops run over contiguous hidden units
+// and vectorise (sigmoid_f has no libm call).
+
+#include "fused_common.h"
+
+namespace {
+
+enum Kind : int32_t { kMinGru = 0, kAffine = 1 };
+
+struct Lanes {
+  int32_t kind;
+  int64_t steps, batch, hidden;
+  const uint8_t *valid, *starts;  // (T, B) or null
+  bool is_valid(int64_t t, int64_t b) const { return valid == nullptr || valid[t * batch + b]; }
+  bool starts_at(int64_t t, int64_t b) const {
+    return t == 0 || (starts != nullptr && starts[t * batch + b]);
+  }
+};
+
+// Tasks: blocks of rows [b0, b1) x hidden units [j0, j1), each run through all steps, the
+// rows inner: a step's rows of a block are adjacent in memory (one stream per array, not one
+// 1 KB piece per page, which is what a row-at-a-time sweep over (T, B, H) arrays reads).
+// Two blocks per thread (a delayed thread then holds back a small share); with fewer rows
+// than that, rows are split into blocks of at least 16 hidden units.
+struct Block {
+  int64_t b0, b1, j0, j1;
+};
+
+template <class Body>
+void over_blocks(const Lanes& s, Team& team, Body&& body) {
+  const int64_t wanted = 2 * team.threads();
+  const int row_chunks = static_cast<int>(std::min<int64_t>(s.batch, wanted));
+  const int unit_chunks = static_cast<int>(std::max<int64_t>(
+      1, std::min<int64_t>((wanted + row_chunks - 1) / row_chunks, s.hidden / 16)));
+  team.parallel(row_chunks * unit_chunks, [&](int i) {
+    const int r = i / unit_chunks, u = i % unit_chunks;
+    body(Block{chunk_begin(s.batch, row_chunks, r), chunk_begin(s.batch, row_chunks, r + 1),
+               chunk_begin(s.hidden, unit_chunks, u), chunk_begin(s.hidden, unit_chunks, u + 1)});
+  });
+}
+
+struct ForwardArgs {
+  const float *x1, *x2, *h0;
+  float *hs, *final_state;
+};
+
+// One row's units [j0, j0 + n) at step t: state (n) updated in place, out (n) written.
+inline void forward_row(const Lanes& s, const ForwardArgs& a, int64_t row, int64_t j0,
+                        int64_t n, float* __restrict state) {
+  const int64_t H = s.hidden;
+  float* __restrict out = a.hs + row * H + j0;
+  if (s.kind == kMinGru) {
+    const float* __restrict k_z = a.x1 + row * 2 * H + j0;
+    const float* __restrict k_h = k_z + H;
+#pragma GCC ivdep
+    for (int64_t j = 0; j < n; ++j) {
+      const float z = sigmoid_f(k_z[j]);
+      state[j] = (1.0f - z) * state[j] + z * k_h[j];
+      out[j] = state[j];
+    }
+  } else {
+    const float* __restrict coef_a = a.x1 + row * H + j0;
+    const float* __restrict coef_b = a.x2 + row * H + j0;
+#pragma GCC ivdep
+    for (int64_t j = 0; j < n; ++j) {
+      state[j] = coef_a[j] * state[j] + coef_b[j];
+      out[j] = state[j];
+    }
+  }
+}
+
+void forward_block(const Lanes& s, const ForwardArgs& a, const Block& blk) {
+  const int64_t H = s.hidden, n = blk.j1 - blk.j0;
+  std::vector<float> states((blk.b1 - blk.b0) * n);  // (rows, n)
+  for (int64_t t = 0; t < s.steps; ++t) {
+    for (int64_t b = blk.b0; b < blk.b1; ++b) {
+      float* state = states.data() + (b - blk.b0) * n;
+      const int64_t row = t * s.batch + b;
+      if (s.starts_at(t, b)) std::memcpy(state, a.h0 + b * H + blk.j0, n * sizeof(float));
+      if (s.is_valid(t, b)) {
+        forward_row(s, a, row, blk.j0, n, state);
+      } else {
+        std::fill_n(a.hs + row * H + blk.j0, n, 0.0f);
+      }
+    }
+  }
+  for (int64_t b = blk.b0; b < blk.b1; ++b) {
+    std::memcpy(a.final_state + b * H + blk.j0, states.data() + (b - blk.b0) * n,
+                n * sizeof(float));
+  }
+}
+
+struct BackwardArgs {
+  const float *x1, *x2, *h0, *hs, *d_hs, *d_final;  // d_hs null: zero
+  float *d_x1, *d_x2, *d_h0;
+};
+
+// previous[t] for row b: the step whose output is the state before step t (the last valid
+// step since the last start), or -1 where that state is h0.
+std::vector<int32_t> previous_steps(const Lanes& s, int64_t b) {
+  std::vector<int32_t> previous(s.steps);
+  int32_t last = -1;
+  for (int64_t t = 0; t < s.steps; ++t) {
+    if (s.starts_at(t, b)) last = -1;
+    previous[t] = last;
+    if (s.is_valid(t, b)) last = static_cast<int32_t>(t);
+  }
+  return previous;
+}
+
+// One valid step of one row, units [j0, j0 + n): g (n) = dL/dstate after the step, in place
+// to dL/dstate before it; prev (n) the state before it.
+inline void backward_row(const Lanes& s, const BackwardArgs& a, int64_t row, int64_t j0,
+                         int64_t n, const float* __restrict prev, float* __restrict g) {
+  const int64_t H = s.hidden;
+  if (a.d_hs != nullptr) {
+    const float* __restrict d_out = a.d_hs + row * H + j0;
+#pragma GCC ivdep
+    for (int64_t j = 0; j < n; ++j) g[j] += d_out[j];
+  }
+  if (s.kind == kMinGru) {
+    const float* __restrict k_z = a.x1 + row * 2 * H + j0;
+    const float* __restrict k_h = k_z + H;
+    float* __restrict d_k_z = a.d_x1 + row * 2 * H + j0;
+    float* __restrict d_k_h = d_k_z + H;
+#pragma GCC ivdep
+    for (int64_t j = 0; j < n; ++j) {
+      const float z = sigmoid_f(k_z[j]);
+      const float d_z = g[j] * (k_h[j] - prev[j]);  // d_b * k_h - d_a
+      d_k_z[j] = d_z * z * (1.0f - z);
+      d_k_h[j] = g[j] * z;
+      g[j] *= 1.0f - z;
+    }
+  } else {
+    const float* __restrict coef_a = a.x1 + row * H + j0;
+    float* __restrict d_a = a.d_x1 + row * H + j0;
+    float* __restrict d_b = a.d_x2 + row * H + j0;
+#pragma GCC ivdep
+    for (int64_t j = 0; j < n; ++j) {
+      d_a[j] = g[j] * prev[j];
+      d_b[j] = g[j];
+      g[j] *= coef_a[j];
+    }
+  }
+}
+
+void zero_row_gradients(const Lanes& s, const BackwardArgs& a, int64_t row, int64_t j0,
+                        int64_t n) {
+  const int64_t H = s.hidden;
+  if (s.kind == kMinGru) {
+    std::fill_n(a.d_x1 + row * 2 * H + j0, n, 0.0f);
+    std::fill_n(a.d_x1 + row * 2 * H + H + j0, n, 0.0f);
+  } else {
+    std::fill_n(a.d_x1 + row * H + j0, n, 0.0f);
+    std::fill_n(a.d_x2 + row * H + j0, n, 0.0f);
+  }
+}
+
+void backward_block(const Lanes& s, const BackwardArgs& a, const Block& blk) {
+  const int64_t H = s.hidden, n = blk.j1 - blk.j0, rows = blk.b1 - blk.b0;
+  std::vector<std::vector<int32_t>> previous;
+  for (int64_t b = blk.b0; b < blk.b1; ++b) previous.push_back(previous_steps(s, b));
+  std::vector<float> buffers(2 * rows * n);
+  float* grads = buffers.data();            // (rows, n): dL/dstate
+  float* d_h0 = buffers.data() + rows * n;  // (rows, n)
+  for (int64_t b = blk.b0; b < blk.b1; ++b) {
+    std::memcpy(grads + (b - blk.b0) * n, a.d_final + b * H + blk.j0, n * sizeof(float));
+  }
+  for (int64_t t = s.steps - 1; t >= 0; --t) {
+    for (int64_t b = blk.b0; b < blk.b1; ++b) {
+      float* __restrict g = grads + (b - blk.b0) * n;
+      const int64_t row = t * s.batch + b;
+      if (s.is_valid(t, b)) {
+        const int32_t p = previous[b - blk.b0][t];
+        const float* prev = p < 0 ? a.h0 + b * H + blk.j0 : a.hs + (p * s.batch + b) * H + blk.j0;
+        backward_row(s, a, row, blk.j0, n, prev, g);
+      } else {
+        zero_row_gradients(s, a, row, blk.j0, n);
+      }
+      if (s.starts_at(t, b)) {
+        float* __restrict d = d_h0 + (b - blk.b0) * n;
+#pragma GCC ivdep
+        for (int64_t j = 0; j < n; ++j) {
+          d[j] += g[j];
+          g[j] = 0.0f;
+        }
+      }
+    }
+  }
+  for (int64_t b = blk.b0; b < blk.b1; ++b) {
+    std::memcpy(a.d_h0 + b * H + blk.j0, d_h0 + (b - blk.b0) * n, n * sizeof(float));
+  }
+}
+
+ffi::Error guarded(const char* what, const std::function<void()>& body) {
+  try {
+    body();
+  } catch (const std::exception& e) {
+    return ffi::Error::Internal(std::string("rnn_jax fused_cpu linear ") + what + ": " +
+                                e.what());
+  }
+  return ffi::Error::Success();
+}
+
+const float* fdata(ffi::AnyBuffer b) {
+  return b.element_count() == 0 ? nullptr : static_cast<const float*>(b.untyped_data());
+}
+template <class R>
+float* fresult(R& r) {
+  return r->element_count() == 0 ? nullptr : static_cast<float*>(r->untyped_data());
+}
+const uint8_t* flags(ffi::AnyBuffer b) {
+  return b.element_count() == 0 ? nullptr : static_cast<const uint8_t*>(b.untyped_data());
+}
+
+Lanes lanes_of(int32_t kind, ffi::AnyBuffer h0, ffi::AnyBuffer x1, ffi::AnyBuffer valid,
+               ffi::AnyBuffer starts) {
+  if (kind != kMinGru && kind != kAffine) throw std::invalid_argument("unknown kind");
+  const auto d = x1.dimensions();
+  return {kind, d[0], d[1], h0.dimensions()[1], flags(valid), flags(starts)};
+}
+
+ffi::Error Forward(ffi::ThreadPool pool, ffi::AnyBuffer x1, ffi::AnyBuffer x2, ffi::AnyBuffer h0,
+                   ffi::AnyBuffer valid, ffi::AnyBuffer starts, ffi::Result<ffi::AnyBuffer> hs,
+                   ffi::Result<ffi::AnyBuffer> final_state, int32_t kind) {
+  return guarded("forward", [&] {
+    const Lanes s = lanes_of(kind, h0, x1, valid, starts);
+    const ForwardArgs a{fdata(x1), fdata(x2), fdata(h0), fresult(hs), fresult(final_state)};
+    Team team(pool);
+    over_blocks(s, team, [&](const Block& blk) { forward_block(s, a, blk); });
+  });
+}
+
+ffi::Error Backward(ffi::ThreadPool pool, ffi::AnyBuffer x1, ffi::AnyBuffer x2,
+                    ffi::AnyBuffer h0, ffi::AnyBuffer valid, ffi::AnyBuffer starts,
+                    ffi::AnyBuffer hs, ffi::AnyBuffer d_hs, ffi::AnyBuffer d_final,
+                    ffi::Result<ffi::AnyBuffer> d_x1, ffi::Result<ffi::AnyBuffer> d_x2,
+                    ffi::Result<ffi::AnyBuffer> d_h0, int32_t kind) {
+  return guarded("backward", [&] {
+    const Lanes s = lanes_of(kind, h0, x1, valid, starts);
+    const BackwardArgs a{fdata(x1),     fdata(x2),     fdata(h0),     fdata(hs),   fdata(d_hs),
+                         fdata(d_final), fresult(d_x1), fresult(d_x2), fresult(d_h0)};
+    Team team(pool);
+    over_blocks(s, team, [&](const Block& blk) { backward_block(s, a, blk); });
+  });
+}
+
+}  // namespace
+
+extern "C" void rnn_jax_linear_set_num_threads(int n) { requested_threads.store(n < 0 ? 0 : n); }
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnJaxLinearForward, Forward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()  // x1: k (T, B, 2H) or a (T, B, H)
+                                  .Arg<ffi::AnyBuffer>()  // x2: (0,) or b (T, B, H)
+                                  .Arg<ffi::AnyBuffer>()  // h0 (B, H)
+                                  .Arg<ffi::AnyBuffer>()  // valid (T, B) uint8 or (0,)
+                                  .Arg<ffi::AnyBuffer>()  // starts (T, B) uint8 or (0,)
+                                  .Ret<ffi::AnyBuffer>()  // hs (T, B, H)
+                                  .Ret<ffi::AnyBuffer>()  // final state (B, H)
+                                  .Attr<int32_t>("kind"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnJaxLinearBackward, Backward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()  // x1
+                                  .Arg<ffi::AnyBuffer>()  // x2
+                                  .Arg<ffi::AnyBuffer>()  // h0
+                                  .Arg<ffi::AnyBuffer>()  // valid
+                                  .Arg<ffi::AnyBuffer>()  // starts
+                                  .Arg<ffi::AnyBuffer>()  // hs (the forward's output)
+                                  .Arg<ffi::AnyBuffer>()  // d_hs (T, B, H) or (0,)
+                                  .Arg<ffi::AnyBuffer>()  // d_final (B, H)
+                                  .Ret<ffi::AnyBuffer>()  // d_x1, like x1
+                                  .Ret<ffi::AnyBuffer>()  // d_x2, like x2
+                                  .Ret<ffi::AnyBuffer>()  // d_h0 (B, H)
+                                  .Attr<int32_t>("kind"));
