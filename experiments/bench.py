@@ -751,8 +751,10 @@ LINEAR_SHAPE = (16, 128, 256)  # B, I, H
 LINEAR_BASELINE = "lstm manual"
 LINEAR_ROWS = {  # row -> (cell, rj.unroll options)
     "mingru parallel": ("mingru", {"unroll_mode": "parallel"}),
+    "mingru fused_cpu": ("mingru", {"backend": "fused_cpu"}),  # the linear kernel, gates fused
     "mingru sequential": ("mingru", {"unroll_mode": "sequential", "gradient": "manual"}),
     "minlstm parallel": ("minlstm", {"unroll_mode": "parallel"}),
+    "minlstm fused_cpu": ("minlstm", {"backend": "fused_cpu"}),  # the linear kernel on a, b
     "minlstm sequential": ("minlstm", {"unroll_mode": "sequential", "gradient": "manual"}),
     "lru parallel": ("lru", {"unroll_mode": "parallel"}),
     "lru sequential": ("lru", {"unroll_mode": "sequential", "gradient": "manual"}),

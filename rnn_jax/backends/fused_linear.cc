@@ -9,6 +9,9 @@
 //                z = sigmoid(k_z), a = 1 - z, b = z * k_h. The backward recomputes z from k
 //                (cheaper than storing it) and returns d_k (T, B, 2H).
 //   kAffine = 1: any real LinearForm. x1 = a, x2 = b (T, B, H); the backward returns d_a, d_b.
+//   kComplex = 2: the same over complex64 a, b, h0, hs (the LRU's diagonal recurrence), each
+//                element an interleaved (re, im) pair of floats. JAX transposes complex maps
+//                without conjugating, so the backward's products are plain complex products.
 //
 // Semantics (rnn_jax.ops.linear_recurrence.scan_states, per lane (b, j)):
 //   prev = (t == 0 or starts[t, b]) ? h0 : state
@@ -31,12 +34,16 @@
 
 namespace {
 
-enum Kind : int32_t { kMinGru = 0, kAffine = 1 };
+enum Kind : int32_t { kMinGru = 0, kAffine = 1, kComplex = 2 };
 
 struct Lanes {
   int32_t kind;
-  int64_t steps, batch, hidden;
+  int64_t steps, batch, hidden;  // hidden: elements per row (complex ones for kComplex)
   const uint8_t *valid, *starts;  // (T, B) or null
+  int64_t per() const { return kind == kComplex ? 2 : 1; }  // floats per element
+  // Float offset of element j of position row in a (T, B, H) array (x1 of kMinGru: 2H wide).
+  int64_t at(int64_t row, int64_t j) const { return (row * hidden + j) * per(); }
+  int64_t gates_at(int64_t row, int64_t j) const { return row * 2 * hidden + j; }
   bool is_valid(int64_t t, int64_t b) const { return valid == nullptr || valid[t * batch + b]; }
   bool starts_at(int64_t t, int64_t b) const {
     return t == 0 || (starts != nullptr && starts[t * batch + b]);
@@ -74,9 +81,9 @@ struct ForwardArgs {
 inline void forward_row(const Lanes& s, const ForwardArgs& a, int64_t row, int64_t j0,
                         int64_t n, float* __restrict state) {
   const int64_t H = s.hidden;
-  float* __restrict out = a.hs + row * H + j0;
+  float* __restrict out = a.hs + s.at(row, j0);
   if (s.kind == kMinGru) {
-    const float* __restrict k_z = a.x1 + row * 2 * H + j0;
+    const float* __restrict k_z = a.x1 + s.gates_at(row, j0);
     const float* __restrict k_h = k_z + H;
 #pragma GCC ivdep
     for (int64_t j = 0; j < n; ++j) {
@@ -84,35 +91,45 @@ inline void forward_row(const Lanes& s, const ForwardArgs& a, int64_t row, int64
       state[j] = (1.0f - z) * state[j] + z * k_h[j];
       out[j] = state[j];
     }
-  } else {
-    const float* __restrict coef_a = a.x1 + row * H + j0;
-    const float* __restrict coef_b = a.x2 + row * H + j0;
+  } else if (s.kind == kAffine) {
+    const float* __restrict coef_a = a.x1 + s.at(row, j0);
+    const float* __restrict coef_b = a.x2 + s.at(row, j0);
 #pragma GCC ivdep
     for (int64_t j = 0; j < n; ++j) {
       state[j] = coef_a[j] * state[j] + coef_b[j];
       out[j] = state[j];
     }
+  } else {  // complex: (re, im) pairs
+    const float* __restrict coef_a = a.x1 + s.at(row, j0);
+    const float* __restrict coef_b = a.x2 + s.at(row, j0);
+#pragma GCC ivdep
+    for (int64_t j = 0; j < 2 * n; j += 2) {
+      const float re = coef_a[j] * state[j] - coef_a[j + 1] * state[j + 1] + coef_b[j];
+      const float im = coef_a[j] * state[j + 1] + coef_a[j + 1] * state[j] + coef_b[j + 1];
+      state[j] = out[j] = re;
+      state[j + 1] = out[j + 1] = im;
+    }
   }
 }
 
 void forward_block(const Lanes& s, const ForwardArgs& a, const Block& blk) {
-  const int64_t H = s.hidden, n = blk.j1 - blk.j0;
-  std::vector<float> states((blk.b1 - blk.b0) * n);  // (rows, n)
+  const int64_t n = blk.j1 - blk.j0, floats = n * s.per();
+  std::vector<float> states((blk.b1 - blk.b0) * floats);  // (rows, n) elements
   for (int64_t t = 0; t < s.steps; ++t) {
     for (int64_t b = blk.b0; b < blk.b1; ++b) {
-      float* state = states.data() + (b - blk.b0) * n;
+      float* state = states.data() + (b - blk.b0) * floats;
       const int64_t row = t * s.batch + b;
-      if (s.starts_at(t, b)) std::memcpy(state, a.h0 + b * H + blk.j0, n * sizeof(float));
+      if (s.starts_at(t, b)) std::memcpy(state, a.h0 + s.at(b, blk.j0), floats * sizeof(float));
       if (s.is_valid(t, b)) {
         forward_row(s, a, row, blk.j0, n, state);
       } else {
-        std::fill_n(a.hs + row * H + blk.j0, n, 0.0f);
+        std::fill_n(a.hs + s.at(row, blk.j0), floats, 0.0f);
       }
     }
   }
   for (int64_t b = blk.b0; b < blk.b1; ++b) {
-    std::memcpy(a.final_state + b * H + blk.j0, states.data() + (b - blk.b0) * n,
-                n * sizeof(float));
+    std::memcpy(a.final_state + s.at(b, blk.j0), states.data() + (b - blk.b0) * floats,
+                floats * sizeof(float));
   }
 }
 
@@ -140,14 +157,14 @@ inline void backward_row(const Lanes& s, const BackwardArgs& a, int64_t row, int
                          int64_t n, const float* __restrict prev, float* __restrict g) {
   const int64_t H = s.hidden;
   if (a.d_hs != nullptr) {
-    const float* __restrict d_out = a.d_hs + row * H + j0;
+    const float* __restrict d_out = a.d_hs + s.at(row, j0);
 #pragma GCC ivdep
-    for (int64_t j = 0; j < n; ++j) g[j] += d_out[j];
+    for (int64_t j = 0; j < n * s.per(); ++j) g[j] += d_out[j];
   }
   if (s.kind == kMinGru) {
-    const float* __restrict k_z = a.x1 + row * 2 * H + j0;
+    const float* __restrict k_z = a.x1 + s.gates_at(row, j0);
     const float* __restrict k_h = k_z + H;
-    float* __restrict d_k_z = a.d_x1 + row * 2 * H + j0;
+    float* __restrict d_k_z = a.d_x1 + s.gates_at(row, j0);
     float* __restrict d_k_h = d_k_z + H;
 #pragma GCC ivdep
     for (int64_t j = 0; j < n; ++j) {
@@ -157,56 +174,70 @@ inline void backward_row(const Lanes& s, const BackwardArgs& a, int64_t row, int
       d_k_h[j] = g[j] * z;
       g[j] *= 1.0f - z;
     }
-  } else {
-    const float* __restrict coef_a = a.x1 + row * H + j0;
-    float* __restrict d_a = a.d_x1 + row * H + j0;
-    float* __restrict d_b = a.d_x2 + row * H + j0;
+  } else if (s.kind == kAffine) {
+    const float* __restrict coef_a = a.x1 + s.at(row, j0);
+    float* __restrict d_a = a.d_x1 + s.at(row, j0);
+    float* __restrict d_b = a.d_x2 + s.at(row, j0);
 #pragma GCC ivdep
     for (int64_t j = 0; j < n; ++j) {
       d_a[j] = g[j] * prev[j];
       d_b[j] = g[j];
       g[j] *= coef_a[j];
     }
+  } else {  // complex: d_a = g * prev, d_b = g, g = g * a (no conjugation: JAX's convention)
+    const float* __restrict coef_a = a.x1 + s.at(row, j0);
+    float* __restrict d_a = a.d_x1 + s.at(row, j0);
+    float* __restrict d_b = a.d_x2 + s.at(row, j0);
+#pragma GCC ivdep
+    for (int64_t j = 0; j < 2 * n; j += 2) {
+      const float g_re = g[j], g_im = g[j + 1];
+      d_a[j] = g_re * prev[j] - g_im * prev[j + 1];
+      d_a[j + 1] = g_re * prev[j + 1] + g_im * prev[j];
+      d_b[j] = g_re;
+      d_b[j + 1] = g_im;
+      g[j] = g_re * coef_a[j] - g_im * coef_a[j + 1];
+      g[j + 1] = g_re * coef_a[j + 1] + g_im * coef_a[j];
+    }
   }
 }
 
 void zero_row_gradients(const Lanes& s, const BackwardArgs& a, int64_t row, int64_t j0,
                         int64_t n) {
-  const int64_t H = s.hidden;
   if (s.kind == kMinGru) {
-    std::fill_n(a.d_x1 + row * 2 * H + j0, n, 0.0f);
-    std::fill_n(a.d_x1 + row * 2 * H + H + j0, n, 0.0f);
+    std::fill_n(a.d_x1 + s.gates_at(row, j0), n, 0.0f);
+    std::fill_n(a.d_x1 + s.gates_at(row, j0) + s.hidden, n, 0.0f);
   } else {
-    std::fill_n(a.d_x1 + row * H + j0, n, 0.0f);
-    std::fill_n(a.d_x2 + row * H + j0, n, 0.0f);
+    std::fill_n(a.d_x1 + s.at(row, j0), n * s.per(), 0.0f);
+    std::fill_n(a.d_x2 + s.at(row, j0), n * s.per(), 0.0f);
   }
 }
 
 void backward_block(const Lanes& s, const BackwardArgs& a, const Block& blk) {
-  const int64_t H = s.hidden, n = blk.j1 - blk.j0, rows = blk.b1 - blk.b0;
+  const int64_t n = blk.j1 - blk.j0, rows = blk.b1 - blk.b0, floats = n * s.per();
   std::vector<std::vector<int32_t>> previous;
   for (int64_t b = blk.b0; b < blk.b1; ++b) previous.push_back(previous_steps(s, b));
-  std::vector<float> buffers(2 * rows * n);
-  float* grads = buffers.data();            // (rows, n): dL/dstate
-  float* d_h0 = buffers.data() + rows * n;  // (rows, n)
+  std::vector<float> buffers(2 * rows * floats);
+  float* grads = buffers.data();                 // (rows, n) elements: dL/dstate
+  float* d_h0 = buffers.data() + rows * floats;  // (rows, n) elements
   for (int64_t b = blk.b0; b < blk.b1; ++b) {
-    std::memcpy(grads + (b - blk.b0) * n, a.d_final + b * H + blk.j0, n * sizeof(float));
+    std::memcpy(grads + (b - blk.b0) * floats, a.d_final + s.at(b, blk.j0),
+                floats * sizeof(float));
   }
   for (int64_t t = s.steps - 1; t >= 0; --t) {
     for (int64_t b = blk.b0; b < blk.b1; ++b) {
-      float* __restrict g = grads + (b - blk.b0) * n;
+      float* __restrict g = grads + (b - blk.b0) * floats;
       const int64_t row = t * s.batch + b;
       if (s.is_valid(t, b)) {
         const int32_t p = previous[b - blk.b0][t];
-        const float* prev = p < 0 ? a.h0 + b * H + blk.j0 : a.hs + (p * s.batch + b) * H + blk.j0;
+        const float* prev = p < 0 ? a.h0 + s.at(b, blk.j0) : a.hs + s.at(p * s.batch + b, blk.j0);
         backward_row(s, a, row, blk.j0, n, prev, g);
       } else {
         zero_row_gradients(s, a, row, blk.j0, n);
       }
       if (s.starts_at(t, b)) {
-        float* __restrict d = d_h0 + (b - blk.b0) * n;
+        float* __restrict d = d_h0 + (b - blk.b0) * floats;
 #pragma GCC ivdep
-        for (int64_t j = 0; j < n; ++j) {
+        for (int64_t j = 0; j < floats; ++j) {
           d[j] += g[j];
           g[j] = 0.0f;
         }
@@ -214,7 +245,7 @@ void backward_block(const Lanes& s, const BackwardArgs& a, const Block& blk) {
     }
   }
   for (int64_t b = blk.b0; b < blk.b1; ++b) {
-    std::memcpy(a.d_h0 + b * H + blk.j0, d_h0 + (b - blk.b0) * n, n * sizeof(float));
+    std::memcpy(a.d_h0 + s.at(b, blk.j0), d_h0 + (b - blk.b0) * floats, floats * sizeof(float));
   }
 }
 
@@ -241,7 +272,9 @@ const uint8_t* flags(ffi::AnyBuffer b) {
 
 Lanes lanes_of(int32_t kind, ffi::AnyBuffer h0, ffi::AnyBuffer x1, ffi::AnyBuffer valid,
                ffi::AnyBuffer starts) {
-  if (kind != kMinGru && kind != kAffine) throw std::invalid_argument("unknown kind");
+  if (kind != kMinGru && kind != kAffine && kind != kComplex) {
+    throw std::invalid_argument("unknown kind " + std::to_string(kind));
+  }
   const auto d = x1.dimensions();
   return {kind, d[0], d[1], h0.dimensions()[1], flags(valid), flags(starts)};
 }
@@ -280,6 +313,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnJaxLinearForward, Forward,
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::AnyBuffer>()  // x1: k (T, B, 2H) or a (T, B, H)
                                   .Arg<ffi::AnyBuffer>()  // x2: (0,) or b (T, B, H)
+                                  // (complex64 a, b, h0, hs for kComplex)
                                   .Arg<ffi::AnyBuffer>()  // h0 (B, H)
                                   .Arg<ffi::AnyBuffer>()  // valid (T, B) uint8 or (0,)
                                   .Arg<ffi::AnyBuffer>()  // starts (T, B) uint8 or (0,)

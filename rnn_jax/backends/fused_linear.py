@@ -9,11 +9,12 @@ Two kernels, one sweep each way:
   and the outputs in one pass, and its backward returns ``d_k`` (recomputing ``z``), so no
   ``(T, B, H)`` gate array is stored or read by XLA.
 - ``"affine"``: any real ``LinearForm``: ``a, b (T, B, H)`` from the cell's own coefficients
-  (XLA), the scan in the kernel, ``d_a, d_b`` back.
+  (XLA), the scan in the kernel, ``d_a, d_b`` back; ``"complex"``: the same in complex64 (the
+  LRU's diagonal recurrence).
 
 Lengths/masks (``valid``), resets (``starts``) and ``h0`` are handled inside, with
 ``rnn_jax.ops.linear_recurrence.scan_states``' meaning; ``reverse`` and the layout are the
-driver's (it flips and transposes before, as for every linear cell). float32 only.
+driver's (it flips and transposes before, as for every linear cell). float32 (complex64) only.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from jax.custom_derivatives import SymbolicZero
 from rnn_jax.backends import build
 from rnn_jax.cell import linear_readout
 
-KINDS = {"mingru": 0, "affine": 1}  # the C++ enum Kind
+KINDS = {"mingru": 0, "affine": 1, "complex": 2}  # the C++ enum Kind
 
 
 def set_threads(num_threads: int) -> None:
@@ -48,8 +49,8 @@ def _forward_call(kind, x1, x2, h0, valid, starts):
     build.load(build.LINEAR)
     hidden = h0.shape[-1]
     results = (
-        jax.ShapeDtypeStruct((*x1.shape[:2], hidden), jnp.float32),  # hs (T, B, H)
-        jax.ShapeDtypeStruct(h0.shape, jnp.float32),  # final (B, H)
+        jax.ShapeDtypeStruct((*x1.shape[:2], hidden), h0.dtype),  # hs (T, B, H)
+        jax.ShapeDtypeStruct(h0.shape, h0.dtype),  # final (B, H)
     )
     call = jax.ffi.ffi_call(build.LINEAR_FORWARD_TARGET, results, vmap_method="sequential")
     return call(x1, x2, h0, valid, starts, kind=np.int32(KINDS[kind]))
@@ -74,7 +75,7 @@ def _sequence_backward(kind, residuals, cotangents):
     d_final = jnp.zeros(h0.shape, h0.dtype) if isinstance(d_final, SymbolicZero) else d_final
     # No output gradient (only the final state is read): the kernel skips that read.
     d_hs = jnp.zeros((0,), hs.dtype) if isinstance(d_hs, SymbolicZero) else d_hs
-    results = tuple(jax.ShapeDtypeStruct(x.shape, jnp.float32) for x in (x1, x2, h0))
+    results = tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in (x1, x2, h0))
     call = jax.ffi.ffi_call(build.LINEAR_BACKWARD_TARGET, results, vmap_method="sequential")
     d_x1, d_x2, d_h0 = call(x1, x2, h0, valid, starts, hs, d_hs, d_final,
                             kind=np.int32(KINDS[kind]))  # fmt: skip
@@ -86,11 +87,12 @@ _sequence.defvjp(_sequence_forward, _sequence_backward, symbolic_zeros=True)
 
 def scan(kind: str, x1, x2, h0, *, valid=None, starts=None):
     """``(final (B, H), hs (T, B, H))`` of the recurrence; ``kind="mingru"``: ``x1 = k
-    (T, B, 2H)``, ``x2`` None; ``"affine"``: ``x1 = a``, ``x2 = b`` (T, B, H). ``h0 (B, H)``;
-    ``valid``/``starts`` ``(T, B)`` bool or None (as ``scan_states``)."""
+    (T, B, 2H)``, ``x2`` None; ``"affine"`` (float32) or ``"complex"`` (complex64): ``x1 = a``,
+    ``x2 = b`` (T, B, H). ``h0 (B, H)``; ``valid``/``starts`` ``(T, B)`` bool or None (as
+    ``scan_states``)."""
     steps, batch = x1.shape[:2]
     hidden = h0.shape[-1]
-    _check_float32(x1, x2, h0)
+    _check_dtype(jnp.complex64 if kind == "complex" else jnp.float32, x1, x2, h0)
     width = 2 * hidden if kind == "mingru" else hidden
     shapes = [x1.shape] + ([] if x2 is None else [x2.shape])
     if x1.ndim != 3 or any(shape != (steps, batch, width) for shape in shapes) or (
@@ -103,11 +105,11 @@ def scan(kind: str, x1, x2, h0, *, valid=None, starts=None):
     return _sequence(kind, x1, x2, h0, _flags(valid), _flags(starts))
 
 
-def _check_float32(*arrays):
+def _check_dtype(dtype, *arrays):
     for array in arrays:
-        if array is not None and array.dtype != jnp.float32:
-            raise TypeError(f"backend='fused_cpu' runs linear recurrences in float32 only, got "
-                            f"{array.dtype}")  # fmt: skip
+        if array is not None and array.dtype != dtype:
+            raise TypeError(f"backend='fused_cpu' runs linear recurrences in float32 (complex64 "
+                            f"states) only, got {array.dtype}")  # fmt: skip
 
 
 def parallel(cell, params, xs, carry, valid, starts):
@@ -125,12 +127,13 @@ def parallel(cell, params, xs, carry, valid, starts):
 
 
 def _affine(a, b, state0, valid, starts):
-    """The ``"affine"`` kernel over states of any trailing shape ``(T, B, ...)``, flattened to
-    ``(T, B, N)`` for the kernel and back."""
+    """The ``"affine"`` (``"complex"``) kernel over states of any trailing shape
+    ``(T, B, ...)``, flattened to ``(T, B, N)`` for the kernel and back."""
     a = jnp.broadcast_to(a, b.shape)
     state0 = jnp.zeros(b.shape[1:], b.dtype) if state0 is None else state0
     steps, batch = b.shape[:2]
     flat = (steps, batch, math.prod(b.shape[2:]))
     h0 = jnp.broadcast_to(state0, b.shape[1:]).reshape(batch, flat[2])
-    final, hs = scan("affine", a.reshape(flat), b.reshape(flat), h0, valid=valid, starts=starts)
+    kind = "complex" if jnp.iscomplexobj(b) else "affine"
+    final, hs = scan(kind, a.reshape(flat), b.reshape(flat), h0, valid=valid, starts=starts)
     return final.reshape(b.shape[1:]), hs.reshape(b.shape)
