@@ -757,6 +757,7 @@ LINEAR_ROWS = {  # row -> (cell, rj.unroll options)
     "minlstm fused_cpu": ("minlstm", {"backend": "fused_cpu"}),  # the linear kernel on a, b
     "minlstm sequential": ("minlstm", {"unroll_mode": "sequential", "gradient": "manual"}),
     "lru parallel": ("lru", {"unroll_mode": "parallel"}),
+    "lru fused_cpu": ("lru", {"backend": "fused_cpu"}),  # the linear kernel, complex a, b
     "lru sequential": ("lru", {"unroll_mode": "sequential", "gradient": "manual"}),
     LINEAR_BASELINE: ("lstm", {"gradient": "manual"}),
     "gru manual": ("gru", {"gradient": "manual"}),
@@ -1052,7 +1053,7 @@ def parse_args(argv=None):
                    help=f"also time rj.conv_lstm against Flax's ConvLSTMCell and Keras' "
                    f"ConvLSTM2D (B,T,H,W,C,F,kernel = {CONV_SHAPE})")  # fmt: skip
     p.add_argument("--linear", default=None, metavar="T1,T2,...",
-                   help="also time minGRU/minLSTM/LRU (parallel and sequential) against the "
+                   help="also time minGRU/minLSTM/LRU (parallel, fused_cpu, sequential) against "
                    f"LSTM, GRU and PyTorch at B,I,H={LINEAR_SHAPE} for these sequence lengths "
                    f"(the issue's: {','.join(map(str, LINEAR_LENGTHS))})")
     p.add_argument("--quick", action="store_true", help="tiny config, 3 steps: a smoke run")

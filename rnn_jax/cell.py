@@ -327,8 +327,10 @@ class LinearForm:
     ``readout(params, states (T, B, ...), xs) -> hs (T, B, H)`` (None: the states are the
     outputs); ``carry_of(carry0, state, h) -> carry`` (None: the carry is the state).
     ``fused_gates`` names the gate maths a fused kernel computes itself from
-    ``preactivations(params, xs, carry) -> (k (T, B, G*H), state0)`` (``"mingru"``:
-    ``a = 1 - sigmoid(k_z)``, ``b = sigmoid(k_z) * k_h``); None: the kernel reads ``a, b``.
+    ``preactivations(params, xs, carry) -> (k (T, B, G*H), bias (G*H,), state0)``
+    (``"mingru"``: ``a = 1 - sigmoid(k_z + b_z)``, ``b = sigmoid(k_z + b_z) * (k_h + b_h)``;
+    ``"minlstm"``: ``rj.minlstm``'s normalised gates; no readout), a map of each position
+    alone, so it may be given ``xs (B, T, I)`` too; None: the kernel reads ``a, b``.
     """
 
     coefficients: Callable

@@ -159,8 +159,8 @@ def unroll(
         prep = prep._replace(xs=xs_regularized)
     xs_tm, valid, resets = reading_order(prep, opts.reverse)
     if how.mode == "parallel" and opts.backend == "fused_cpu":  # a linear cell (dispatch)
-        final, hs = fused_linear.parallel(cell, params, xs_tm, prep.carry, valid, resets)
-        return final, _to_caller(hs, prep.lengths, opts.reverse, opts.time_major)
+        return fused_linear.parallel(cell, params, prep, valid, resets, reverse=opts.reverse,
+                                     time_major=opts.time_major)  # fmt: skip
     if how.mode == "parallel":
         # Only a LinearForm's path has a hand-written backward to choose; others are autodiff.
         gradient = {"gradient": how.gradient} if cell.parallel_backward else {}

@@ -127,18 +127,22 @@ def test_fused_linear_equals_the_parallel_path(name, shape):
     _assert_close(got_grads, want_grads, GRAD_TOL, "gradients")
 
 
-def test_fused_linear_runs_the_kernel_both_ways():
+@pytest.mark.parametrize("name", ["mingru", "minlstm"])
+def test_fused_linear_runs_the_kernel_both_ways(name):
     """The fused path is the kernel (its FFI targets in the jaxpr, forward and backward), and
-    the minGRU's gates are fused in (no sigmoid left in XLA's part)."""
-    params, xs, h0, readout = _problem(rj.mingru.cell, 2, 5, 3, 4, False, 0)
+    the gates are fused in (no sigmoid in XLA's part), reading the caller's batch-major
+    layout (no transpose of a (B, T, .) array to time-major)."""
+    cell = CELLS[name]
+    params, xs, h0, readout = _problem(cell, 2, 5, 3, 4, False, 0)
 
     def loss(params):
-        final, hs = rj.unroll(rj.mingru, params, xs, h0, backend="fused_cpu")
+        final, hs = rj.unroll(cell, params, xs, h0, backend="fused_cpu")
         return jnp.sum(final @ readout) + jnp.sum(hs)
 
     text = str(jax.make_jaxpr(jax.grad(loss))(params))
     assert build.LINEAR_FORWARD_TARGET in text and build.LINEAR_BACKWARD_TARGET in text
     assert "logistic" not in text
+    assert text.count("('batch_major', True)") == 2
 
 
 def test_fused_linear_long_sequence_against_float64(x64):
@@ -198,8 +202,8 @@ def test_fused_linear_refusals_name_the_options():
     rglru = rj.rglru.init(jax.random.PRNGKey(0), 3, 3)
     with pytest.raises(ValueError, match="fused_cpu.*linear cells"):
         rj.unroll(rj.rglru, rglru, xs, backend="fused_cpu")
-    with pytest.raises(ValueError, match=r"\(T, B, 8\)"):
-        fused_linear.scan("mingru", jnp.zeros((3, 2, 5)), None, jnp.zeros((2, 4)))
+    with pytest.raises(ValueError, match=r"\[\(3, 2, 8\), \(8,\)\]"):
+        fused_linear.scan("mingru", jnp.zeros((3, 2, 5)), jnp.zeros(8), jnp.zeros((2, 4)))
 
 
 def test_a_missing_compiler_is_one_clear_error(monkeypatch, tmp_path):

@@ -4,10 +4,12 @@ over a whole time-major sequence in one XLA FFI call forward and one backward
 
 Two kernels, one sweep each way:
 
-- ``"mingru"``: the minGRU's gates fused in. It reads the pre-activations ``k (T, B, 2H)``
-  (``[k_z | k_h]``, XLA's product ``xs @ w_x + b``), computes ``z = sigmoid(k_z)``, the scan
-  and the outputs in one pass, and its backward returns ``d_k`` (recomputing ``z``), so no
-  ``(T, B, H)`` gate array is stored or read by XLA.
+- ``"mingru"``: the minGRU's gates fused in. It reads the product ``k = xs @ w_x`` (XLA's;
+  ``(B, T, 2H)`` in the caller's layout, ``[k_z | k_h]``) and the bias ``(2H,)``, computes
+  ``z = sigmoid(k_z + b_z)``, the scan and the outputs in one pass, and its backward returns
+  ``d_k`` (recomputing ``z``) and ``d_bias`` (summed in the same pass), so XLA makes no
+  element-wise pass over a ``(T, B, .)`` array at all: only the two products remain.
+  ``"minlstm"``: the same for the minLSTM (``k = [k_f | k_i | k_h]``, 3H).
 - ``"affine"``: any real ``LinearForm``: ``a, b (T, B, H)`` from the cell's own coefficients
   (XLA), the scan in the kernel, ``d_a, d_b`` back; ``"complex"``: the same in complex64 (the
   LRU's diagonal recurrence).
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -29,8 +32,10 @@ from jax.custom_derivatives import SymbolicZero
 
 from rnn_jax.backends import build
 from rnn_jax.cell import linear_readout
+from rnn_jax.sequence import flip_valid, to_layout
 
-KINDS = {"mingru": 0, "affine": 1, "complex": 2}  # the C++ enum Kind
+KINDS = {"mingru": 0, "affine": 1, "complex": 2, "minlstm": 3}  # the C++ enum Kind
+GATES = {"mingru": 2, "minlstm": 3}  # the fused-gate kinds: pre-activations per unit
 
 
 def set_threads(num_threads: int) -> None:
@@ -45,64 +50,83 @@ def _flags(flags):
     return jnp.zeros((0,), jnp.uint8) if flags is None else flags.astype(jnp.uint8)
 
 
-def _forward_call(kind, x1, x2, h0, valid, starts):
+class Layout(NamedTuple):
+    """What a call runs (static): the kernel, ``(B, T, .)`` arrays or ``(T, B, .)``, and
+    whether each row reads its valid prefix backwards (outputs at the positions read)."""
+
+    kind: str
+    batch_major: bool = False
+    reverse: bool = False
+
+    def attributes(self) -> dict:
+        return {"kind": np.int32(KINDS[self.kind]), "batch_major": self.batch_major,
+                "reverse": self.reverse}  # fmt: skip
+
+
+def _forward_call(layout: Layout, x1, x2, h0, valid, starts, lengths):
     build.load(build.LINEAR)
-    hidden = h0.shape[-1]
     results = (
-        jax.ShapeDtypeStruct((*x1.shape[:2], hidden), h0.dtype),  # hs (T, B, H)
+        jax.ShapeDtypeStruct((*x1.shape[:2], h0.shape[-1]), h0.dtype),  # hs, like x1
         jax.ShapeDtypeStruct(h0.shape, h0.dtype),  # final (B, H)
     )
     call = jax.ffi.ffi_call(build.LINEAR_FORWARD_TARGET, results, vmap_method="sequential")
-    return call(x1, x2, h0, valid, starts, kind=np.int32(KINDS[kind]))
+    return call(x1, x2, h0, valid, starts, lengths, **layout.attributes())
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _sequence(kind, x1, x2, h0, valid, starts):
-    """``(final (B, H), hs (T, B, H))``; ``valid``/``starts`` uint8 ``(T, B)`` or ``(0,)``."""
-    hs, final = _forward_call(kind, x1, x2, h0, valid, starts)
+def _sequence(layout, x1, x2, h0, valid, starts, lengths):
+    """``(final (B, H), hs)``; ``valid``/``starts`` uint8 ``(T, B)`` or ``(0,)``, ``lengths``
+    int32 ``(B,)`` or ``(0,)``."""
+    hs, final = _forward_call(layout, x1, x2, h0, valid, starts, lengths)
     return final, hs
 
 
-def _sequence_forward(kind, x1, x2, h0, valid, starts):
-    x1, x2, h0, valid, starts = (arg.value for arg in (x1, x2, h0, valid, starts))
-    hs, final = _forward_call(kind, x1, x2, h0, valid, starts)
-    return (final, hs), (x1, x2, h0, valid, starts, hs)
+def _sequence_forward(layout, *args):
+    args = tuple(arg.value for arg in args)  # symbolic_zeros: CustomVJPPrimal wrappers
+    hs, final = _forward_call(layout, *args)
+    return (final, hs), (*args, hs)
 
 
-def _sequence_backward(kind, residuals, cotangents):
-    x1, x2, h0, valid, starts, hs = residuals
+def _sequence_backward(layout, residuals, cotangents):
+    x1, x2, h0, valid, starts, lengths, hs = residuals
     d_final, d_hs = cotangents
     d_final = jnp.zeros(h0.shape, h0.dtype) if isinstance(d_final, SymbolicZero) else d_final
     # No output gradient (only the final state is read): the kernel skips that read.
     d_hs = jnp.zeros((0,), hs.dtype) if isinstance(d_hs, SymbolicZero) else d_hs
     results = tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in (x1, x2, h0))
     call = jax.ffi.ffi_call(build.LINEAR_BACKWARD_TARGET, results, vmap_method="sequential")
-    d_x1, d_x2, d_h0 = call(x1, x2, h0, valid, starts, hs, d_hs, d_final,
-                            kind=np.int32(KINDS[kind]))  # fmt: skip
-    return d_x1, d_x2, d_h0, None, None
+    d_x1, d_x2, d_h0 = call(x1, x2, h0, valid, starts, lengths, hs, d_hs, d_final,
+                            **layout.attributes())  # fmt: skip
+    return d_x1, d_x2, d_h0, None, None, None
 
 
 _sequence.defvjp(_sequence_forward, _sequence_backward, symbolic_zeros=True)
 
 
-def scan(kind: str, x1, x2, h0, *, valid=None, starts=None):
-    """``(final (B, H), hs (T, B, H))`` of the recurrence; ``kind="mingru"``: ``x1 = k
-    (T, B, 2H)``, ``x2`` None; ``"affine"`` (float32) or ``"complex"`` (complex64): ``x1 = a``,
-    ``x2 = b`` (T, B, H). ``h0 (B, H)``; ``valid``/``starts`` ``(T, B)`` bool or None (as
-    ``scan_states``)."""
-    steps, batch = x1.shape[:2]
+def scan(kind: str, x1, x2, h0, *, valid=None, starts=None, lengths=None, reverse=False,
+         batch_major=False):  # fmt: skip
+    """``(final (B, H), hs)`` of the recurrence, ``hs`` laid out as ``x1``. ``kind="mingru"``:
+    ``x1 = k (T, B, 2H)`` without the bias, ``x2`` the bias ``(2H,)`` (``"minlstm"``: 3H);
+    ``"affine"`` (float32)
+    or ``"complex"`` (complex64): ``x1 = a``, ``x2 = b (T, B, H)``; ``(B, T, .)`` with
+    ``batch_major``. ``h0 (B, H)``;
+    ``valid``/``starts`` ``(T, B)`` bool or None in reading order (as ``scan_states``);
+    ``reverse``: each row reads positions ``L-1 .. 0`` of its valid prefix (``lengths (B,)``,
+    None: all T), outputs at the positions read."""
+    steps, batch = x1.shape[1::-1] if batch_major else x1.shape[:2]
     hidden = h0.shape[-1]
     _check_dtype(jnp.complex64 if kind == "complex" else jnp.float32, x1, x2, h0)
-    width = 2 * hidden if kind == "mingru" else hidden
-    shapes = [x1.shape] + ([] if x2 is None else [x2.shape])
-    if x1.ndim != 3 or any(shape != (steps, batch, width) for shape in shapes) or (
-            h0.shape != (batch, hidden)):  # fmt: skip
-        raise ValueError(f"fused_cpu linear kernel {kind!r}: expected (T, B, {width}) inputs "
-                         f"and h0 (B, H); got {shapes} and h0 {h0.shape}")  # fmt: skip
+    width = GATES.get(kind, 1) * hidden
+    want = [(*x1.shape[:2], width), (width,) if kind in GATES else (*x1.shape[:2], width)]
+    got = [x1.shape, None if x2 is None else x2.shape]
+    if x1.ndim != 3 or got != want or h0.shape != (batch, hidden):
+        raise ValueError(f"fused_cpu linear kernel {kind!r}: expected x1, x2 of shapes {want} "
+                         f"and h0 (B, H); got {got} and h0 {h0.shape}")  # fmt: skip
     if steps == 0 or batch == 0 or hidden == 0:  # nothing to run: the initial state
-        return h0, jnp.zeros((steps, batch, hidden), h0.dtype)
-    x2 = jnp.zeros((0,), jnp.float32) if x2 is None else x2
-    return _sequence(kind, x1, x2, h0, _flags(valid), _flags(starts))
+        return h0, jnp.zeros((*x1.shape[:2], hidden), h0.dtype)
+    lengths = jnp.zeros((0,), jnp.int32) if lengths is None else lengths.astype(jnp.int32)
+    layout = Layout(kind, batch_major, reverse)
+    return _sequence(layout, x1, x2, h0, _flags(valid), _flags(starts), lengths)
 
 
 def _check_dtype(dtype, *arrays):
@@ -112,18 +136,28 @@ def _check_dtype(dtype, *arrays):
                             f"states) only, got {array.dtype}")  # fmt: skip
 
 
-def parallel(cell, params, xs, carry, valid, starts):
-    """``rj.unroll``'s parallel path of a linear cell with ``backend="fused_cpu"``: time-major
-    ``xs (T, B, I)`` -> ``(final carry, hs (T, B, H))`` as ``cell.parallel`` returns them,
-    the scan in the kernel (the minGRU's gates too), the rest (products, readout) in XLA."""
+def parallel(cell, params, prep, valid, starts, *, reverse: bool, time_major: bool):
+    """``rj.unroll``'s parallel path of a linear cell with ``backend="fused_cpu"``:
+    ``(final carry, hs)`` as ``rj.unroll`` returns them (the caller's layout, outputs aligned
+    with the inputs). ``prep``: ``rnn_jax.sequence.Prepared`` (time-major ``xs``, unflipped);
+    ``valid``/``starts`` ``(T, B)`` in reading order.
+
+    Fused gates (the minGRU): the pre-activations of the caller's layout (a transpose of
+    ``prep.xs`` XLA cancels against ``prepare``'s), the kernel reading them batch-major and
+    ``reverse`` in place, so no (T, B, .) array is transposed or flipped. Any other form: its
+    coefficients in reading order (time-major, as ``cell.parallel``), the readout after."""
     form = cell.linear
-    if form.fused_gates == "mingru":
-        k, state0 = form.preactivations(params, xs, carry)
-        final_state, states = scan("mingru", k, None, state0, valid=valid, starts=starts)
-    else:
-        a, b, state0 = form.coefficients(params, xs, carry)
-        final_state, states = _affine(a, b, state0, valid, starts)
-    return linear_readout(form, cell.hidden_of, params, xs, carry, valid, final_state, states)
+    if form.fused_gates is not None:  # preactivations are per position: any layout works
+        xs = prep.xs if time_major else jnp.swapaxes(prep.xs, 0, 1)
+        k, bias, state0 = form.preactivations(params, xs, prep.carry)
+        return scan(form.fused_gates, k, bias, state0, valid=valid, starts=starts,
+                    lengths=prep.lengths, reverse=reverse, batch_major=not time_major)  # fmt: skip
+    xs = flip_valid(prep.xs, prep.lengths) if reverse else prep.xs
+    a, b, state0 = form.coefficients(params, xs, prep.carry)
+    final_state, states = _affine(a, b, state0, valid, starts)
+    final, hs = linear_readout(form, cell.hidden_of, params, xs, prep.carry, valid, final_state,
+                               states)  # fmt: skip
+    return final, to_layout(flip_valid(hs, prep.lengths) if reverse else hs, time_major)
 
 
 def _affine(a, b, state0, valid, starts):
