@@ -751,10 +751,13 @@ LINEAR_SHAPE = (16, 128, 256)  # B, I, H
 LINEAR_BASELINE = "lstm manual"
 LINEAR_ROWS = {  # row -> (cell, rj.unroll options)
     "mingru parallel": ("mingru", {"unroll_mode": "parallel"}),
+    "mingru fused_cpu": ("mingru", {"backend": "fused_cpu"}),  # the linear kernel, gates fused
     "mingru sequential": ("mingru", {"unroll_mode": "sequential", "gradient": "manual"}),
     "minlstm parallel": ("minlstm", {"unroll_mode": "parallel"}),
+    "minlstm fused_cpu": ("minlstm", {"backend": "fused_cpu"}),  # the linear kernel on a, b
     "minlstm sequential": ("minlstm", {"unroll_mode": "sequential", "gradient": "manual"}),
     "lru parallel": ("lru", {"unroll_mode": "parallel"}),
+    "lru fused_cpu": ("lru", {"backend": "fused_cpu"}),  # the linear kernel, complex a, b
     "lru sequential": ("lru", {"unroll_mode": "sequential", "gradient": "manual"}),
     LINEAR_BASELINE: ("lstm", {"gradient": "manual"}),
     "gru manual": ("gru", {"gradient": "manual"}),
@@ -1050,7 +1053,7 @@ def parse_args(argv=None):
                    help=f"also time rj.conv_lstm against Flax's ConvLSTMCell and Keras' "
                    f"ConvLSTM2D (B,T,H,W,C,F,kernel = {CONV_SHAPE})")  # fmt: skip
     p.add_argument("--linear", default=None, metavar="T1,T2,...",
-                   help="also time minGRU/minLSTM/LRU (parallel and sequential) against the "
+                   help="also time minGRU/minLSTM/LRU (parallel, fused_cpu, sequential) against "
                    f"LSTM, GRU and PyTorch at B,I,H={LINEAR_SHAPE} for these sequence lengths "
                    f"(the issue's: {','.join(map(str, LINEAR_LENGTHS))})")
     p.add_argument("--quick", action="store_true", help="tiny config, 3 steps: a smoke run")

@@ -111,6 +111,7 @@ class Cell:
     recurrent_dropout: str | None = None
     step_backward_parts: Callable | None = None
     output_size: Callable | None = None  # hidden_size -> width of h; None: probed
+    linear: LinearForm | None = None  # a linear recurrence's form (what parallel runs)
 
     def __post_init__(self):
         if self.recurrent_dropout not in RECURRENT_DROPOUT_SITES:
@@ -247,6 +248,7 @@ def make_cell(
         recurrent_dropout=recurrent_dropout,
         step_backward_parts=step_backward_parts,
         output_size=output_size,
+        linear=linear,
     )
 
 
@@ -324,11 +326,18 @@ class LinearForm:
     ``coefficients(params, xs (T, B, I), carry) -> (a, b (T, B, ...), state0 (B, ...))``;
     ``readout(params, states (T, B, ...), xs) -> hs (T, B, H)`` (None: the states are the
     outputs); ``carry_of(carry0, state, h) -> carry`` (None: the carry is the state).
+    ``fused_gates`` names the gate maths a fused kernel computes itself from
+    ``preactivations(params, xs, carry) -> (k (T, B, G*H), bias (G*H,), state0)``
+    (``"mingru"``: ``a = 1 - sigmoid(k_z + b_z)``, ``b = sigmoid(k_z + b_z) * (k_h + b_h)``;
+    ``"minlstm"``: ``rj.minlstm``'s normalised gates; no readout), a map of each position
+    alone, so it may be given ``xs (B, T, I)`` too; None: the kernel reads ``a, b``.
     """
 
     coefficients: Callable
     readout: Callable | None = None
     carry_of: Callable | None = None
+    fused_gates: str | None = None
+    preactivations: Callable | None = None
 
 
 def linear_parallel(form: LinearForm, hidden_of, params, xs, carry, valid, starts=None, *,
@@ -340,6 +349,12 @@ def linear_parallel(form: LinearForm, hidden_of, params, xs, carry, valid, start
     a, b, state0 = form.coefficients(params, xs, carry)
     final_state, states = scan_states(a, b, state0, valid=valid, starts=starts, method=method,
                                       gradient=gradient)  # fmt: skip
+    return linear_readout(form, hidden_of, params, xs, carry, valid, final_state, states)
+
+
+def linear_readout(form: LinearForm, hidden_of, params, xs, carry, valid, final_state, states):
+    """``(final carry, hs (T, B, H))`` from the scanned ``states (T, B, ...)`` and the final
+    state: the form's readout, outputs zero past each row's length (``valid (T, B)``)."""
     if form.readout is None:
         return final_state, states
     hs = form.readout(params, states, xs)

@@ -43,6 +43,9 @@ BACKENDS = ("scan", "fused_cpu", "onednn", "cudnn", "auto")
 FUSED_BACKENDS = ("fused_cpu", "onednn", "cudnn")
 # The data a fused backend takes as well (the rest of scan_only it refuses by name).
 FUSED_DATA = {"fused_cpu": ("lengths",), "onednn": (), "cudnn": ()}
+# backend="fused_cpu" runs a linear cell (one with a LinearForm) through its linear-recurrence
+# kernel in the parallel path, which takes every per-row input that path takes.
+FUSED_LINEAR_DATA = ("lengths", "mask", "resets")
 # What only the scan path computes (an explicit fused backend refuses each).
 SCAN_ONLY = ("truncate", "remat", "matmul_dtype", "return_carries", "unroll", "gradient", "mode",
              "input_dropout", "recurrent_dropout", "zoneout")  # fmt: skip
@@ -198,8 +201,10 @@ def plan(opts: UnrollOptions, cell, *, lengths=None, mask=None, resets=None, key
     name = getattr(cell, "name", repr(cell))
     check_step_flags(reverse=opts.reverse, mask=mask, resets=resets)
     if opts.backend in FUSED_BACKENDS:
+        linear = opts.backend == "fused_cpu" and getattr(cell, "linear", None) is not None
+        honoured = FUSED_LINEAR_DATA if linear else FUSED_DATA[opts.backend]
         for data, value in (("lengths", lengths), ("mask", mask), ("resets", resets)):
-            if value is not None and data not in FUSED_DATA[opts.backend]:
+            if value is not None and data not in honoured:
                 _refuse("backend", data, f"backend={opts.backend!r} runs whole rows with no "
                         "lengths or per-step flags; use backend='scan'")  # fmt: skip
     if opts.matmul_dtype is not None and cell.fused is None:

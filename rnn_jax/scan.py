@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 
 from rnn_jax import regularize
-from rnn_jax.backends import dispatch
+from rnn_jax.backends import dispatch, fused_linear
 from rnn_jax.bptt import manual_scan
 from rnn_jax.options import UnrollOptions, parse, plan
 from rnn_jax.remat import remat_scan_forward, segment_length
@@ -158,6 +158,9 @@ def unroll(
         cell, xs_regularized = regularize.apply(how, cell, prep.xs, prep.carry, key)
         prep = prep._replace(xs=xs_regularized)
     xs_tm, valid, resets = reading_order(prep, opts.reverse)
+    if how.mode == "parallel" and opts.backend == "fused_cpu":  # a linear cell (dispatch)
+        return fused_linear.parallel(cell, params, prep, valid, resets, reverse=opts.reverse,
+                                     time_major=opts.time_major)  # fmt: skip
     if how.mode == "parallel":
         # Only a LinearForm's path has a hand-written backward to choose; others are autodiff.
         gradient = {"gradient": how.gradient} if cell.parallel_backward else {}

@@ -205,7 +205,7 @@ def test_auto_picks_the_fused_kernel_with_lengths_and_scan_for_what_it_cannot_ru
         (dict(remat=2), ValueError, "backend= with remat="),
         (dict(matmul_dtype=jnp.bfloat16), ValueError, "backend= with matmul_dtype="),
         (dict(return_carries=True), ValueError, "backend= with return_carries="),
-        (dict(cell=rj.mingru), ValueError, r"runs only the built-in cells .* got 'mingru'"),
+        (dict(cell=rj.mgu), ValueError, r"runs only the built-in cells .* got 'mgu'"),
         (dict(cell="custom lstm"), ValueError, r"runs only the built-in cells .* got 'lstm'"),
         (dict(cell=rj.lstm.with_projection(2)), ValueError, "output projection"),
         (dict(dtype=jnp.bfloat16), TypeError, "runs float32 only"),
@@ -216,13 +216,13 @@ def test_what_it_cannot_run_is_refused_by_name(kwargs, error, match):
     cell = kwargs.pop("cell", rj.lstm)
     dtype = kwargs.pop("dtype", jnp.float32)
     params, xs, _ = random_problem(rj.lstm, (2, 5, 3, 4), dtype, rng(4))
-    if cell is rj.mingru:
-        params = rj.mingru.init(jax.random.PRNGKey(0), 3, 4)
+    if cell is rj.mgu:  # a fused-gate cell with no kernel (rj.mingru runs: the linear kernel)
+        params = rj.mgu.init(jax.random.PRNGKey(0), 3, 4)
     if cell == "custom lstm":  # named "lstm", the same maths, but not rj.lstm
         base = rj.lstm.cell.fused
         cell = fused_cell("lstm", 4, base.init, base.pointwise, base.pointwise_backward,
                           has_cell_state=True, matmul_dtype="float32")  # fmt: skip
-    elif cell is not rj.lstm and cell is not rj.mingru:
+    elif cell is not rj.lstm and cell is not rj.mgu:
         params = rj.lstm.init(jax.random.PRNGKey(0), 3, 4, proj_size=2)
     with pytest.raises(error, match=match):
         rj.unroll(cell, params, xs, backend="fused_cpu", **kwargs)

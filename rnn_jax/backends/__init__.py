@@ -6,7 +6,10 @@ backend    what runs the sequence
 "scan"     ``jax.lax.scan`` over the cell (default; every cell and option)
 "fused_cpu"  rnn_jax's own fused CPU kernel (XLA FFI): one call per sequence forward and one
            backward, products through oneDNN's sgemm; Elman (tanh, relu), LSTM, GRU; takes
-           ``lengths`` too; needs ``pip install 'rnn_jax[onednn]'`` and g++
+           ``lengths`` too; needs ``pip install 'rnn_jax[onednn]'`` and g++. For the linear
+           cells (a ``LinearForm``: ``rj.mingru`` with its gates fused in, ``rj.minlstm``, any
+           real one) the linear-recurrence kernel (``fused_linear``) runs the scan in the
+           parallel path, with ``lengths``, ``mask`` and ``resets``; needs g++ only
 "onednn"   one oneDNN RNN primitive per sequence on CPU, fused backward (XLA FFI);
            Elman (tanh, relu), LSTM, GRU; needs ``pip install 'rnn_jax[onednn]'`` and g++
 "cudnn"    cuDNN's LSTM through ``jax.experimental.rnn`` (GPU only); LSTM only
@@ -142,8 +145,9 @@ def resolve(backend: str, cell, params, options: dict) -> tuple[str, str | None]
     if kind not in FUSED_CELLS[backend]:
         name = getattr(as_cell(cell), "name", cell) if kind is None else kind
         raise ValueError(
-            f"backend={backend!r} runs only the built-in cells {FUSED_CELLS[backend]}, "
-            f"got {name!r}; use backend='scan' for it"
+            f"backend={backend!r} runs only the built-in cells {FUSED_CELLS[backend]}"
+            + (" and the linear cells (a LinearForm)" if backend == "fused_cpu" else "")
+            + f", got {name!r}; use backend='scan' for it"
         )
     if dtype != jnp.float32:
         raise TypeError(f"backend={backend!r} runs float32 only, got params of dtype {dtype}")
@@ -159,6 +163,8 @@ def dispatch(backend: str, cell, params, xs, carry, *, reverse, time_major, opti
     ``carry`` is the checked initial carry (zeros filled in); ``xs`` is as the caller gave
     it, batch- or time-major; ``options["lengths"]`` the checked lengths (or None).
     """
+    if backend == "fused_cpu" and as_cell(cell).linear is not None:
+        return None  # a linear cell: rj.unroll's parallel path runs the linear kernel
     chosen, kind = resolve(backend, cell, params, options)
     if chosen == "scan":
         return None

@@ -1,13 +1,19 @@
 """Build, cache and load the FFI kernels of the CPU backends on first use.
 
-Two kernels, one machinery (a ``Kernel`` names each):
+Three kernels, one machinery (a ``Kernel`` names each):
 
 - ``ONEDNN`` (``onednn_rnn.cc``, ``backend="onednn"``): oneDNN 3.2's RNN primitives.
 - ``FUSED`` (``fused_rnn.cc``, ``backend="fused_cpu"``): rnn_jax's own sequence kernel, its
   products through oneDNN's sgemm, compiled with ``-O3 -march=native``.
+- ``LINEAR`` (``fused_linear.cc``, ``backend="fused_cpu"`` for the linear cells): the linear
+  recurrence, minGRU's gates fused in; no products, so no oneDNN (a compiler suffices).
+
+``FUSED`` and ``LINEAR`` share ``fused_common.h`` (threads, denormal flushing, scratch
+buffers, element-wise functions), part of their cache key.
 
 Each is compiled by the system C++ compiler (``$CXX``, else ``g++``) against
-``jax.ffi.include_dir()`` and the headers of the ``onednn-devel-cpu-gomp`` wheel, then cached
+``jax.ffi.include_dir()`` and (all but ``LINEAR``) the headers of the ``onednn-devel-cpu-gomp``
+wheel, then cached
 under ``$RNN_JAX_CACHE`` (default ``~/.cache/rnn_jax``; see ``rnn_jax.cache``) in a file
 named by a hash of the source, the compile command, the compiler's version, the CPU's
 feature flags (a ``-march=native`` build must not load on another CPU sharing the cache) and
@@ -45,6 +51,8 @@ THREADS_ENV = "RNN_JAX_ONEDNN_THREADS"
 FUSED_FORWARD_TARGET = "rnn_jax_fused_forward"
 FUSED_BACKWARD_TARGET = "rnn_jax_fused_backward"
 FUSED_THREADS_ENV = "RNN_JAX_FUSED_THREADS"
+LINEAR_FORWARD_TARGET = "rnn_jax_linear_forward"
+LINEAR_BACKWARD_TARGET = "rnn_jax_linear_backward"
 
 
 class BackendUnavailable(RuntimeError):
@@ -71,6 +79,11 @@ def _configure_fused(library: ctypes.CDLL) -> None:
     library.rnn_jax_fused_set_num_threads(threads_from_env(FUSED_THREADS_ENV))
 
 
+def _configure_linear(library: ctypes.CDLL) -> None:
+    library.rnn_jax_linear_set_num_threads.argtypes = [ctypes.c_int]
+    library.rnn_jax_linear_set_num_threads(threads_from_env(FUSED_THREADS_ENV))
+
+
 @dataclasses.dataclass(frozen=True)
 class Kernel:
     """One FFI kernel: its source, what it serves, its flags and its exported handlers."""
@@ -80,9 +93,12 @@ class Kernel:
     flags: tuple[str, ...]  # optimisation flags (the rest of the command is shared)
     targets: tuple[tuple[str, str], ...]  # (FFI target name, exported handler symbol)
     configure: Callable[[ctypes.CDLL], None]  # ctypes signatures, thread count from env
+    onednn: bool = True  # compiled against and linked with oneDNN (its sgemm; OpenMP)
+    headers: tuple[Path, ...] = ()  # included sources: part of the cache key
 
 
 HERE = Path(__file__).parent
+COMMON = HERE / "fused_common.h"  # threads, denormals, scratch, element-wise functions
 ONEDNN = Kernel(
     "onednn", HERE / "onednn_rnn.cc", ("-O2",),
     ((FORWARD_TARGET, "RnnJaxOnednnForward"), (BACKWARD_TARGET, "RnnJaxOnednnBackward")),
@@ -93,7 +109,15 @@ FUSED = Kernel(
     "fused_cpu", HERE / "fused_rnn.cc",
     ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math"),
     ((FUSED_FORWARD_TARGET, "RnnJaxFusedForward"), (FUSED_BACKWARD_TARGET, "RnnJaxFusedBackward")),
-    _configure_fused,
+    _configure_fused, headers=(COMMON,),
+)  # fmt: skip
+# No products: no oneDNN (the base install and a compiler suffice).
+LINEAR = Kernel(
+    "fused_cpu", HERE / "fused_linear.cc",
+    ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math"),
+    ((LINEAR_FORWARD_TARGET, "RnnJaxLinearForward"),
+     (LINEAR_BACKWARD_TARGET, "RnnJaxLinearBackward")),
+    _configure_linear, onednn=False, headers=(COMMON,),
 )  # fmt: skip
 SOURCE = ONEDNN.source  # kept for callers of the one-kernel module
 
@@ -126,12 +150,15 @@ def _compiler(backend: str) -> str:
 def compile_command(output: Path, kernel: Kernel = ONEDNN) -> list[str]:
     import jax
 
+    command = [_compiler(kernel.backend), *kernel.flags, "-std=c++17", "-shared", "-fPIC",
+               f"-I{jax.ffi.include_dir()}", f"-I{HERE}"]  # fmt: skip
+    if not kernel.onednn:
+        return [*command, str(kernel.source), "-o", str(output)]
     header = _installed_file("onednn-devel-cpu-gomp", "oneapi/dnnl/dnnl.hpp", kernel.backend)
     library = _installed_file("onednn-cpu-gomp", "libdnnl.so.3", kernel.backend)
     include_dir = header.parent.parent.parent  # .../include/oneapi/dnnl/dnnl.hpp
     return [
-        _compiler(kernel.backend), *kernel.flags, "-std=c++17", "-shared", "-fPIC", "-fopenmp",
-        f"-I{jax.ffi.include_dir()}", f"-I{include_dir}", str(kernel.source), "-o", str(output),
+        *command, "-fopenmp", f"-I{include_dir}", str(kernel.source), "-o", str(output),
         str(library), f"-Wl,-rpath,{library.parent}",
     ]  # fmt: skip
 
@@ -174,6 +201,8 @@ def library_path(kernel: Kernel = ONEDNN) -> Path:
     command = compile_command(Path("OUTPUT"), kernel)
     key = hashlib.sha256()
     key.update(kernel.source.read_bytes())
+    for header in kernel.headers:
+        key.update(header.read_bytes())
     key.update(shlex.join(command).encode())
     key.update(_compiler_version(command[0]).encode())
     key.update(cpu_features().encode())

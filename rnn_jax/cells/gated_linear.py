@@ -22,9 +22,12 @@ from rnn_jax.cell import LinearForm, cell_of_functions, hidden_width
 from rnn_jax.cells.base import split_gates  # noqa: F401 (minGRU and minLSTM import it here)
 
 
-def gated_linear_cell(name: str, num_gates: int, coefficients, coefficients_backward):
-    """A ``Cell`` with a ``parallel`` path from a variant's gate functions."""
-    return cell_of_functions(name, Variant(num_gates, coefficients, coefficients_backward))
+def gated_linear_cell(name: str, num_gates: int, coefficients, coefficients_backward,
+                      fused_gates: str | None = None):  # fmt: skip
+    """A ``Cell`` with a ``parallel`` path from a variant's gate functions; ``fused_gates``:
+    the name of its gate maths in the fused CPU kernel (``LinearForm.fused_gates``)."""
+    variant = Variant(num_gates, coefficients, coefficients_backward, fused_gates)
+    return cell_of_functions(name, variant)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +37,7 @@ class Variant:
     num_gates: int
     coefficients: Callable
     coefficients_backward: Callable
+    fused_gates: str | None = None
     output_size = staticmethod(hidden_width)
 
     def init(self, key, input_size: int, hidden_size: int, *, dtype=jnp.float32):
@@ -78,15 +82,21 @@ class Variant:
 
     @property
     def linear(self) -> LinearForm:
-        return LinearForm(self.sequence_coefficients)
+        return LinearForm(self.sequence_coefficients, fused_gates=self.fused_gates,
+                          preactivations=self.preactivations)  # fmt: skip
+
+    def preactivations(self, params, xs, h0):
+        """``xs (T, B, I)`` (or ``(B, T, I)``: each position alone) -> ``(xs @ w_x (T, B, G*H),
+        b (G*H,), h0)``: one product for every step's gates (a 2-D product: its gradient is
+        ~3x faster than a (T, B, I) contraction's on CPU), the bias apart."""
+        num_steps, batch_size, input_size = xs.shape
+        k = xs.reshape(-1, input_size) @ params["w_x"]
+        return k.reshape(num_steps, batch_size, k.shape[-1]), params["b"], h0  # T may be 0
 
     def sequence_coefficients(self, params, xs, h0):
-        """Time-major ``xs (T, B, I)`` -> ``(a, b (T, B, H), h0)``: one product for every
-        step's gates (a 2-D product: its gradient is ~3x faster than a (T, B, I)
-        contraction's on CPU)."""
-        num_steps, batch_size, input_size = xs.shape
-        k = xs.reshape(-1, input_size) @ params["w_x"] + params["b"]
-        a, b, _ = self.coefficients(k.reshape(num_steps, batch_size, k.shape[-1]))  # T may be 0
+        """Time-major ``xs (T, B, I)`` -> ``(a, b (T, B, H), h0)``."""
+        k, bias, h0 = self.preactivations(params, xs, h0)
+        a, b, _ = self.coefficients(k + bias)
         return a, b, h0
 
 

@@ -64,7 +64,7 @@ def log_space_coefficients_backward(residuals, d_a, d_b):
     return jax.numpy.concatenate([d_z * z * (1 - z), d_k_h], axis=-1)
 
 
-cell = gated_linear_cell("mingru", 2, coefficients, coefficients_backward)
+cell = gated_linear_cell("mingru", 2, coefficients, coefficients_backward, fused_gates="mingru")
 log_space = gated_linear_cell(
     "mingru_log_space", 2, log_space_coefficients, log_space_coefficients_backward
 )

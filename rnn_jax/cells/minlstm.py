@@ -72,7 +72,8 @@ def log_space_coefficients_backward(residuals, d_a, d_b):
     return jnp.concatenate([d_k_f, d_k_i, d_k_h], axis=-1)
 
 
-cell = gated_linear_cell("minlstm", 3, coefficients, coefficients_backward)
+cell = gated_linear_cell("minlstm", 3, coefficients, coefficients_backward,
+                         fused_gates="minlstm")  # fmt: skip
 log_space = gated_linear_cell(
     "minlstm_log_space", 3, log_space_coefficients, log_space_coefficients_backward
 )
