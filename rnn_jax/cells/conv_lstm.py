@@ -50,7 +50,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from rnn_jax.cell import hidden_width, make_cell, step_of_forward
+from rnn_jax.cell import hidden_width, make_cell
 from rnn_jax.cells import lstm
 from rnn_jax.cells.base import LSTMCarry, StepResiduals
 from rnn_jax.init import set_gate_bias
@@ -217,9 +217,7 @@ def _cell(kernel: tuple[int, ...]):
     return make_cell(
         "conv_lstm_" + "x".join(map(str, kernel)),
         functools.partial(init, kernel),
-        functools.partial(step_of_forward, step_forward),
         zero_carry=functools.partial(zero_carry, len(kernel)),
-        hidden_of=lstm.hidden_of,
         step_forward=step_forward,
         step_backward=step_backward,
         sizes=sizes,
