@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 import jax
@@ -325,13 +325,18 @@ def cell_of_functions(name: str, functions) -> Cell:
     return make_cell(name, functions.init, **found)
 
 
+def keys_of(tree) -> list | str:
+    """For error messages: a mapping's sorted keys, else the type's name."""
+    return sorted(tree) if isinstance(tree, Mapping) else type(tree).__name__
+
+
 def fused_sizes(params) -> tuple[int, int]:
     """``(input_size, hidden_size)`` from ``params["w_x"] (I, ...)``, ``params["w_h"] (H, ...)``."""
     if not isinstance(params, dict) or "w_x" not in params or "w_h" not in params:
-        got = sorted(params) if isinstance(params, dict) else type(params).__name__
         raise ValueError(
             "the default sizes() reads input_size from params['w_x'] (I, ...) and hidden_size "
-            f"from params['w_h'] (H, ...); these params have {got}: pass sizes= to rj.make_cell"
+            f"from params['w_h'] (H, ...); these params have {keys_of(params)}: pass sizes= to "
+            "rj.make_cell"
         )
     return int(params["w_x"].shape[0]), int(params["w_h"].shape[0])
 

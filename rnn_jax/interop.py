@@ -31,7 +31,7 @@ from collections.abc import Mapping, Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from rnn_jax.cell import Cell
+from rnn_jax.cell import Cell, keys_of
 from rnn_jax.cells import rglru, slstm
 from rnn_jax.cells.base import LSTMCarry
 from rnn_jax.checks import as_cell, check_params, spatial_rank
@@ -393,6 +393,12 @@ def _check_flax_mgu_bias(tree, kind: str) -> None:
         )
 
 
+def _check_submodules(tree, expected: set, module: str) -> None:
+    if not isinstance(tree, Mapping) or set(tree) != expected:
+        raise ValueError(f"expected the params of a Flax {module} with submodules "
+                         f"{sorted(expected)}, got {keys_of(tree)}")  # fmt: skip
+
+
 def _unwrap_flax(tree):
     """Strip ``{"params": ...}`` and nn.RNN's ``{"cell": ...}``."""
     for key in ("params", "cell"):
@@ -404,10 +410,7 @@ def _unwrap_flax(tree):
 def _conv_from_flax(tree, cell, dtype) -> dict:
     """``ConvLSTMCell``'s ``ih``/``hh`` convolutions (gates i, g, f, o, a bias in each, +1 on
     f inside the step) -> ``{"w_x", "w_h", "b"}`` (gates i, f, g, o, one bias)."""
-    if not isinstance(tree, Mapping) or set(tree) != {"ih", "hh"}:
-        got = sorted(tree) if isinstance(tree, Mapping) else type(tree).__name__
-        raise ValueError(f"expected the params of a Flax ConvLSTMCell (submodules ['hh', "
-                         f"'ih']), got {got}")  # fmt: skip
+    _check_submodules(tree, {"ih", "hh"}, "ConvLSTMCell")
     kernel_x, kernel_h = _numpy(tree["ih"]["kernel"]), _numpy(tree["hh"]["kernel"])
     bias = np.zeros(kernel_h.shape[-1], kernel_h.dtype)
     for side in ("ih", "hh"):  # absent with use_bias=False
@@ -441,13 +444,7 @@ def _cell_from_flax(tree, cell: Cell, dtype) -> dict:
         return _conv_from_flax(tree, cell, dtype)
     kind = _flax_kind(cell)
     gates, biased = _FLAX_LAYOUTS[kind]
-    expected = {side + g for side in "ih" for g in gates}
-    if not isinstance(tree, Mapping) or set(tree) != expected:
-        got = sorted(tree) if isinstance(tree, Mapping) else type(tree).__name__
-        raise ValueError(
-            f"expected the params of a Flax {kind} cell with submodules "
-            f"{sorted(expected)}, got {got}"
-        )
+    _check_submodules(tree, {side + g for side in "ih" for g in gates}, f"{kind} cell")
     if kind.startswith("mgu"):
         _check_flax_mgu_bias(tree, kind)
     kernel = lambda side: np.concatenate([_numpy(tree[side + g]["kernel"]) for g in gates], 1)  # noqa: E731

@@ -11,6 +11,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from rnn_jax.cell import keys_of
 from rnn_jax.checks import (
     as_cell,
     carry_lead,
@@ -89,7 +90,8 @@ def bidirectional(
         raise ValueError("reverse= with bidirectional=: a bidirectional layer reads both "
                          "directions itself (its backward half has reverse=True)")  # fmt: skip
     if not is_bidirectional(params):
-        raise ValueError(f"bidirectional params must be {{'fwd', 'bwd'}}, got keys {_keys(params)}")
+        raise ValueError(f"bidirectional params must be {{'fwd', 'bwd'}}, got keys "
+                         f"{keys_of(params)}")  # fmt: skip
     carry_fwd, carry_bwd = (None, None) if carry is None else carry
     # The backward direction is checked before the forward one runs (no compute on bad input).
     steps = dict(mask=mask, resets=resets)
@@ -232,7 +234,3 @@ def check_stack_sizes(cell, params: list, xs, merge: str, *, carries=None, time_
 
 def _dropout(key, values, rate: float):
     return values * dropout_mask(key, values.shape, rate, values.dtype)
-
-
-def _keys(params):
-    return sorted(params) if isinstance(params, dict) else type(params).__name__

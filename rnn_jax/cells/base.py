@@ -234,13 +234,12 @@ class FusedGates:
         return new_carry, hidden_of(new_carry), StepResiduals(x, kept, gates)
 
     def step_backward_parts(self, params: Params, residuals: StepResiduals, d_h, d_carry=None):
-        """The hand-written VJP of ``step`` (the cell's ``step_backward`` is
-        ``backward_of_parts`` of it), from ``d_h`` (B, H), dL/dh' of the step's output, and
-        ``d_carry``, dL/dcarry' from the next step (None: zero); dL/dh_prev is left in its two
-        parts: ``(d_params, d_x (B, I),
-        d_carry_direct, d_read (B, H))``, ``d_carry_direct`` the part that skips ``w_h`` and
-        ``d_read = d_zh @ w_h^T`` the gradient of what the product read (``h_read``); their
-        sum is dL/dh_prev. Recurrent dropout scales only ``d_read``."""
+        """The hand-written VJP of ``step``, dL/dh_prev left in its two parts (the cell's
+        ``step_backward``, ``backward_of_parts``, sums them). ``d_h`` (B, H) is dL/dh' from the
+        step's output, ``d_carry`` dL/dcarry' from the next step (None: zero). Returns
+        ``(d_params, d_x (B, I), d_carry_direct, d_read (B, H))``: ``d_carry_direct`` the part
+        that skips ``w_h`` and ``d_read = d_zh @ w_h^T`` the gradient of what the product read
+        (``h_read``). Recurrent dropout scales only ``d_read``."""
         if d_carry is None:
             d_carry = jax.tree.map(jnp.zeros_like, residuals.carry)
         d_carry = with_hidden(d_carry, hidden_of(d_carry) + d_h)
