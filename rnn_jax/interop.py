@@ -334,11 +334,8 @@ def to_torch(params, cell, *, bias: bool = True, as_tensors: bool = True) -> dic
         suffix = f"_l{k}" if is_stack or is_bidirectional(layer) else ""
         for part, reverse in zip(directions(layer), ("", "_reverse"), strict=False):
             state.update(_layer_to_torch(part, suffix + reverse, bias))
-    if as_tensors:
-        state = {k: _as_tensor(v) for k, v in state.items()}
-    else:
-        state = {k: np.ascontiguousarray(v) for k, v in state.items()}
-    return state
+    convert = _as_tensor if as_tensors else np.ascontiguousarray
+    return {k: convert(v) for k, v in state.items()}
 
 
 # ---------------------------------------------------------------------------------------
