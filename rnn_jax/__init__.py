@@ -45,19 +45,17 @@ from rnn_jax.scan import unroll
 from rnn_jax.summary import count_params, summary
 
 # Loaded on first attribute access: flax.nnx, torch interop and the training loop are not
-# needed to run a cell, and importing them all would slow ``import rnn_jax``.
+# needed to run a cell, and importing them all would slow ``import rnn_jax``. (cellcheck,
+# gradcheck and options are imported above.)
 SUBMODULES = (
     "atomic",
-    "cellcheck",
     "checkpoint",
     "data",
     "distributed",
-    "gradcheck",
     "interop",
     "launch",
     "models",
     "nnx",
-    "options",
     "remat",
     "sampling",
     "tbptt",

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 import jax
@@ -143,7 +143,7 @@ class Cell:
 def make_cell(
     name: str,
     init: Callable,
-    step: Callable,
+    step: Callable | None = None,
     *,
     zero_carry: Callable | None = None,
     hidden_of: Callable | None = None,
@@ -162,7 +162,8 @@ def make_cell(
     Args:
       name: shown in errors and reports.
       init: ``init(key, input_size, hidden_size, *, dtype=jnp.float32, **options) -> params``.
-      step: ``step(params, carry, x (B, I)) -> (carry', h' (B, H_out))``.
+      step: ``step(params, carry, x (B, I)) -> (carry', h' (B, H_out))``; None: your
+        ``step_forward`` without its residuals (give it and ``step_backward``).
       zero_carry: ``(batch_size, hidden_size, dtype) -> carry``; default zeros ``(B, H)``.
       hidden_of: ``carry -> h``; default the carry itself if it is an array, else its ``h``
         field, else its first element.
@@ -191,7 +192,8 @@ def make_cell(
         it there; ``"read"``: your ``step_forward`` takes ``h_read=`` (what the products read)
         and ``step_backward_parts`` returns ``(d_params, d_x, d_carry_direct, d_read)``;
         None (default): recurrent dropout is refused for this cell.
-      step_backward_parts: with ``recurrent_dropout="read"``, as above.
+      step_backward_parts: with ``recurrent_dropout="read"``, as above; ``step_backward``
+        defaults to it, its two parts summed (``backward_of_parts``).
       output_size: ``hidden_size -> width of h'`` (``rnn_jax.cell.hidden_width`` when h is
         ``(B, H)``); None (default): read from ``hidden_of`` of a zero carry.
 
@@ -210,6 +212,8 @@ def make_cell(
       >>> hs.shape
       (2, 7, 5)
     """
+    if step_backward is None and step_backward_parts is not None:
+        step_backward = functools.partial(backward_of_parts, step_backward_parts)
     if step_forward is not None and step_backward is None:
         raise ValueError(
             f"{name}: step_forward was given without step_backward; its residuals are yours, "
@@ -223,6 +227,10 @@ def make_cell(
             "which it was not written for. Give both, or neither (the backward is then "
             "derived with jax.vjp)."
         )
+    if step is None:
+        if step_forward is None:
+            raise TypeError(f"{name}: give step, or step_forward and step_backward")
+        step = functools.partial(step_of_forward, step_forward)
     if linear is not None:
         if parallel is not None:
             raise ValueError(f"{name}: give parallel= or linear= (which builds it), not both")
@@ -250,6 +258,19 @@ def make_cell(
         output_size=output_size,
         linear=linear,
     )
+
+
+def backward_of_parts(step_backward_parts, params, residuals, d_h, d_carry=None):
+    """``step_backward`` from ``step_backward_parts``: dL/dh_prev is the direct part's ``h``
+    plus ``d_read``. ``functools.partial(backward_of_parts, parts)``."""
+    d_params, d_x, d_direct, d_read = step_backward_parts(params, residuals, d_h, d_carry)
+    return d_params, d_x, with_hidden(d_direct, default_hidden_of(d_direct) + d_read)
+
+
+def with_hidden(carry, h):
+    """``carry`` with its hidden state replaced by ``h``: ``h`` itself for an array carry,
+    else the carry (a NamedTuple: ``LSTMCarry``, a custom cell's) with its ``h`` field set."""
+    return h if hasattr(carry, "shape") else carry._replace(h=h)
 
 
 def step_of_forward(step_forward, params, carry, x):
@@ -296,25 +317,28 @@ def default_hidden_of(carry):
 
 
 def cell_of_functions(name: str, functions) -> Cell:
-    """A ``Cell`` from an object (a module, a class instance) that has the protocol's
-    functions as attributes, and optionally ``sizes``, ``parallel`` (or ``linear``, a
-    ``LinearForm``), ``spatial_rank``, ``recurrent_dropout``, ``step_backward_parts`` and
-    ``output_size``."""
-    optional = ("sizes", "parallel", "linear", "spatial_rank", "recurrent_dropout",
-                "step_backward_parts", "output_size")  # fmt: skip
+    """A ``Cell`` from an object (a module, a class instance) that has ``init`` and the other
+    protocol functions as attributes (any it lacks take ``make_cell``'s defaults), and
+    optionally ``sizes``, ``parallel`` (or ``linear``, a ``LinearForm``), ``spatial_rank``,
+    ``recurrent_dropout``, ``step_backward_parts`` and ``output_size``."""
+    optional = (*PROTOCOL[1:], "sizes", "parallel", "linear", "spatial_rank",
+                "recurrent_dropout", "step_backward_parts", "output_size")  # fmt: skip
     found = {name: getattr(functions, name) for name in optional if hasattr(functions, name)}
-    return make_cell(name, functions.init, functions.step, zero_carry=functions.zero_carry,
-                     hidden_of=functions.hidden_of, step_forward=functions.step_forward,
-                     step_backward=functions.step_backward, **found)  # fmt: skip
+    return make_cell(name, functions.init, **found)
+
+
+def keys_of(tree) -> list | str:
+    """For error messages: a mapping's sorted keys, else the type's name."""
+    return sorted(tree) if isinstance(tree, Mapping) else type(tree).__name__
 
 
 def fused_sizes(params) -> tuple[int, int]:
     """``(input_size, hidden_size)`` from ``params["w_x"] (I, ...)``, ``params["w_h"] (H, ...)``."""
     if not isinstance(params, dict) or "w_x" not in params or "w_h" not in params:
-        got = sorted(params) if isinstance(params, dict) else type(params).__name__
         raise ValueError(
             "the default sizes() reads input_size from params['w_x'] (I, ...) and hidden_size "
-            f"from params['w_h'] (H, ...); these params have {got}: pass sizes= to rj.make_cell"
+            f"from params['w_h'] (H, ...); these params have {keys_of(params)}: pass sizes= to "
+            "rj.make_cell"
         )
     return int(params["w_x"].shape[0]), int(params["w_h"].shape[0])
 

@@ -31,11 +31,11 @@ from collections.abc import Mapping, Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from rnn_jax.cell import Cell
+from rnn_jax.cell import Cell, keys_of
 from rnn_jax.cells import rglru, slstm
 from rnn_jax.cells.base import LSTMCarry
 from rnn_jax.checks import as_cell, check_params, spatial_rank
-from rnn_jax.layers import is_bidirectional
+from rnn_jax.layers import directions, is_bidirectional
 
 _ZERO = -0.0
 
@@ -77,6 +77,29 @@ def _zeros(width: int, dtype) -> np.ndarray:
     return np.full((width,), _ZERO, dtype)
 
 
+def _bias_pair(layer: dict) -> tuple[np.ndarray, np.ndarray]:
+    """``(input side, recurrent side)`` biases, each ``(G*H,)``: ``b_x, b_h``, or a fused
+    ``b`` and ``-0.0`` (module docstring), as every framework here keeps them."""
+    if "b" in layer:
+        return layer["b"], _zeros(layer["b"].shape[0], layer["b"].dtype)
+    return layer["b_x"], layer["b_h"]
+
+
+def _biases(b_in: np.ndarray, b_rec: np.ndarray, cell: Cell) -> dict:
+    """``_bias_pair``'s inverse for a fused cell: its ``b_x, b_h``, or ``b = b_in + b_rec``
+    (the same model where the gate math reads only ``z_x + z_h``)."""
+    if cell.fused.sums_products:
+        return {"b": b_in + b_rec}
+    return {"b_x": b_in, "b_h": b_rec}
+
+
+def _reorder_gates(array: np.ndarray, order: tuple[int, ...]) -> np.ndarray:
+    """``array (..., G*H)`` with its G gate blocks rearranged: block k of the result is block
+    ``order[k]`` of ``array``."""
+    blocks = np.split(array, len(order), axis=-1)
+    return np.concatenate([blocks[k] for k in order], axis=-1)
+
+
 def _finish(cell: Cell, params: dict, dtype) -> dict:
     """numpy -> jax arrays (cast to ``dtype`` if given), then the same checks as ``unroll``."""
     params = {k: jnp.asarray(v, dtype=dtype) for k, v in params.items()}
@@ -102,7 +125,10 @@ def _layers_of(params) -> tuple[list, bool]:
 
 
 def _check_layer(cell: Cell, layer) -> None:
-    for part in (layer["fwd"], layer["bwd"]) if is_bidirectional(layer) else (layer,):
+    """Every direction's params, as ``unroll`` checks them (one layer's: a mapping)."""
+    if not isinstance(layer, Mapping):
+        raise TypeError(f"expected one layer's params (a dict), got {type(layer).__name__}")
+    for part in directions(layer):
         check_params(cell, dict(part))
 
 
@@ -178,11 +204,7 @@ def _layer_from_torch(state: dict, suffix: str, cell: Cell, used: set) -> dict:
         )
     if b_ih is None:  # bias=False
         b_ih, b_hh = np.zeros((width,), w_ih.dtype), np.zeros((width,), w_ih.dtype)
-    params = {"w_x": w_ih.T, "w_h": w_hh.T}
-    if cell.fused.sums_products:  # one bias b (Elman, LSTM); the GRU's b_x, b_h
-        params["b"] = b_ih + b_hh  # PyTorch adds both; the sum is the same model
-    else:
-        params["b_x"], params["b_h"] = b_ih, b_hh
+    params = {"w_x": w_ih.T, "w_h": w_hh.T} | _biases(b_ih, b_hh, cell)
     if w_hr is not None:
         used.add(f"weight_hr{suffix}")
         params["w_hr"] = w_hr.T
@@ -232,8 +254,9 @@ def from_torch(module_or_state_dict, cell, *, dtype=None):
         raise TypeError(f"expected a torch RNN module or a state_dict, got {type(state)}")
     state = {k: _numpy(v) for k, v in state.items()}
     used: set = set()
+    read = lambda suffix: _finish(cell, _layer_from_torch(state, suffix, cell, used), dtype)  # noqa: E731
     if "weight_ih" in state:  # nn.RNNCell / LSTMCell / GRUCell
-        result = _finish(cell, _layer_from_torch(state, "", cell, used), dtype)
+        result = read("")
     else:
         num_layers = 0
         while f"weight_ih_l{num_layers}" in state:
@@ -246,25 +269,18 @@ def from_torch(module_or_state_dict, cell, *, dtype=None):
         bidirectional = "weight_ih_l0_reverse" in state
         result = []
         for k in range(num_layers):
-            fwd = _finish(cell, _layer_from_torch(state, f"_l{k}", cell, used), dtype)
-            if bidirectional:
-                bwd = _layer_from_torch(state, f"_l{k}_reverse", cell, used)
-                result.append({"fwd": fwd, "bwd": _finish(cell, bwd, dtype)})
-            else:
-                result.append(fwd)
+            fwd = read(f"_l{k}")
+            result.append({"fwd": fwd, "bwd": read(f"_l{k}_reverse")} if bidirectional else fwd)
     extra = sorted(set(state) - used)
     if extra:
         raise ValueError(f"torch state_dict has weights rnn_jax cannot represent: {extra}")
     return result
 
 
-def _layer_to_torch(layer: dict, suffix: str, cell: Cell, bias: bool) -> dict:
+def _layer_to_torch(layer: dict, suffix: str, bias: bool) -> dict:
     layer = _np_params(layer)
     out = {f"weight_ih{suffix}": layer["w_x"].T, f"weight_hh{suffix}": layer["w_h"].T}
-    if cell.fused.sums_products:  # one bias b (Elman, LSTM); the GRU's b_x, b_h
-        b_ih, b_hh = layer["b"], _zeros(layer["b"].shape[0], layer["b"].dtype)
-    else:
-        b_ih, b_hh = layer["b_x"], layer["b_h"]
+    b_ih, b_hh = _bias_pair(layer)
     if bias:
         out[f"bias_ih{suffix}"], out[f"bias_hh{suffix}"] = b_ih, b_hh
     elif np.any(b_ih) or np.any(b_hh):
@@ -316,16 +332,10 @@ def to_torch(params, cell, *, bias: bool = True, as_tensors: bool = True) -> dic
     for k, layer in enumerate(layers):
         _check_layer(cell, layer)
         suffix = f"_l{k}" if is_stack or is_bidirectional(layer) else ""
-        if is_bidirectional(layer):
-            state.update(_layer_to_torch(layer["fwd"], suffix, cell, bias))
-            state.update(_layer_to_torch(layer["bwd"], suffix + "_reverse", cell, bias))
-        else:
-            state.update(_layer_to_torch(layer, suffix, cell, bias))
-    if as_tensors:
-        state = {k: _as_tensor(v) for k, v in state.items()}
-    else:
-        state = {k: np.ascontiguousarray(v) for k, v in state.items()}
-    return state
+        for part, reverse in zip(directions(layer), ("", "_reverse"), strict=False):
+            state.update(_layer_to_torch(part, suffix + reverse, bias))
+    convert = _as_tensor if as_tensors else np.ascontiguousarray
+    return {k: convert(v) for k, v in state.items()}
 
 
 # ---------------------------------------------------------------------------------------
@@ -341,32 +351,28 @@ def to_torch(params, cell, *, bias: bool = True, as_tensors: bool = True) -> dic
 # reset-after GRU, with the recurrent r/z biases folded into the input ones; MGUCell the same
 # with r = z = f (our rj.mgu), or without the reset, n = tanh(W_in x + b_in + W_hn h).
 
-# Gate names per kind; in the reset-after kinds (GRU, MGU) the last gate, n, is the one whose
-# recurrent bias sits inside the reset.
-_FLAX_GATES = {
-    "lstm": ("i", "f", "g", "o"),
-    "gru": ("r", "z", "n"),
-    "mgu": ("f", "n"),
-    "mgu_without_reset": ("f", "n"),
+# Per kind: the gate names (Dense "i" + gate on the input, "h" + gate on h) and which Denses
+# have a bias. The reset-after kinds (GRU, MGU) keep n's recurrent bias, inside the reset; any
+# other recurrent bias only ever adds to its input one. Elman cells of any activation are
+# SimpleCell's.
+_FLAX_LAYOUTS = {
+    "simple": (("",), {"i"}),
+    "lstm": (("i", "f", "g", "o"), {"hi", "hf", "hg", "ho"}),
+    "gru": (("r", "z", "n"), {"ir", "iz", "in", "hn"}),
+    "mgu": (("f", "n"), {"if", "in", "hn"}),
+    "mgu_without_reset": (("f", "n"), {"if", "in"}),
 }
 
 
 def _flax_kind(cell: Cell) -> str:
     if cell.fused is not None and cell.fused.num_gates == 1:
         return "simple"  # any activation: Flax's SimpleCell(activation_fn=...)
-    if cell.name not in _FLAX_GATES:
+    if cell.name not in _FLAX_LAYOUTS:
         raise ValueError(
             f"Flax linen has no cell with the weights of rnn_jax's {cell.name!r} cell; the Flax "
-            f"converters handle the Elman cells and {sorted(_FLAX_GATES)}"
+            f"converters handle the Elman cells and {sorted(set(_FLAX_LAYOUTS) - {'simple'})}"
         )
     return cell.name
-
-
-def _flax_names(cell: Cell) -> set:
-    kind = _flax_kind(cell)
-    if kind == "simple":
-        return {"i", "h"}
-    return {p + g for p in "ih" for g in _FLAX_GATES[kind]}
 
 
 def _check_flax_mgu_bias(tree, kind: str) -> None:
@@ -384,6 +390,12 @@ def _check_flax_mgu_bias(tree, kind: str) -> None:
         )
 
 
+def _check_submodules(tree, expected: set, module: str) -> None:
+    if not isinstance(tree, Mapping) or set(tree) != expected:
+        raise ValueError(f"expected the params of a Flax {module} with submodules "
+                         f"{sorted(expected)}, got {keys_of(tree)}")  # fmt: skip
+
+
 def _unwrap_flax(tree):
     """Strip ``{"params": ...}`` and nn.RNN's ``{"cell": ...}``."""
     for key in ("params", "cell"):
@@ -395,68 +407,50 @@ def _unwrap_flax(tree):
 def _conv_from_flax(tree, cell, dtype) -> dict:
     """``ConvLSTMCell``'s ``ih``/``hh`` convolutions (gates i, g, f, o, a bias in each, +1 on
     f inside the step) -> ``{"w_x", "w_h", "b"}`` (gates i, f, g, o, one bias)."""
-    if not isinstance(tree, Mapping) or set(tree) != {"ih", "hh"}:
-        got = sorted(tree) if isinstance(tree, Mapping) else type(tree).__name__
-        raise ValueError(f"expected the params of a Flax ConvLSTMCell (submodules ['hh', "
-                         f"'ih']), got {got}")  # fmt: skip
+    _check_submodules(tree, {"ih", "hh"}, "ConvLSTMCell")
     kernel_x, kernel_h = _numpy(tree["ih"]["kernel"]), _numpy(tree["hh"]["kernel"])
-    order, forget = _conv_gates(kernel_h.shape[-2], kernel_h.dtype)
     bias = np.zeros(kernel_h.shape[-1], kernel_h.dtype)
     for side in ("ih", "hh"):  # absent with use_bias=False
         bias = bias + (_numpy(tree[side]["bias"]) if "bias" in tree[side] else 0.0)
-    params = {"w_x": kernel_x[..., order], "w_h": kernel_h[..., order], "b": bias[order] + forget}
+    params = {"w_x": kernel_x, "w_h": kernel_h, "b": bias}
+    params = {name: _reorder_gates(value, _CONV_GATES) for name, value in params.items()}
+    params["b"] = params["b"] + _conv_forget(params["b"])
     return _finish(cell, params, dtype)
 
 
 def _conv_to_flax(p: dict) -> dict:
-    order, forget = _conv_gates(p["w_h"].shape[-2], p["b"].dtype)
-    flax_order = np.argsort(order)  # our i, f, g, o blocks back to Flax's i, g, f, o
+    flax = lambda a: _reorder_gates(a, _CONV_GATES)  # noqa: E731
     return {
-        "ih": {"kernel": p["w_x"][..., flax_order], "bias": (p["b"] - forget)[flax_order]},
-        "hh": {"kernel": p["w_h"][..., flax_order], "bias": np.zeros_like(p["b"])},
+        "ih": {"kernel": flax(p["w_x"]), "bias": flax(p["b"] - _conv_forget(p["b"]))},
+        "hh": {"kernel": flax(p["w_h"]), "bias": np.zeros_like(p["b"])},
     }
 
 
-def _conv_gates(hidden: int, dtype) -> tuple[np.ndarray, np.ndarray]:
-    """``(order, forget)``: Flax's gate columns in our order (``flax[..., order]``), and the
-    1 Flax adds to f inside its step, as a bias in our order (i, f, g, o)."""
-    i, g, f, o = np.arange(4 * hidden).reshape(4, hidden)
-    forget = np.zeros(4 * hidden, dtype)
-    forget[hidden : 2 * hidden] = 1.0
-    return np.concatenate([i, f, g, o]), forget
+# Flax's ConvLSTMCell gate blocks i, g, f, o <-> ours i, f, g, o (a swap: its own inverse).
+_CONV_GATES = (0, 2, 1, 3)
+
+
+def _conv_forget(b: np.ndarray) -> np.ndarray:
+    """The 1 Flax's ConvLSTMCell adds to f inside its step, as a bias ``(4H,)`` in our order."""
+    return np.repeat(np.array([0, 1, 0, 0], b.dtype), b.shape[0] // 4)  # gates i, f, g, o
 
 
 def _cell_from_flax(tree, cell: Cell, dtype) -> dict:
     tree = _unwrap_flax(tree)
     if spatial_rank(cell):
         return _conv_from_flax(tree, cell, dtype)
-    expected = _flax_names(cell)
-    if not isinstance(tree, Mapping) or set(tree) != expected:
-        got = sorted(tree) if isinstance(tree, Mapping) else type(tree).__name__
-        raise ValueError(
-            f"expected the params of a Flax {_flax_kind(cell)} cell with submodules "
-            f"{sorted(expected)}, got {got}"
-        )
-    kernel = lambda name: _numpy(tree[name]["kernel"])  # noqa: E731
-    bias = lambda name: _numpy(tree[name]["bias"])  # noqa: E731
     kind = _flax_kind(cell)
-    if kind == "simple":
-        return _finish(cell, {"w_x": kernel("i"), "w_h": kernel("h"), "b": bias("i")}, dtype)
+    gates, biased = _FLAX_LAYOUTS[kind]
+    _check_submodules(tree, {side + g for side in "ih" for g in gates}, f"{kind} cell")
     if kind.startswith("mgu"):
         _check_flax_mgu_bias(tree, kind)
-    gates = _FLAX_GATES[kind]
-    params = {
-        "w_x": np.concatenate([kernel("i" + g) for g in gates], axis=1),
-        "w_h": np.concatenate([kernel("h" + g) for g in gates], axis=1),
-    }
-    if kind == "lstm":
-        params["b"] = np.concatenate([bias("h" + g) for g in gates])
-    elif kind == "mgu_without_reset":
-        params["b"] = np.concatenate([bias("i" + g) for g in gates])
-    else:  # reset after: only n has a recurrent bias in Flax
-        b_hn = bias("hn")
-        params["b_x"] = np.concatenate([bias("i" + g) for g in gates])
-        params["b_h"] = np.concatenate([_zeros((len(gates) - 1) * b_hn.shape[0], b_hn.dtype), b_hn])
+    kernel = lambda side: np.concatenate([_numpy(tree[side + g]["kernel"]) for g in gates], 1)  # noqa: E731
+    w_x, w_h = kernel("i"), kernel("h")
+    absent = _zeros(w_h.shape[0], w_h.dtype)  # a bias Flax does not have
+    bias = lambda side: np.concatenate(  # noqa: E731
+        [_numpy(tree[side + g]["bias"]) if side + g in biased else absent for g in gates]
+    )
+    params = {"w_x": w_x, "w_h": w_h} | _biases(bias("i"), bias("h"), cell)
     return _finish(cell, params, dtype)
 
 
@@ -496,26 +490,19 @@ def _cell_to_flax(layer: dict, cell: Cell) -> dict:
     p = _np_params(layer)
     if spatial_rank(cell):
         return _conv_to_flax(p)
-    hidden = p["w_h"].shape[0]
+    gates, biased = _FLAX_LAYOUTS[_flax_kind(cell)]
+    hidden = p["w_h"].shape[-1] // len(gates)
     chunk = lambda a, k: a[..., k * hidden : (k + 1) * hidden]  # noqa: E731
-    kind = _flax_kind(cell)
-    if kind == "simple":
-        return {"i": {"kernel": p["w_x"], "bias": p["b"]}, "h": {"kernel": p["w_h"]}}
-    gates = _FLAX_GATES[kind]
     paths = (("i", "w_x"), ("h", "w_h"))
     tree = {side + g: {"kernel": chunk(p[w], k)} for side, w in paths for k, g in enumerate(gates)}
-    if kind in ("lstm", "mgu_without_reset"):
-        side = "h" if kind == "lstm" else "i"
-        for k, g in enumerate(gates):
-            tree[side + g]["bias"] = chunk(p["b"], k)
-        return tree
-    # Reset after (GRU, MGU): Flax has no recurrent bias but n's; the others only ever add
-    # to the input ones.
-    b_x, b_h = p["b_x"], p["b_h"]
-    last = len(gates) - 1
-    for k, g in enumerate(gates[:-1]):
-        tree["i" + g]["bias"] = chunk(b_x, k) + chunk(b_h, k)
-    tree["in"]["bias"], tree["hn"]["bias"] = chunk(b_x, last), chunk(b_h, last)
+    b_in, b_rec = _bias_pair(p)
+    for k, g in enumerate(gates):
+        names = [side + g for side in "ih" if side + g in biased]
+        parts = [chunk(b_in, k), chunk(b_rec, k)]
+        if len(names) == 1:  # Flax has one of the two: their sum (the same model)
+            parts = [parts[0] + parts[1]]
+        for name, part in zip(names, parts, strict=True):
+            tree[name]["bias"] = part
     return tree
 
 
@@ -538,8 +525,6 @@ def to_flax(params, cell, *, rnn: bool = False) -> dict:
       ['hf', 'hg', 'hi', 'ho', 'if', 'ig', 'ii', 'io']
     """
     cell = as_cell(cell)
-    if not isinstance(params, Mapping):
-        raise TypeError(f"expected one layer's params (a dict), got {type(params).__name__}")
     _check_layer(cell, params)
     to_jax = lambda tree: {k: {n: jnp.asarray(a) for n, a in v.items()} for k, v in tree.items()}  # noqa: E731
     if is_bidirectional(params):
@@ -599,18 +584,18 @@ def carry_to_flax(carry, cell):
 # (no bias entry with use_bias=False). Keras' LSTM order is ours; the GRU's first two gate
 # blocks swap (z, r <-> r, z), a permutation that is its own inverse.
 
-# cell name -> (gates, two bias rows, swap the first two gate blocks); Elman cells of any
+# cell name -> (Keras' gate blocks in our order, two bias rows); Elman cells of any
 # activation are SimpleRNN's.
 _KERAS_LAYOUTS = {
-    "lstm": (4, False, False),
-    "gru": (3, True, True),
-    "gru_reset_before": (3, False, True),
+    "lstm": ((0, 1, 2, 3), False),
+    "gru": ((1, 0, 2), True),
+    "gru_reset_before": ((1, 0, 2), False),
 }
 
 
-def _keras_layout(cell) -> tuple[int, bool, bool]:
+def _keras_layout(cell) -> tuple[tuple[int, ...], bool]:
     if cell.fused is not None and cell.fused.num_gates == 1:
-        return 1, False, False
+        return (0,), False
     if cell.name not in _KERAS_LAYOUTS:
         raise ValueError(
             f"Keras has no layer with the weights of rnn_jax's {cell.name!r} cell; the Keras "
@@ -635,13 +620,6 @@ def _keras_bias_error(cell, got: tuple, expected: tuple) -> str:
     return f"expected a Keras {cell.name} bias of shape {expected}, got {got}"
 
 
-def _swap_first_two_gates(array: np.ndarray, hidden: int) -> np.ndarray:
-    return np.concatenate(
-        [array[..., hidden : 2 * hidden], array[..., :hidden], array[..., 2 * hidden :]],
-        axis=-1,
-    )
-
-
 def _cell_from_keras(weights: Sequence, cell: Cell, dtype) -> dict:
     if len(weights) not in (2, 3):
         raise ValueError(
@@ -653,7 +631,8 @@ def _cell_from_keras(weights: Sequence, cell: Cell, dtype) -> dict:
         if len(arrays) == 2:  # use_bias=False
             arrays.append(np.zeros(arrays[1].shape[-1], arrays[1].dtype))
         return _finish(cell, dict(zip(("w_x", "w_h", "b"), arrays, strict=True)), dtype)
-    num_gates, two_biases, swapped = _keras_layout(cell)
+    order, two_biases = _keras_layout(cell)
+    num_gates = len(order)
     kernel, recurrent = _numpy(weights[0]), _numpy(weights[1])
     hidden = recurrent.shape[0]
     width = num_gates * hidden
@@ -666,13 +645,9 @@ def _cell_from_keras(weights: Sequence, cell: Cell, dtype) -> dict:
     bias = _numpy(weights[2]) if len(weights) == 3 else np.zeros(bias_shape, kernel.dtype)
     if bias.shape != bias_shape:
         raise ValueError(_keras_bias_error(cell, bias.shape, bias_shape))
-    order = (lambda a: _swap_first_two_gates(a, hidden)) if swapped else (lambda a: a)
-    params = {"w_x": order(kernel), "w_h": order(recurrent)}
-    if two_biases:
-        params |= {"b_x": order(bias[0]), "b_h": order(bias[1])}
-    else:
-        params["b"] = order(bias)
-    return _finish(cell, params, dtype)
+    params = {"w_x": kernel, "w_h": recurrent}
+    params |= {"b_x": bias[0], "b_h": bias[1]} if two_biases else {"b": bias}
+    return _finish(cell, {k: _reorder_gates(v, order) for k, v in params.items()}, dtype)
 
 
 def from_keras(weights: Sequence, cell, *, bidirectional: bool = False, dtype=None) -> dict:
@@ -715,11 +690,10 @@ def _cell_to_keras(layer: dict, cell: Cell, use_bias: bool) -> list:
     if spatial_rank(cell):  # ConvLSTM: the arrays as they are
         weights, bias = [p["w_x"], p["w_h"]], p["b"]
     else:
-        _, two_biases, swapped = _keras_layout(cell)
-        hidden = p["w_h"].shape[0]
-        order = (lambda a: _swap_first_two_gates(a, hidden)) if swapped else (lambda a: a)
-        weights = [order(p["w_x"]), order(p["w_h"])]
-        bias = np.stack([order(p["b_x"]), order(p["b_h"])]) if two_biases else order(p["b"])
+        order, two_biases = _keras_layout(cell)  # its own inverse
+        p = {name: _reorder_gates(value, order) for name, value in p.items()}
+        weights = [p["w_x"], p["w_h"]]
+        bias = np.stack([p["b_x"], p["b_h"]]) if two_biases else p["b"]
     if use_bias:
         return [np.ascontiguousarray(w) for w in [*weights, bias]]
     if np.any(bias):
@@ -744,14 +718,8 @@ def to_keras(params, cell, *, use_bias: bool = True) -> list:
       [(10, 3), (3, 3), (3,)]
     """
     cell = as_cell(cell)
-    if not isinstance(params, Mapping):
-        raise TypeError(f"expected one layer's params (a dict), got {type(params).__name__}")
     _check_layer(cell, params)
-    if is_bidirectional(params):
-        return _cell_to_keras(params["fwd"], cell, use_bias) + _cell_to_keras(
-            params["bwd"], cell, use_bias
-        )
-    return _cell_to_keras(params, cell, use_bias)
+    return [w for part in directions(params) for w in _cell_to_keras(part, cell, use_bias)]
 
 
 # ---------------------------------------------------------------------------------------

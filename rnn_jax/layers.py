@@ -6,9 +6,12 @@ is a list of layer params (each a cell's dict or a bidirectional dict).
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
+from rnn_jax.cell import keys_of
 from rnn_jax.checks import (
     as_cell,
     carry_lead,
@@ -18,7 +21,7 @@ from rnn_jax.checks import (
     params_dtype,
     spatial_rank,
 )
-from rnn_jax.options import UnrollOptions, parse
+from rnn_jax.options import UnrollOptions, check_choice, parse
 from rnn_jax.regularize import dropout_mask
 from rnn_jax.scan import unroll
 from rnn_jax.sequence import accepts_unbatched, prepare
@@ -36,16 +39,10 @@ MERGES = {
 }
 
 
-def _merge_fn(merge: str):
-    if merge not in MERGES:
-        raise ValueError(f"merge must be one of {sorted(MERGES)}, got {merge!r}")
-    return MERGES[merge]
-
-
 def output_size(hidden_size: int, *, bidirectional: bool, merge: str = "concat", cell=None) -> int:
     """Feature size of a layer's outputs (both directions merged): of a cell whose output is
     its hidden state, or with ``cell`` of that cell's outputs (e.g. a projection's P)."""
-    _merge_fn(merge)
+    check_choice("merge", merge, sorted(MERGES))
     width = hidden_size if cell is None else cell_output_size(as_cell(cell), hidden_size)
     return 2 * width if bidirectional and merge == "concat" else width
 
@@ -53,6 +50,13 @@ def output_size(hidden_size: int, *, bidirectional: bool, merge: str = "concat",
 def is_bidirectional(layer_params) -> bool:
     """Whether a layer's params are a bidirectional ``{"fwd": ..., "bwd": ...}`` pair."""
     return isinstance(layer_params, dict) and set(layer_params) == {"fwd", "bwd"}
+
+
+def directions(layer_params) -> tuple:
+    """A layer's params per direction: ``(fwd, bwd)`` of a bidirectional layer, else ``(p,)``."""
+    if is_bidirectional(layer_params):
+        return layer_params["fwd"], layer_params["bwd"]
+    return (layer_params,)
 
 
 def init_bidirectional(cell, key, input_size: int, hidden_size: int, **init_kwargs) -> dict:
@@ -80,13 +84,14 @@ def bidirectional(
     Returns ``((final_fwd, final_bwd), hs)``; ``hs`` is ``(B, T, 2H)`` for ``"concat"``,
     ``(B, T, H)`` otherwise; both halves aligned with the input positions.
     """
-    merge_fn = _merge_fn(merge)
+    check_choice("merge", merge, sorted(MERGES))
     opts = parse(options, **option_kwargs)
     if opts.reverse:
         raise ValueError("reverse= with bidirectional=: a bidirectional layer reads both "
                          "directions itself (its backward half has reverse=True)")  # fmt: skip
     if not is_bidirectional(params):
-        raise ValueError(f"bidirectional params must be {{'fwd', 'bwd'}}, got keys {_keys(params)}")
+        raise ValueError(f"bidirectional params must be {{'fwd', 'bwd'}}, got keys "
+                         f"{keys_of(params)}")  # fmt: skip
     carry_fwd, carry_bwd = (None, None) if carry is None else carry
     # The backward direction is checked before the forward one runs (no compute on bad input).
     steps = dict(mask=mask, resets=resets)
@@ -97,7 +102,7 @@ def bidirectional(
                                options=opts, **steps)  # fmt: skip
     final_bwd, hs_bwd = unroll(cell, params["bwd"], xs, carry_bwd, lengths=lengths, key=keys[1],
                                options=opts.replace(reverse=True), **steps)  # fmt: skip
-    return (final_fwd, final_bwd), merge_fn(hs_fwd, hs_bwd)
+    return (final_fwd, final_bwd), MERGES[merge](hs_fwd, hs_bwd)
 
 
 def init_stack(
@@ -124,14 +129,10 @@ def init_stack(
     if num_layers < 1:
         raise ValueError(f"num_layers must be >= 1, got {num_layers}")
     cell = as_cell(cell)
+    init_layer = functools.partial(init_bidirectional, cell) if bidirectional else cell.init
     layers = []
     for layer_key in jax.random.split(key, num_layers):
-        if bidirectional:
-            layers.append(
-                init_bidirectional(cell, layer_key, input_size, hidden_size, **init_kwargs)
-            )
-        else:
-            layers.append(cell.init(layer_key, input_size, hidden_size, **init_kwargs))
+        layers.append(init_layer(layer_key, input_size, hidden_size, **init_kwargs))
         input_size = output_size(hidden_size, bidirectional=bidirectional, merge=merge, cell=cell)
     # Params the cell cannot run (rj.lstm with init's proj_size=P) are refused now, not later.
     check_params(cell, layers[0]["fwd"] if bidirectional else layers[0])
@@ -174,7 +175,8 @@ def unroll_stack(
         raise TypeError(f"stack params must be a non-empty list of layer params, got {params!r}")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-    _merge_fn(merge)  # checked up front: a stack without bidirectional layers never merges
+    # Checked up front: a stack without bidirectional layers never merges.
+    check_choice("merge", merge, sorted(MERGES))
     opts = parse(options, **option_kwargs)
     if opts.reverse and any(is_bidirectional(layer) for layer in params):
         raise ValueError(
@@ -213,11 +215,10 @@ def check_stack_sizes(cell, params: list, xs, merge: str, *, carries=None, time_
     carries = [None] * len(params) if carries is None else carries
     for index, (layer, layer_carry) in enumerate(zip(params, carries, strict=True)):
         bidir = is_bidirectional(layer)
-        directions = (layer["fwd"], layer["bwd"]) if bidir else (layer,)
-        direction_carries = (None,) * len(directions) if layer_carry is None else layer_carry
-        if not bidir and layer_carry is not None:
+        direction_carries = (None, None) if layer_carry is None else layer_carry
+        if not bidir:
             direction_carries = (layer_carry,)
-        for direction, direction_carry in zip(directions, direction_carries, strict=True):
+        for direction, direction_carry in zip(directions(layer), direction_carries, strict=True):
             expects, hidden_size = check_params(cell, direction)
             if direction_carry is not None and lead is not None:
                 dtype = params_dtype(direction)
@@ -233,7 +234,3 @@ def check_stack_sizes(cell, params: list, xs, merge: str, *, carries=None, time_
 
 def _dropout(key, values, rate: float):
     return values * dropout_mask(key, values.shape, rate, values.dtype)
-
-
-def _keys(params):
-    return sorted(params) if isinstance(params, dict) else type(params).__name__

@@ -21,7 +21,6 @@ from rnn_jax.checks import as_cell
 from rnn_jax.layers import (
     MERGES,
     init_stack,
-    is_bidirectional,
     output_size,
     unroll_stack,
 )
@@ -60,15 +59,6 @@ def dense(params: dict, x: jax.Array) -> jax.Array:
       Array([[4., 3.]], dtype=float32)
     """
     return x @ params["w"] + params["b"]
-
-
-def last_hidden(cell, final_carry, *, bidirectional: bool, merge: str) -> jax.Array:
-    """``(B, H_out)``: the last layer's state after its last valid step; for a bidirectional
-    layer (``final_carry`` a pair) both directions' final states (the backward one has read
-    position 0), merged."""
-    if bidirectional:
-        return MERGES[merge](cell.hidden_of(final_carry[0]), cell.hidden_of(final_carry[1]))
-    return cell.hidden_of(final_carry)
 
 
 def classifier(
@@ -131,28 +121,20 @@ def classifier(
                     input_dropout=input_dropout, recurrent_dropout=recurrent_dropout,
                     zoneout=zoneout)  # fmt: skip
     check_choice("pool", pool, POOLS)
-    if block != "plain":
-        stack = _block_stack(block, cell, expansion, init_kwargs)
-        return _block_classifier(stack, hidden_size, num_classes, num_layers, pool, options)
+    stack = _stack(block, cell, expansion, init_kwargs, bidirectional=bidirectional, merge=merge,
+                   dropout=dropout)  # fmt: skip
 
     def init_fn(key, input_size: int, dtype=jnp.float32):
         k_rnn, k_out = jax.random.split(key)
-        rnn = init_stack(
-            cell, k_rnn, input_size, hidden_size, num_layers,
-            bidirectional=bidirectional, merge=merge, dtype=dtype, **init_kwargs,
-        )  # fmt: skip
-        width = output_size(hidden_size, bidirectional=bidirectional, merge=merge, cell=cell)
+        rnn = stack.init(k_rnn, input_size, hidden_size, num_layers, dtype=dtype)
+        width = stack.width(hidden_size)
         return {"rnn": rnn, "readout": dense_init(k_out, width, num_classes, dtype)}
 
     @accepts_unbatched(arrays=("lengths",), results=None)
     def apply_fn(params, xs, *, lengths=None, key=None):
-        finals, hs = unroll_stack(cell, params["rnn"], xs, lengths=lengths, merge=merge,
-                                  dropout=dropout, key=key, options=options)  # fmt: skip
-        if pool == "mean":
-            return dense(params["readout"], mean_over_valid(hs, lengths))
-        last_bidirectional = is_bidirectional(params["rnn"][-1])
-        h = last_hidden(cell, finals[-1], bidirectional=last_bidirectional, merge=merge)
-        return dense(params["readout"], h)
+        finals, hs = stack.apply(params["rnn"], xs, lengths=lengths, key=key, options=options)
+        pooled = mean_over_valid(hs, lengths) if pool == "mean" else stack.last(finals, hs, lengths)
+        return dense(params["readout"], pooled)
 
     return Model(init_fn, apply_fn)
 
@@ -196,7 +178,7 @@ def language_model(
     """
     _check_block(block, dropout=dropout)
     cell = _cells_for(block, cell)
-    stack = _block_stack(block, cell, expansion, init_kwargs) if block != "plain" else None
+    stack = _stack(block, cell, expansion, init_kwargs, dropout=dropout)
     base = parse(gradient=gradient)
 
     def init_fn(key, dtype=jnp.float32):
@@ -206,14 +188,8 @@ def language_model(
         if embed_size is not None:
             params["embed"] = jax.random.normal(k_embed, (vocab_size, embed_size), dtype) * 0.1
             input_size = embed_size
-        if stack:
-            params["rnn"] = stack.init(k_rnn, input_size, hidden_size, num_layers, dtype=dtype)
-            width = hidden_size
-        else:
-            params["rnn"] = init_stack(cell, k_rnn, input_size, hidden_size, num_layers,
-                                       dtype=dtype, **init_kwargs)  # fmt: skip
-            width = output_size(hidden_size, bidirectional=False, cell=cell)
-        params["readout"] = dense_init(k_out, width, vocab_size, dtype)
+        params["rnn"] = stack.init(k_rnn, input_size, hidden_size, num_layers, dtype=dtype)
+        params["readout"] = dense_init(k_out, stack.width(hidden_size), vocab_size, dtype)
         return params
 
     def apply_fn(params, tokens, carry=None, *, key=None, **unroll_kwargs):
@@ -223,12 +199,7 @@ def language_model(
             xs = params["embed"][tokens]
         else:
             xs = jax.nn.one_hot(tokens, vocab_size, dtype=dtype)
-        if stack:
-            finals, hs = stack.apply(params["rnn"], xs, carry, key=key, options=base,
-                                     **unroll_kwargs)  # fmt: skip
-        else:
-            finals, hs = unroll_stack(cell, params["rnn"], xs, carry, dropout=dropout, key=key,
-                                      options=base, **unroll_kwargs)  # fmt: skip
+        finals, hs = stack.apply(params["rnn"], xs, carry, key=key, options=base, **unroll_kwargs)
         return dense(params["readout"], hs), finals
 
     return Model(init_fn, apply_fn)
@@ -257,24 +228,50 @@ def _cells_for(block: str, cell):
     return as_cell(cell)
 
 
-class _BlockStack(NamedTuple):
-    """``init(key, input_size, width, num_layers, dtype)`` and ``apply(params, xs, carries,
-    **options)`` of one of ``rnn_jax.blocks``' stacks."""
+class _Stack(NamedTuple):
+    """A model's recurrent layers: ``init(key, input_size, hidden_size, num_layers, *,
+    dtype)``, ``apply(params, xs, carries, **options) -> (finals, hs)``, ``width(hidden_size)``
+    of the outputs, and ``last(finals, hs, lengths) -> (B, width)``, what each row's last
+    valid step leaves."""
 
     init: Callable
     apply: Callable
+    width: Callable
+    last: Callable
 
 
-def _block_stack(block: str, cell, expansion: int, init_kwargs: dict) -> _BlockStack:
-    """``block="residual"``: ``init_residual``/``apply_residual`` of ``cell``;
-    ``block="hawk"``: ``init_hawk``/``apply_hawk`` with the RG-LRU ``cell``'s heads."""
+def _stack(block: str, cell, expansion: int, init_kwargs: dict, *, bidirectional=False,
+           merge="concat", dropout=0.0) -> _Stack:  # fmt: skip
+    """``block="plain"``: ``init_stack``/``unroll_stack`` of ``cell``, read at the end from
+    the final carries (both directions'); ``block="residual"``: ``init_residual``/
+    ``apply_residual`` of ``cell``; ``block="hawk"``: ``init_hawk``/``apply_hawk`` with the
+    RG-LRU ``cell``'s heads. Blocks are as wide as ``hidden_size``, read at the end from
+    their outputs."""
+    if block == "plain":
+        init = functools.partial(init_stack, cell, bidirectional=bidirectional, merge=merge,
+                                 **init_kwargs)  # fmt: skip
+        apply = functools.partial(unroll_stack, cell, merge=merge, dropout=dropout)
+        width = functools.partial(output_size, bidirectional=bidirectional, merge=merge, cell=cell)
+
+        def last(finals, hs, lengths):
+            """``(B, H_out)``: the last layer's state after its last valid step; a
+            bidirectional layer's two final states (the backward one has read position 0),
+            merged."""
+            if bidirectional:
+                fwd, bwd = finals[-1]
+                return MERGES[merge](cell.hidden_of(fwd), cell.hidden_of(bwd))
+            return cell.hidden_of(finals[-1])
+
+        return _Stack(init, apply, width, last)
     if block == "hawk":
         init = functools.partial(init_hawk, num_heads=hawk_heads(cell), expansion=expansion,
                                  **init_kwargs)  # fmt: skip
-        return _BlockStack(lambda *sizes, dtype: init(*sizes, dtype=dtype), apply_hawk)
-    init = functools.partial(init_residual, cell, expansion=expansion, **init_kwargs)
-    return _BlockStack(lambda *sizes, dtype: init(*sizes, dtype=dtype),
-                       functools.partial(apply_residual, cell))  # fmt: skip
+        apply = apply_hawk
+    else:
+        init = functools.partial(init_residual, cell, expansion=expansion, **init_kwargs)
+        apply = functools.partial(apply_residual, cell)
+    last = lambda finals, hs, lengths: _last_valid_output(hs, lengths)  # noqa: E731
+    return _Stack(init, apply, lambda hidden_size: hidden_size, last)
 
 
 def mean_over_valid(hs, lengths):
@@ -290,24 +287,6 @@ def _last_valid_output(hs, lengths):
     """``hs (B, T, H)`` at each row's last valid step (zeros for an empty row)."""
     valid = None if lengths is None else valid_mask(jnp.asarray(lengths), hs.shape[1])
     return last_valid(jnp.swapaxes(hs, 0, 1), valid, jnp.zeros_like(hs[:, 0]))
-
-
-def _block_classifier(stack: _BlockStack, width, num_classes, num_layers, pool,
-                      options) -> Model:  # fmt: skip
-    """``classifier(block="residual" | "hawk")``: a block stack, pooled, then dense."""
-
-    def init_fn(key, input_size: int, dtype=jnp.float32):
-        k_rnn, k_out = jax.random.split(key)
-        rnn = stack.init(k_rnn, input_size, width, num_layers, dtype=dtype)
-        return {"rnn": rnn, "readout": dense_init(k_out, width, num_classes, dtype)}
-
-    @accepts_unbatched(arrays=("lengths",), results=None)
-    def apply_fn(params, xs, *, lengths=None, key=None):
-        _, hs = stack.apply(params["rnn"], xs, lengths=lengths, key=key, options=options)
-        pooled = mean_over_valid(hs, lengths) if pool == "mean" else _last_valid_output(hs, lengths)
-        return dense(params["readout"], pooled)
-
-    return Model(init_fn, apply_fn)
 
 
 def _check_tokens(tokens, vocab_size: int):

@@ -17,9 +17,9 @@ from flax import nnx
 
 from rnn_jax.cells import gru, lstm, simple
 from rnn_jax.checks import as_cell, check_params
-from rnn_jax.layers import _merge_fn, init_stack, is_bidirectional, unroll_stack
+from rnn_jax.layers import MERGES, directions, init_stack, is_bidirectional, unroll_stack
 from rnn_jax.options import NAMES as OPTION_NAMES
-from rnn_jax.options import UnrollOptions, parse
+from rnn_jax.options import UnrollOptions, check_choice, parse
 
 __all__ = ["GRU", "LSTM", "RNN", "SimpleRNN"]
 
@@ -99,16 +99,30 @@ class RNN(nnx.Module):
         cell = as_cell(cell)
         unroll_kwargs = {name: kwargs.pop(name) for name in list(kwargs) if name in OPTION_NAMES}
         options = parse(options, **unroll_kwargs)  # a bad option or pair raises here
-        init_kwargs = kwargs
         if params is None:
             if input_size is None or hidden_size is None or rngs is None:
                 raise TypeError("RNN needs input_size, hidden_size and rngs (or params=...)")
             params = init_stack(
                 cell, rngs.params(), input_size, hidden_size, num_layers,
-                bidirectional=bidirectional, merge=merge, dtype=dtype, **init_kwargs,
+                bidirectional=bidirectional, merge=merge, dtype=dtype, **kwargs,
             )  # fmt: skip
         layers = list(params) if isinstance(params, (list, tuple)) else [params]
-        self._setup(cell, layers, merge, dropout, options, deterministic)
+        check_choice("merge", merge, sorted(MERGES))
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if not layers:
+            raise ValueError("an RNN needs at least one layer")
+        for layer in layers:
+            for part in directions(layer):
+                check_params(cell, part)
+        self.cell = nnx.static(cell)
+        self.layers = nnx.List(
+            [_BiParams(p) if is_bidirectional(p) else _CellParams(p) for p in layers]
+        )
+        self.merge = merge
+        self.dropout = dropout
+        self.options = nnx.static(options)
+        self.deterministic = deterministic
         # Like nnx.Dropout: a forked stream, so the module owns its dropout key state.
         self.rngs = rngs["dropout"].fork() if rngs is not None else nnx.data(None)
 
@@ -118,24 +132,6 @@ class RNN(nnx.Module):
         ...; a single layer is taken as a stack of one) without re-initialising. ``kwargs``:
         the constructor's options (merge, dropout, rngs, ...)."""
         return RNN(cell, params=params, **kwargs)
-
-    def _setup(self, cell, layers, merge, dropout, options, det):
-        _merge_fn(merge)
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        if not layers:
-            raise ValueError("an RNN needs at least one layer")
-        for layer in layers:
-            for part in (layer["fwd"], layer["bwd"]) if is_bidirectional(layer) else (layer,):
-                check_params(cell, part)
-        self.cell = nnx.static(cell)
-        self.layers = nnx.List(
-            [_BiParams(p) if is_bidirectional(p) else _CellParams(p) for p in layers]
-        )
-        self.merge = merge
-        self.dropout = dropout
-        self.options = nnx.static(options)
-        self.deterministic = det
 
     @property
     def params(self) -> list:

@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from rnn_jax.cell import Cell
+from rnn_jax.cell import Cell, backward_of_parts, default_hidden_of, step_of_forward, with_hidden
 
 __all__ = ["FusedGates", "LSTMCarry", "fused_cell", "split_gates"]  # fmt: skip
 
@@ -47,15 +47,7 @@ class StepResiduals(NamedTuple):
     gates: Any  # cell-specific, from ``pointwise``
 
 
-def hidden_of(carry: Carry) -> Array:
-    """The hidden state ``h`` (B, H) inside any carry."""
-    return carry.h if isinstance(carry, LSTMCarry) else carry
-
-
-def with_hidden(carry, h: Array):
-    """``carry`` with its hidden state replaced by ``h``: ``h`` itself for an array carry,
-    else the carry (a NamedTuple: ``LSTMCarry``, a custom cell's) with its ``h`` field set."""
-    return h if hasattr(carry, "shape") else carry._replace(h=h)
+hidden_of = default_hidden_of  # the hidden state h (B, H) inside any carry
 
 
 def bias_names(params: Params) -> tuple[str, ...]:
@@ -76,8 +68,7 @@ def matmul(a: Array, b: Array, matmul_dtype=None) -> Array:
 
 def input_projection(params: Params, x: Array, matmul_dtype=None) -> Array:
     """``(..., I) -> (..., G*H)``: ``x @ w_x`` plus the input-side bias."""
-    bias = params["b"] if "b" in params else params["b_x"]
-    return matmul(x, params["w_x"], matmul_dtype) + bias
+    return matmul(x, params["w_x"], matmul_dtype) + params[bias_names(params)[0]]
 
 
 def hidden_projection(params: Params, h: Array, matmul_dtype=None) -> Array:
@@ -188,10 +179,6 @@ class FusedGates:
     proj_size: int | None = None
     kernel: str | None = None  # the fused sequence kernels' name for this form (backends)
 
-    def hidden_of(self, carry: Carry) -> Array:
-        """The hidden state ``h`` (B, H) inside the carry."""
-        return hidden_of(carry)
-
     @property
     def sums_products(self) -> bool:
         """The gate math reads the products only as their sum ``z_x + z_h`` (one fused bias
@@ -246,25 +233,13 @@ class FusedGates:
         kept = carry if h_read is None else with_hidden(carry, h_read)
         return new_carry, hidden_of(new_carry), StepResiduals(x, kept, gates)
 
-    def step(self, params: Params, carry: Carry, x: Array):
-        """``(params, carry (B, H)|LSTMCarry, x (B, I)) -> (carry', h' (B, H))``, pure."""
-        new_carry, h, _ = self.step_forward(params, carry, x)
-        return new_carry, h
-
-    def step_backward(self, params: Params, residuals: StepResiduals, d_h: Array, d_carry=None):
-        """Hand-written VJP of ``step``.
-
-        ``d_h`` (B, H) is dL/dh' from the step's output, ``d_carry`` dL/dcarry' from the next
-        step (None: zero). Returns ``(d_params, d_x (B, I), d_carry_prev)``.
-        """
-        d_params, d_x, d_prev, d_read = self.step_backward_parts(params, residuals, d_h, d_carry)
-        return d_params, d_x, with_hidden(d_prev, hidden_of(d_prev) + d_read)
-
     def step_backward_parts(self, params: Params, residuals: StepResiduals, d_h, d_carry=None):
-        """``step_backward`` with dL/dh_prev left in its two parts: ``(d_params, d_x (B, I),
-        d_carry_direct, d_read (B, H))``, ``d_carry_direct`` the part that skips ``w_h`` and
-        ``d_read = d_zh @ w_h^T`` the gradient of what the product read (``h_read``); their
-        sum is dL/dh_prev. Recurrent dropout scales only ``d_read``."""
+        """The hand-written VJP of ``step``, dL/dh_prev left in its two parts (the cell's
+        ``step_backward``, ``backward_of_parts``, sums them). ``d_h`` (B, H) is dL/dh' from the
+        step's output, ``d_carry`` dL/dcarry' from the next step (None: zero). Returns
+        ``(d_params, d_x (B, I), d_carry_direct, d_read (B, H))``: ``d_carry_direct`` the part
+        that skips ``w_h`` and ``d_read = d_zh @ w_h^T`` the gradient of what the product read
+        (``h_read``). Recurrent dropout scales only ``d_read``."""
         if d_carry is None:
             d_carry = jax.tree.map(jnp.zeros_like, residuals.carry)
         d_carry = with_hidden(d_carry, hidden_of(d_carry) + d_h)
@@ -301,8 +276,9 @@ def _with_projection(cell: FusedGates, proj_size: int) -> FusedGates:
 @functools.cache
 def _cell_of(form: FusedGates) -> Cell:
     return Cell(
-        name=form.name, init=form.init, step=form.step, zero_carry=form.zero_carry,
-        hidden_of=hidden_of, step_forward=form.step_forward, step_backward=form.step_backward,
+        name=form.name, init=form.init, step=functools.partial(step_of_forward, form.step_forward),
+        zero_carry=form.zero_carry, hidden_of=hidden_of, step_forward=form.step_forward,
+        step_backward=functools.partial(backward_of_parts, form.step_backward_parts),
         sizes=form.sizes, fused=form, recurrent_dropout="read", output_size=form.output_size,
         step_backward_parts=form.step_backward_parts,
     )  # fmt: skip

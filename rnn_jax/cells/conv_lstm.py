@@ -50,7 +50,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from rnn_jax.cell import hidden_width, make_cell, step_of_forward
+from rnn_jax.cell import hidden_width, make_cell
 from rnn_jax.cells import lstm
 from rnn_jax.cells.base import LSTMCarry, StepResiduals
 from rnn_jax.init import set_gate_bias
@@ -60,23 +60,23 @@ from rnn_jax.init import set_gate_bias
 SPATIAL_LETTERS = "DHW"
 
 
-def _spatial(rank: int) -> str:
-    return SPATIAL_LETTERS[-rank:]
-
-
 def _same_padding(kernel: tuple[int, ...]) -> list[tuple[int, int]]:
     """``(before, after)`` per spatial axis: lax's "SAME" at stride 1 (Keras', Flax's)."""
     return [((k - 1) // 2, k // 2) for k in kernel]
 
 
+def _correlate(lhs, rhs, padding: list[tuple[int, int]], spec: str):
+    """``lax.conv_general_dilated`` at stride 1; ``spec`` names the axes of lhs, rhs and the
+    output as in ``"NSC,SIO,NSC"``, ``S`` standing for the spatial axes (one per pad)."""
+    numbers = spec.replace("S", SPATIAL_LETTERS[-len(padding):]).split(",")
+    return jax.lax.conv_general_dilated(lhs, rhs, (1,) * len(padding), padding,
+                                        dimension_numbers=tuple(numbers))  # fmt: skip
+
+
 def conv(x, w):
     """``x (B, *spatial, C_in)``, ``w (*kernel, C_in, C_out)`` -> ``(B, *spatial, C_out)``,
     "same" padding, stride 1 (a correlation, as every deep-learning "convolution")."""
-    s = _spatial(w.ndim - 2)
-    return jax.lax.conv_general_dilated(
-        x, w, (1,) * len(s), _same_padding(w.shape[:-2]),
-        dimension_numbers=(f"N{s}C", f"{s}IO", f"N{s}C"),
-    )  # fmt: skip
+    return _correlate(x, w, _same_padding(w.shape[:-2]), "NSC,SIO,NSC")
 
 
 def conv_input_backward(d_out, w):
@@ -84,12 +84,9 @@ def conv_input_backward(d_out, w):
     C_in)``. ``out[p] = sum_j x[p + j - lo] w[j]`` gives ``dx[q] = sum_j d_out[q - j + lo]
     w[j]``: a correlation with the kernel flipped in space and its in/out axes swapped
     (``"OI"``), padded ``(hi, lo)`` (the forward's pads swapped: they differ for even k)."""
-    s = _spatial(w.ndim - 2)
-    flipped = jnp.flip(w, axis=tuple(range(len(s))))
+    flipped = jnp.flip(w, axis=tuple(range(w.ndim - 2)))
     pads = [(hi, lo) for lo, hi in _same_padding(w.shape[:-2])]
-    return jax.lax.conv_general_dilated(
-        d_out, flipped, (1,) * len(s), pads, dimension_numbers=(f"N{s}C", f"{s}OI", f"N{s}C")
-    )
+    return _correlate(d_out, flipped, pads, "NSC,SOI,NSC")
 
 
 def conv_kernel_backward(x, d_out, kernel: tuple[int, ...]):
@@ -97,11 +94,7 @@ def conv_kernel_backward(x, d_out, kernel: tuple[int, ...]):
     d_out[b, p, o]``, ``(*kernel, C_in, C_out)``. The same correlation with the batch as the
     contracted feature axis (lhs ``"C...N"``, rhs ``"I...O"``) and the input channels as the
     batch, padded as the forward: output spatial size ``W + k - 1 - W + 1 = k``."""
-    s = _spatial(len(kernel))
-    return jax.lax.conv_general_dilated(
-        x, d_out, (1,) * len(s), _same_padding(kernel),
-        dimension_numbers=(f"C{s}N", f"I{s}O", f"{s}NC"),
-    )  # fmt: skip
+    return _correlate(x, d_out, _same_padding(kernel), "CSN,ISO,SNC")
 
 
 def init(kernel_size: tuple[int, ...], key, input_size: int, hidden_size: int, *,
@@ -217,9 +210,7 @@ def _cell(kernel: tuple[int, ...]):
     return make_cell(
         "conv_lstm_" + "x".join(map(str, kernel)),
         functools.partial(init, kernel),
-        functools.partial(step_of_forward, step_forward),
         zero_carry=functools.partial(zero_carry, len(kernel)),
-        hidden_of=lstm.hidden_of,
         step_forward=step_forward,
         step_backward=step_backward,
         sizes=sizes,

@@ -5,13 +5,16 @@ The gates read only the input, through one fused product ``k = x @ w_x + b`` wit
 (``step``, for sampling, streaming and ``rnn_jax.tbptt``) or over a whole sequence at once
 (its ``LinearForm``: one ``(T*B, I) @ (I, G*H)`` product, then the linear scan).
 
-A variant is described by ``coefficients(k) -> (a, b, residuals)`` and its hand-written
-``coefficients_backward(residuals, d_a, d_b) -> d_k``; everything else is here.
+A cell is described by ``coefficients(candidate, k) -> (a, b, residuals)`` and its
+hand-written ``coefficients_backward(candidate, residuals, d_a, d_b) -> d_k``, where
+``candidate`` is ``LINEAR`` or ``POSITIVE`` (the paper's log-space ``g``), a pair of a
+function and its derivative; everything else is here.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable
 
@@ -19,15 +22,20 @@ import jax
 import jax.numpy as jnp
 
 from rnn_jax.cell import LinearForm, cell_of_functions, hidden_width
-from rnn_jax.cells.base import split_gates  # noqa: F401 (minGRU and minLSTM import it here)
 
 
-def gated_linear_cell(name: str, num_gates: int, coefficients, coefficients_backward,
-                      fused_gates: str | None = None):  # fmt: skip
-    """A ``Cell`` with a ``parallel`` path from a variant's gate functions; ``fused_gates``:
-    the name of its gate maths in the fused CPU kernel (``LinearForm.fused_gates``)."""
-    variant = Variant(num_gates, coefficients, coefficients_backward, fused_gates)
-    return cell_of_functions(name, variant)
+def gated_linear_cells(name: str, num_gates: int, coefficients, coefficients_backward,
+                       fused_gates: str | None = None):  # fmt: skip
+    """``(cell, log_space)``: the ``Cell`` s, each with a ``parallel`` path, of the gate
+    functions with the ``LINEAR`` candidate and with the ``POSITIVE`` one; ``fused_gates``:
+    the name of the ``LINEAR`` one's gate maths in the fused CPU kernel
+    (``LinearForm.fused_gates``; the log-space cell has none)."""
+    cells = []
+    for suffix, candidate in (("", LINEAR), ("_log_space", POSITIVE)):
+        gates = (functools.partial(f, candidate) for f in (coefficients, coefficients_backward))
+        fused = fused_gates if candidate is LINEAR else None
+        cells.append(cell_of_functions(name + suffix, Variant(num_gates, *gates, fused)))
+    return tuple(cells)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,23 +59,12 @@ class Variant:
             "b": uniform(k_b, (width,), dtype, minval=-bound, maxval=bound),
         }
 
-    @staticmethod
-    def zero_carry(batch_size: int, hidden_size: int, dtype=jnp.float32):
-        return jnp.zeros((batch_size, hidden_size), dtype)
-
-    @staticmethod
-    def hidden_of(h):
-        return h
-
     def sizes(self, params) -> tuple[int, int]:
         return params["w_x"].shape[0], params["b"].shape[0] // self.num_gates
 
-    def step(self, params, h, x):
-        """``h (B, H), x (B, I)`` -> ``(h', h')``."""
-        h_new, _, _ = self.step_forward(params, h, x)
-        return h_new, h_new
-
     def step_forward(self, params, h, x):
+        """``h (B, H), x (B, I)`` -> ``(h', h', residuals)``; carry ``h`` (``make_cell``'s
+        default zeros ``(B, H)``), and ``step`` is this without the residuals."""
         a, b, gates = self.coefficients(x @ params["w_x"] + params["b"])
         h_new = a * h + b
         return h_new, h_new, (x, h, a, gates)
@@ -108,3 +105,8 @@ def positive(v):
 def positive_derivative(v):
     sig = jax.nn.sigmoid(v)
     return jnp.where(v >= 0, 1.0, sig * (1 - sig)).astype(v.dtype)
+
+
+# The candidate state's function of its pre-activation, and that function's derivative.
+LINEAR = (lambda v: v, lambda v: 1)
+POSITIVE = (positive, positive_derivative)

@@ -20,13 +20,12 @@ Examples:
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from rnn_jax.cell import hidden_width, make_cell, step_of_forward
+from rnn_jax.cell import hidden_width, make_cell
 from rnn_jax.cells.base import (
     StepResiduals,
     fused_cell,
@@ -149,19 +148,14 @@ def reset_before_forward(params, h, x, h_read=None):
     return h_new, h_new, StepResiduals(x, kept, ResetBeforeGates(r, z, n, r_h))
 
 
-def reset_before_backward(params, residuals: StepResiduals, d_h, d_carry):
-    """Hand-written VJP of the reset-before step: ``(d_params, d_x (B, I), d_h_prev (B, H))``.
+def reset_before_backward_parts(params, residuals: StepResiduals, d_h, d_carry):
+    """Hand-written VJP of the reset-before step, with dL/dh_prev (B, H) in two parts:
+    ``(d_params, d_x (B, I), d_direct, d_read)``, ``d_direct`` through ``z * h`` and
+    ``d_read`` through what the products read (the cell's ``step_backward`` sums them).
 
     dn_pre, dz, dh_direct from ``update_backward``;  d(r h) = dn_pre @ w_hn^T;
     dr_pre = d(r h) * h * r(1 - r);  dh_prev = dh_direct + d(r h) * r + [dr_pre, dz_pre] @ w_hrz^T
     """
-    d_params, d_x, d_direct, d_read = reset_before_backward_parts(params, residuals, d_h, d_carry)
-    return d_params, d_x, d_direct + d_read
-
-
-def reset_before_backward_parts(params, residuals: StepResiduals, d_h, d_carry):
-    """``reset_before_backward`` with dL/dh_prev in two parts: ``(d_params, d_x, d_direct,
-    d_read)``, ``d_direct`` through ``z * h`` and ``d_read`` through what the products read."""
     x, kept, (r, z, n, r_h) = residuals
     h, read = kept if isinstance(kept, tuple) else (kept, kept)
     hidden = h.shape[-1]
@@ -177,9 +171,7 @@ def reset_before_backward_parts(params, residuals: StepResiduals, d_h, d_carry):
 reset_before = make_cell(
     "gru_reset_before",
     init_reset_before,
-    functools.partial(step_of_forward, reset_before_forward),
     step_forward=reset_before_forward,
-    step_backward=reset_before_backward,
     recurrent_dropout="read",
     step_backward_parts=reset_before_backward_parts,
     output_size=hidden_width,

@@ -30,13 +30,12 @@ Examples:
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from rnn_jax.cell import hidden_width, make_cell, step_of_forward
+from rnn_jax.cell import hidden_width, make_cell
 from rnn_jax.cells import lstm
 from rnn_jax.cells.base import LSTMCarry, StepResiduals
 
@@ -135,19 +134,16 @@ def step_backward(params, residuals: StepResiduals, d_h, d_carry: LSTMCarry):
     return d_params, d_ax @ params["w_x"].T, d_carry_prev
 
 
-step = functools.partial(step_of_forward, step_forward)
-
 cell = make_cell(
     "layernorm_lstm",
     init,
-    step,
     zero_carry=lstm.cell.zero_carry,
-    hidden_of=lstm.cell.hidden_of,
     step_forward=step_forward,
     step_backward=step_backward,
     recurrent_dropout="carry",  # h is read by the recurrent product alone
     output_size=hidden_width,
 )
 
+step = cell.step
 zero_carry = cell.zero_carry
 hidden_of = cell.hidden_of

@@ -95,12 +95,9 @@ class LRU:
             jnp.zeros((batch_size, num_states), complex_dtype),
         )
 
-    def step(self, params, carry, x):
-        """``x (B, I)`` -> ``(LRUCarry(h', s'), h' (B, H))``."""
-        new_carry, h, _ = self.step_forward(params, carry, x)
-        return new_carry, h
-
     def step_forward(self, params, carry, x):
+        """``x (B, I)`` -> ``(LRUCarry(h', s'), h' (B, H), residuals)``; ``step`` is this
+        without the residuals, ``hidden_of`` reads the carry's ``h``."""
         eigen, gain = eigenvalues(params), jnp.exp(params["gamma_log"])
         drive = _complex_product(x, params)  # x @ (b_re + i b_im), before the gain
         state = eigen * carry.state + gain * drive
@@ -140,10 +137,6 @@ class LRU:
     @staticmethod
     def sizes(params) -> tuple[int, int]:
         return params["b_re"].shape[0], params["c_re"].shape[1]
-
-    @staticmethod
-    def hidden_of(carry):
-        return carry.h
 
 
 def eigenvalues(params):

@@ -40,14 +40,13 @@ Examples:
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from rnn_jax.cell import hidden_width, make_cell, step_of_forward
+from rnn_jax.cell import hidden_width, make_cell
 from rnn_jax.cells.base import (
     LSTMCarry,
     StepResiduals,
@@ -242,9 +241,7 @@ def peephole_backward(params, residuals: StepResiduals, d_h, d_carry: LSTMCarry)
 peephole = make_cell(
     "lstm_peephole",
     init_peephole,
-    functools.partial(step_of_forward, peephole_forward),
     zero_carry=cell.zero_carry,
-    hidden_of=cell.hidden_of,
     step_forward=peephole_forward,
     step_backward=peephole_backward,
     recurrent_dropout="carry",  # h is read by the recurrent product alone

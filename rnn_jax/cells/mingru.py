@@ -25,12 +25,8 @@ from __future__ import annotations
 
 import jax
 
-from rnn_jax.cells.gated_linear import (
-    gated_linear_cell,
-    positive,
-    positive_derivative,
-    split_gates,
-)
+from rnn_jax.cells.base import split_gates
+from rnn_jax.cells.gated_linear import gated_linear_cells
 
 __all__ = [  # fmt: skip
     "cell", "hidden_of", "init", "log_space", "parallel", "step", "step_backward",
@@ -38,36 +34,23 @@ __all__ = [  # fmt: skip
 ]
 
 
-def coefficients(k):
-    """``k (..., 2H)`` -> ``a = 1 - z``, ``b = z * h~``, residuals."""
+def coefficients(candidate, k):
+    """``k (..., 2H)`` -> ``a = 1 - z``, ``b = z * g(k_h)``, residuals; ``candidate`` is
+    ``(g, g')``, the identity (``h~ = k_h``) or the log-space version's ``g``."""
     k_z, k_h = split_gates(k, 2)
     z = jax.nn.sigmoid(k_z)
-    return 1 - z, z * k_h, (z, k_h)
+    return 1 - z, z * candidate[0](k_h), (z, k_h)
 
 
-def coefficients_backward(residuals, d_a, d_b):
-    z, candidate = residuals
-    d_z = d_b * candidate - d_a
-    return jax.numpy.concatenate([d_z * z * (1 - z), d_b * z], axis=-1)
-
-
-def log_space_coefficients(k):
-    k_z, k_h = split_gates(k, 2)
-    z = jax.nn.sigmoid(k_z)
-    return 1 - z, z * positive(k_h), (z, k_h)
-
-
-def log_space_coefficients_backward(residuals, d_a, d_b):
+def coefficients_backward(candidate, residuals, d_a, d_b):
     z, k_h = residuals
-    d_z = d_b * positive(k_h) - d_a
-    d_k_h = d_b * z * positive_derivative(k_h)
-    return jax.numpy.concatenate([d_z * z * (1 - z), d_k_h], axis=-1)
+    g, g_derivative = candidate
+    d_z = d_b * g(k_h) - d_a
+    return jax.numpy.concatenate([d_z * z * (1 - z), d_b * z * g_derivative(k_h)], axis=-1)
 
 
-cell = gated_linear_cell("mingru", 2, coefficients, coefficients_backward, fused_gates="mingru")
-log_space = gated_linear_cell(
-    "mingru_log_space", 2, log_space_coefficients, log_space_coefficients_backward
-)
+cell, log_space = gated_linear_cells("mingru", 2, coefficients, coefficients_backward,
+                                   fused_gates="mingru")  # fmt: skip
 
 init = cell.init
 zero_carry = cell.zero_carry

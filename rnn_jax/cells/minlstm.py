@@ -20,23 +20,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from rnn_jax.cells.gated_linear import (
-    gated_linear_cell,
-    positive,
-    positive_derivative,
-    split_gates,
-)
+from rnn_jax.cells.base import split_gates
+from rnn_jax.cells.gated_linear import gated_linear_cells
 
 __all__ = [  # fmt: skip
     "cell", "hidden_of", "init", "log_space", "parallel", "step", "step_backward",
     "step_forward", "zero_carry",
 ]
-
-
-def _normalised_gates(k_f, k_i):
-    f, i = jax.nn.sigmoid(k_f), jax.nn.sigmoid(k_i)
-    total = f + i
-    return f, i, f / total, i / total, total
 
 
 def _gates_backward(f, i, f_norm, i_norm, total, d_f_norm, d_i_norm):
@@ -46,37 +36,25 @@ def _gates_backward(f, i, f_norm, i_norm, total, d_f_norm, d_i_norm):
     return d_f * f * (1 - f), d_i * i * (1 - i)
 
 
-def coefficients(k):
+def coefficients(candidate, k):
+    """``k (..., 3H)`` -> ``a = f'``, ``b = i' * g(k_h)``, residuals; ``candidate`` is
+    ``(g, g')``, the identity (``h~ = k_h``) or the log-space version's ``g``."""
     k_f, k_i, k_h = split_gates(k, 3)
-    f, i, f_norm, i_norm, total = _normalised_gates(k_f, k_i)
-    return f_norm, i_norm * k_h, (f, i, f_norm, i_norm, total, k_h, k_h)
+    f, i = jax.nn.sigmoid(k_f), jax.nn.sigmoid(k_i)
+    total = f + i
+    f_norm, i_norm, value = f / total, i / total, candidate[0](k_h)
+    return f_norm, i_norm * value, (f, i, f_norm, i_norm, total, value, k_h)
 
 
-def log_space_coefficients(k):
-    k_f, k_i, k_h = split_gates(k, 3)
-    f, i, f_norm, i_norm, total = _normalised_gates(k_f, k_i)
-    candidate = positive(k_h)
-    return f_norm, i_norm * candidate, (f, i, f_norm, i_norm, total, candidate, k_h)
-
-
-def coefficients_backward(residuals, d_a, d_b):
-    *gates, candidate, _ = residuals
-    d_k_f, d_k_i = _gates_backward(*gates, d_a, d_b * candidate)
-    return jnp.concatenate([d_k_f, d_k_i, d_b * gates[3]], axis=-1)
-
-
-def log_space_coefficients_backward(residuals, d_a, d_b):
-    *gates, candidate, k_h = residuals
-    d_k_f, d_k_i = _gates_backward(*gates, d_a, d_b * candidate)
-    d_k_h = d_b * gates[3] * positive_derivative(k_h)
+def coefficients_backward(candidate, residuals, d_a, d_b):
+    *gates, value, k_h = residuals
+    d_k_f, d_k_i = _gates_backward(*gates, d_a, d_b * value)
+    d_k_h = d_b * gates[3] * candidate[1](k_h)
     return jnp.concatenate([d_k_f, d_k_i, d_k_h], axis=-1)
 
 
-cell = gated_linear_cell("minlstm", 3, coefficients, coefficients_backward,
-                         fused_gates="minlstm")  # fmt: skip
-log_space = gated_linear_cell(
-    "minlstm_log_space", 3, log_space_coefficients, log_space_coefficients_backward
-)
+cell, log_space = gated_linear_cells("minlstm", 3, coefficients, coefficients_backward,
+                                   fused_gates="minlstm")  # fmt: skip
 
 init = cell.init
 zero_carry = cell.zero_carry
