@@ -102,8 +102,7 @@ def bptt(
     steps = dict(mask=mask, resets=resets, reverse=reverse)
     prep = prepare(cell, params, xs, carry, lengths, time_major=time_major, **steps)
     truncate = check_truncate(truncate)
-    hs_shape = prep.xs.shape[:-1] + (prep.output_size,)  # (T, B, [*spatial,] H)
-    want = hs_shape if time_major else (hs_shape[1], hs_shape[0], *hs_shape[2:])
+    want = xs.shape[:-1] + (prep.output_size,)  # hs: (B, T, [*spatial,] H), or time-major
     if getattr(d_hs, "shape", None) != want or d_hs.dtype != xs.dtype:
         raise ValueError(
             f"d_hs must be {want} {xs.dtype} like unroll's hs, got "
@@ -176,7 +175,7 @@ def _generic_sweep(
     the step before. Returns ``(d_params, d_xs, d_carry0, d_start)`` (``d_start`` None
     without resets).
     """
-    state = d_final if slots is None else jax.tree.map(lambda a: _in_first_slot(a, slots), d_final)
+    state = _slotted(d_final, slots)
     lead = 0 if slots is None else 1
     d_start = None if resets is None else jax.tree.map(jnp.zeros_like, state)
 
@@ -185,13 +184,13 @@ def _generic_sweep(
         res_t, d_h_t, valid_t, reset_t, d_carry_t = inputs
         state = _add_step_carry(state, d_carry_t, slots)
         masked = zero_where_invalid(valid_t, state, lead)
-        d_carry = masked if slots is None else _sum_slots(masked)
+        d_carry = _sum_slots(masked, slots)
         d_h = jnp.zeros_like(cell.hidden_of(d_carry)) if d_h_t is None else d_h_t
         d_h = zero_where_invalid(valid_t, d_h)
         d_p, d_x, d_prev = cell.step_backward(params, res_t, d_h, d_carry)
         if slots is not None:
             prev_of_slot = lambda dh, dc: cell.step_backward(params, res_t, dh, dc)[2]
-            d_prev = jax.vmap(prev_of_slot)(_in_first_slot(d_h, slots), masked)
+            d_prev = jax.vmap(prev_of_slot)(_slotted(d_h, slots), masked)
             d_prev = jax.tree.map(_age_one_step, d_prev)
         d_prev = keep_where(valid_t, d_prev, state, lead)
         if reset_t is not None:
@@ -205,12 +204,12 @@ def _generic_sweep(
         body, (state, d_params, d_start), (residuals, d_hs, valid, resets, d_carries),
         reverse=True, unroll=unroll,
     )  # fmt: skip
-    unslot = (lambda tree: tree) if slots is None else _sum_slots
-    return d_params, d_xs, unslot(state), None if d_start is None else unslot(d_start)
+    return d_params, d_xs, _sum_slots(state, slots), _sum_slots(d_start, slots)  # None stays None
 
 
-def _sum_slots(tree):
-    return jax.tree.map(lambda a: a.sum(0), tree)
+def _sum_slots(tree, slots):
+    """What the slots carry, summed over their ages; ``tree`` as it is without truncation."""
+    return tree if slots is None else jax.tree.map(lambda a: a.sum(0), tree)
 
 
 def _fused_sweep(
@@ -219,9 +218,7 @@ def _fused_sweep(
     """The reverse scan of a fused cell (``form`` its ``FusedGates``) plus the after-loop
     input products."""
     num_steps, batch_size = xs.shape[:2]
-    state = d_final
-    if slots is not None:
-        state = jax.tree.map(lambda a: _in_first_slot(a, slots), d_final)
+    state = _slotted(d_final, slots)
     h_prev = jnp.concatenate([hidden_of(carry0)[None], hs[:-1]], axis=0)
     # Elman and LSTM have d_zx == d_zh (FusedGates.sums_products): it is stacked once and both
     # weight gradients are single products over all T*B rows after the loop. A GRU's d_zh
@@ -238,11 +235,9 @@ def _fused_sweep(
         state = _add_step_carry(state, d_carry_t, slots)
         d_h_in = hidden_of(state)
         if d_h_t is not None:
-            d_h_in = d_h_in + (d_h_t if slots is None else _in_first_slot(d_h_t, slots))
+            d_h_in = d_h_in + _slotted(d_h_t, slots)
         # dL/dh' of the step (all slots): an invalid step's is zero, as its d_zx.
-        d_out = None
-        if projected:
-            d_out = zero_where_invalid(valid_t, d_h_in if slots is None else d_h_in.sum(0))
+        d_out = zero_where_invalid(valid_t, _sum_slots(d_h_in, slots)) if projected else None
         d_zx, d_zh, d_prev = recurrent_backward(
             params, gates_t, with_hidden(state, d_h_in), form.pointwise_backward, form.matmul_dtype
         )
@@ -260,7 +255,6 @@ def _fused_sweep(
         body, (state, d_hidden), (gates, d_hs, valid, h_prev, d_carries), reverse=True,
         unroll=unroll,
     )  # fmt: skip
-    d_carry0 = state if slots is None else _sum_slots(state)
     rows = num_steps * batch_size
     d_zx = d_zx.reshape(rows, -1)
     d_params, d_xs = input_weight_backward(params, xs.reshape(rows, -1), d_zx, form.matmul_dtype)
@@ -269,7 +263,7 @@ def _fused_sweep(
     if projected:
         m = gates.m.reshape(rows, -1)
         d_hidden["w_hr"] = matmul(m.T, d_outs.reshape(rows, -1), form.matmul_dtype)
-    return d_params | d_hidden, d_xs.reshape(xs.shape), d_carry0
+    return d_params | d_hidden, d_xs.reshape(xs.shape), _sum_slots(state, slots)
 
 
 def _add_step_carry(state, d_carry_t, slots):
@@ -277,14 +271,15 @@ def _add_step_carry(state, d_carry_t, slots):
     starts its travel there (truncation: slot 0)."""
     if d_carry_t is None:
         return state
-    if slots is not None:
-        d_carry_t = jax.tree.map(lambda a: _in_first_slot(a, slots), d_carry_t)
-    return jax.tree.map(jnp.add, state, d_carry_t)
+    return jax.tree.map(jnp.add, state, _slotted(d_carry_t, slots))
 
 
-def _in_first_slot(value, slots):
-    """``(B, ...) -> (slots, B, ...)`` with ``value`` in slot 0 (age 0), zeros elsewhere."""
-    return jnp.zeros((slots, *value.shape), value.dtype).at[0].set(value)
+def _slotted(tree, slots):
+    """Each leaf ``(B, ...) -> (slots, B, ...)``, its value in slot 0 (age 0), zeros elsewhere;
+    ``tree`` as it is without truncation (``slots`` None)."""
+    if slots is None:
+        return tree
+    return jax.tree.map(lambda a: jnp.zeros((slots, *a.shape), a.dtype).at[0].set(a), tree)
 
 
 def _age_one_step(slotted):
@@ -315,8 +310,9 @@ def _manual_scan_fwd(
 ):  # fmt: skip
     # symbolic_zeros=True: every leaf arrives as CustomVJPPrimal(value, perturbed).
     params, xs, carry0, valid, resets, start = jax.tree.map(
-        lambda leaf: leaf.value, (params, xs, carry0, valid, resets, start), is_leaf=_is_primal
-    )
+        lambda leaf: leaf.value, (params, xs, carry0, valid, resets, start),
+        is_leaf=lambda leaf: isinstance(leaf, CustomVJPPrimal),
+    )  # fmt: skip
     final, outputs, gates = scan_forward(
         cell, params, xs, carry0, valid, resets=resets, unroll=unroll, keep_gates=True,
         keep_carries=keep_carries, start=start,
@@ -336,7 +332,8 @@ def _manual_scan_bwd(cell, truncate, unroll, keep_carries, residuals, cotangents
     if all(isinstance(d, SymbolicZero) for d in symbolic):
         d_carries = None  # the loss reads no carry but the last: stream nothing
     else:
-        d_carries = _zeros_for_symbolic(d_carries, jax.tree.map(_stacked_like(xs), carry0))
+        stacked = lambda leaf: jax.ShapeDtypeStruct((xs.shape[0], *leaf.shape), leaf.dtype)
+        d_carries = _zeros_for_symbolic(d_carries, jax.tree.map(stacked, carry0))
     d_params, d_xs, d_carry0 = backward_sweep(
         cell, params, xs, carry0, hs, gates, d_hs, d_final, valid, truncate, unroll=unroll,
         resets=resets, d_carries=d_carries, start_apart=own_start,
@@ -353,15 +350,6 @@ def _zeros_for_symbolic(cotangent, like):
         like,
         is_leaf=lambda d: isinstance(d, SymbolicZero),
     )
-
-
-def _stacked_like(xs):
-    """A leaf of the carry -> the shape/dtype of its stack over ``xs``'s T steps."""
-    return lambda leaf: jax.ShapeDtypeStruct((xs.shape[0], *leaf.shape), leaf.dtype)
-
-
-def _is_primal(leaf) -> bool:
-    return isinstance(leaf, CustomVJPPrimal)
 
 
 manual_scan.defvjp(_manual_scan_fwd, _manual_scan_bwd, symbolic_zeros=True)

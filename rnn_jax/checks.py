@@ -49,14 +49,16 @@ def check_params(cell, params) -> tuple[int, int]:
 
 def params_dtype(params):
     """The one floating dtype of a parameter pytree (a complex leaf counts as its real part)."""
-    dtypes = {
-        jnp.finfo(leaf.dtype).dtype.name
-        for leaf in jax.tree.leaves(params)
-        if jnp.issubdtype(leaf.dtype, jnp.inexact)
-    }
+    dtypes = _float_dtypes(params)
     if len(dtypes) != 1:
-        raise TypeError(f"params must share one floating dtype, got {sorted(dtypes)}")
-    return jnp.dtype(dtypes.pop())
+        raise TypeError(f"params must share one floating dtype, got {dtypes}")
+    return jnp.dtype(dtypes[0])
+
+
+def _float_dtypes(params) -> list[str]:
+    """The sorted names of the floating dtypes of a pytree's leaves (complex: its real part's)."""
+    dtypes = [leaf.dtype for leaf in jax.tree.leaves(params)]
+    return sorted({jnp.finfo(d).dtype.name for d in dtypes if jnp.issubdtype(d, jnp.inexact)})
 
 
 def check_generic_params(cell, params) -> tuple[int, int]:
@@ -71,9 +73,7 @@ def check_generic_params(cell, params) -> tuple[int, int]:
     try:
         dtype = params_dtype(params)
     except TypeError as err:
-        floats = {jnp.finfo(leaf.dtype).dtype for leaf in leaves
-                  if jnp.issubdtype(leaf.dtype, jnp.inexact)}  # fmt: skip
-        for found in sorted(floats, key=str):  # is init the cause?
+        for found in map(jnp.dtype, _float_dtypes(params)):  # is init the cause?
             check_init_dtype(cell, init_shapes(cell, input_size, hidden_size, found), found)
         raise TypeError(f"{cell.name} {err}") from None
     expected = init_shapes(cell, input_size, hidden_size, dtype)
@@ -185,7 +185,13 @@ def check_fused_params(cell, params) -> tuple[int, int]:
         raise ValueError(f"{cell.name} w_x and w_h must be 2-D, got {w_x.shape} and {w_h.shape}")
     hidden_size = w_h.shape[0]
     if cell.proj_size is not None:  # w_h reads the projected h: (P, G*H), w_hr (H, P)
-        hidden_size = _check_projection(cell, params["w_hr"], w_h)
+        w_hr, proj = params["w_hr"], cell.proj_size
+        if getattr(w_hr, "ndim", None) != 2 or w_hr.shape[1] != proj or w_h.shape[0] != proj:
+            raise ValueError(
+                f"{cell.name} expects w_hr (H, {proj}) and w_h ({proj}, {cell.num_gates}H); got "
+                f"w_hr {getattr(w_hr, 'shape', None)}, w_h {w_h.shape}"
+            )
+        hidden_size = w_hr.shape[0]
     width = cell.num_gates * hidden_size
     if w_h.shape[1] != width or w_x.shape[1] != width:
         raise ValueError(
@@ -226,17 +232,6 @@ def cell_output_size(cell, hidden_size: int) -> int:
     if cell.output_size is not None:
         return cell.output_size(hidden_size)
     return jax.eval_shape(lambda: cell.hidden_of(one_zero_carry(cell, hidden_size))).shape[-1]
-
-
-def _check_projection(cell, w_hr, w_h) -> int:
-    """``w_hr`` must be ``(H, P)`` with ``P = cell.proj_size`` and ``w_h (P, G*H)``; returns H."""
-    proj = cell.proj_size
-    if getattr(w_hr, "ndim", None) != 2 or w_hr.shape[1] != proj or w_h.shape[0] != proj:
-        raise ValueError(
-            f"{cell.name} expects w_hr (H, {proj}) and w_h ({proj}, {cell.num_gates}H); got "
-            f"w_hr {getattr(w_hr, 'shape', None)}, w_h {w_h.shape}"
-        )
-    return w_hr.shape[0]
 
 
 def check_sequence(xs, input_size: int, dtype, *, time_major: bool, name="xs", spatial=0):
@@ -287,32 +282,24 @@ def check_carry(cell, carry, batch_size, hidden_size: int, dtype, name="carry"):
     """The carry must be what ``cell.zero_carry(B, H, dtype)`` returns, in structure, shapes
     and dtypes: ``(B, H)`` or, for the LSTM, ``LSTMCarry(h (B, H), c (B, H))``.
     ``batch_size`` is ``(B, *spatial)`` for a spatial cell (``carry_lead``)."""
+    expected = jax.eval_shape(lambda: cell.zero_carry(batch_size, hidden_size, dtype))
     if cell.fused is None:
-        expected = jax.eval_shape(lambda: cell.zero_carry(batch_size, hidden_size, dtype))
         check_like(expected, carry, f"{cell.name} {name}")
         return carry
-    form = cell.fused
-    expected = (batch_size, hidden_size)
-    if form.has_cell_state:
+    shape = (batch_size, hidden_size)
+    if cell.fused.has_cell_state:
         # A plain tuple is refused: (c, h), Flax's order, would pass silently as (h, c).
         if not isinstance(carry, LSTMCarry):
             raise TypeError(
-                f"{cell.name} {name} must be LSTMCarry(h, c) of two {expected} arrays, "
+                f"{cell.name} {name} must be LSTMCarry(h, c) of two {shape} arrays, "
                 f"got {type(carry).__name__} (wrap a pair as rj.LSTMCarry(h=..., c=...))"
             )
-        parts = {"h": carry.h, "c": carry.c}
-        if form.proj_size is not None:  # h is the projected output
-            expected = {"h": (batch_size, form.proj_size), "c": expected}
-    else:
-        if isinstance(carry, tuple) or not hasattr(carry, "shape"):
-            raise TypeError(
-                f"{cell.name} {name} must be one {expected} array, got {type(carry).__name__}"
-            )
-        parts = {"h": carry}
-    for part, value in parts.items():
-        want = expected[part] if isinstance(expected, dict) else expected
-        if value.shape != want:
-            raise ValueError(f"{cell.name} {name}.{part} must be {want}, got {value.shape}")
+    elif isinstance(carry, tuple) or not hasattr(carry, "shape"):
+        raise TypeError(f"{cell.name} {name} must be one {shape} array, got {type(carry).__name__}")
+    parts = lambda tree: tree._asdict() if isinstance(tree, LSTMCarry) else {"h": tree}
+    for (part, value), want in zip(parts(carry).items(), parts(expected).values(), strict=True):
+        if value.shape != want.shape:  # h is (B, P) where the LSTM projects
+            raise ValueError(f"{cell.name} {name}.{part} must be {want.shape}, got {value.shape}")
         if value.dtype != dtype:
             raise TypeError(
                 f"{cell.name} {name}.{part} dtype {value.dtype} != params dtype {dtype}"

@@ -2,8 +2,7 @@
 
 ``check_gradients`` is the tool to run on a new cell (any cell of the protocol, e.g. from
 ``rj.make_cell``; ``rj.check_cell`` runs it as part of a wider check) before trusting it.
-It differentiates
-the scalar loss
+It differentiates the scalar loss
 
     L(params, xs, carry) = sum_t <d_hs[t], hs[t]> + <d_carry, final carry>
 
@@ -17,12 +16,11 @@ initial carry):
 (c) central finite differences along random unit directions ``v`` of each leaf,
     ``(L(θ + εv) - L(θ - εv)) / 2ε`` against ``<grad, v>``.
 
-Precision: (a) vs (b) runs in the caller's dtype with tolerances for that dtype: a leaf
-passes when ``max |manual - reference| <= atol + rtol * max |reference|`` (its error
-relative to its own scale; defaults in ``DEFAULT_TOL``). The
-finite-difference check (c) always runs in float64 (inputs are cast under
-``jax.enable_x64(True)``, so no global x64 flag is needed): in float32 a central difference
-is good to ~1e-4 at best, too coarse to tell a small slip from round-off.
+Precision: (a) vs (b) runs in the caller's dtype, with tolerances for that dtype
+(``check_gradients``' ``rtol``, ``atol``). The finite-difference check (c) always runs in
+float64 (inputs are cast under ``jax.enable_x64(True)``, so no global x64 flag is needed):
+in float32 a central difference is good to ~1e-4 at best, too coarse to tell a small slip
+from round-off.
 For truncated BPTT the finite-differenced function is the windowed loss with each window's
 starting carry frozen at its value at θ (what ``stop_gradient`` means); its exact gradient
 is the truncated gradient. The finite-differenced loss is a per-row re-implementation
@@ -53,12 +51,12 @@ from rnn_jax.checks import (
     as_cell,
     carry_lead,
     check_lengths,
-    check_params,
     init_shapes,
     params_dtype,
     spatial_rank,
 )
 from rnn_jax.scan import unroll
+from rnn_jax.sequence import prepare
 
 __all__ = [  # fmt: skip
     "GradReport", "LeafReport", "LeafRow", "check_gradients", "hidden_grad_norms",
@@ -84,12 +82,12 @@ DEFAULT_EPS = 1e-6
 def _run(cell, params, carry, xs):
     """Plain scan of ``cell.step`` over ``xs (n, b, I)`` from ``carry``.
 
-    Returns ``(final_carry, carries (n, ...) after each step, hs (n, b, H))``.
+    Returns ``(final_carry, carries (n, ...) before each step, hs (n, b, H))``.
     """
 
     def body(c, x):
-        c, h = cell.step(params, c, x)
-        return c, (c, h)
+        new, h = cell.step(params, c, x)
+        return new, (c, h)
 
     final, (carries, hs) = jax.lax.scan(body, carry, xs)
     return final, carries, hs
@@ -102,25 +100,20 @@ def _vdot_tree(a, b):
     return sum(jnp.real(jnp.sum(x * y)) for x, y in pairs)
 
 
-def _row_positions(length: int, reverse: bool) -> np.ndarray:
-    """The positions a row reads, in reading order: its valid prefix, backwards if reversed."""
-    steps = np.arange(length)
-    return steps[::-1].copy() if reverse else steps
-
-
 def _batch_major(seq, time_major: bool):
     return jnp.swapaxes(seq, 0, 1) if time_major else seq
 
 
-def _concrete_lengths(lengths, batch_size: int, num_steps: int) -> np.ndarray:
-    """``(B,)`` numpy ints; the reference slices rows by them, so they must be concrete."""
+def _concrete_lengths(lengths, xs, time_major: bool) -> tuple[int, ...]:
+    """``(B,)`` ints for ``xs``' rows (a tuple: a static argument); the reference slices rows
+    by them, so they must be concrete."""
     if isinstance(lengths, jax.core.Tracer):
         raise TypeError("the gradient reference needs concrete lengths (call it outside jit)")
+    batch_size, num_steps = _batch_major(xs, time_major).shape[:2]
     if lengths is None:
-        return np.full((batch_size,), num_steps)
-    lengths = np.asarray(lengths)
-    check_lengths(lengths, batch_size, num_steps)  # shape, dtype and range, with clear errors
-    return lengths
+        return (num_steps,) * batch_size
+    check_lengths(np.asarray(lengths), batch_size, num_steps)  # shape, dtype, range: clear errors
+    return tuple(int(n) for n in np.asarray(lengths))
 
 
 def _row(tree, b: int):
@@ -128,24 +121,9 @@ def _row(tree, b: int):
     return jax.tree.map(lambda a: a[b : b + 1], tree)
 
 
-def row_start_carries(cell, params, xs_row, carry_row):
-    """``(L, ...)`` stacked carries *before* each step of one row (the first is ``carry_row``).
-
-    ``xs_row (L, 1, I)`` in reading order. These are the carries a truncation window starts
-    from; the reference freezes them (``stop_gradient``).
-    """
-    _, after, _ = _run(cell, params, carry_row, xs_row)
-    return jax.tree.map(lambda c0, a: jnp.concatenate([c0[None], a[:-1]]), carry_row, after)
-
-
 def _row_loss(cell, params, xs_row, carry_row, d_hs_row, d_carry_row, truncate, starts):
-    """The windowed loss of one row.
-
-    ``xs_row (L, 1, I)``, ``d_hs_row (L, 1, H)`` in reading order; ``starts`` from
-    ``row_start_carries`` (treated as constants). Output ``t`` is recomputed from step
-    ``s = t - k + 1``: from ``starts[s]`` if ``s >= 0``, else from the differentiable
-    ``carry_row``. The final carry is the one output ``L - 1``'s window ends with.
-    """
+    """One row's term of ``windowed_loss``: ``xs_row (L, 1, I)``, ``d_hs_row (L, 1, H)`` in
+    reading order; ``starts (L, ...)`` the row's carries before each step (constants)."""
     num_steps = xs_row.shape[0]
     if num_steps == 0:
         return _vdot_tree(d_carry_row, carry_row)
@@ -173,71 +151,43 @@ def _row_loss(cell, params, xs_row, carry_row, d_hs_row, d_carry_row, truncate, 
     return loss + _vdot_tree(d_carry_row, final)
 
 
-def _rows(cell, xs, d_hs, carry, d_carry, lengths, reverse, time_major):
-    """Per row: ``(xs_row (L,1,I), d_hs_row (L,1,H), carry_row, d_carry_row)``, reading order."""
+def _rows(xs, d_hs, carry, d_carry, lengths, reverse, time_major):
+    """Per row: ``(xs_row (L,1,I), d_hs_row (L,1,H), carry_row, d_carry_row)``, in reading
+    order: the row's valid prefix, backwards if ``reverse``."""
     xs_bm, d_hs_bm = _batch_major(xs, time_major), _batch_major(d_hs, time_major)
-    batch_size, num_steps = xs_bm.shape[:2]
-    lengths = _concrete_lengths(lengths, batch_size, num_steps)
-    for b in range(batch_size):
-        pos = _row_positions(int(lengths[b]), reverse)
-        yield (
-            xs_bm[b, pos][:, None],
-            d_hs_bm[b, pos][:, None],
-            _row(carry, b),
-            _row(d_carry, b),
-        )
+    lengths = _concrete_lengths(lengths, xs, time_major)
+    for b in range(xs_bm.shape[0]):
+        pos = np.arange(lengths[b])[::-1].copy() if reverse else np.arange(lengths[b])
+        yield xs_bm[b, pos][:, None], d_hs_bm[b, pos][:, None], _row(carry, b), _row(d_carry, b)
 
 
-def frozen_starts(cell, params, xs, carry, *, lengths=None, reverse=False, time_major=False):
-    """Every row's window start carries at the current ``(params, xs, carry)``, as constants.
-
-    Pass the result as ``starts`` to ``windowed_loss`` to get a function of
-    ``(params, xs, carry)`` whose exact gradient is the truncated gradient (what finite
-    differences need: they cannot see ``stop_gradient``).
-    """
-    cell = as_cell(cell)
-    zeros = jnp.zeros(xs.shape[:2] + (1,), xs.dtype)  # a dummy d_hs in xs' layout
-    return [
-        row_start_carries(cell, params, xs_row, carry_row)
-        for xs_row, _, carry_row, _ in _rows(
-            cell, xs, zeros, carry, carry, lengths, reverse, time_major
-        )
-    ]
-
-
-def windowed_loss(
-    cell,
-    params,
-    xs,
-    carry,
-    d_hs,
-    d_carry,
-    *,
-    lengths=None,
-    reverse=False,
-    time_major=False,
-    truncate=None,
-    starts=None,
-):
-    """``sum_t <d_hs[t], h_t> + <d_carry, final>`` with each ``h_t`` recomputed in its window.
+def windowed_loss(cell, arrays, truncate, *, lengths=None, reverse=False, time_major=False):
+    """``L(params, xs, carry) = sum_t <d_hs[t], h_t> + <d_carry, final>``, each ``h_t``
+    recomputed in its window; ``arrays = (params, xs, carry, d_hs, d_carry)``.
 
     Each batch row runs alone over its valid prefix (reversed if ``reverse``), so padding,
     masks and prefix reversal play no part. ``truncate=None``: every window starts at the
-    initial carry (the plain loss). ``starts=None``: window starts are recomputed from the
-    arguments under ``stop_gradient``; else a list from ``frozen_starts``.
+    initial carry (the plain loss). Else output t is recomputed from step s = t - k + 1: from
+    the carry before s if s >= 0, frozen at ``arrays`` (a constant: what ``stop_gradient``
+    means), else from the differentiable initial carry; the final-carry cotangent enters at
+    the end of the row's last window. The exact gradient of ``L`` at ``arrays`` is then the
+    truncated gradient (what finite differences need: they cannot see ``stop_gradient``).
     """
-    cell = as_cell(cell)
-    loss = 0.0
-    rows = _rows(cell, xs, d_hs, carry, d_carry, lengths, reverse, time_major)
-    for b, (xs_row, d_hs_row, carry_row, d_carry_row) in enumerate(rows):
-        if starts is None:
-            row_starts = row_start_carries(cell, params, xs_row, carry_row)
-            row_starts = jax.lax.stop_gradient(row_starts)
-        else:
-            row_starts = starts[b]
-        loss = loss + _row_loss(
-            cell, params, xs_row, carry_row, d_hs_row, d_carry_row, truncate, row_starts
+    params, xs, carry, d_hs, d_carry = arrays
+    config = (lengths, reverse, time_major)
+    starts = None
+    if truncate is not None:  # per row, the (L, ...) stacked carries before each step
+        rows = _rows(xs, d_hs, carry, d_carry, *config)
+        starts = [_run(cell, params, carry_row, xs_row)[1] for xs_row, _, carry_row, _ in rows]
+
+    def loss(params, xs, carry):
+        rows = _rows(xs, d_hs, carry, d_carry, *config)
+        return sum(
+            _row_loss(cell, params, xs_row, carry_row, d_hs_row, d_carry_row, truncate,
+                      None if starts is None else starts[b])  # fmt: skip
+            for b, (xs_row, d_hs_row, carry_row, d_carry_row) in enumerate(rows)
         )
+
     return loss
 
 
@@ -254,52 +204,26 @@ def truncated_reference_grads(
     time_major=False,
     truncate=None,
 ):
-    """What ``rj.bptt`` must return, by ``jax.grad`` of the windowed ``stop_gradient`` loss.
+    """What ``rj.bptt`` must return, by ``jax.grad`` of ``windowed_loss`` (the windows'
+    starts under ``stop_gradient``).
 
-    Same arguments and result as ``rj.bptt``: ``(d_params, d_xs, d_carry0)``. For each
-    output t the window starts at s = t - k + 1: from ``stop_gradient(carry before s)`` if
-    s >= 0, else from the differentiable initial carry; the final-carry cotangent enters at
-    each row's last valid step. ``truncate=None`` gives full BPTT. Slow (O(T k) steps):
-    a test oracle, not a training tool.
+    Same arguments and result as ``rj.bptt``: ``(d_params, d_xs, d_carry0)``;
+    ``truncate=None`` gives full BPTT. Slow (O(T k) steps): a test oracle, not a training tool.
     """
-    cell = as_cell(cell)
-    carry, d_carry = _default_carries(cell, params, xs, carry, d_carry, time_major)
-    batch_size, num_steps = _batch_major(xs, time_major).shape[:2]
-    lengths = tuple(int(n) for n in _concrete_lengths(lengths, batch_size, num_steps))
-    return _reference_grads(
-        cell, params, xs, carry, d_hs, d_carry, lengths, reverse, time_major, truncate
-    )
+    prep = prepare(cell, params, xs, carry, None, time_major=time_major)  # zeros for None
+    d_carry = jax.tree.map(jnp.zeros_like, prep.carry) if d_carry is None else d_carry
+    lengths = _concrete_lengths(lengths, xs, time_major)
+    arrays = (params, xs, prep.carry, d_hs, d_carry)
+    return _reference_grads(prep.cell, arrays, lengths, reverse, time_major, truncate)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 6, 7, 8, 9))
-def _reference_grads(cell, params, xs, carry, d_hs, d_carry, lengths, reverse, time_major, k):
+@functools.partial(jax.jit, static_argnums=(0, 2, 3, 4, 5))
+def _reference_grads(cell, arrays, lengths, reverse, time_major, truncate):
     """``jax.grad`` of ``windowed_loss``, jitted: eager ``lax.scan`` inside ``grad`` retraces
     on every call, one compile per configuration is far cheaper."""
-
-    def loss(p, x, c):
-        return windowed_loss(
-            cell,
-            p,
-            x,
-            c,
-            d_hs,
-            d_carry,
-            lengths=lengths,
-            reverse=reverse,
-            time_major=time_major,
-            truncate=k,
-        )
-
-    return jax.grad(loss, argnums=(0, 1, 2))(params, xs, carry)
-
-
-def _default_carries(cell, params, xs, carry, d_carry, time_major):
-    """Zeros for a missing initial carry or final-carry cotangent."""
-    batch_size = xs.shape[1] if time_major else xs.shape[0]
-    lead = carry_lead(cell, (batch_size, *xs.shape[2:]))  # B, or (B, *spatial)
-    hidden_size = check_params(cell, params)[1]
-    zeros = cell.zero_carry(lead, hidden_size, xs.dtype)
-    return (zeros if carry is None else carry), (zeros if d_carry is None else d_carry)
+    loss = windowed_loss(cell, arrays, truncate, lengths=lengths, reverse=reverse,
+                         time_major=time_major)  # fmt: skip
+    return jax.grad(loss, argnums=(0, 1, 2))(*arrays[:3])
 
 
 # --------------------------------------------------------------------------------------
@@ -347,6 +271,17 @@ class LeafReport:
                 lines.append(f"  ... and {len(bad) - MAX_DETAIL_LINES} more")
             raise AssertionError("\n".join(lines))
 
+    def table(self, head: str, columns, cells) -> str:
+        """``head``, then one line per leaf: its path, ``cells(row)`` under ``columns`` (11
+        wide; a float is written ``.3e``) and ``yes``/``NO``."""
+        width = max(len("leaf"), *(len(row.path) for row in self.rows))
+        fmt = lambda cell: f"{cell:11.3e}" if isinstance(cell, float) else f"{cell:>11}"
+        lines = [head, "  ".join([f"{'leaf':<{width}}", *map(fmt, columns), "ok"])]
+        for row in self.rows:
+            ok = "yes" if row.ok else "NO"
+            lines.append("  ".join([f"{row.path:<{width}}", *map(fmt, cells(row)), ok]))
+        return "\n".join(lines)
+
 
 @dataclasses.dataclass(frozen=True)
 class GradReport(LeafReport):
@@ -382,14 +317,8 @@ class GradReport(LeafReport):
             f"check_gradients {self.cell} {self.dtype} {trunc} "
             f"(rtol={self.rtol:g}, atol={self.atol:g}; fd eps={self.eps:g}, tol={self.fd_tol:g})"
         )
-        width = max(len("leaf"), *(len(row.path) for row in self.rows))
-        lines = [head, f"{'leaf':<{width}}  max abs err  max rel err       fd err  ok"]
-        for row in self.rows:
-            lines.append(
-                f"{row.path:<{width}}  {row.max_abs_err:11.3e}  {row.max_rel_err:11.3e}  "
-                f"{row.fd_err:11.3e}  {'yes' if row.ok else 'NO'}"
-            )
-        return "\n".join(lines)
+        columns = ("max abs err", "max rel err", "fd err")
+        return self.table(head, columns, lambda r: (r.max_abs_err, r.max_rel_err, r.fd_err))
 
 
 def _leaf_names(**trees) -> list[str]:
@@ -413,15 +342,12 @@ def compare_leaf(manual, reference, rtol, atol, what="manual vs jax.grad"):
     if manual.shape != reference.shape:
         return math.inf, math.inf, False, f"{what}: shape {manual.shape} != {reference.shape}"
     diff = np.abs(manual - reference)
-    max_abs = float(np.nanmax(diff)) if diff.size else 0.0
-    if diff.size and np.isnan(diff).any():
-        max_abs = math.nan
+    max_abs = float(diff.max()) if diff.size else 0.0  # NaN if any entry is NaN
     scale = float(np.abs(reference).max()) if reference.size else 0.0
     max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else math.inf)
     if max_abs <= atol + rtol * scale:
         return max_abs, max_rel, True, ""
-    worst = np.unravel_index(np.nanargmax(diff) if not math.isnan(max_abs) else
-                             np.argmax(np.isnan(diff)), diff.shape)
+    worst = np.unravel_index(np.argmax(diff), diff.shape)  # the first NaN, if any
     at = tuple(int(i) for i in worst)
     message = (
         f"{what}: max abs err {max_abs:.3e} > {atol:g} + {rtol:g} * {scale:.3e} at {at} "
@@ -467,8 +393,9 @@ def random_problem(cell, shape, dtype, rng: np.random.Generator, *, time_major=F
     params = _normal_like(rng, init_shapes(cell, input_size, hidden_size, jnp.dtype(dtype)), 0.5)
     seq = (num_steps, batch_size) if time_major else (batch_size, num_steps)
     xs = jnp.asarray(rng.normal(size=(*seq, *spatial, input_size)), dtype)
-    carry = random_carry(cell, carry_lead(cell, (batch_size, *spatial, input_size)),
-                         hidden_size, dtype, rng)  # fmt: skip
+    lead = carry_lead(cell, (batch_size, *spatial, input_size))  # B, or (B, *spatial)
+    zero = jax.eval_shape(lambda: cell.zero_carry(lead, hidden_size, jnp.dtype(dtype)))
+    carry = _normal_like(rng, zero, 0.5)
     return params, xs, carry
 
 
@@ -484,13 +411,6 @@ def check_spatial_shape(cell, spatial) -> tuple[int, ...]:
     return spatial
 
 
-def random_carry(cell, batch_size, hidden_size: int, dtype, rng: np.random.Generator):
-    """A carry shaped like ``cell.zero_carry``'s with N(0, 0.5^2) entries (``batch_size``:
-    ``(B, *spatial)`` for a spatial cell)."""
-    zero = jax.eval_shape(lambda: cell.zero_carry(batch_size, hidden_size, jnp.dtype(dtype)))
-    return _normal_like(rng, zero, scale=0.5)
-
-
 def tolerances(dtype, rtol, atol) -> tuple[float, float]:
     """``(rtol, atol)``, each ``DEFAULT_TOL`` of ``dtype`` where None."""
     tol = DEFAULT_TOL.get(jnp.dtype(dtype).name, DEFAULT_TOL["float32"])
@@ -503,10 +423,8 @@ def _numpy_rng(key) -> np.random.Generator:
     The checker draws its cotangents and directions with numpy: ``jax.random`` would compile
     a sampler for every new leaf shape, which costs more than the whole check here.
     """
-    if key is None:
-        key = 0
-    if isinstance(key, int):
-        return np.random.default_rng(key)
+    if key is None or isinstance(key, int):
+        return np.random.default_rng(key or 0)
     if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         key = jax.random.key_data(key)
     return np.random.default_rng(np.asarray(key).ravel().tolist())
@@ -525,16 +443,6 @@ def _normal_like(rng: np.random.Generator, tree, scale: float = 1.0):
     return jax.tree.map(draw, tree)
 
 
-def _to_float64(tree):
-    """Every leaf in float64 (complex128 for a complex leaf)."""
-
-    def widen(a):
-        wide = np.complex128 if jnp.issubdtype(a.dtype, jnp.complexfloating) else np.float64
-        return jnp.asarray(np.asarray(a, wide))
-
-    return jax.tree.map(widen, tree)
-
-
 def _fd_errors(loss_fn, args, grads, rng, num_directions, eps):
     """Per leaf of ``args``: max over random unit directions v of the scaled error
     ``|(L(a + εv) - L(a - εv)) / 2ε - <g, v>| / max(1, |<g, v>|)``. float64 throughout;
@@ -547,10 +455,8 @@ def _fd_errors(loss_fn, args, grads, rng, num_directions, eps):
     for i, (leaf, grad) in enumerate(zip(leaves, grad_leaves, strict=True)):
         worst = 0.0
         for _ in range(num_directions):
-            v = rng.normal(size=leaf.shape)
-            if np.iscomplexobj(leaf):
-                v = v + 1j * rng.normal(size=leaf.shape)
-            v /= max(np.linalg.norm(v), 1e-300)
+            v = np.asarray(_normal_like(rng, leaf))
+            v = v / max(np.linalg.norm(v), 1e-300)
             plus, minus = list(leaves), list(leaves)
             plus[i], minus[i] = leaf + eps * v, leaf - eps * v
             fd = (float(loss_flat(plus)) - float(loss_flat(minus))) / (2 * eps)
@@ -625,70 +531,57 @@ def check_gradients(
         carry = _normal_like(rng, final, scale=0.5)
     d_hs = _normal_like(rng, hs) if d_hs is None else d_hs
     d_carry = _normal_like(rng, final) if d_carry is None else d_carry
-    batch_size, num_steps = _batch_major(xs, time_major).shape[:2]
-    lengths = None if lengths is None else _concrete_lengths(lengths, batch_size, num_steps)
+    if lengths is not None:  # static: the reference slices rows by them
+        lengths = _concrete_lengths(lengths, xs, time_major)
     config["lengths"] = lengths
 
     args = (cell, params, xs, carry, d_hs, d_carry, lengths, reverse, time_major, truncate)
-    manual, reference = _manual_and_autodiff(*args)
-    if truncate is not None:
-        reference = truncated_reference_grads(
-            cell, params, xs, d_hs, carry, d_carry=d_carry, truncate=truncate, **config
-        )
+    manual, reference = _manual_and_reference(*args)
     names = _leaf_names(params=params, xs=xs, carry=carry)
 
     fd_errs = [0.0] * len(names)
     if num_directions > 0:
         with jax.enable_x64(True):
-            args64 = _to_float64((params, xs, carry, d_hs, d_carry))
-            if jnp.dtype(dtype) == jnp.float64:
+            # Every leaf in float64 (complex128 for a complex leaf).
+            widen = lambda a: jnp.asarray(a, jnp.promote_types(a.dtype, jnp.float64))
+            args64 = jax.tree.map(widen, (params, xs, carry, d_hs, d_carry))
+            if dtype == jnp.float64:
                 manual64 = manual
             else:
-                manual64 = _manual_and_autodiff(cell, *args64, *args[6:], autodiff=False)[0]
-            fd_errs = _fd_check(cell, args64, manual64, config, truncate, rng, num_directions, eps)
+                manual64 = _manual_and_reference(cell, *args64, *args[6:], reference=False)[0]
+            loss = windowed_loss(cell, args64, truncate, **config)
+            fd_errs = _fd_errors(loss, args64[:3], manual64, rng, num_directions, eps)
 
     rows = compare_trees(names, manual, reference, rtol, atol, "manual vs jax.grad", fd_errs,
                          fd_tol)  # fmt: skip
-    dtype_name = jnp.dtype(dtype).name
-    report = GradReport(cell.name, dtype_name, truncate, tuple(rows), rtol, atol, fd_tol, eps)
+    report = GradReport(cell.name, dtype.name, truncate, tuple(rows), rtol, atol, fd_tol, eps)
     if raise_on_failure:
         report.raise_if_failed()
     return report
 
 
-@functools.partial(jax.jit, static_argnums=(0, 7, 8, 9), static_argnames="autodiff")
-def _manual_and_autodiff(
-    cell, params, xs, carry, d_hs, d_carry, lengths, reverse, time_major, truncate, autodiff=True
+@functools.partial(jax.jit, static_argnums=(0, 6, 7, 8, 9), static_argnames="reference")
+def _manual_and_reference(
+    cell, params, xs, carry, d_hs, d_carry, lengths, reverse, time_major, truncate, reference=True
 ):
-    """``(rj.bptt, jax.vjp through unroll(gradient="autodiff") or None)``, one compile.
+    """``(rj.bptt, its reference or None)``, one compile; ``lengths`` a tuple or None.
 
-    The autodiff side is computed only for full BPTT (truncated BPTT has its own reference).
+    The reference: for full BPTT ``jax.vjp`` through ``unroll(gradient="autodiff")``, for
+    truncated BPTT ``jax.grad`` of the windowed loss (``truncated_reference_grads``).
     """
     config = dict(lengths=lengths, reverse=reverse, time_major=time_major)
     manual = bptt(cell, params, xs, d_hs, carry, d_carry=d_carry, truncate=truncate, **config)
-    if truncate is not None or not autodiff:
+    if not reference:
         return manual, None
+    if truncate is not None:
+        arrays = (params, xs, carry, d_hs, d_carry)
+        return manual, _reference_grads(cell, arrays, lengths, reverse, time_major, truncate)
 
     def run(p, x, c):
         return unroll(cell, p, x, c, gradient="autodiff", **config)
 
     _, vjp = jax.vjp(run, params, xs, carry)
     return manual, vjp((d_carry, d_hs))
-
-
-def _fd_check(cell, arrays, grads, config, truncate, rng, num_directions, eps):
-    """Finite differences of the windowed loss (float64 ``arrays``) against ``grads``."""
-    params, xs, carry, d_hs, d_carry = arrays
-    starts = None
-    if truncate is not None:
-        starts = frozen_starts(cell, params, xs, carry, **config)
-
-    def loss(p, x, c):
-        return windowed_loss(
-            cell, p, x, c, d_hs, d_carry, truncate=truncate, starts=starts, **config
-        )
-
-    return _fd_errors(loss, (params, xs, carry), grads, rng, num_directions, eps)
 
 
 # --------------------------------------------------------------------------------------
@@ -705,22 +598,16 @@ def hidden_grad_norms(cell, params, xs, carry=None, *, d_h_last=None, time_major
     signal survives ``T-1-t`` steps back: decaying toward t = 0 is vanishing, growing is
     exploding. Each step back is one ``rj.bptt`` over a single step, chaining its ``d_carry0``.
     """
-    cell = as_cell(cell)
-    xs_tm = xs if time_major else jnp.swapaxes(xs, 0, 1)
-    carry, _ = _default_carries(cell, params, xs, carry, None, time_major)
+    prep = prepare(cell, params, xs, carry, None, time_major=time_major)  # zeros for None
     if d_h_last is None:
-        h_shape = jax.eval_shape(cell.hidden_of, carry).shape  # (B, [*spatial,] H)
+        h_shape = jax.eval_shape(prep.cell.hidden_of, prep.carry).shape  # (B, [*spatial,] H)
         d_h_last = jnp.full(h_shape, 1 / math.sqrt(math.prod(h_shape)), xs.dtype)
-    return _hidden_grad_norms(cell, params, xs_tm, carry, d_h_last)
+    return _hidden_grad_norms(prep.cell, params, prep.xs, prep.carry, d_h_last)
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _hidden_grad_norms(cell, params, xs_tm, carry, d_h_last):
-    def forward(c, x):
-        new_c, _ = cell.step(params, c, x)
-        return new_c, c  # collect the carry *before* each step
-
-    final, carries_before = jax.lax.scan(forward, carry, xs_tm)
+    final, carries_before, _ = _run(cell, params, carry, xs_tm)
     # The cotangent d_h_last on h alone, placed in the carry wherever hidden_of reads h.
     d_final = jax.vjp(cell.hidden_of, final)[1](d_h_last)[0]
 

@@ -105,16 +105,15 @@ def parse(options: UnrollOptions | None = None, /, **changes) -> UnrollOptions:
 
 def _checked_fields(opts: UnrollOptions) -> dict:
     """Each option on its own: type and range; normalised values."""
-    _check_bool("return_carries", opts.return_carries)
+    if opts.return_carries is not True and opts.return_carries is not False:
+        raise TypeError(f"return_carries must be True or False, got {opts.return_carries!r}")
     check_choice("mode", opts.mode, MODES)
     check_choice("gradient", opts.gradient, GRADIENTS)
     check_choice("backend", opts.backend, BACKENDS)
     if isinstance(opts.unroll, bool) or not isinstance(opts.unroll, int) or opts.unroll < 1:
         raise ValueError(f"unroll must be an int >= 1, got {opts.unroll!r}")
-    remat = opts.remat
-    if remat is False:
-        remat = None
-    if remat is not None and remat != "sqrt" and (
+    remat = None if opts.remat is False else opts.remat
+    if remat not in (None, "sqrt") and (
         isinstance(remat, bool) or not isinstance(remat, int) or remat < 1
     ):
         raise ValueError(f"remat must be None, 'sqrt' or an int >= 1, got {remat!r}")
@@ -149,17 +148,17 @@ def _check_pairs(opts: UnrollOptions) -> None:
     if opts.remat is not None and opts.return_carries:
         _refuse("remat", "return_carries", "remat keeps only each segment's first carry "
                 "(that is its memory saving); use remat=None")  # fmt: skip
-    if opts.mode == "parallel":
-        for name in STEP_BY_STEP:
-            if getattr(opts, name) != getattr(UnrollOptions(), name):
-                _refuse("mode", name, f"{name}= runs step by step: pass mode='sequential' "
-                        "(or mode=None, which picks it)")  # fmt: skip
-    if opts.backend in FUSED_BACKENDS:
-        for name in SCAN_ONLY:
-            if getattr(opts, name) != getattr(UnrollOptions(), name):
-                _refuse("backend", name, f"backend={opts.backend!r} runs its own fused kernel "
-                        "and backward; use backend='scan' (or 'auto', which falls back to "
-                        "scan)")  # fmt: skip
+    for name in _set(opts, STEP_BY_STEP) if opts.mode == "parallel" else ():
+        _refuse("mode", name, f"{name}= runs step by step: pass mode='sequential' (or "
+                "mode=None, which picks it)")  # fmt: skip
+    for name in _set(opts, SCAN_ONLY) if opts.backend in FUSED_BACKENDS else ():
+        _refuse("backend", name, f"backend={opts.backend!r} runs its own fused kernel and "
+                "backward; use backend='scan' (or 'auto', which falls back to scan)")  # fmt: skip
+
+
+def _set(opts: UnrollOptions, names) -> list[str]:
+    """Those of the options ``names`` that ``opts`` sets away from their defaults."""
+    return [name for name in names if getattr(opts, name) != getattr(UnrollOptions(), name)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,9 +177,7 @@ class Plan:
     @property
     def wraps_cell(self) -> bool:
         """Whether the regularised cell (recurrent dropout or zoneout) runs the steps."""
-        return bool(self.recurrent_dropout) or self.zoneout_h is not None or (
-            self.zoneout_c is not None
-        )
+        return bool(self.recurrent_dropout) or (self.zoneout_h, self.zoneout_c) != (None, None)
 
     def scan_only(self, *, lengths=None, mask=None, resets=None) -> dict:
         """The options and data a fused backend cannot run, those in use by name."""
@@ -196,10 +193,9 @@ class Plan:
 
 
 def plan(opts: UnrollOptions, cell, *, lengths=None, mask=None, resets=None, key=None) -> Plan:
-    """The rules that depend on the cell (a ``Cell``: its capabilities) and the data; the
-    open choices resolved."""
+    """The rules that depend on the cell (a ``Cell``: its capabilities) and the data (which
+    ``sequence.prepare`` has checked); the open choices resolved."""
     name = getattr(cell, "name", repr(cell))
-    check_step_flags(reverse=opts.reverse, mask=mask, resets=resets)
     if opts.backend in FUSED_BACKENDS:
         linear = opts.backend == "fused_cpu" and getattr(cell, "linear", None) is not None
         honoured = FUSED_LINEAR_DATA if linear else FUSED_DATA[opts.backend]
@@ -212,18 +208,13 @@ def plan(opts: UnrollOptions, cell, *, lengths=None, mask=None, resets=None, key
                 f"(rj.simple, rj.lstm, rj.gru, rj.mgu); {name} is not one: cast inside its own "
                 "step instead")  # fmt: skip
     training = key is not None if opts.training is None else opts.training
-    dropping = training and (opts.input_dropout > 0 or opts.recurrent_dropout > 0)
     z_h, z_c = zoneout_for(opts.zoneout, cell, name)
-    if (dropping or (training and (z_h or z_c))) and key is None:
+    if training and key is None and (opts.input_dropout or opts.recurrent_dropout or z_h or z_c):
         _refuse("training", "key", "dropout and zoneout in training draw masks: pass key= (a "
                 "PRNG key), or training=False for evaluation")  # fmt: skip
     recurrent = opts.recurrent_dropout if training else 0.0
-    if recurrent and cell.recurrent_dropout is None:
-        _refuse("recurrent_dropout", "cell", f"{name} does not declare where recurrent dropout "
-                "acts (it has no recurrent product for the mask to drop h in, or did not say "
-                "which); the linear recurrences (minGRU, minLSTM, LRU) take input_dropout "
-                "only. A custom cell declares it: rj.make_cell(..., recurrent_dropout=...)",
-                )  # fmt: skip
+    if recurrent:
+        check_recurrent_dropout(cell, name)
     mode = _resolve_mode(opts, cell, name, wraps=bool(recurrent) or z_h is not None or
                          z_c is not None)  # fmt: skip
     gradient = opts.gradient or "autodiff"
@@ -251,12 +242,10 @@ def _resolve_mode(opts: UnrollOptions, cell, name: str, *, wraps: bool) -> str:
             _refuse("mode", "zoneout", "zoneout and recurrent dropout run step by step: pass "
                     "mode='sequential'")  # fmt: skip
         return "parallel"
-    if opts.mode == "sequential" or not linear or wraps:
+    steps_backward = opts.gradient == "manual" and not cell.parallel_backward  # the step's
+    if opts.mode == "sequential" or not linear or wraps or steps_backward:
         return "sequential"
-    if opts.gradient == "manual" and not cell.parallel_backward:
-        return "sequential"  # the hand-written gradient asked for is the step's
-    needs_steps = [n for n in STEP_BY_STEP if getattr(opts, n) != getattr(UnrollOptions(), n)]
-    return "sequential" if needs_steps else "parallel"
+    return "sequential" if _set(opts, STEP_BY_STEP) else "parallel"
 
 
 def zoneout_for(zoneout, cell, name: str) -> tuple[float | None, float | None]:
@@ -266,10 +255,8 @@ def zoneout_for(zoneout, cell, name: str) -> tuple[float | None, float | None]:
     if zoneout is None:
         return None, None
     fields = carry_fields(cell)
-    if isinstance(zoneout, tuple):
-        z_h, z_c = zoneout
-    else:
-        z_h, z_c = zoneout, (zoneout if "c" in fields else None)
+    one_rate = (zoneout, zoneout if "c" in fields else None)
+    z_h, z_c = zoneout if isinstance(zoneout, tuple) else one_rate
     if z_h is not None and "h" not in fields:
         _refuse("zoneout", "cell", f"zoneout of h needs {name}'s hidden state as its carry or "
                 "the carry's h field (a NamedTuple)")  # fmt: skip
@@ -280,13 +267,22 @@ def zoneout_for(zoneout, cell, name: str) -> tuple[float | None, float | None]:
     return z_h, z_c
 
 
+def check_recurrent_dropout(cell, name: str) -> None:
+    """Recurrent dropout needs the cell to declare where it acts (``Cell.recurrent_dropout``)."""
+    if cell.recurrent_dropout is None:
+        _refuse("recurrent_dropout", "cell", f"{name} does not declare where recurrent dropout "
+                "acts (it has no recurrent product for the mask to drop h in, or did not say "
+                "which); the linear recurrences (minGRU, minLSTM, LRU) take input_dropout "
+                "only. A custom cell declares it: rj.make_cell(..., recurrent_dropout=...)",
+                )  # fmt: skip
+
+
 def check_truncate(truncate) -> int | None:
     """None, or k >= 1 as a Python int (numpy ints accepted; bools refused, True is no k)."""
     if truncate is None:
         return None
-    if isinstance(truncate, (bool, np.bool_)) or not isinstance(truncate, (int, np.integer)):
-        raise ValueError(f"truncate must be None (full BPTT) or an int >= 1, got {truncate!r}")
-    if truncate < 1:
+    if (isinstance(truncate, (bool, np.bool_)) or not isinstance(truncate, (int, np.integer))
+            or truncate < 1):  # fmt: skip
         raise ValueError(f"truncate must be None (full BPTT) or an int >= 1, got {truncate!r}")
     return int(truncate)
 
@@ -320,11 +316,6 @@ def check_zoneout(zoneout):
         )
         return None if pair == (None, None) else pair
     return check_rate("zoneout", zoneout) or None
-
-
-def _check_bool(name: str, value) -> None:
-    if value is not True and value is not False:
-        raise TypeError(f"{name} must be True or False, got {value!r}")
 
 
 def _as_bool(name: str, value) -> bool:

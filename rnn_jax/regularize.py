@@ -37,7 +37,7 @@ import jax.numpy as jnp
 
 from rnn_jax.cells.base import with_hidden
 from rnn_jax.checks import as_cell, check_params, one_zero_carry, spatial_rank
-from rnn_jax.options import check_zoneout, zoneout_for
+from rnn_jax.options import check_recurrent_dropout, check_zoneout, zoneout_for
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +55,6 @@ class Regularized:
     zoneout_h: float | None = None
     zoneout_c: float | None = None
     training: bool = True
-    parallel = None
 
     @property
     def name(self) -> str:
@@ -68,13 +67,11 @@ class Regularized:
 
     def segments(self, carry) -> list[tuple[str, int]]:
         """``(name, width)`` of the masks after ``x`` in the step's input, for ``carry``."""
-        width = {"m_h": lambda: self.inner.hidden_of(carry).shape[-1],
-                 "k_h": lambda: self.inner.hidden_of(carry).shape[-1],
-                 "k_c": lambda: carry.c.shape[-1]}  # fmt: skip
         wanted = {"m_h": self.drops_recurrent,
                   "k_h": self.training and self.zoneout_h is not None,
                   "k_c": self.training and self.zoneout_c is not None}  # fmt: skip
-        return [(name, width[name]()) for name, on in wanted.items() if on]
+        width = lambda name: (carry.c if name == "k_c" else self.inner.hidden_of(carry)).shape[-1]
+        return [(name, width(name)) for name, on in wanted.items() if on]
 
     def extra(self, hidden_size: int) -> int:
         """How many input features the masks add to the inner cell's ``input_size``."""
@@ -148,9 +145,8 @@ class Regularized:
             d_params, d_x, d_prev = self.inner.step_backward(params, inner, d_h, d_carry)
         else:
             d_params, d_x, d_prev, d_read = self._backward_parts(params, inner, d_h, d_carry)
-            h = self.inner.hidden_of(carry)
             d_prev = with_hidden(d_prev, self.inner.hidden_of(d_prev) + masks["m_h"] * d_read)
-            d_masks["m_h"] = h * d_read
+            d_masks["m_h"] = self.inner.hidden_of(carry) * d_read
         for leaf, d_leaf in d_zoned.items():
             d_prev = set_leaf(d_prev, leaf, get_leaf(d_prev, leaf) + d_leaf)
         d_x = jnp.concatenate([d_x] + [d_masks[name] for name, _ in self.segments(carry)], -1)
@@ -199,11 +195,8 @@ def regularized(cell, *, recurrent_dropout: bool = False, zoneout=None, training
     """
     inner = as_cell(cell)
     z_h, z_c = zoneout_for(check_zoneout(zoneout), inner, inner.name)
-    if recurrent_dropout and inner.recurrent_dropout is None:
-        raise ValueError(
-            f"recurrent_dropout= with cell=: {inner.name} does not declare where recurrent "
-            "dropout acts (rj.make_cell(..., recurrent_dropout='carry' or 'read'))"
-        )
+    if recurrent_dropout:
+        check_recurrent_dropout(inner, inner.name)
     return Regularized(inner, bool(recurrent_dropout), z_h, z_c, bool(training))
 
 
@@ -234,10 +227,9 @@ def apply(plan, cell, xs_tm, carry, key):
         return cell, xs_tm  # input dropout alone: the plain cell on the dropped inputs
     wrapped = Regularized(cell, plan.recurrent_dropout > 0, plan.zoneout_h, plan.zoneout_c,
                           plan.training)  # fmt: skip
-    parts = [xs_tm]
-    for name, width in wrapped.segments(carry):
-        parts.append(_mask(plan, name, keys, (*xs_tm.shape[:-1], width), xs_tm.dtype))
-    return as_cell(wrapped), jnp.concatenate(parts, axis=-1)
+    masks = [_mask(plan, name, keys, (*xs_tm.shape[:-1], width), xs_tm.dtype)
+             for name, width in wrapped.segments(carry)]  # fmt: skip
+    return as_cell(wrapped), jnp.concatenate([xs_tm, *masks], axis=-1)
 
 
 def _mask(plan, name: str, keys, shape, dtype):

@@ -26,14 +26,9 @@ from rnn_jax.sequence import scan_forward
 
 
 def segment_length(remat, num_steps: int) -> int | None:
-    """Steps per checkpointed segment for ``remat`` (None/False: no remat)."""
-    if remat is None or remat is False:
-        return None
-    if remat == "sqrt":
-        return max(1, round(math.sqrt(num_steps)))
-    if isinstance(remat, bool) or not isinstance(remat, int) or remat < 1:
-        raise ValueError(f"remat must be None, 'sqrt' or an int >= 1, got {remat!r}")
-    return remat
+    """Steps per checkpointed segment for a parsed ``remat`` (``rnn_jax.options``: None, an
+    int >= 1 or ``"sqrt"``); None: no remat."""
+    return max(1, round(math.sqrt(num_steps))) if remat == "sqrt" else remat
 
 
 def remat_scan_forward(
@@ -54,11 +49,8 @@ def remat_scan_forward(
     if pad:
         if valid is None:
             valid = jnp.ones((num_steps, batch_size), bool)
-        xs, valid, resets = (
-            None if a is None else jnp.concatenate([a, jnp.zeros((pad, *a.shape[1:]), a.dtype)])
-            for a in (xs, valid, resets)
-        )
-    by_segment = lambda a: None if a is None else a.reshape(num_segments, segment, *a.shape[1:])
+        padded = lambda a: jnp.concatenate([a, jnp.zeros((pad, *a.shape[1:]), a.dtype)])
+        xs, valid, resets = jax.tree.map(padded, (xs, valid, resets))  # None stays None
     start = None if resets is None else carry
 
     @jax.checkpoint
@@ -73,7 +65,8 @@ def remat_scan_forward(
         )
         return final, hs_k
 
-    segments = tuple(by_segment(a) for a in (xs, valid, resets))
+    by_segment = lambda a: a.reshape(num_segments, segment, *a.shape[1:])
+    segments = jax.tree.map(by_segment, (xs, valid, resets))
     final, hs = jax.lax.scan(run_segment, carry, segments)
     hs = hs.reshape(num_segments * segment, *hs.shape[2:])[:num_steps]
     return final, hs

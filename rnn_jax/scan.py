@@ -161,17 +161,19 @@ def unroll(
     if how.mode == "parallel" and opts.backend == "fused_cpu":  # a linear cell (dispatch)
         return fused_linear.parallel(cell, params, prep, valid, resets, reverse=opts.reverse,
                                      time_major=opts.time_major)  # fmt: skip
+    # A time-major sequence in reading order back to input positions and the caller's layout.
+    to_caller = lambda seq: to_layout(flip_valid(seq, prep.lengths) if opts.reverse else seq,
+                                      opts.time_major)  # fmt: skip
     if how.mode == "parallel":
         # Only a LinearForm's path has a hand-written backward to choose; others are autodiff.
         gradient = {"gradient": how.gradient} if cell.parallel_backward else {}
         final, hs = cell.parallel(params, xs_tm, prep.carry, valid, resets, **gradient)
-        return final, _to_caller(hs, prep.lengths, opts.reverse, opts.time_major)
+        return final, to_caller(hs)
     final, hs = _sequential(cell, params, xs_tm, prep.carry, valid, resets, opts, how.gradient)
     if opts.return_carries:
         hs, carries = hs
-        to_caller = lambda c: _to_caller(c, prep.lengths, opts.reverse, opts.time_major)
         return final, to_caller(hs), jax.tree.map(to_caller, carries)
-    return final, _to_caller(hs, prep.lengths, opts.reverse, opts.time_major)
+    return final, to_caller(hs)
 
 
 def _sequential(cell, params, xs_tm, carry, valid, resets, opts: UnrollOptions, gradient: str):
@@ -191,8 +193,3 @@ def _sequential(cell, params, xs_tm, carry, valid, resets, opts: UnrollOptions, 
         keep_carries=opts.return_carries,
     )  # fmt: skip
     return final, hs
-
-
-def _to_caller(seq_tm, lengths, reverse: bool, time_major: bool):
-    """A time-major sequence in reading order back to input positions and the caller's layout."""
-    return to_layout(flip_valid(seq_tm, lengths) if reverse else seq_tm, time_major)

@@ -14,7 +14,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from rnn_jax.cells.base import LSTMCarry
 from rnn_jax.checks import (
     as_cell,
     carry_lead,
@@ -63,10 +62,8 @@ def prepare(
     xs_tm = xs if time_major else jnp.swapaxes(xs, 0, 1)
     num_steps, batch_size = xs_tm.shape[:2]
     lead = carry_lead(cell, xs_tm.shape[1:])  # B, or (B, *spatial) for a spatial cell
-    if carry is None:
-        carry = cell.zero_carry(lead, hidden_size, dtype)
-    else:
-        carry = check_carry(cell, carry, lead, hidden_size, dtype)
+    carry = (cell.zero_carry(lead, hidden_size, dtype) if carry is None
+             else check_carry(cell, carry, lead, hidden_size, dtype))  # fmt: skip
     check_step_contract(cell, params, carry, jax.ShapeDtypeStruct(xs_tm.shape[1:], xs_tm.dtype))
     lengths = check_lengths(lengths, batch_size, num_steps)
     valid = None if lengths is None else valid_mask(lengths, num_steps)
@@ -102,8 +99,8 @@ def reading_order(prep: Prepared, reverse: bool):
     """
     if not reverse:
         return prep.xs, prep.valid, prep.resets
-    xs = flip_valid(prep.xs, prep.lengths)
-    return (xs, *flags_in_reading_order(prep.valid, prep.resets, prep.lengths))
+    flags = flags_in_reading_order(prep.valid, prep.resets, prep.lengths)
+    return flip_valid(prep.xs, prep.lengths), *flags
 
 
 def flags_in_reading_order(valid, resets, lengths):
@@ -111,8 +108,7 @@ def flags_in_reading_order(valid, resets, lengths):
     each row's valid prefix (``reading_order``)."""
     if resets is None:  # a lengths prefix maps onto itself: no gather needed
         return valid, None
-    flip = lambda flags: None if flags is None else flip_valid(flags, lengths)
-    valid, resets = flip(valid), flip(resets)
+    valid, resets = jax.tree.map(lambda flags: flip_valid(flags, lengths), (valid, resets))
     resets = jnp.concatenate([jnp.zeros_like(resets[:1]), resets[:-1]])
     return valid, resets if valid is None else resets & valid
 
@@ -144,20 +140,14 @@ def keep_where(valid_t: jax.Array | None, new, old, lead: int = 0):
     """
     if valid_t is None:
         return new
-    return jax.tree.map(lambda n, o: jnp.where(_row_mask(valid_t, o, lead), n, o), new, old)
+    rows = lambda o: valid_t.reshape(valid_t.shape + (1,) * (o.ndim - lead - 1))  # broadcasts
+    return jax.tree.map(lambda n, o: jnp.where(rows(o), n, o), new, old)
 
 
 def zero_where_invalid(valid_t: jax.Array | None, value, lead: int = 0):
     """``value`` (a pytree of ``(B, ...)`` leaves) with the rows where ``valid_t`` is False
     zeroed."""
-    if valid_t is None:
-        return value
-    return jax.tree.map(lambda v: jnp.where(_row_mask(valid_t, v, lead), v, 0), value)
-
-
-def _row_mask(valid_t: jax.Array, like: jax.Array, lead: int) -> jax.Array:
-    """``valid_t (B,)`` shaped to broadcast over ``like (*lead, B, ...)``."""
-    return valid_t.reshape(valid_t.shape + (1,) * (like.ndim - lead - 1))
+    return keep_where(valid_t, value, jax.tree.map(jnp.zeros_like, value), lead)
 
 
 def scan_forward(
@@ -175,10 +165,9 @@ def scan_forward(
     With ``keep_carries`` the second result is ``(hs, carries)``, ``carries`` the carry after
     every step stacked along time (leaves ``(T, B, ...)``).
     """
-    fused = cell.fused is not None
     # Resets or gaps: a step may not read the previous output, so the fused backward (which
     # rebuilds h_{t-1} from hs) cannot serve; the step keeps its full residuals instead.
-    keep_all = not fused or resets is not None
+    keep_all = cell.fused is None or resets is not None
     start = carry if start is None else start
 
     def body(carry, inputs):
@@ -191,18 +180,12 @@ def scan_forward(
         return new_carry, ((h, new_carry) if keep_carries else h, kept)
 
     final, (hs, residuals) = jax.lax.scan(body, carry, (xs, valid, resets), unroll=unroll)
-    if fused and isinstance(final, tuple) and not isinstance(final, LSTMCarry):
-        final = LSTMCarry(*final)
     return final, hs, residuals
 
 
 def to_layout(seq_tm: jax.Array, time_major: bool) -> jax.Array:
     """Time-major ``(T, B, ...)`` back to the caller's layout."""
     return seq_tm if time_major else jnp.swapaxes(seq_tm, 0, 1)
-
-
-# Per-step arguments a layer passes on to ``rj.unroll`` through its ``**kwargs``.
-PASSED_ON = ("mask", "resets")
 
 
 def accepts_unbatched(arrays=(), trees=(), results=()):
@@ -220,6 +203,7 @@ def accepts_unbatched(arrays=(), trees=(), results=()):
 
     def wrap(fn):
         signature = inspect.signature(fn)
+        var_kw = [p.name for p in signature.parameters.values() if p.kind is p.VAR_KEYWORD]
 
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
@@ -227,18 +211,15 @@ def accepts_unbatched(arrays=(), trees=(), results=()):
             if getattr(bound.arguments.get("xs"), "ndim", None) != 2:
                 return fn(*args, **kwargs)
             named = bound.arguments
-            var_kw = _var_keyword(signature)
-            passed_on = named.setdefault(var_kw, {}) if var_kw else {}
-            for name in dict.fromkeys(("xs", *arrays, *PASSED_ON)):
+            passed_on = named.setdefault(var_kw[0], {}) if var_kw else {}  # its **kwargs
+            # mask and resets may also arrive in a layer's **kwargs, passed on to rj.unroll
+            for name in dict.fromkeys(("xs", *arrays, "mask", "resets")):
                 where = passed_on if name in passed_on else named
                 if where.get(name) is not None:
                     where[name] = jnp.asarray(where[name])[None]
             for name in trees:
                 named[name] = jax.tree.map(lambda leaf: jnp.asarray(leaf)[None], named.get(name))
-            if "time_major" in signature.parameters:
-                named["time_major"] = False
-            else:
-                passed_on["time_major"] = False
+            (named if "time_major" in signature.parameters else passed_on)["time_major"] = False
             try:
                 out = fn(*bound.args, **bound.kwargs)
             except (ValueError, TypeError) as err:
@@ -253,9 +234,3 @@ def accepts_unbatched(arrays=(), trees=(), results=()):
         return wrapper
 
     return wrap
-
-
-def _var_keyword(signature) -> str | None:
-    """The name of a function's ``**kwargs`` parameter, if it has one."""
-    names = [p.name for p in signature.parameters.values() if p.kind is p.VAR_KEYWORD]
-    return names[0] if names else None
