@@ -327,6 +327,12 @@ def cell_of_functions(name: str, functions) -> Cell:
     return make_cell(name, functions.init, **found)
 
 
+def protocol_of(cell: Cell) -> tuple[Callable, ...]:
+    """``cell``'s functions in ``PROTOCOL`` order (``init, zero_carry, hidden_of, step,
+    step_forward, step_backward``): what a cell module exports under the same names."""
+    return tuple(getattr(cell, name) for name in PROTOCOL)
+
+
 def keys_of(tree) -> list | str:
     """For error messages: a mapping's sorted keys, else the type's name."""
     return sorted(tree) if isinstance(tree, Mapping) else type(tree).__name__
