@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -198,9 +199,8 @@ def _layer_from_torch(state: dict, suffix: str, cell: Cell, used: set) -> dict:
     if w_hh.shape != (width, reads) or w_ih.ndim != 2 or w_ih.shape[0] != width:
         raise ValueError(
             f"{cell.name} has {cell.fused.num_gates} gate(s): expected {names[0]} ({width}, I) "
-            "and "
-            f"{names[1]} ({width}, {reads}), got {w_ih.shape} and {w_hh.shape} (is it "
-            f"another kind of RNN?)"
+            f"and {names[1]} ({width}, {reads}), got {w_ih.shape} and {w_hh.shape} (is it "
+            "another kind of RNN?)"
         )
     if b_ih is None:  # bias=False
         b_ih, b_hh = np.zeros((width,), w_ih.dtype), np.zeros((width,), w_ih.dtype)
@@ -364,6 +364,10 @@ _FLAX_LAYOUTS = {
 }
 
 
+# Our bidirectional layer's directions -> nn.Bidirectional's two nn.RNN submodules.
+_FLAX_DIRECTIONS = {"fwd": "forward_rnn", "bwd": "backward_rnn"}
+
+
 def _flax_kind(cell: Cell) -> str:
     if cell.fused is not None and cell.fused.num_gates == 1:
         return "simple"  # any activation: Flax's SimpleCell(activation_fn=...)
@@ -478,11 +482,8 @@ def from_flax(variables_or_params, cell, *, dtype=None):
     """
     cell = as_cell(cell)
     tree = _unwrap_flax(variables_or_params)
-    if isinstance(tree, Mapping) and set(tree) == {"forward_rnn", "backward_rnn"}:
-        return {
-            "fwd": _cell_from_flax(tree["forward_rnn"], cell, dtype),
-            "bwd": _cell_from_flax(tree["backward_rnn"], cell, dtype),
-        }
+    if isinstance(tree, Mapping) and set(tree) == set(_FLAX_DIRECTIONS.values()):
+        return {d: _cell_from_flax(tree[name], cell, dtype) for d, name in _FLAX_DIRECTIONS.items()}
     return _cell_from_flax(tree, cell, dtype)
 
 
@@ -526,16 +527,13 @@ def to_flax(params, cell, *, rnn: bool = False) -> dict:
     """
     cell = as_cell(cell)
     _check_layer(cell, params)
-    to_jax = lambda tree: {k: {n: jnp.asarray(a) for n, a in v.items()} for k, v in tree.items()}  # noqa: E731
     if is_bidirectional(params):
-        return {
-            "params": {
-                "forward_rnn": {"cell": to_jax(_cell_to_flax(params["fwd"], cell))},
-                "backward_rnn": {"cell": to_jax(_cell_to_flax(params["bwd"], cell))},
-            }
-        }
-    tree = to_jax(_cell_to_flax(params, cell))
-    return {"params": {"cell": tree} if rnn else tree}
+        sides = _FLAX_DIRECTIONS.items()
+        tree = {name: {"cell": _cell_to_flax(params[d], cell)} for d, name in sides}
+    else:
+        tree = _cell_to_flax(params, cell)
+        tree = {"cell": tree} if rnn else tree
+    return {"params": jax.tree.map(jnp.asarray, tree)}
 
 
 def carry_from_flax(carry, cell):
@@ -549,10 +547,7 @@ def carry_from_flax(carry, cell):
       >>> float(carry.h.sum()), float(carry.c.sum())
       (3.0, 0.0)
     """
-    if _has_cell_state(cell):
-        c, h = carry
-        return LSTMCarry(h, c)
-    return carry
+    return LSTMCarry(*carry[::-1]) if _has_cell_state(cell) else carry
 
 
 def carry_to_flax(carry, cell):
@@ -566,10 +561,7 @@ def carry_to_flax(carry, cell):
       >>> float(h.sum()), float(c.sum())
       (3.0, 0.0)
     """
-    if _has_cell_state(cell):
-        h, c = carry
-        return (c, h)
-    return carry
+    return tuple(carry)[::-1] if _has_cell_state(cell) else carry
 
 
 # ---------------------------------------------------------------------------------------
@@ -678,10 +670,8 @@ def from_keras(weights: Sequence, cell, *, bidirectional: bool = False, dtype=No
                 f"a bidirectional layer has an even number of arrays, got {len(weights)}"
             )
         half = len(weights) // 2
-        return {
-            "fwd": _cell_from_keras(weights[:half], cell, dtype),
-            "bwd": _cell_from_keras(weights[half:], cell, dtype),
-        }
+        halves = {"fwd": weights[:half], "bwd": weights[half:]}
+        return {d: _cell_from_keras(part, cell, dtype) for d, part in halves.items()}
     return _cell_from_keras(weights, cell, dtype)
 
 
