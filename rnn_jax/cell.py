@@ -214,18 +214,14 @@ def make_cell(
     """
     if step_backward is None and step_backward_parts is not None:
         step_backward = functools.partial(backward_of_parts, step_backward_parts)
-    if step_forward is not None and step_backward is None:
+    if (step_forward is None) != (step_backward is None):
+        pair = ("step_forward", "step_backward")
+        given, missing = pair if step_backward is None else pair[::-1]
         raise ValueError(
-            f"{name}: step_forward was given without step_backward; its residuals are yours, "
-            "so the derived backward cannot read them. Give both, or neither."
-        )
-    if step_backward is not None and step_forward is None:
-        raise ValueError(
-            f"{name}: step_backward was given without step_forward. A hand-written backward "
-            "reads the residuals its step_forward keeps, (params, carry, x) -> (carry', h', "
-            "residuals); without one it would be handed the default residuals (carry, x), "
-            "which it was not written for. Give both, or neither (the backward is then "
-            "derived with jax.vjp)."
+            f"{name}: {given} was given without {missing}. A hand-written backward reads the "
+            "residuals its step_forward keeps, (params, carry, x) -> (carry', h', residuals): "
+            "the derived backward cannot read yours, nor was yours written for the default "
+            "(carry, x). Give both, or neither (the backward is then derived with jax.vjp)."
         )
     if step is None:
         if step_forward is None:
