@@ -26,6 +26,7 @@ the other bias leaves that bias bitwise unchanged.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 
 import jax
@@ -258,17 +259,14 @@ def from_torch(module_or_state_dict, cell, *, dtype=None):
     if "weight_ih" in state:  # nn.RNNCell / LSTMCell / GRUCell
         result = read("")
     else:
-        num_layers = 0
-        while f"weight_ih_l{num_layers}" in state:
-            num_layers += 1
-        if num_layers == 0:
+        if "weight_ih_l0" not in state:
             raise ValueError(
                 f"expected PyTorch RNN weights named weight_ih_l0, weight_hh_l0, ...; got keys "
                 f"{sorted(state)}"
             )
         bidirectional = "weight_ih_l0_reverse" in state
         result = []
-        for k in range(num_layers):
+        for k in itertools.takewhile(lambda k: f"weight_ih_l{k}" in state, itertools.count()):
             fwd = read(f"_l{k}")
             result.append({"fwd": fwd, "bwd": read(f"_l{k}_reverse")} if bidirectional else fwd)
     extra = sorted(set(state) - used)
