@@ -184,7 +184,7 @@ def unroll_stack(
     carries = [None] * len(params) if carry is None else list(carry)
     if len(carries) != len(params):
         raise ValueError(f"carry has {len(carries)} entries for {len(params)} layers")
-    check_stack_sizes(cell, params, xs, merge, carries=carries, time_major=opts.time_major)
+    check_stack_sizes(cell, params, xs, merge, carries, time_major=opts.time_major)
     keys = [None] * len(params) if key is None else list(jax.random.split(key, len(params)))
     finals = []
     hs = xs
@@ -201,7 +201,7 @@ def unroll_stack(
     return finals, hs
 
 
-def check_stack_sizes(cell, params: list, xs, merge: str, *, carries=None, time_major=False):
+def check_stack_sizes(cell, params: list, xs, merge: str, carries: list, *, time_major=False):
     """Every layer reads what the layer below writes, and every given carry fits its layer;
     checked before any layer runs. ``xs`` is the stack's input (only its shape is read)."""
     cell = as_cell(cell)
@@ -210,12 +210,11 @@ def check_stack_sizes(cell, params: list, xs, merge: str, *, carries=None, time_
     lead = None  # the carries' leading shape: B, or (B, *spatial) for a spatial cell
     if len(shape) == 3 + spatial_rank(cell):
         lead = carry_lead(cell, shape[1:] if time_major else shape[:1] + shape[2:])
-    carries = [None] * len(params) if carries is None else carries
     for index, (layer, layer_carry) in enumerate(zip(params, carries, strict=True)):
         bidir = is_bidirectional(layer)
-        direction_carries = (None, None) if layer_carry is None else layer_carry
-        if not bidir:
-            direction_carries = (layer_carry,)
+        if bidir and layer_carry is None:
+            layer_carry = (None, None)
+        direction_carries = layer_carry if bidir else (layer_carry,)
         for direction, direction_carry in zip(directions(layer), direction_carries, strict=True):
             expects, hidden_size = check_params(cell, direction)
             if direction_carry is not None and lead is not None:
