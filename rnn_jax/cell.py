@@ -34,7 +34,8 @@ Beyond the protocol a cell may declare *capabilities*, which the drivers test fo
   ``h_read=`` (what the recurrent products read instead of the carry's ``h``) and
   ``step_backward_parts`` returns dL/d(h read) apart; ``"carry"``: the carry's ``h`` is read
   only by recurrent products, so scaling it is exact; None: refused by name;
-- ``spatial_rank``: how many spatial axes inputs and carry leaves have after the batch;
+- ``spatial_rank``: how many spatial axes inputs and carry leaves have after the batch (0 for
+  a cell of vectors, n for ``rj.conv_lstm`` over n-D inputs);
 - ``output_size``: ``output_size(hidden_size) -> width of h`` (``hidden_width`` for a cell
   whose h is ``(B, [*spatial,] H)``); None: the layers read it from ``hidden_of`` of a zero
   carry (``rnn_jax.checks.cell_output_size``).
@@ -91,8 +92,6 @@ class Cell:
 
     ``sizes(params) -> (input_size, hidden_size)`` reads the sizes back from parameters;
     ``hand_written`` is False when ``step_backward`` was derived with ``jax.vjp``.
-    ``spatial_rank``: 0 for a cell of vectors; n for a cell whose inputs and carry leaves
-    have n spatial axes after the batch (``rj.conv_lstm``, see ``make_cell``).
     """
 
     name: str
