@@ -380,16 +380,11 @@ def _flax_kind(cell: Cell) -> str:
 def _check_flax_mgu_bias(tree, kind: str) -> None:
     """MGUCell's ``hn`` has a bias exactly when ``reset_gate=True``: say which cell fits."""
     has_bias = isinstance(tree["hn"], Mapping) and "bias" in tree["hn"]
-    if kind == "mgu" and not has_bias:
-        raise ValueError(
-            "these Flax MGUCell params have no hn bias: they come from reset_gate=False, "
-            "which is rj.mgu.without_reset"
-        )
-    if kind == "mgu_without_reset" and has_bias:
-        raise ValueError(
-            "these Flax MGUCell params have an hn bias: they come from reset_gate=True (the "
-            "default), which is rj.mgu"
-        )
+    if has_bias != (kind == "mgu"):
+        source = ("an hn bias: they come from reset_gate=True (the default), which is rj.mgu"
+                  if has_bias else "no hn bias: they come from reset_gate=False, which is "
+                  "rj.mgu.without_reset")  # fmt: skip
+        raise ValueError(f"these Flax MGUCell params have {source}")
 
 
 def _check_submodules(tree, expected: set, module: str) -> None:
