@@ -111,8 +111,7 @@ def _finish(cell: Cell, params: dict, dtype) -> dict:
 
 def _has_cell_state(cell) -> bool:
     """Whether a fused cell carries ``LSTMCarry(h, c)`` (the LSTM)."""
-    form = as_cell(cell).fused
-    return form is not None and form.has_cell_state
+    return getattr(as_cell(cell).fused, "has_cell_state", False)  # fused is None: no
 
 
 def _layers_of(params) -> tuple[list, bool]:
