@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from rnn_jax.cells import rglru
+from rnn_jax.cells.base import rows_product as _product
 from rnn_jax.checks import as_cell
 from rnn_jax.options import UnrollOptions, parse
 from rnn_jax.scan import unroll
@@ -130,12 +131,6 @@ def apply_residual(cell, params, xs, carries=None, *, lengths=None, mask=None, r
         valid = valid_mask(jnp.asarray(lengths), xs.shape[1]).T  # (B, T)
         hs = jnp.where(valid[..., None], hs, 0)
     return finals, hs
-
-
-def _product(x, w):
-    """``x (..., K) @ w (K, N)`` as one 2-D product: on XLA:CPU the weight gradient of a 3-D
-    ``(B, T, K)`` contraction is ~3x slower than the same product on ``(B*T, K)`` rows."""
-    return (x.reshape(-1, x.shape[-1]) @ w).reshape(x.shape[:-1] + (w.shape[-1],))
 
 
 # ---------------------------------------------------------------------------------------

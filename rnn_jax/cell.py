@@ -34,7 +34,8 @@ Beyond the protocol a cell may declare *capabilities*, which the drivers test fo
   ``h_read=`` (what the recurrent products read instead of the carry's ``h``) and
   ``step_backward_parts`` returns dL/d(h read) apart; ``"carry"``: the carry's ``h`` is read
   only by recurrent products, so scaling it is exact; None: refused by name;
-- ``spatial_rank``: how many spatial axes inputs and carry leaves have after the batch;
+- ``spatial_rank``: how many spatial axes inputs and carry leaves have after the batch (0 for
+  a cell of vectors, n for ``rj.conv_lstm`` over n-D inputs);
 - ``output_size``: ``output_size(hidden_size) -> width of h`` (``hidden_width`` for a cell
   whose h is ``(B, [*spatial,] H)``); None: the layers read it from ``hidden_of`` of a zero
   carry (``rnn_jax.checks.cell_output_size``).
@@ -91,8 +92,6 @@ class Cell:
 
     ``sizes(params) -> (input_size, hidden_size)`` reads the sizes back from parameters;
     ``hand_written`` is False when ``step_backward`` was derived with ``jax.vjp``.
-    ``spatial_rank``: 0 for a cell of vectors; n for a cell whose inputs and carry leaves
-    have n spatial axes after the batch (``rj.conv_lstm``, see ``make_cell``).
     """
 
     name: str
@@ -214,18 +213,14 @@ def make_cell(
     """
     if step_backward is None and step_backward_parts is not None:
         step_backward = functools.partial(backward_of_parts, step_backward_parts)
-    if step_forward is not None and step_backward is None:
+    if (step_forward is None) != (step_backward is None):
+        pair = ("step_forward", "step_backward")
+        given, missing = pair if step_backward is None else pair[::-1]
         raise ValueError(
-            f"{name}: step_forward was given without step_backward; its residuals are yours, "
-            "so the derived backward cannot read them. Give both, or neither."
-        )
-    if step_backward is not None and step_forward is None:
-        raise ValueError(
-            f"{name}: step_backward was given without step_forward. A hand-written backward "
-            "reads the residuals its step_forward keeps, (params, carry, x) -> (carry', h', "
-            "residuals); without one it would be handed the default residuals (carry, x), "
-            "which it was not written for. Give both, or neither (the backward is then "
-            "derived with jax.vjp)."
+            f"{name}: {given} was given without {missing}. A hand-written backward reads the "
+            "residuals its step_forward keeps, (params, carry, x) -> (carry', h', residuals): "
+            "the derived backward cannot read yours, nor was yours written for the default "
+            "(carry, x). Give both, or neither (the backward is then derived with jax.vjp)."
         )
     if step is None:
         if step_forward is None:
@@ -325,6 +320,12 @@ def cell_of_functions(name: str, functions) -> Cell:
                 "recurrent_dropout", "step_backward_parts", "output_size")  # fmt: skip
     found = {name: getattr(functions, name) for name in optional if hasattr(functions, name)}
     return make_cell(name, functions.init, **found)
+
+
+def protocol_of(cell: Cell) -> tuple[Callable, ...]:
+    """``cell``'s functions in ``PROTOCOL`` order (``init, zero_carry, hidden_of, step,
+    step_forward, step_backward``): what a cell module exports under the same names."""
+    return tuple(getattr(cell, name) for name in PROTOCOL)
 
 
 def keys_of(tree) -> list | str:

@@ -26,8 +26,10 @@ the other bias leaves that bias bitwise unchanged.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -109,8 +111,7 @@ def _finish(cell: Cell, params: dict, dtype) -> dict:
 
 def _has_cell_state(cell) -> bool:
     """Whether a fused cell carries ``LSTMCarry(h, c)`` (the LSTM)."""
-    form = as_cell(cell).fused
-    return form is not None and form.has_cell_state
+    return getattr(as_cell(cell).fused, "has_cell_state", False)  # fused is None: no
 
 
 def _layers_of(params) -> tuple[list, bool]:
@@ -198,9 +199,8 @@ def _layer_from_torch(state: dict, suffix: str, cell: Cell, used: set) -> dict:
     if w_hh.shape != (width, reads) or w_ih.ndim != 2 or w_ih.shape[0] != width:
         raise ValueError(
             f"{cell.name} has {cell.fused.num_gates} gate(s): expected {names[0]} ({width}, I) "
-            "and "
-            f"{names[1]} ({width}, {reads}), got {w_ih.shape} and {w_hh.shape} (is it "
-            f"another kind of RNN?)"
+            f"and {names[1]} ({width}, {reads}), got {w_ih.shape} and {w_hh.shape} (is it "
+            "another kind of RNN?)"
         )
     if b_ih is None:  # bias=False
         b_ih, b_hh = np.zeros((width,), w_ih.dtype), np.zeros((width,), w_ih.dtype)
@@ -258,17 +258,14 @@ def from_torch(module_or_state_dict, cell, *, dtype=None):
     if "weight_ih" in state:  # nn.RNNCell / LSTMCell / GRUCell
         result = read("")
     else:
-        num_layers = 0
-        while f"weight_ih_l{num_layers}" in state:
-            num_layers += 1
-        if num_layers == 0:
+        if "weight_ih_l0" not in state:
             raise ValueError(
                 f"expected PyTorch RNN weights named weight_ih_l0, weight_hh_l0, ...; got keys "
                 f"{sorted(state)}"
             )
         bidirectional = "weight_ih_l0_reverse" in state
         result = []
-        for k in range(num_layers):
+        for k in itertools.takewhile(lambda k: f"weight_ih_l{k}" in state, itertools.count()):
             fwd = read(f"_l{k}")
             result.append({"fwd": fwd, "bwd": read(f"_l{k}_reverse")} if bidirectional else fwd)
     extra = sorted(set(state) - used)
@@ -364,6 +361,10 @@ _FLAX_LAYOUTS = {
 }
 
 
+# Our bidirectional layer's directions -> nn.Bidirectional's two nn.RNN submodules.
+_FLAX_DIRECTIONS = {"fwd": "forward_rnn", "bwd": "backward_rnn"}
+
+
 def _flax_kind(cell: Cell) -> str:
     if cell.fused is not None and cell.fused.num_gates == 1:
         return "simple"  # any activation: Flax's SimpleCell(activation_fn=...)
@@ -378,16 +379,11 @@ def _flax_kind(cell: Cell) -> str:
 def _check_flax_mgu_bias(tree, kind: str) -> None:
     """MGUCell's ``hn`` has a bias exactly when ``reset_gate=True``: say which cell fits."""
     has_bias = isinstance(tree["hn"], Mapping) and "bias" in tree["hn"]
-    if kind == "mgu" and not has_bias:
-        raise ValueError(
-            "these Flax MGUCell params have no hn bias: they come from reset_gate=False, "
-            "which is rj.mgu.without_reset"
-        )
-    if kind == "mgu_without_reset" and has_bias:
-        raise ValueError(
-            "these Flax MGUCell params have an hn bias: they come from reset_gate=True (the "
-            "default), which is rj.mgu"
-        )
+    if has_bias != (kind == "mgu"):
+        source = ("an hn bias: they come from reset_gate=True (the default), which is rj.mgu"
+                  if has_bias else "no hn bias: they come from reset_gate=False, which is "
+                  "rj.mgu.without_reset")  # fmt: skip
+        raise ValueError(f"these Flax MGUCell params have {source}")
 
 
 def _check_submodules(tree, expected: set, module: str) -> None:
@@ -478,11 +474,8 @@ def from_flax(variables_or_params, cell, *, dtype=None):
     """
     cell = as_cell(cell)
     tree = _unwrap_flax(variables_or_params)
-    if isinstance(tree, Mapping) and set(tree) == {"forward_rnn", "backward_rnn"}:
-        return {
-            "fwd": _cell_from_flax(tree["forward_rnn"], cell, dtype),
-            "bwd": _cell_from_flax(tree["backward_rnn"], cell, dtype),
-        }
+    if isinstance(tree, Mapping) and set(tree) == set(_FLAX_DIRECTIONS.values()):
+        return {d: _cell_from_flax(tree[name], cell, dtype) for d, name in _FLAX_DIRECTIONS.items()}
     return _cell_from_flax(tree, cell, dtype)
 
 
@@ -526,16 +519,13 @@ def to_flax(params, cell, *, rnn: bool = False) -> dict:
     """
     cell = as_cell(cell)
     _check_layer(cell, params)
-    to_jax = lambda tree: {k: {n: jnp.asarray(a) for n, a in v.items()} for k, v in tree.items()}  # noqa: E731
     if is_bidirectional(params):
-        return {
-            "params": {
-                "forward_rnn": {"cell": to_jax(_cell_to_flax(params["fwd"], cell))},
-                "backward_rnn": {"cell": to_jax(_cell_to_flax(params["bwd"], cell))},
-            }
-        }
-    tree = to_jax(_cell_to_flax(params, cell))
-    return {"params": {"cell": tree} if rnn else tree}
+        sides = _FLAX_DIRECTIONS.items()
+        tree = {name: {"cell": _cell_to_flax(params[d], cell)} for d, name in sides}
+    else:
+        tree = _cell_to_flax(params, cell)
+        tree = {"cell": tree} if rnn else tree
+    return {"params": jax.tree.map(jnp.asarray, tree)}
 
 
 def carry_from_flax(carry, cell):
@@ -549,10 +539,7 @@ def carry_from_flax(carry, cell):
       >>> float(carry.h.sum()), float(carry.c.sum())
       (3.0, 0.0)
     """
-    if _has_cell_state(cell):
-        c, h = carry
-        return LSTMCarry(h, c)
-    return carry
+    return LSTMCarry(*carry[::-1]) if _has_cell_state(cell) else carry
 
 
 def carry_to_flax(carry, cell):
@@ -566,10 +553,7 @@ def carry_to_flax(carry, cell):
       >>> float(h.sum()), float(c.sum())
       (3.0, 0.0)
     """
-    if _has_cell_state(cell):
-        h, c = carry
-        return (c, h)
-    return carry
+    return tuple(carry)[::-1] if _has_cell_state(cell) else carry
 
 
 # ---------------------------------------------------------------------------------------
@@ -678,10 +662,8 @@ def from_keras(weights: Sequence, cell, *, bidirectional: bool = False, dtype=No
                 f"a bidirectional layer has an even number of arrays, got {len(weights)}"
             )
         half = len(weights) // 2
-        return {
-            "fwd": _cell_from_keras(weights[:half], cell, dtype),
-            "bwd": _cell_from_keras(weights[half:], cell, dtype),
-        }
+        halves = {"fwd": weights[:half], "bwd": weights[half:]}
+        return {d: _cell_from_keras(part, cell, dtype) for d, part in halves.items()}
     return _cell_from_keras(weights, cell, dtype)
 
 

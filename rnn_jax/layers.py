@@ -31,6 +31,7 @@ __all__ = [  # fmt: skip
     "unroll_stack",
 ]
 
+DIRECTIONS = ("fwd", "bwd")  # a bidirectional layer's keys
 MERGES = {
     "concat": lambda f, b: jnp.concatenate([f, b], axis=-1),
     "sum": lambda f, b: f + b,
@@ -49,24 +50,21 @@ def output_size(hidden_size: int, *, bidirectional: bool, merge: str = "concat",
 
 def is_bidirectional(layer_params) -> bool:
     """Whether a layer's params are a bidirectional ``{"fwd": ..., "bwd": ...}`` pair."""
-    return isinstance(layer_params, dict) and set(layer_params) == {"fwd", "bwd"}
+    return isinstance(layer_params, dict) and set(layer_params) == set(DIRECTIONS)
 
 
 def directions(layer_params) -> tuple:
     """A layer's params per direction: ``(fwd, bwd)`` of a bidirectional layer, else ``(p,)``."""
     if is_bidirectional(layer_params):
-        return layer_params["fwd"], layer_params["bwd"]
+        return tuple(layer_params[d] for d in DIRECTIONS)
     return (layer_params,)
 
 
 def init_bidirectional(cell, key, input_size: int, hidden_size: int, **init_kwargs) -> dict:
     """``{"fwd": params, "bwd": params}``, two independent cells."""
     cell = as_cell(cell)
-    k_fwd, k_bwd = jax.random.split(key)
-    return {
-        "fwd": cell.init(k_fwd, input_size, hidden_size, **init_kwargs),
-        "bwd": cell.init(k_bwd, input_size, hidden_size, **init_kwargs),
-    }
+    keys = dict(zip(DIRECTIONS, jax.random.split(key), strict=True))
+    return {d: cell.init(k, input_size, hidden_size, **init_kwargs) for d, k in keys.items()}
 
 
 @accepts_unbatched(arrays=("lengths", "mask", "resets"), trees=("carry",), results=(0, 1))
@@ -186,13 +184,13 @@ def unroll_stack(
     carries = [None] * len(params) if carry is None else list(carry)
     if len(carries) != len(params):
         raise ValueError(f"carry has {len(carries)} entries for {len(params)} layers")
-    check_stack_sizes(cell, params, xs, merge, carries=carries, time_major=opts.time_major)
+    check_stack_sizes(cell, params, xs, merge, carries, time_major=opts.time_major)
     keys = [None] * len(params) if key is None else list(jax.random.split(key, len(params)))
     finals = []
     hs = xs
     for index, (layer, layer_carry) in enumerate(zip(params, carries, strict=True)):
         if index > 0 and dropout > 0.0 and keys[index] is not None:
-            hs = _dropout(keys[index], hs, dropout)
+            hs = hs * dropout_mask(keys[index], hs.shape, dropout, hs.dtype)
         layer_key = None if keys[index] is None else jax.random.fold_in(keys[index], 1)
         data = dict(lengths=lengths, mask=mask, resets=resets, key=layer_key, options=opts)
         if is_bidirectional(layer):
@@ -203,7 +201,7 @@ def unroll_stack(
     return finals, hs
 
 
-def check_stack_sizes(cell, params: list, xs, merge: str, *, carries=None, time_major=False):
+def check_stack_sizes(cell, params: list, xs, merge: str, carries: list, *, time_major=False):
     """Every layer reads what the layer below writes, and every given carry fits its layer;
     checked before any layer runs. ``xs`` is the stack's input (only its shape is read)."""
     cell = as_cell(cell)
@@ -212,12 +210,11 @@ def check_stack_sizes(cell, params: list, xs, merge: str, *, carries=None, time_
     lead = None  # the carries' leading shape: B, or (B, *spatial) for a spatial cell
     if len(shape) == 3 + spatial_rank(cell):
         lead = carry_lead(cell, shape[1:] if time_major else shape[:1] + shape[2:])
-    carries = [None] * len(params) if carries is None else carries
     for index, (layer, layer_carry) in enumerate(zip(params, carries, strict=True)):
         bidir = is_bidirectional(layer)
-        direction_carries = (None, None) if layer_carry is None else layer_carry
-        if not bidir:
-            direction_carries = (layer_carry,)
+        if bidir and layer_carry is None:
+            layer_carry = (None, None)
+        direction_carries = layer_carry if bidir else (layer_carry,)
         for direction, direction_carry in zip(directions(layer), direction_carries, strict=True):
             expects, hidden_size = check_params(cell, direction)
             if direction_carry is not None and lead is not None:
@@ -230,7 +227,3 @@ def check_stack_sizes(cell, params: list, xs, merge: str, *, carries=None, time_
                     f"expects input_size={expects}"
                 )
         input_size = output_size(hidden_size, bidirectional=bidir, merge=merge, cell=cell)
-
-
-def _dropout(key, values, rate: float):
-    return values * dropout_mask(key, values.shape, rate, values.dtype)

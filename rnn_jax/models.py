@@ -194,11 +194,10 @@ def language_model(
 
     def apply_fn(params, tokens, carry=None, *, key=None, **unroll_kwargs):
         tokens = _check_tokens(tokens, vocab_size)
-        dtype = params["readout"]["w"].dtype
         if "embed" in params:
             xs = params["embed"][tokens]
         else:
-            xs = jax.nn.one_hot(tokens, vocab_size, dtype=dtype)
+            xs = jax.nn.one_hot(tokens, vocab_size, dtype=params["readout"]["w"].dtype)
         finals, hs = stack.apply(params["rnn"], xs, carry, key=key, options=base, **unroll_kwargs)
         return dense(params["readout"], hs), finals
 

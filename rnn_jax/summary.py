@@ -35,19 +35,14 @@ def summary(params) -> str:
       Total params: 42
     """
     rows = [
-        (jax.tree_util.keystr(path), str(tuple(leaf.shape)), str(leaf.dtype), int(np.size(leaf)))
+        (jax.tree_util.keystr(path), str(tuple(leaf.shape)), str(leaf.dtype), str(np.size(leaf)))
         for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
     ]
     headers = ("parameter", "shape", "dtype", "count")
-    widths = [max(len(headers[i]), *(len(str(r[i])) for r in rows)) for i in range(4)]
+    widths = [max(map(len, column)) for column in zip(headers, *rows, strict=True)]
     line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
     rule = "-" * len(line)
-    body = [
-        "  ".join(
-            str(c).rjust(w) if i == 3 else str(c).ljust(w)
-            for i, (c, w) in enumerate(zip(r, widths, strict=True))
-        )
-        for r in rows
-    ]
+    align = (str.ljust, str.ljust, str.ljust, str.rjust)  # the counts right-aligned
+    body = ["  ".join(a(c, w) for a, c, w in zip(align, r, widths, strict=True)) for r in rows]
     total = f"Total params: {count_params(params):,}"
     return "\n".join([rule, line, rule, *body, rule, total])

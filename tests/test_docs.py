@@ -170,7 +170,7 @@ def test_equinox_guide_is_on_the_site_and_trains_an_eqx_module_over_one_sequence
 def test_api_reference_shows_each_modules_declared_exports_only():
     """The API reference renders a module's ``__all__`` (mkdocs.yml ``filters: public``), so
     every module it documents declares one, naming only what the module has; helpers such as
-    ``rnn_jax.cells.simple.tanh_pointwise`` stay out."""
+    ``rnn_jax.cells.simple.output_pointwise`` stay out."""
     import importlib
 
     assert re.search(r"^\s+filters: public\b", (ROOT / "mkdocs.yml").read_text(), re.M)
@@ -185,4 +185,4 @@ def test_api_reference_shows_each_modules_declared_exports_only():
         exports = getattr(module, "__all__", None)
         assert exports, f"{name} is in the API reference but declares no __all__"
         assert [e for e in exports if not hasattr(module, e)] == [], name
-    assert "tanh_pointwise" not in importlib.import_module("rnn_jax.cells.simple").__all__
+    assert "output_pointwise" not in importlib.import_module("rnn_jax.cells.simple").__all__

@@ -66,6 +66,13 @@ def matmul(a: Array, b: Array, matmul_dtype=None) -> Array:
     )
 
 
+def rows_product(x: Array, w: Array) -> Array:
+    """``x (..., K) @ w (K, N)`` as one 2-D product of ``x``'s rows: on XLA:CPU the weight
+    gradient of a 3-D ``(B, T, K)`` contraction is ~3x slower than the same product on
+    ``(B*T, K)`` rows. ``x`` may have no rows (T = 0)."""
+    return (x.reshape(-1, x.shape[-1]) @ w).reshape(x.shape[:-1] + (w.shape[-1],))
+
+
 def input_projection(params: Params, x: Array, matmul_dtype=None) -> Array:
     """``(..., I) -> (..., G*H)``: ``x @ w_x`` plus the input-side bias."""
     return matmul(x, params["w_x"], matmul_dtype) + params[bias_names(params)[0]]

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from rnn_jax.cell import LinearForm, cell_of_functions, hidden_width
+from rnn_jax.cells.base import rows_product
 
 
 def gated_linear_cells(name: str, num_gates: int, coefficients, coefficients_backward,
@@ -84,11 +85,9 @@ class Variant:
 
     def preactivations(self, params, xs, h0):
         """``xs (T, B, I)`` (or ``(B, T, I)``: each position alone) -> ``(xs @ w_x (T, B, G*H),
-        b (G*H,), h0)``: one product for every step's gates (a 2-D product: its gradient is
-        ~3x faster than a (T, B, I) contraction's on CPU), the bias apart."""
-        num_steps, batch_size, input_size = xs.shape
-        k = xs.reshape(-1, input_size) @ params["w_x"]
-        return k.reshape(num_steps, batch_size, k.shape[-1]), params["b"], h0  # T may be 0
+        b (G*H,), h0)``: one product for every step's gates (``rows_product``), the bias
+        apart."""
+        return rows_product(xs, params["w_x"]), params["b"], h0
 
     def sequence_coefficients(self, params, xs, h0):
         """Time-major ``xs (T, B, I)`` -> ``(a, b (T, B, H), h0)``."""

@@ -25,7 +25,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from rnn_jax.cell import hidden_width, make_cell
+from rnn_jax.cell import hidden_width, make_cell, protocol_of
 from rnn_jax.cells.base import (
     StepResiduals,
     fused_cell,
@@ -177,8 +177,4 @@ reset_before = make_cell(
     output_size=hidden_width,
 )
 
-zero_carry = cell.zero_carry
-hidden_of = cell.hidden_of
-step = cell.step
-step_forward = cell.step_forward
-step_backward = cell.step_backward
+zero_carry, hidden_of, step, step_forward, step_backward = protocol_of(cell)[1:]

@@ -41,7 +41,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from rnn_jax.cell import Cell, LinearForm, cell_of_functions, hidden_width
+from rnn_jax.cell import Cell, LinearForm, cell_of_functions, hidden_width, protocol_of
+from rnn_jax.cells.base import rows_product
 
 __all__ = [  # fmt: skip
     "LRUCarry", "cell", "eigenvalues", "hidden_of", "init", "parallel", "step",
@@ -132,7 +133,7 @@ class LRU:
     @property
     def linear(self) -> LinearForm:
         """``state_t = lambda * state_{t-1} + gain * (x_t @ b)``, read out by ``readout``."""
-        return LinearForm(_coefficients, _readout_sequence, _carry_of)
+        return LinearForm(_coefficients, readout, _carry_of)
 
     @staticmethod
     def sizes(params) -> tuple[int, int]:
@@ -145,14 +146,16 @@ def eigenvalues(params):
 
 
 def readout(params, state, x):
-    """``Re(state @ (c_re + i c_im)) + skip(x)``: ``state (R, N)``, ``x (R, I)`` -> ``(R, H)``."""
-    real = jnp.real(state) @ params["c_re"] - jnp.imag(state) @ params["c_im"]
+    """``Re(state @ (c_re + i c_im)) + skip(x)``: ``state (..., N)``, ``x (..., I)`` ->
+    ``(..., H)``, each product on the rows (``rows_product``): one step's or a sequence's."""
+    real = rows_product(jnp.real(state), params["c_re"])
+    real = real - rows_product(jnp.imag(state), params["c_im"])
     skip = params["d"]
-    return real + (x * skip if skip.ndim == 1 else x @ skip)
+    return real + (x * skip if skip.ndim == 1 else rows_product(x, skip))
 
 
 def _complex_product(x, params):
-    return x @ params["b_re"] + 1j * (x @ params["b_im"])
+    return rows_product(x, params["b_re"]) + 1j * rows_product(x, params["b_im"])
 
 
 def _skip_shape(input_size: int, hidden_size: int) -> tuple[int, ...]:
@@ -168,17 +171,8 @@ def _skip_backward(skip, x, d_out):
 
 def _coefficients(params, xs, carry):
     """Time-major ``xs (T, B, I)``: one product for every step's drive; ``(a, b, state0)``."""
-    num_steps, batch_size, input_size = xs.shape
-    rows = xs.reshape(-1, input_size)  # 2-D products (their gradients are faster on CPU)
-    drive = _complex_product(rows, params) * jnp.exp(params["gamma_log"])
-    drive = drive.reshape(num_steps, batch_size, drive.shape[-1])  # no -1: T may be 0
+    drive = _complex_product(xs, params) * jnp.exp(params["gamma_log"])
     return jnp.broadcast_to(eigenvalues(params), drive.shape), drive, carry.state
-
-
-def _readout_sequence(params, states, xs):
-    """``readout`` of every step at once, as one 2-D product: ``(T, B, N)`` -> ``(T, B, H)``."""
-    rows = readout(params, states.reshape(-1, states.shape[-1]), xs.reshape(-1, xs.shape[-1]))
-    return rows.reshape(*xs.shape[:2], rows.shape[-1])
 
 
 def _carry_of(carry, state, h):
@@ -196,10 +190,5 @@ def with_state_size(state_size: int | None) -> Cell:
 
 cell = with_state_size(None)
 
-init = cell.init
-zero_carry = cell.zero_carry
-hidden_of = cell.hidden_of
-step = cell.step
-step_forward = cell.step_forward
-step_backward = cell.step_backward
+init, zero_carry, hidden_of, step, step_forward, step_backward = protocol_of(cell)
 parallel = cell.parallel

@@ -46,7 +46,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from rnn_jax.cell import hidden_width, make_cell
+from rnn_jax.cell import hidden_width, make_cell, protocol_of
 from rnn_jax.cells.base import (
     LSTMCarry,
     StepResiduals,
@@ -248,9 +248,5 @@ peephole = make_cell(
     output_size=hidden_width,
 )
 
-zero_carry = cell.zero_carry
 with_projection = cell.with_projection
-hidden_of = cell.hidden_of
-step = cell.step
-step_forward = cell.step_forward
-step_backward = cell.step_backward
+zero_carry, hidden_of, step, step_forward, step_backward = protocol_of(cell)[1:]

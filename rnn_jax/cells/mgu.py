@@ -30,6 +30,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from rnn_jax.cell import protocol_of
 from rnn_jax.cells.base import fused_cell, split_gates
 from rnn_jax.cells.gru import update_backward
 from rnn_jax.init import fused_params, set_gate_bias
@@ -114,8 +115,4 @@ without_reset = fused_cell(
     pointwise_backward_without_reset,
 )  # fmt: skip
 
-zero_carry = cell.zero_carry
-hidden_of = cell.hidden_of
-step = cell.step
-step_forward = cell.step_forward
-step_backward = cell.step_backward
+zero_carry, hidden_of, step, step_forward, step_backward = protocol_of(cell)[1:]

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import jax
 
+from rnn_jax.cell import protocol_of
 from rnn_jax.cells.base import split_gates
 from rnn_jax.cells.gated_linear import gated_linear_cells
 
@@ -52,10 +53,5 @@ def coefficients_backward(candidate, residuals, d_a, d_b):
 cell, log_space = gated_linear_cells("mingru", 2, coefficients, coefficients_backward,
                                    fused_gates="mingru")  # fmt: skip
 
-init = cell.init
-zero_carry = cell.zero_carry
-hidden_of = cell.hidden_of
-step = cell.step
-step_forward = cell.step_forward
-step_backward = cell.step_backward
+init, zero_carry, hidden_of, step, step_forward, step_backward = protocol_of(cell)
 parallel = cell.parallel

@@ -19,7 +19,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from rnn_jax.cell import Cell
+from rnn_jax.cell import Cell, protocol_of
 from rnn_jax.cells.base import fused_cell
 from rnn_jax.init import fused_params
 
@@ -36,28 +36,13 @@ def init(key, input_size: int, hidden_size: int, *, dtype=jnp.float32, initializ
     )
 
 
-def tanh_pointwise(z_x, z_h, h):
-    """``z_x, z_h (B, H)`` -> ``(h', h')``: the new carry, and h' kept for the backward."""
-    h_new = jnp.tanh(z_x + z_h)
-    return h_new, h_new
-
-
-def tanh_pointwise_backward(h_new, d_h):
-    """``d_z = d_h * (1 - h'^2)``; h reaches h' only through ``w_h``, so no direct term."""
-    d_z = d_h * (1 - h_new * h_new)
-    return d_z, d_z, jnp.zeros_like(d_h)
-
-
-def relu_pointwise(z_x, z_h, h):
-    """``z_x, z_h (B, H)`` -> ``(h', h')`` with ``h' = relu(z_x + z_h)``."""
-    h_new = jax.nn.relu(z_x + z_h)  # derivative 0 at z = 0, as the backward
-    return h_new, h_new
-
-
-def relu_pointwise_backward(h_new, d_h):
-    """``d_z = d_h * [h' > 0]`` (the subgradient 0 at z = 0, as ``jax.nn.relu``)."""
-    d_z = jnp.where(h_new > 0, d_h, 0)
-    return d_z, d_z, jnp.zeros_like(d_h)
+def output_pointwise(activation, derivative, z_x, z_h, h):
+    """``z_x, z_h (B, H)`` -> ``(h', activation'(z))``, ``h' = activation(z)`` at
+    ``z = z_x + z_h``: the new carry, and the derivative for the backward, which ``derivative``
+    reads from h' (tanh: ``1 - h'^2``; relu: ``[h' > 0]``, the subgradient 0 at z = 0 as
+    ``jax.nn.relu``)."""
+    h_new = activation(z_x + z_h)
+    return h_new, derivative(h_new)
 
 
 def activation_pointwise(activation, z_x, z_h, h):
@@ -67,15 +52,18 @@ def activation_pointwise(activation, z_x, z_h, h):
     return jax.jvp(activation, (z,), (jnp.ones_like(z),))
 
 
-def activation_pointwise_backward(derivative, d_h):
+def pointwise_backward(derivative, d_h):
     """``d_z = d_h * activation'(z)``: the activation acts element by element, so its
-    Jacobian is diagonal (``with_activation`` checks this)."""
+    Jacobian is diagonal (``with_activation`` checks this); h reaches h' only through
+    ``w_h``, so no direct term."""
     d_z = d_h * derivative
     return d_z, d_z, jnp.zeros_like(d_h)
 
 
-cell = fused_cell("simple", 1, init, tanh_pointwise, tanh_pointwise_backward, kernel="tanh")
-relu = fused_cell("simple_relu", 1, init, relu_pointwise, relu_pointwise_backward, kernel="relu")
+tanh_pointwise = functools.partial(output_pointwise, jnp.tanh, lambda h: 1 - h * h)
+relu_pointwise = functools.partial(output_pointwise, jax.nn.relu, lambda h: (h > 0).astype(h.dtype))
+cell = fused_cell("simple", 1, init, tanh_pointwise, pointwise_backward, kernel="tanh")
+relu = fused_cell("simple_relu", 1, init, relu_pointwise, pointwise_backward, kernel="relu")
 
 
 @functools.cache
@@ -114,7 +102,7 @@ def with_activation(activation: str | Callable) -> Cell:
     _check_elementwise(activation)
     name = getattr(activation, "__name__", type(activation).__name__)
     pointwise = functools.partial(activation_pointwise, activation)
-    return fused_cell(f"simple_{name}", 1, init, pointwise, activation_pointwise_backward)
+    return fused_cell(f"simple_{name}", 1, init, pointwise, pointwise_backward)
 
 
 def _check_elementwise(activation) -> None:
@@ -132,8 +120,4 @@ def _check_elementwise(activation) -> None:
         )
 
 
-zero_carry = cell.zero_carry
-hidden_of = cell.hidden_of
-step = cell.step
-step_forward = cell.step_forward
-step_backward = cell.step_backward
+zero_carry, hidden_of, step, step_forward, step_backward = protocol_of(cell)[1:]
