@@ -248,8 +248,7 @@ def make_train_step(
     """Builds a jitted ``train_step(state, batch) -> (new_state, metrics)``.
 
     Args:
-      loss_fn: ``loss_fn(params, batch, rng) -> (loss, aux)``, ``loss`` a scalar
-        mean over the batch, ``aux`` a dict of scalar metrics.
+      loss_fn: ``loss_fn(params, batch, rng) -> (loss, aux)`` (module docstring).
       optimizer: the optax transformation whose state is ``state.opt_state``.
       mesh: if given (a mesh with a ``"data"`` axis, see `make_mesh`), the
         state is replicated on every device and the batch split along axis 0;
