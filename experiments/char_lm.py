@@ -59,7 +59,6 @@ from rnn_jax.sampling import sample  # noqa: E402
 from rnn_jax.tbptt import (  # noqa: E402
     Stream,
     evaluate_stream,
-    make_chunk_eval,
     make_chunk_step,
     place_chunks,
     zero_carry,
@@ -311,7 +310,7 @@ def run(args, data) -> dict:
     step_fn = make_chunk_step(loss_fn, optimizer, mesh=mesh)
     stream = Stream(step_fn, train_chunks, zero, run_state["carry"], seed=args.seed,
                     reset_prob=args.reset_prob, mesh=mesh)  # fmt: skip
-    eval_chunk = make_chunk_eval(metric_fn)
+    eval_chunk = jax.jit(metric_fn)
     val_zero = carry_like(model, params, val_chunks.batch_size, val_chunks.seq_len)
     val_zero = val_zero if mesh is None else shard_batch(val_zero, mesh)
 

@@ -74,11 +74,6 @@ DEFAULT_FD_TOL = 1e-6
 DEFAULT_EPS = 1e-6
 
 
-# --------------------------------------------------------------------------------------
-# The windowed reference loss (slow, per row, no masks)
-# --------------------------------------------------------------------------------------
-
-
 def _run(cell, params, carry, xs):
     """Plain scan of ``cell.step`` over ``xs (n, b, I)`` from ``carry``.
 
@@ -226,11 +221,6 @@ def _reference_grads(cell, arrays, lengths, reverse, time_major, truncate):
     return jax.grad(loss, argnums=(0, 1, 2))(*arrays[:3])
 
 
-# --------------------------------------------------------------------------------------
-# The report
-# --------------------------------------------------------------------------------------
-
-
 @dataclasses.dataclass(frozen=True)
 class LeafRow:
     """One leaf's comparison.
@@ -308,9 +298,6 @@ class GradReport(LeafReport):
     def fd_err(self) -> float:
         return max(row.fd_err for row in self.rows)
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self) | {"ok": self.ok}
-
     def __str__(self) -> str:
         trunc = "full" if self.truncate is None else f"truncate={self.truncate}"
         head = (
@@ -372,11 +359,6 @@ def compare_trees(names, manual, reference, rtol, atol, what, fd_errs=None, fd_t
             )
         rows.append(LeafRow(name, max_abs, max_rel, fd_err, ok, message))
     return rows
-
-
-# --------------------------------------------------------------------------------------
-# check_gradients
-# --------------------------------------------------------------------------------------
 
 
 def random_problem(cell, shape, dtype, rng: np.random.Generator, *, time_major=False, spatial=()):
@@ -582,11 +564,6 @@ def _manual_and_reference(
 
     _, vjp = jax.vjp(run, params, xs, carry)
     return manual, vjp((d_carry, d_hs))
-
-
-# --------------------------------------------------------------------------------------
-# Vanishing / exploding gradients
-# --------------------------------------------------------------------------------------
 
 
 def hidden_grad_norms(cell, params, xs, carry=None, *, d_h_last=None, time_major=False):

@@ -96,15 +96,11 @@ def unroll(
         gradients. None: parallel where the cell has it and no option needs steps
         (``truncate``, ``remat``, ``return_carries``, ``unroll``, recurrent dropout, zoneout),
         else sequential.
-      input_dropout, recurrent_dropout: variational dropout rates in ``[0, 1)`` (Gal &
-        Ghahramani 2016, Keras ``dropout``/``recurrent_dropout``): one mask per sequence,
-        ``(B, I)`` on every ``x`` and ``(B, H)`` on ``h_{t-1}`` where the recurrent products
-        read it (each cell declares where: ``Cell.recurrent_dropout``; a cell without a
-        recurrent product, as the linear recurrences, refuses it), values 0 or ``1/(1-rate)``.
-      zoneout: None, ``z`` or ``(z_h, z_c)`` in ``[0, 1)`` (Krueger et al. 2016): in
-        training each unit of ``h`` (``c``) keeps its previous value with probability ``z``,
-        a fresh mask per step; in evaluation ``h' = z * h + (1 - z) * h_new``. One ``z`` acts
-        on ``h`` and, where the carry has one (the LSTMs), on ``c``.
+      input_dropout, recurrent_dropout: variational dropout rates in ``[0, 1)``: one mask
+        per sequence, ``(B, I)`` on every ``x`` and ``(B, H)`` on ``h_{t-1}`` (where each
+        cell reads it, and which cells refuse it: ``rnn_jax.regularize``).
+      zoneout: None, ``z`` or ``(z_h, z_c)`` in ``[0, 1)`` (``rnn_jax.regularize``); one
+        ``z`` acts on ``h`` and, where the carry has one (the LSTMs), on ``c``.
       key: PRNG key the masks are drawn from (split per mask kind).
       options: an ``rj.UnrollOptions`` holding any of the options below (what the layers
         forward); keywords given as well override it.

@@ -38,7 +38,6 @@ _CARRY = "__carry__"
 __all__ = [
     "Stream",
     "evaluate_stream",
-    "make_chunk_eval",
     "make_chunk_step",
     "place_chunks",
     "reset_mask",
@@ -124,32 +123,8 @@ def make_chunk_step(
     return step
 
 
-def make_chunk_eval(
-    metric_fn: ChunkMetricFn,
-) -> Callable[[PyTree, PyTree, PyTree], tuple[dict, PyTree]]:
-    """``jax.jit(metric_fn)``: ``(params, carry, chunk) -> (sums with "count", new_carry)``.
-
-    Examples:
-      >>> import jax, jax.numpy as jnp, rnn_jax as rj
-      >>> from rnn_jax import models, tbptt, train
-      >>> model = models.language_model(rj.simple, vocab_size=3, hidden_size=4)
-      >>> def metric_fn(params, carry, chunk):
-      ...     logits, new_carry = model.apply(params, chunk[0], carry)
-      ...     n = chunk[1].size
-      ...     nll = train.softmax_cross_entropy(logits, chunk[1]) * n
-      ...     return {"nll": nll, "count": n}, new_carry
-      >>> eval_chunk = tbptt.make_chunk_eval(metric_fn)
-      >>> params = model.init(jax.random.PRNGKey(0))
-      >>> chunk = (jnp.zeros((2, 4), jnp.int32), jnp.ones((2, 4), jnp.int32))
-      >>> sums, carry = eval_chunk(params, [jnp.zeros((2, 4))], chunk)
-      >>> float(sums["count"]), carry[0].shape
-      (8.0, (2, 4))
-    """
-    return jax.jit(metric_fn)
-
-
 def evaluate_stream(
-    eval_chunk: Callable[[PyTree, PyTree, PyTree], tuple[dict, PyTree]],
+    eval_chunk: ChunkMetricFn,
     params: PyTree,
     chunks: Iterable[PyTree],
     carry: PyTree,
@@ -157,8 +132,8 @@ def evaluate_stream(
     """Means of per-chunk sums over consecutive chunks, carrying the state across them.
 
     Args:
-      eval_chunk: from `make_chunk_eval` (or any ``(params, carry, chunk) ->
-        (sums, new_carry)``; ``sums`` has a ``"count"`` entry, e.g. the number of targets).
+      eval_chunk: ``(params, carry, chunk) -> (sums, new_carry)``, e.g. ``jax.jit(metric_fn)``
+        (module docstring); ``sums`` has a ``"count"`` entry, e.g. the number of targets.
       params: the parameters.
       chunks: consecutive chunks of one split, in order (row ``b`` of chunk ``k+1`` continues
         row ``b`` of chunk ``k``), e.g. a `rnn_jax.data.text.ContiguousBatches`.

@@ -60,9 +60,6 @@ __all__ = [
 ]
 
 
-# --------------------------------------------------------------------------- state
-
-
 @flax.struct.dataclass
 class TrainState:
     """Everything a training run needs to continue bit-exactly; a pytree.
@@ -111,9 +108,6 @@ class TrainState:
 create_train_state = TrainState.create  # the functional spelling the guides use
 
 
-# ----------------------------------------------------------------------- optimizer
-
-
 def default_optimizer(
     learning_rate: float | optax.Schedule = 1e-3,
     *,
@@ -156,9 +150,6 @@ def default_optimizer(
             raise ValueError(f"{name} must be positive, got {bound}")
     parts = [clip(bound) for _, bound, clip in clips if bound is not None]
     return optax.chain(*parts, optax.rmsprop(learning_rate))
-
-
-# ------------------------------------------------------------------ data parallel
 
 
 def make_mesh(num_devices: int | None = None) -> Mesh:
@@ -247,9 +238,6 @@ def _put(tree: PyTree, sharding: NamedSharding) -> PyTree:
     return jax.tree.map(put, tree)
 
 
-# ------------------------------------------------------------------------ training
-
-
 def make_train_step(
     loss_fn: LossFn,
     optimizer: optax.GradientTransformation,
@@ -260,8 +248,7 @@ def make_train_step(
     """Builds a jitted ``train_step(state, batch) -> (new_state, metrics)``.
 
     Args:
-      loss_fn: ``loss_fn(params, batch, rng) -> (loss, aux)``, ``loss`` a scalar
-        mean over the batch, ``aux`` a dict of scalar metrics.
+      loss_fn: ``loss_fn(params, batch, rng) -> (loss, aux)`` (module docstring).
       optimizer: the optax transformation whose state is ``state.opt_state``.
       mesh: if given (a mesh with a ``"data"`` axis, see `make_mesh`), the
         state is replicated on every device and the batch split along axis 0;
@@ -480,9 +467,6 @@ def train_loop(
     return state, history
 
 
-# ---------------------------------------------------------------------- evaluation
-
-
 def example_mask(batch: Mapping[str, Any]) -> jax.Array:
     """The per-example validity mask of a batch dict, shape ``(batch,)``, float32.
 
@@ -588,9 +572,6 @@ def means_of_sums(results: list, caller: str, source: str, items="batches",
     if count <= 0:
         raise ValueError(f"{caller} saw {count} {counted}")
     return {**{k: v / count for k, v in totals.items()}, "count": count}
-
-
-# -------------------------------------------------------------------------- losses
 
 
 def _masked_mean(values: jax.Array, mask: jax.Array | None) -> jax.Array:

@@ -8,7 +8,7 @@ import pytest
 
 import rnn_jax as rj
 from rnn_jax.models import language_model
-from rnn_jax.tbptt import evaluate_stream, make_chunk_eval, make_chunk_step, zero_carry
+from rnn_jax.tbptt import evaluate_stream, make_chunk_step, zero_carry
 from rnn_jax.train import TrainState
 
 V, H, E, B, L, CHUNKS = 11, 16, 6, 3, 5, 3
@@ -132,7 +132,7 @@ def test_evaluate_stream_equals_whole_stream():
         return {"nll": nll.sum(), "count": jnp.float32(nll.size)}, new_carry
 
     means, final = evaluate_stream(
-        make_chunk_eval(metric_fn),
+        jax.jit(metric_fn),
         params,
         [chunk(stream, k) for k in range(CHUNKS)],
         start_carry(model, params, stream),
@@ -143,7 +143,7 @@ def test_evaluate_stream_equals_whole_stream():
     assert means["count"] == B * L * CHUNKS
     assert tree_max_diff(final, whole) < 1e-5
     with pytest.raises(ValueError, match="no chunks"):
-        evaluate_stream(make_chunk_eval(metric_fn), params, [], final)
+        evaluate_stream(jax.jit(metric_fn), params, [], final)
 
 
 def test_reserved_metric_key():

