@@ -38,13 +38,15 @@ rng = np.random.default_rng
 # (B, T, I, H, time_major, reverse, lengths): B=1, T=1, H not a multiple of 8 or 16, both
 # layouts, reverse, lengths with a 0 and a full row; "mixed" draws lengths in [0, T]. With
 # two threads, H >= 16 runs the split by hidden units (barrier per step), H < 16 the split
-# by batch rows.
+# by batch rows. H = 260: the per-step products' inner dimension (H forward, G*H backward)
+# runs in chunks (256), B = 7 in register blocks of 6 rows and 1, a last panel part-filled.
 SHAPES = [
     (1, 1, 3, 5, False, False, None),
     (4, 7, 6, 13, False, True, "mixed"),
     (3, 9, 5, 16, True, False, "mixed"),
     (2, 6, 8, 11, True, True, None),
     (5, 8, 4, 20, False, True, "mixed"),
+    (7, 4, 3, 260, False, False, "mixed"),
 ]
 
 

@@ -1,6 +1,7 @@
 // What rnn_jax's CPU FFI kernels share (fused_rnn.cc, fused_linear.cc): element-wise
-// functions g++ vectorises, denormal flushing, the team of threads from XLA's intra-op pool
-// (work-sharing tasks and gangs with a barrier) and scratch buffers kept between calls.
+// functions g++ vectorises, denormal flushing, huge pages for large outputs, the team of
+// threads from XLA's intra-op pool (work-sharing tasks and gangs with a barrier) and scratch
+// buffers kept between calls.
 // Everything is in an anonymous namespace: each kernel library has its own copy (and its own
 // requested thread count, set through its rnn_jax_*_set_num_threads export).
 //
@@ -18,6 +19,8 @@
 #if defined(__x86_64__) || defined(__i386__)
 #include <xmmintrin.h>
 #endif
+
+#include <sys/mman.h>
 
 #include <algorithm>
 #include <atomic>
@@ -76,6 +79,19 @@ inline float tanh_f(float x) {
   return a < 0.04f ? small : big;
 }
 
+
+// Asks for transparent huge pages on an output buffer before a kernel first touches it:
+// XLA hands out a fresh mapping for a large buffer on every call, whose 4 KB pages would
+// each fault in (and be zeroed) on first touch, which costs a sequence sweep as much as
+// its arithmetic. Only whole 2 MB pages inside the buffer; a hint, so its result is ignored.
+void prefer_huge_pages(void* data, size_t bytes) {
+#if defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = 2 << 20;
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + bytes) & ~(kHuge - 1);
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+#endif
+}
 
 // ---------------------------------------------------------------------------------------
 // The team: `count` tasks run by the calling thread and up to threads-1 tasks on XLA's pool.

@@ -43,24 +43,9 @@
 // the team of fused_common.h; no barrier. The inner loops run over contiguous hidden units
 // and vectorise (sigmoid_f has no libm call).
 
-#include <sys/mman.h>
-
 #include "fused_common.h"
 
 namespace {
-
-// Asks for transparent huge pages on an output buffer before the sweep first touches it:
-// XLA hands out a fresh mapping for a large buffer on every call, whose 4 KB pages would
-// each fault in (and be zeroed) on first touch, which costs a (T, B, H) sweep as much as its
-// arithmetic. Only whole 2 MB pages inside the buffer; a hint, so its result is ignored.
-void prefer_huge_pages(void* data, size_t bytes) {
-#if defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHuge = 2 << 20;
-  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + kHuge - 1) & ~(kHuge - 1);
-  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + bytes) & ~(kHuge - 1);
-  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
-#endif
-}
 
 enum Kind : int32_t { kMinGru = 0, kAffine = 1, kComplex = 2, kMinLstm = 3 };
 

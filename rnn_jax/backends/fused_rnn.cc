@@ -1,9 +1,10 @@
 // rnn_jax's own fused CPU sequence kernel (backend="fused_cpu"): Elman (tanh, relu), LSTM
 // (gates i, f, g, o) and the reset-after GRU (gates r, z, n), forward and backward over a
 // whole sequence in one XLA FFI call each. Built on first use by rnn_jax/backends/build.py
-// with -O3 -march=native against jax.ffi.include_dir() and oneDNN 3.2's headers; the matrix
-// products are oneDNN's sgemm (dnnl_sgemm, row-major), the gate maths plain C++ loops the
-// compiler vectorises.
+// with -O3 -march=native against jax.ffi.include_dir() and oneDNN 3.2's headers; the products
+// over all positions are oneDNN's sgemm (dnnl_sgemm, row-major), the per-step recurrent ones
+// a register-blocked kernel of ours on w_h packed once per call, the gate maths plain C++
+// loops the compiler vectorises.
 //
 // Layout. A sequence's N = B*T positions are addressed as XLA holds them: row b*T + t
 // (batch-major) or t*B + b (time-major); every (N, .) matrix below uses that row order, so
@@ -75,6 +76,109 @@ void check_products() {
 }
 
 
+// The per-step recurrent products, C (rows, n) = A (rows, k) @ W (k, n), reuse one W for
+// every step: W is packed once per call into panels of kPanel columns (k rows of kPanel
+// floats each, zero-padded), and a register-blocked kernel (kRows rows x kPanel columns of
+// accumulators, GCC vector extensions: FMAs on AVX2/AVX-512 with -march=native) runs each
+// step. sgemm would pack W again at every step, which costs it a third of these small
+// products' time (rows = 16-64).
+constexpr int64_t kPanel = 16, kRows = 6;
+typedef float Vec8 __attribute__((vector_size(32)));
+
+inline Vec8 load8(const float* p) {
+  Vec8 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+// Whole cache lines (64 bytes) for the panels' rows: a row split across two lines would
+// cost two L1 reads per load.
+float* line_aligned(std::vector<float>& storage, size_t floats) {
+  storage.assign(floats + 16, 0.0f);
+  const uintptr_t base = reinterpret_cast<uintptr_t>(storage.data());
+  return storage.data() + ((64 - base % 64) % 64) / sizeof(float);
+}
+
+struct PackedWeights {
+  int64_t k = 0, n = 0;
+  std::vector<float> storage;
+  float* panels;  // panel q: k rows of kPanel floats, line-aligned
+  // w(i, j) is W's entry at row i < k, column j < n; `transposed`: w reads a transposed
+  // source (contiguous in i), so the packing walks i innermost.
+  template <class At>
+  PackedWeights(int64_t k_, int64_t n_, bool transposed, At w) : k(k_), n(n_) {
+    const int64_t count = (n + kPanel - 1) / kPanel;
+    panels = line_aligned(storage, count * k * kPanel);
+    for (int64_t q = 0; q < count; ++q) {
+      float* panel = panels + q * k * kPanel;
+      const int64_t cols = std::min(kPanel, n - q * kPanel);
+      if (transposed) {
+        for (int64_t u = 0; u < cols; ++u)
+          for (int64_t i = 0; i < k; ++i) panel[i * kPanel + u] = w(i, q * kPanel + u);
+      } else {
+        for (int64_t i = 0; i < k; ++i)
+          for (int64_t u = 0; u < cols; ++u) panel[i * kPanel + u] = w(i, q * kPanel + u);
+      }
+    }
+  }
+};
+
+// C's block (rows <= kRows, cols <= kPanel) = (or += with `add`) k steps of A's packed row
+// block (k x kRows floats, rows interleaved) @ one panel (k x kPanel floats).
+void panel_block(int64_t k, const float* a, const float* panel, float* c, int64_t ldc,
+                 int64_t rows, int64_t cols, bool add) {
+  Vec8 acc[kRows][2] = {};
+  for (int64_t i = 0; i < k; ++i) {
+    const Vec8 w0 = load8(panel + i * kPanel), w1 = load8(panel + i * kPanel + 8);
+    for (int r = 0; r < kRows; ++r) {
+      const float x = a[i * kRows + r];
+      acc[r][0] += x * w0;
+      acc[r][1] += x * w1;
+    }
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    float out[kPanel];
+    std::memcpy(out, &acc[r][0], sizeof acc[r][0]);
+    std::memcpy(out + 8, &acc[r][1], sizeof acc[r][1]);
+    float* row = c + r * ldc;
+    if (add) {
+      for (int64_t u = 0; u < cols; ++u) row[u] += out[u];
+    } else {
+      std::memcpy(row, out, cols * sizeof(float));
+    }
+  }
+}
+
+// C (rows, W.n), row stride ldc, = A (rows, W.k), row stride lda, @ W. A is packed first
+// into blocks of kRows rows interleaved (zero-padded), so that the kernel reads one stream
+// (rows of A a power of two apart would share a few L1 sets); the inner dimension runs in
+// chunks of kDepth, so that a chunk of packed A stays in L2 and one of a panel in L1 while
+// every row block reads them.
+constexpr int64_t kDepth = 256;
+
+void packed_product(int64_t rows, const float* a, int64_t lda, const PackedWeights& w, float* c,
+                    int64_t ldc) {
+  const int64_t k = w.k, blocks = (rows + kRows - 1) / kRows;
+  thread_local std::vector<float> packed;
+  packed.assign(blocks * kRows * k, 0.0f);
+  for (int64_t r = 0; r < rows; ++r) {
+    float* block = packed.data() + (r / kRows) * kRows * k + r % kRows;
+    for (int64_t i = 0; i < k; ++i) block[i * kRows] = a[r * lda + i];
+  }
+  for (int64_t i0 = 0; i0 < k; i0 += kDepth) {
+    const int64_t depth = std::min(kDepth, k - i0);
+    for (int64_t q = 0; q * kPanel < w.n; ++q) {
+      const float* panel = w.panels + (q * k + i0) * kPanel;
+      const int64_t cols = std::min(kPanel, w.n - q * kPanel);
+      for (int64_t b = 0; b < blocks; ++b) {
+        const float* a_block = packed.data() + (b * k + i0) * kRows;
+        panel_block(depth, a_block, panel, c + b * kRows * ldc + q * kPanel, ldc,
+                    std::min(kRows, rows - b * kRows), cols, i0 > 0);
+      }
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------------
 
 struct Shape {
@@ -142,8 +246,9 @@ struct ForwardArgs {
 // How a gang splits the recurrence: by batch rows (no synchronisation, each thread runs its
 // rows' whole sequence) while every thread gets at least kMinRows rows, else by hidden units
 // (every thread all rows; a barrier per step, since each step's product reads all of h).
-// Small products lose efficiency: oneDNN's sgemm runs (16, 256) x (256, 1024) at ~30 GFLOP/s
-// on one AVX2 core, (32, 256) x (256, 512) at ~80.
+// Small products lose efficiency: oneDNN's sgemm ran (16, 256) x (256, 1024) at ~30 GFLOP/s
+// on one AVX2 core, (32, 256) x (256, 512) at ~80 (tuned then; not re-tuned for the packed
+// kernel, which packs w_h once rather than at every product).
 constexpr int64_t kMinRows = 32;
 
 struct Block {
@@ -151,8 +256,13 @@ struct Block {
   bool by_units;
 };
 
+// Split by hidden units too when w_h outgrows the caches (kBigWeights bytes): by rows, each
+// thread would stream all of it from memory every step; by units, its own share.
+constexpr int64_t kBigWeights = 4 << 20;
+
 bool split_by_units(const Shape& s, int threads) {
-  return threads > 1 && s.batch < kMinRows * threads && s.hidden >= 8 * threads;
+  const bool big = s.hidden * s.gh() * int64_t{sizeof(float)} > kBigWeights;
+  return threads > 1 && (s.batch < kMinRows * threads || big) && s.hidden >= 8 * threads;
 }
 
 // Batch-row chunks for the split by rows: at least one per thread, and up to four per
@@ -192,16 +302,6 @@ void over_blocks(const Shape& s, Team& team, Run&& run) {
   });
 }
 
-// w_h's columns of units [j0, j1), gate by gate: (H, G*Hk), ldb G*Hk (Hk = j1 - j0).
-std::vector<float> unit_columns(const Shape& s, const float* w_h, int64_t j0, int64_t j1) {
-  const int64_t H = s.hidden, G = num_gates(s.kind), GH = s.gh(), Hk = j1 - j0;
-  std::vector<float> w(H * G * Hk);
-  for (int64_t k = 0; k < H; ++k)
-    for (int64_t g = 0; g < G; ++g)
-      std::memcpy(&w[k * G * Hk + g * Hk], w_h + k * GH + g * H + j0, Hk * sizeof(float));
-  return w;
-}
-
 // The forward recurrence of one block. `h` is two (B, H) buffers shared by the gang (this
 // step's carry and the next one's).
 void forward_block(const Shape& s, const ForwardArgs& a, const float* xp, const Block& blk,
@@ -210,8 +310,10 @@ void forward_block(const Shape& s, const ForwardArgs& a, const float* xp, const 
   const int64_t rows = blk.b1 - blk.b0, j0 = blk.j0, Hk = blk.j1 - blk.j0, GHk = G * Hk;
   const int64_t B = s.batch;
   float* hbuf[2] = {h_pair, h_pair + B * H};
-  std::vector<float> wk = Hk == H ? std::vector<float>() : unit_columns(s, a.w_h, j0, blk.j1);
-  const float* w = Hk == H ? a.w_h : wk.data();
+  // w_h's columns of this block's units, gate by gate: (H, G*Hk)
+  const PackedWeights w(H, GHk, false, [&](int64_t k, int64_t col) {
+    return a.w_h[k * GH + (col / Hk) * H + j0 + col % Hk];
+  });
   std::vector<float> c(s.kind == kLstm ? rows * Hk : 0), zh(rows * GHk), scratch(GH + H);
   std::vector<int64_t> len(rows);
   int64_t longest = 0;
@@ -237,7 +339,7 @@ void forward_block(const Shape& s, const ForwardArgs& a, const float* xp, const 
     float* hn_buf = hbuf[(step + 1) % 2];
     // Rows whose sequence has ended keep their carry; the product runs over all rows of
     // the block (cheaper than gathering the live ones).
-    gemm('N', 'N', rows, GHk, H, hc + blk.b0 * H, H, w, GHk, 0.0f, zh.data(), GHk);
+    packed_product(rows, hc + blk.b0 * H, H, w, zh.data(), GHk);
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t b = blk.b0 + r;
       const float* hr = hc + b * H + j0;  // this block's units of h_{t-1}
@@ -359,6 +461,9 @@ void backward_block(const Shape& s, const BackwardArgs& a, float* dzx, float* dz
   Residuals res(const_cast<float*>(a.ws), s);
   float* dbuf[2] = {dstep_pair, dstep_pair + B * GH};
   std::vector<float> dh(rows * Hk), dc(s.kind == kLstm ? rows * Hk : 0), back(rows * Hk);
+  // w_h^T's columns of this block's units: (GH, Hk), w_h's rows [j0, j1)
+  const PackedWeights w_t(GH, Hk, true,
+                          [&](int64_t k, int64_t u) { return a.w_h[(j0 + u) * GH + k]; });
   std::vector<int64_t> len(rows);
   int64_t longest = 0;
   for (int64_t r = 0; r < rows; ++r) {
@@ -461,8 +566,7 @@ void backward_block(const Shape& s, const BackwardArgs& a, float* dzx, float* dz
     if (blk.by_units) barrier.wait();  // this step's dz_h whole before the product
     // dh_{t-1} = dz_h @ w_h^T (+ the GRU's direct path) for the live rows, this block's
     // units: w_h's rows [j0, j1) are w_h^T's columns.
-    gemm('N', 'T', rows, Hk, GH, dsb + blk.b0 * GH, GH, a.w_h + j0 * GH, GH, 0.0f, back.data(),
-         Hk);
+    packed_product(rows, dsb + blk.b0 * GH, GH, w_t, back.data(), Hk);
     for (int64_t r = 0; r < rows; ++r) {
       if (step >= len[r]) continue;
       float* dhr = &dh[r * Hk];
@@ -564,6 +668,8 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::AnyBuffer xs, ffi::AnyBuffer lengt
     ForwardArgs a{fdata(xs),    fdata(h0),     fdata(c0),     fdata(w_x),
                   fdata(w_h),   fdata(b),      fdata(b_h),    idata(lengths),
                   fdata(hs),    fdata(h_last), fdata(c_last), training ? fdata(ws) : nullptr};
+    prefer_huge_pages(hs->untyped_data(), hs->size_bytes());
+    if (training) prefer_huge_pages(ws->untyped_data(), ws->size_bytes());
     Team team(pool);
     forward(s, a, team);
   });
@@ -585,6 +691,7 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::AnyBuffer xs, ffi::AnyBuffer leng
                    fdata(d_hs),     fdata(d_h_last), fdata(d_c_last), idata(lengths),
                    fdata(dz_x),     fdata(d_h0),    fdata(d_c0),     fdata(d_w_x),
                    fdata(d_w_h),    fdata(d_b),     fdata(d_b_h)};
+    prefer_huge_pages(dz_x->untyped_data(), dz_x->size_bytes());
     Team team(pool);
     backward(s, a, team);
   });
