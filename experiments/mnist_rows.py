@@ -52,6 +52,9 @@ import common  # noqa: E402  (a sibling file, see common.py)
 INPUTS = ("rows", "pixels", "permuted")
 PERMUTATION_SEED = 92916  # the permuted task's pixel order: fixed, not the run's --seed
 SCHEDULES = ("constant", "cosine", "linear")
+# rnn_jax.options.BACKENDS (not imported here: jax starts only after the flags are parsed;
+# tests/test_experiments checks the two agree)
+BACKENDS = ("scan", "fused_cpu", "onednn", "cudnn", "auto")
 NUM_CLASSES = 10
 EXIT_DIVERGED = 3
 # Settings that may change when a finished or interrupted run is resumed: more steps, and
@@ -84,9 +87,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--matmul-dtype", choices=("bfloat16",), default=None,
                    help="mixed precision: the recurrent matrix products in bfloat16, state in "
                    "float32 (default: all float32)")
-    p.add_argument("--backend", choices=("scan", "onednn", "cudnn", "auto"), default="scan",
-                   help="rj.unroll's backend: lax.scan, or a fused oneDNN (CPU) / cuDNN (GPU, "
-                   "LSTM) kernel; see the README's 'Fused backends'")
+    p.add_argument("--backend", choices=BACKENDS, default="scan",
+                   help="rj.unroll's backend: lax.scan, rnn_jax's fused CPU kernels (the linear "
+                   "cells' too), oneDNN (CPU) or cuDNN (GPU, LSTM); see the README's 'Fused "
+                   "backends'")
     p.add_argument("--input-dropout", type=rate, default=0.0,
                    help="variational dropout on each row's pixels, one mask per image")
     p.add_argument("--recurrent-dropout", type=rate, default=0.0,

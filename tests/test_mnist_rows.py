@@ -225,6 +225,9 @@ def test_defaults_are_the_seed_notebooks():
     assert args.out == "runs/mnist-simple"
     with pytest.raises(SystemExit):
         mnist_rows.parse_args(["--cell", "transformer"])
+    from rnn_jax.options import BACKENDS
+
+    assert mnist_rows.BACKENDS == BACKENDS  # its copy (the script parses before jax starts)
 
 
 def test_results_table_row():
