@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 
 from rnn_jax import regularize
-from rnn_jax.backends import dispatch, fused_linear
+from rnn_jax.backends import dispatch, fused_linear, linear_backend
 from rnn_jax.bptt import manual_scan
 from rnn_jax.options import UnrollOptions, parse, plan
 from rnn_jax.remat import remat_scan_forward, segment_length
@@ -86,10 +86,12 @@ def unroll(
       matmul_dtype: e.g. ``jnp.bfloat16`` to run the matrix products (forward and the
         hand-written backward) in that dtype with accumulation, carries, gate math and
         outputs in the parameters' dtype. None: off (full precision).
-      backend: ``"scan"`` (this function's ``lax.scan``), ``"onednn"`` (CPU) or ``"cudnn"``
-        (GPU, LSTM) for a fused per-sequence kernel with its own fused backward (``unroll``
-        and ``gradient`` do not apply), or ``"auto"``: fused where it applies, else scan.
-        See ``rnn_jax.backends`` for what each supports.
+      backend: ``"scan"`` (this function's ``lax.scan``, or the linear cells' parallel
+        path), ``"fused_cpu"`` (rnn_jax's CPU kernels: Elman, LSTM, GRU and the linear
+        cells), ``"onednn"`` (CPU) or ``"cudnn"`` (GPU, LSTM) for a fused per-sequence kernel
+        with its own fused backward (``unroll`` and ``gradient`` do not apply), or
+        ``"auto"``: fused where it applies and is measured faster, else scan. See
+        ``rnn_jax.backends`` for what each supports.
       mode: ``"sequential"`` (the cell's ``step`` in ``lax.scan``) or ``"parallel"`` (the
         whole sequence at once, for a cell with a ``parallel`` path: the linear recurrences
         ``rj.mingru``, ``rj.minlstm``, ``rj.lru``, through ``rj.linear_scan``). Same values and
@@ -154,7 +156,10 @@ def unroll(
         cell, xs_regularized = regularize.apply(how, cell, prep.xs, prep.carry, key)
         prep = prep._replace(xs=xs_regularized)
     xs_tm, valid, resets = reading_order(prep, opts.reverse)
-    if how.mode == "parallel" and opts.backend == "fused_cpu":  # a linear cell (dispatch)
+    defaults = opts.gradient is None and not how.input_dropout  # what "auto" leaves to JAX
+    linear = how.mode == "parallel" and linear_backend(
+        opts.backend, cell, (params, prep.xs, prep.carry), defaults=defaults) == "fused_cpu"
+    if linear:  # a linear cell's kernel (dispatch leaves it to this parallel path)
         return fused_linear.parallel(cell, params, prep, valid, resets, reverse=opts.reverse,
                                      time_major=opts.time_major)  # fmt: skip
     # A time-major sequence in reading order back to input positions and the caller's layout.

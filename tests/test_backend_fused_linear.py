@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 import rnn_jax as rj
-from rnn_jax.backends import build, fused_linear
+from rnn_jax.backends import AUTO_LINEAR_CPU, build, fused_linear
 
 VALUE_TOL = 2e-6  # of each array's largest entry (at least 1)
 GRAD_TOL = 2e-6
@@ -143,6 +143,25 @@ def test_fused_linear_runs_the_kernel_both_ways(name):
     assert build.LINEAR_FORWARD_TARGET in text and build.LINEAR_BACKWARD_TARGET in text
     assert "logistic" not in text
     assert text.count("('batch_major', True)") == 2
+
+
+def test_auto_runs_the_kernel_where_it_is_measured_faster():
+    """``backend="auto"`` on the CPU: the linear kernel for the minGRU and minLSTM (their
+    fused gates), with the kernel's values; the pure-JAX parallel path for the LRU, for an
+    explicit ``gradient=`` and for non-float32 inputs."""
+    jaxpr = lambda cell, params, xs, **options: str(jax.make_jaxpr(
+        lambda p: rj.unroll(cell, p, xs, backend="auto", **options)[1])(params))  # fmt: skip
+    for name in ("mingru", "minlstm", "lru"):
+        params, xs, h0, _ = _problem(CELLS[name], 2, 5, 3, 4, False, 0)
+        runs_kernel = build.LINEAR_FORWARD_TARGET in jaxpr(CELLS[name], params, xs)
+        assert runs_kernel == (name in AUTO_LINEAR_CPU), name
+    params, xs, h0, _ = _problem(rj.mingru.cell, 2, 5, 3, 4, False, 0)
+    auto = rj.unroll(rj.mingru, params, xs, h0, backend="auto")
+    fused = rj.unroll(rj.mingru, params, xs, h0, backend="fused_cpu")
+    _assert_close(auto, fused, 0.0, "values")
+    assert build.LINEAR_FORWARD_TARGET not in jaxpr(rj.mingru, params, xs, gradient="manual")
+    as16 = jax.tree.map(lambda v: v.astype(jnp.bfloat16), params)
+    assert build.LINEAR_FORWARD_TARGET not in jaxpr(rj.mingru, as16, xs.astype(jnp.bfloat16))
 
 
 def test_fused_linear_long_sequence_against_float64(x64):

@@ -13,7 +13,9 @@ backend    what runs the sequence
 "onednn"   one oneDNN RNN primitive per sequence on CPU, fused backward (XLA FFI);
            Elman (tanh, relu), LSTM, GRU; needs ``pip install 'rnn_jax[onednn]'`` and g++
 "cudnn"    cuDNN's LSTM through ``jax.experimental.rnn`` (GPU only); LSTM only
-"auto"     the fused backend where it applies (cell, options, dtype, platform), else "scan"
+"auto"     the fused backend where it applies (cell, options, dtype, platform) and is measured
+           faster: on the CPU "fused_cpu" for Elman, LSTM, GRU, minGRU and minLSTM; on a GPU
+           "cudnn" for the LSTM; else "scan"
 =========  =========================================================================
 
 The fused backends take the initial carry, batch- or time-major input and ``reverse``
@@ -75,6 +77,14 @@ def fused_cpu_available() -> bool:
     return build.available(build.FUSED)
 
 
+@functools.cache
+def fused_linear_available() -> bool:
+    """Whether ``backend="fused_cpu"`` can run the linear cells here (g++; builds on first use)."""
+    from rnn_jax.backends import build
+
+    return build.available(build.LINEAR)
+
+
 def set_onednn_threads(num_threads: int) -> None:
     """OpenMP threads each oneDNN call uses from now on (default: ``$RNN_JAX_ONEDNN_THREADS``,
     else OpenMP's default, one per core); 0 restores OpenMP's default."""
@@ -97,6 +107,29 @@ def set_fused_cpu_threads(num_threads: int) -> None:
 # What backend="auto" runs on the CPU, per cell: measured fastest here (train step, 2-core
 # AMD EPYC, AVX2; docs/results/bench.md). None: the scan path.
 AUTO_CPU = {"tanh": "fused_cpu", "relu": "fused_cpu", "lstm": "fused_cpu", "gru": "fused_cpu"}
+
+
+# The linear cells backend="auto" runs through the linear-recurrence kernel on the CPU: those
+# whose gate maths it fuses (train step 1.5x / 1.6x their parallel path at B16 T4096 H256,
+# experiments/results/bench-2026-12-07-linear.md); the others keep the pure-JAX parallel path.
+AUTO_LINEAR_CPU = ("mingru", "minlstm")
+
+
+def linear_backend(backend: str, cell, arrays, *, defaults: bool) -> str:
+    """``"fused_cpu"`` where the linear kernel runs a linear cell's parallel path (asked for,
+    or ``"auto"``'s choice), else ``"scan"`` (the pure-JAX parallel path). ``arrays``: the
+    params, inputs and carry (``"auto"`` takes float32 only); ``defaults``: no option other
+    than the per-row data is set (``"auto"`` leaves an explicit ``gradient=`` or dropout to
+    the path that has them)."""
+    if backend != "auto":
+        return backend
+    form = as_cell(cell).linear
+    if form is None or form.fused_gates not in AUTO_LINEAR_CPU or not defaults:
+        return "scan"
+    if any(leaf.dtype != jnp.float32 for leaf in jax.tree.leaves(arrays)):
+        return "scan"
+    on_cpu = jax.default_backend() == "cpu"
+    return "fused_cpu" if on_cpu and fused_linear_available() else "scan"
 
 
 def _platform_backend(kind: str) -> str | None:
