@@ -96,7 +96,6 @@ IMPLS = ("rnn_jax", "rnn_jax-manual", "rnn_jax-bf16", "rnn_jax-remat", "rnn_jax-
 IMPLS += (
     "rnn_jax-fused_cpu",
     "rnn_jax-fused_cpu-1thread",
-    "rnn_jax-onednn",
     "flax",
     "equinox",
     "torch",
@@ -291,8 +290,7 @@ def make_rnn_jax_backend(backend, cell, cfg, mode, x, y):
         raise Skip(f"backend={backend!r} has no projected LSTM")
     if backends.fused_kind(module) is None:
         raise Skip(f"backend={backend!r} runs only the built-in cells")
-    available = {"onednn": backends.onednn_available, "fused_cpu": backends.fused_cpu_available}
-    if not available[backend]():
+    if not backends.fused_cpu_available():
         raise Skip(f"backend={backend!r} unavailable: pip install 'rnn_jax[onednn]' (and g++)")
     return make_rnn_jax(cell, cfg, mode, x, y, backend=backend)
 
@@ -584,7 +582,6 @@ MAKERS = {
     "rnn_jax-manual-remat": lambda *a: make_rnn_jax_remat(*a, gradient="manual"),
     "rnn_jax-fused_cpu": lambda *a: make_rnn_jax_backend("fused_cpu", *a),
     "rnn_jax-fused_cpu-1thread": make_rnn_jax_fused_1thread,
-    "rnn_jax-onednn": lambda *a: make_rnn_jax_backend("onednn", *a),
     "flax": make_flax,
     "equinox": make_equinox,
     "torch": make_torch,
@@ -1041,7 +1038,7 @@ def parse_args(argv=None):
                    f"{common.CELL_HELP}")
     p.add_argument("--modes", default=",".join(MODES), help=f"comma list of {MODES}")
     p.add_argument("--impls", default=",".join(DEFAULT_IMPLS), help=f"comma list of {IMPLS}")
-    p.add_argument("--backend", action="append", default=[], choices=("fused_cpu", "onednn"),
+    p.add_argument("--backend", action="append", default=[], choices=("fused_cpu",),
                    help="also time rj.unroll(backend=...) as rnn_jax-<backend> (repeatable)")
     p.add_argument("--steps", type=pos_int, default=30, help="timed steps per implementation")
     p.add_argument("--warmup", type=common.int_at_least(0), default=3, help="untimed steps")

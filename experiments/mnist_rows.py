@@ -54,7 +54,7 @@ PERMUTATION_SEED = 92916  # the permuted task's pixel order: fixed, not the run'
 SCHEDULES = ("constant", "cosine", "linear")
 # rnn_jax.options.BACKENDS (not imported here: jax starts only after the flags are parsed;
 # tests/test_experiments checks the two agree)
-BACKENDS = ("scan", "fused_cpu", "onednn", "cudnn", "auto")
+BACKENDS = ("scan", "fused_cpu", "cudnn", "auto")
 NUM_CLASSES = 10
 EXIT_DIVERGED = 3
 # Settings that may change when a finished or interrupted run is resumed: more steps, and
@@ -89,8 +89,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "float32 (default: all float32)")
     p.add_argument("--backend", choices=BACKENDS, default="scan",
                    help="rj.unroll's backend: lax.scan, rnn_jax's fused CPU kernels (the linear "
-                   "cells' too), oneDNN (CPU) or cuDNN (GPU, LSTM); see the README's 'Fused "
-                   "backends'")
+                   "cells' too) or cuDNN (GPU, LSTM); see the README's 'Fused backends'")
     p.add_argument("--input-dropout", type=rate, default=0.0,
                    help="variational dropout on each row's pixels, one mask per image")
     p.add_argument("--recurrent-dropout", type=rate, default=0.0,

@@ -90,7 +90,7 @@ def classifier(
     ``key`` turns on dropout between layers (training); evaluation passes none.
     ``matmul_dtype`` (e.g. ``jnp.bfloat16``): the recurrent layers' matrix products in that
     dtype, state and readout in float32 (``rj.unroll``'s mixed precision).
-    ``backend``: ``rj.unroll``'s (``"onednn"`` runs each layer as one fused oneDNN kernel).
+    ``backend``: ``rj.unroll``'s (``"fused_cpu"`` runs each layer as one fused CPU kernel).
     ``input_dropout``, ``recurrent_dropout``, ``zoneout``: ``rj.unroll``'s regularisers in
     every layer, in training (a ``key``) only; zoneout's evaluation mix without one.
     ``block="residual"``: ``num_layers`` residual blocks of width ``hidden_size`` instead of

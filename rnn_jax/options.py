@@ -39,10 +39,10 @@ __all__ = [  # fmt: skip
 
 GRADIENTS = (None, "autodiff", "manual")
 MODES = (None, "sequential", "parallel")
-BACKENDS = ("scan", "fused_cpu", "onednn", "cudnn", "auto")
-FUSED_BACKENDS = ("fused_cpu", "onednn", "cudnn")
+BACKENDS = ("scan", "fused_cpu", "cudnn", "auto")
+FUSED_BACKENDS = ("fused_cpu", "cudnn")
 # The data a fused backend takes as well (the rest of scan_only it refuses by name).
-FUSED_DATA = {"fused_cpu": ("lengths",), "onednn": (), "cudnn": ()}
+FUSED_DATA = {"fused_cpu": ("lengths",), "cudnn": ()}
 # backend="fused_cpu" runs a linear cell (one with a LinearForm) through its linear-recurrence
 # kernel in the parallel path, which takes every per-row input that path takes.
 FUSED_LINEAR_DATA = ("lengths", "mask", "resets")
@@ -109,6 +109,10 @@ def _checked_fields(opts: UnrollOptions) -> dict:
         raise TypeError(f"return_carries must be True or False, got {opts.return_carries!r}")
     check_choice("mode", opts.mode, MODES)
     check_choice("gradient", opts.gradient, GRADIENTS)
+    if opts.backend == "onednn":  # removed 2026-12-07
+        raise ValueError("backend='onednn' (oneDNN 3.2's RNN primitives) was removed: "
+                         "backend='fused_cpu' runs the same cells, faster in every benchmark "
+                         "(README, 'Fused backends'); or backend='auto'")  # fmt: skip
     check_choice("backend", opts.backend, BACKENDS)
     if isinstance(opts.unroll, bool) or not isinstance(opts.unroll, int) or opts.unroll < 1:
         raise ValueError(f"unroll must be an int >= 1, got {opts.unroll!r}")

@@ -88,7 +88,7 @@ def unroll(
         outputs in the parameters' dtype. None: off (full precision).
       backend: ``"scan"`` (this function's ``lax.scan``, or the linear cells' parallel
         path), ``"fused_cpu"`` (rnn_jax's CPU kernels: Elman, LSTM, GRU and the linear
-        cells), ``"onednn"`` (CPU) or ``"cudnn"`` (GPU, LSTM) for a fused per-sequence kernel
+        cells) or ``"cudnn"`` (GPU, LSTM) for a fused per-sequence kernel
         with its own fused backward (``unroll`` and ``gradient`` do not apply), or
         ``"auto"``: fused where it applies and is measured faster, else scan. See
         ``rnn_jax.backends`` for what each supports.

@@ -1,16 +1,16 @@
 """``rj.unroll(..., backend="fused_cpu")`` (rnn_jax's own CPU kernel) equals the scan path.
 
 The kernel runs the same float32 maths in another order (one input product for all steps,
-oneDNN's sgemm, its own exp/tanh to about 1 ulp), so values and gradients agree with the
-scan path to float32 round-off, not bit for bit. Tolerance, per array, relative to its
-largest entry (at least 1; an entry's round-off scales with the terms summed into it): values
-1e-5, gradients 1e-4. LSTM and GRU: the kernel against the scan path (both within 5e-7 of a
-float64 run on these shapes). The Elman RNNs with these large random weights amplify
-round-off: the float32 scan path itself is up to 3.4e-5 off float64 (float32 eps 1.2e-7) and
-the two float32 paths differ by up to 1.9e-5. For them the criterion is against a float64 run
-of the scan path: the kernel's error at most the tolerance plus twice the float32 scan
-path's own error there. Requires the ``rnn_jax[onednn]``
-extra (part of ``test``) and g++: no skip.
+oneDNN's sgemm and its own per-step product kernel, its own exp/tanh to about 1 ulp), so
+values and gradients agree with the scan path to float32 round-off, not bit for bit.
+Tolerance, per array, relative to its largest entry (at least 1; an entry's round-off scales
+with the terms summed into it): values 1e-5, gradients 1e-4. LSTM and GRU: the kernel against
+the scan path (both within 5e-7 of a float64 run on these shapes). The Elman RNNs with these
+large random weights amplify round-off: the float32 scan path itself is up to 3.4e-5 off
+float64 (float32 eps 1.2e-7) and the two float32 paths differ by up to 1.9e-5. For them the
+criterion is against a float64 run of the scan path: the kernel's error at most the tolerance
+plus twice the float32 scan path's own error there. Requires the ``rnn_jax[onednn]`` extra
+(part of ``test``) and g++: no skip.
 """
 
 from __future__ import annotations
@@ -277,7 +277,7 @@ def test_build_is_cached_and_keyed_by_source_flags_and_cpu(tmp_path, monkeypatch
     assert build.library_path(flags) != first
     monkeypatch.setattr(build, "cpu_features", lambda: "another CPU")
     assert build.library_path(build.FUSED) != first
-    assert build.library_path(build.ONEDNN) != first  # the two kernels never share a file
+    assert build.library_path(build.LINEAR) != first  # the two kernels never share a file
 
 
 def test_bench_backend_flag_adds_fused_cpu_rows(tmp_path):

@@ -138,7 +138,7 @@ def test_clear_errors():
             rj.lstm.init(key, IN, HID, proj_size=bad)
     params = rj.lstm.init(key, IN, HID, proj_size=PROJ)
     xs = jnp.ones((2, 3, IN))
-    for backend in ("onednn", "cudnn"):
+    for backend in ("fused_cpu", "cudnn"):
         message = rf"backend='{backend}' does not support an LSTM with an output projection"
         with pytest.raises(ValueError, match=message + rf" \(proj_size={PROJ}"):
             rj.unroll(PROJECTED, params, xs, backend=backend)

@@ -362,9 +362,9 @@ BAD = [
     ),
     (dict(return_carries=1), TypeError, r"return_carries must be True or False, got 1"),
     (
-        dict(mask=jnp.ones((B, T), bool), backend="onednn"),
+        dict(mask=jnp.ones((B, T), bool), backend="fused_cpu"),
         ValueError,
-        r"backend= with mask=: backend='onednn'",
+        r"backend= with mask=: backend='fused_cpu'",
     ),
     (
         dict(resets=jnp.ones((B, T), bool), backend="cudnn"),
@@ -372,10 +372,11 @@ BAD = [
         r"backend= with resets=: backend='cudnn'",
     ),
     (
-        dict(return_carries=True, backend="onednn"),
+        dict(return_carries=True, backend="fused_cpu"),
         ValueError,
-        r"backend= with return_carries=: backend='onednn'",
+        r"backend= with return_carries=: backend='fused_cpu'",
     ),
+    (dict(backend="onednn"), ValueError, r"backend='onednn' .* was removed: backend='fused_cpu'"),
 ]
 
 

@@ -10,8 +10,6 @@ backend    what runs the sequence
            cells (a ``LinearForm``: ``rj.mingru`` with its gates fused in, ``rj.minlstm``, any
            real one) the linear-recurrence kernel (``fused_linear``) runs the scan in the
            parallel path, with ``lengths``, ``mask`` and ``resets``; needs g++ only
-"onednn"   one oneDNN RNN primitive per sequence on CPU, fused backward (XLA FFI);
-           Elman (tanh, relu), LSTM, GRU; needs ``pip install 'rnn_jax[onednn]'`` and g++
 "cudnn"    cuDNN's LSTM through ``jax.experimental.rnn`` (GPU only); LSTM only
 "auto"     the fused backend where it applies (cell, options, dtype, platform) and is measured
            faster: on the CPU "fused_cpu" for Elman, LSTM, GRU, minGRU and minLSTM; on a GPU
@@ -38,7 +36,6 @@ from rnn_jax.options import FUSED_DATA as FUSED_OPTIONS  # what a fused backend 
 
 FUSED_CELLS = {
     "fused_cpu": ("tanh", "relu", "lstm", "gru"),
-    "onednn": ("tanh", "relu", "lstm", "gru"),
     "cudnn": ("lstm",),
 }
 
@@ -62,14 +59,6 @@ def check_backend(backend) -> str:
 
 
 @functools.cache
-def onednn_available() -> bool:
-    """Whether ``backend="onednn"`` can run here (builds the kernel on the first call)."""
-    from rnn_jax.backends import build
-
-    return build.available(build.ONEDNN)
-
-
-@functools.cache
 def fused_cpu_available() -> bool:
     """Whether ``backend="fused_cpu"`` can run here (builds the kernel on the first call)."""
     from rnn_jax.backends import build
@@ -83,16 +72,6 @@ def fused_linear_available() -> bool:
     from rnn_jax.backends import build
 
     return build.available(build.LINEAR)
-
-
-def set_onednn_threads(num_threads: int) -> None:
-    """OpenMP threads each oneDNN call uses from now on (default: ``$RNN_JAX_ONEDNN_THREADS``,
-    else OpenMP's default, one per core); 0 restores OpenMP's default."""
-    if not isinstance(num_threads, int) or num_threads < 0:
-        raise ValueError(f"num_threads must be an int >= 0, got {num_threads!r}")
-    from rnn_jax.backends import build
-
-    build.load(build.ONEDNN).rnn_jax_onednn_set_num_threads(num_threads)
 
 
 def set_fused_cpu_threads(num_threads: int) -> None:
@@ -136,8 +115,7 @@ def _platform_backend(kind: str) -> str | None:
     platform = jax.default_backend()
     if platform == "cpu":
         chosen = AUTO_CPU.get(kind)
-        available = {"fused_cpu": fused_cpu_available, "onednn": onednn_available}
-        return chosen if chosen is not None and available[chosen]() else None
+        return chosen if chosen is not None and fused_cpu_available() else None
     if platform == "gpu" and kind in FUSED_CELLS["cudnn"]:
         return "cudnn"
     return None
@@ -212,10 +190,6 @@ def dispatch(backend: str, cell, params, xs, carry, *, reverse, time_major, opti
         if backend == "auto":
             return None
         raise ValueError(f"backend={chosen!r} needs at least one step and one row, got {xs.shape}")
-    if chosen == "onednn":
-        from rnn_jax.backends import onednn
-
-        return onednn.unroll(kind, params, xs, carry, reverse=reverse, time_major=time_major)
     from rnn_jax.backends import cudnn
 
     return cudnn.unroll(params, xs, carry, reverse=reverse, time_major=time_major)

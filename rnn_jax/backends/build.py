@@ -1,8 +1,7 @@
 """Build, cache and load the FFI kernels of the CPU backends on first use.
 
-Three kernels, one machinery (a ``Kernel`` names each):
+Two kernels, one machinery (a ``Kernel`` names each):
 
-- ``ONEDNN`` (``onednn_rnn.cc``, ``backend="onednn"``): oneDNN 3.2's RNN primitives.
 - ``FUSED`` (``fused_rnn.cc``, ``backend="fused_cpu"``): rnn_jax's own sequence kernel, its
   products through oneDNN's sgemm, compiled with ``-O3 -march=native``.
 - ``LINEAR`` (``fused_linear.cc``, ``backend="fused_cpu"`` for the linear cells): the linear
@@ -45,9 +44,6 @@ from rnn_jax.atomic import atomic_path
 
 ONEDNN_PINS = ("onednn-cpu-gomp==2023.2.0", "onednn-devel-cpu-gomp==2023.2.0")
 INSTALL_HINT = "pip install 'rnn_jax[onednn]' (that is: pip install " + " ".join(ONEDNN_PINS) + ")"
-FORWARD_TARGET = "rnn_jax_onednn_forward"
-BACKWARD_TARGET = "rnn_jax_onednn_backward"
-THREADS_ENV = "RNN_JAX_ONEDNN_THREADS"
 FUSED_FORWARD_TARGET = "rnn_jax_fused_forward"
 FUSED_BACKWARD_TARGET = "rnn_jax_fused_backward"
 FUSED_THREADS_ENV = "RNN_JAX_FUSED_THREADS"
@@ -59,19 +55,12 @@ class BackendUnavailable(RuntimeError):
     """The fused backend cannot run here; the message says what to install."""
 
 
-def threads_from_env(name: str = THREADS_ENV) -> int:
+def threads_from_env(name: str) -> int:
     """The int >= 0 in ``$name`` (0 or unset: the backend's default thread count)."""
     text = os.environ.get(name, "0")
     if not text.isdigit():
         raise ValueError(f"{name} must be an int >= 0, got {text!r}")
     return int(text)
-
-
-def _configure_onednn(library: ctypes.CDLL) -> None:
-    library.rnn_jax_onednn_workspace_bytes.restype = ctypes.c_int64
-    library.rnn_jax_onednn_workspace_bytes.argtypes = [ctypes.c_int32] * 3 + [ctypes.c_int64] * 4
-    library.rnn_jax_onednn_set_num_threads.argtypes = [ctypes.c_int]
-    library.rnn_jax_onednn_set_num_threads(threads_from_env(THREADS_ENV))
 
 
 def _configure_fused(library: ctypes.CDLL) -> None:
@@ -99,11 +88,6 @@ class Kernel:
 
 HERE = Path(__file__).parent
 COMMON = HERE / "fused_common.h"  # threads, denormals, scratch, element-wise functions
-ONEDNN = Kernel(
-    "onednn", HERE / "onednn_rnn.cc", ("-O2",),
-    ((FORWARD_TARGET, "RnnJaxOnednnForward"), (BACKWARD_TARGET, "RnnJaxOnednnBackward")),
-    _configure_onednn,
-)  # fmt: skip
 # -fno-trapping-math lets g++ if-convert (and so vectorise) the clamps in the gate maths.
 FUSED = Kernel(
     "fused_cpu", HERE / "fused_rnn.cc",
@@ -119,7 +103,6 @@ LINEAR = Kernel(
      (LINEAR_BACKWARD_TARGET, "RnnJaxLinearBackward")),
     _configure_linear, onednn=False, headers=(COMMON,),
 )  # fmt: skip
-SOURCE = ONEDNN.source  # kept for callers of the one-kernel module
 
 
 def _installed_file(distribution: str, suffix: str, backend: str) -> Path:
@@ -147,7 +130,7 @@ def _compiler(backend: str) -> str:
     return found
 
 
-def compile_command(output: Path, kernel: Kernel = ONEDNN) -> list[str]:
+def compile_command(output: Path, kernel: Kernel = FUSED) -> list[str]:
     import jax
 
     command = [_compiler(kernel.backend), *kernel.flags, "-std=c++17", "-shared", "-fPIC",
@@ -193,7 +176,7 @@ def _compiler_version(compiler: str) -> str:
     return result.stdout.splitlines()[0] if result.stdout else ""
 
 
-def library_path(kernel: Kernel = ONEDNN) -> Path:
+def library_path(kernel: Kernel = FUSED) -> Path:
     """Where the library for this source, command, compiler, CPU and jaxlib lives (built or
     not)."""
     import jaxlib
@@ -211,7 +194,7 @@ def library_path(kernel: Kernel = ONEDNN) -> Path:
     return cache_dir() / f"{stem}-{jaxlib.__version__}-{key.hexdigest()[:16]}.so"
 
 
-def build_library(kernel: Kernel = ONEDNN) -> Path:
+def build_library(kernel: Kernel = FUSED) -> Path:
     """Compile the library unless the cache already holds it; returns its path."""
     path = library_path(kernel)
     if path.exists():
@@ -228,7 +211,7 @@ def build_library(kernel: Kernel = ONEDNN) -> Path:
 
 
 @functools.cache
-def load(kernel: Kernel = ONEDNN) -> ctypes.CDLL:
+def load(kernel: Kernel = FUSED) -> ctypes.CDLL:
     """Build (once per cache), load and register the FFI targets; returns the library."""
     import jax
 
@@ -241,7 +224,7 @@ def load(kernel: Kernel = ONEDNN) -> ctypes.CDLL:
     return library
 
 
-def available(kernel: Kernel = ONEDNN) -> bool:
+def available(kernel: Kernel = FUSED) -> bool:
     """Whether the kernel's backend can run here (builds the library if needed)."""
     try:
         load(kernel)
