@@ -350,17 +350,7 @@ def run(args, data) -> dict:
     status = {"stopped": "steps", "val": None, "val_step": None}
     recent = []
 
-    def batches():
-        """The chunks from ``start`` on, until the time budget is spent (at least one step
-        runs, so every invocation progresses)."""
-        step = start
-        while True:
-            over = time.perf_counter() - timer.t0 > 60 * args.max_minutes
-            if args.max_minutes and step > start and over:
-                status["stopped"] = "max_minutes"
-                return
-            yield stream.batch(step)
-            step += 1
+    batches = common.batches_within(stream.batch, start, timer.t0, args.max_minutes, status)
 
     def on_step(step: int, host: dict, state) -> None:
         timer.add_step(timer.lap())
@@ -394,7 +384,7 @@ def run(args, data) -> dict:
 
     try:
         with common.stop_on_interrupt(enabled=mesh is None) as stop:
-            state, _ = train_loop(stream.step, run_state["train"], batches(),
+            state, _ = train_loop(stream.step, run_state["train"], batches,
                                   num_steps=args.steps, callback=on_step)  # fmt: skip
     finally:
         bar.close()

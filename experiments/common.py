@@ -530,6 +530,20 @@ def setup_run_dir(
     return run_dir
 
 
+def batches_within(batch_of, start: int, t0: float, max_minutes: float, status: dict):
+    """``batch_of(step)`` for the steps from ``start`` on, until ``max_minutes`` have passed
+    since ``t0`` (``time.perf_counter()``; 0: no limit). At least one step runs, so every
+    invocation progresses. ``status["stopped"]`` becomes ``"max_minutes"`` when the budget
+    ends the run (``train_loop`` stops when its batches run out)."""
+    step = start
+    while True:
+        if max_minutes and step > start and time.perf_counter() - t0 > 60 * max_minutes:
+            status["stopped"] = "max_minutes"
+            return
+        yield batch_of(step)
+        step += 1
+
+
 EXIT_INTERRUPTED = 130  # the shell's code for a process stopped by Ctrl-C (128 + SIGINT)
 
 

@@ -59,7 +59,9 @@ NUM_CLASSES = 10
 EXIT_DIVERGED = 3
 # Settings that may change when a finished or interrupted run is resumed: more steps, and
 # how often things are logged/evaluated/saved. Anything else makes it a different run.
-RESUMABLE_KEYS = ["steps", "eval_every", "checkpoint_every", "progress", "data_dir", "keep"]
+RESUMABLE_KEYS = [
+    "steps", "max_minutes", "eval_every", "checkpoint_every", "progress", "data_dir", "keep",
+]  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------- CLI
@@ -111,6 +113,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "torch: U(+-1/sqrt(H))")
     p.add_argument("--batch-size", type=pos_int, default=128, help="the global batch")
     p.add_argument("--steps", type=pos_int, default=5000, help="total training steps")
+    p.add_argument("--max-minutes", type=common.float_range(0.0), default=0.0,
+                   help="stop cleanly after this many minutes of this invocation (evaluations "
+                   "included; 0: never), then evaluate and save; the schedule keeps --steps")
     p.add_argument("--lr", type=positive, default=1e-3, help="learning rate")
     p.add_argument("--optimizer", choices=("rmsprop", "adam"), default="rmsprop", help="optimizer")
     p.add_argument("--lr-schedule", choices=SCHEDULES, default="constant",
@@ -463,17 +468,24 @@ def _train(args, splits, config, mesh, main, model, metric_fn, train_step, state
     # Saved with every checkpoint; the callback keeps its wall time current.
     meta = {**config, "wall_s": timer.wall_s()}
     stop = common.stop_on_interrupt(enabled=mesh is None)  # one process: Ctrl-C saves first
+    status = {"stopped": "steps"}
+    batches = common.batches_within(make_batch_fn(splits["train"], config, mesh), start,
+                                    timer.t0, args.max_minutes, status)  # fmt: skip
     try:
         with stop as request:
             on_step = make_callback(
                 args, config, run_dir, metric_fn, eval_sets, log, bar, timer, meta, mesh, request
             )
             state, _ = train_loop(
-                train_step, state, make_batch_fn(splits["train"], config, mesh),
-                num_steps=args.steps, checkpoint_dir=str(ckpt_dir),
+                train_step, state, batches, num_steps=args.steps, checkpoint_dir=str(ckpt_dir),
                 checkpoint_every=args.checkpoint_every, keep=args.keep, metadata=meta,
                 callback=on_step,
             )  # fmt: skip
+        t0 = time.perf_counter()
+        final = evaluate_splits(metric_fn, state.params, eval_sets, mesh)
+        timer.eval_s += time.perf_counter() - t0
+        if status["stopped"] == "max_minutes":  # the curves end where the budget did
+            log.write({"step": int(state.step), **final, "wall_s": timer.wall_s()})
     except FloatingPointError as e:
         last = latest_checkpoint(ckpt_dir)
         where = f"step {int(Path(last).stem.split('_')[1])} ({ckpt_dir})" if last else "none yet"
@@ -482,12 +494,10 @@ def _train(args, splits, config, mesh, main, model, metric_fn, train_step, state
         bar.close()
         log.close()
 
-    t0 = time.perf_counter()
-    final = evaluate_splits(metric_fn, state.params, eval_sets, mesh)
-    timer.eval_s += time.perf_counter() - t0
     records = log.records()
     summary = build_summary(config, final, records, timer, state, run_dir)
     summary["resumed_from"] = start if args.resume else None
+    summary["stopped"] = status["stopped"]
     if main:
         plot(run_dir, records, config)
         common.write_json_atomic(run_dir / "summary.json", summary)

@@ -214,6 +214,20 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_pa
     assert steps == [1, 2, 3, 4, 5]
 
 
+@needs_mnist
+def test_max_minutes_stops_cleanly_evaluates_and_saves(tmp_path):
+    out = tmp_path / "budget"
+    argv = TINY + ["--steps", "1000", "--max-minutes", "1e-4", "--out", str(out)]
+    assert mnist_rows.main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stopped"] == "max_minutes" and 1 <= summary["steps"] < 1000
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    # The last line is the evaluation where the budget ended, as the summary reports it.
+    assert records[-1]["step"] == summary["steps"]
+    assert records[-1]["test_accuracy"] == summary["test_accuracy"]
+    assert final_state(out, argv)[1]["step"] == summary["steps"]  # saved there
+
+
 # ------------------------------------------------------------------------------- CLI
 
 
