@@ -330,6 +330,10 @@ def check_process_args(parser: argparse.ArgumentParser, args: argparse.Namespace
         if args.process_id >= args.num_processes:
             parser.error(f"argument --process-id: expected an integer < --num-processes "
                          f"{args.num_processes}, got {args.process_id}")  # fmt: skip
+    several = (args.num_processes or 1) > 1 or args.distributed
+    if getattr(args, "max_minutes", 0) and several:  # each clock would stop at its own step
+        parser.error("--max-minutes runs in one process only: each process's clock would end "
+                     "training at a different step; give --steps instead")  # fmt: skip
 
 
 def join_processes(args: argparse.Namespace) -> bool:

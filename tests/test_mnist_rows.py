@@ -228,6 +228,13 @@ def test_max_minutes_stops_cleanly_evaluates_and_saves(tmp_path):
     assert final_state(out, argv)[1]["step"] == summary["steps"]  # saved there
 
 
+def test_max_minutes_is_refused_with_several_processes(capsys):
+    argv = ["--max-minutes", "5", "--coordinator", "localhost:1234", "--num-processes", "2"]
+    with pytest.raises(SystemExit) as exit_:
+        mnist_rows.parse_args(argv + ["--process-id", "0"])
+    assert exit_.value.code == 2 and "--max-minutes" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------- CLI
 
 
