@@ -220,12 +220,14 @@ def _check_contract(cell, sizes, spatial, dtype, rng, params, rtol, atol):
     carry = _normal_like(rng, zero, 0.5)
     x = jnp.asarray(rng.normal(size=(batch_size, *spatial, input_size)), dtype)
     check_step_contract(cell, params, carry, x)  # new carry like the carry, like zero's
-    new_carry, h = cell.step(params, carry, x)
+    # Compiled as one program each: run eagerly, every operation of a step would compile
+    # on its own, which is most of the check's time on a small problem.
+    new_carry, h = jax.jit(cell.step)(params, carry, x)
     h_of = cell.hidden_of(new_carry)
     if h.shape != h_of.shape or not np.array_equal(np.asarray(h), np.asarray(h_of)):
         raise ValueError(f"{name}: step's output h {h.shape} is not hidden_of(new carry) "
                          f"{h_of.shape}")  # fmt: skip
-    fwd_carry, fwd_h, _ = cell.step_forward(params, carry, x)
+    fwd_carry, fwd_h = jax.jit(lambda *args: cell.step_forward(*args)[:2])(params, carry, x)
     for label, a, b in (("carry", fwd_carry, new_carry), ("h", fwd_h, h)):
         for leaf_a, leaf_b in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
             if not compare_leaf(leaf_a, leaf_b, rtol, atol)[2]:
@@ -235,13 +237,19 @@ def _check_contract(cell, sizes, spatial, dtype, rng, params, rtol, atol):
 
 def _step_stage(cell, params, carry, x, rng, rtol, atol):
     """Rows of ``step_backward`` vs ``jax.vjp(step)`` at one step."""
-    new_carry, h, residuals = cell.step_forward(params, carry, x)
+    new_carry, h, _ = jax.eval_shape(cell.step_forward, params, carry, x)
     d_h, d_carry = _normal_like(rng, h), _normal_like(rng, new_carry)
-    manual = cell.step_backward(params, residuals, d_h, d_carry)
-    _, vjp = jax.vjp(cell.step, params, carry, x)
-    d_params, d_carry_prev, d_x = vjp((d_carry, d_h))
-    reference = (d_params, d_x, d_carry_prev)
-    check_like(jax.eval_shape(lambda: reference), manual, f"{cell.name}.step_backward's result")
+
+    def backward(params, carry, x, d_h, d_carry):
+        residuals = cell.step_forward(params, carry, x)[2]
+        manual = cell.step_backward(params, residuals, d_h, d_carry)
+        _, vjp = jax.vjp(cell.step, params, carry, x)
+        d_params, d_carry_prev, d_x = vjp((d_carry, d_h))
+        return manual, (d_params, d_x, d_carry_prev)
+
+    manual, reference = jax.eval_shape(backward, params, carry, x, d_h, d_carry)
+    check_like(reference, manual, f"{cell.name}.step_backward's result")
+    manual, reference = jax.jit(backward)(params, carry, x, d_h, d_carry)  # one compile
     names = _leaf_names(d_params=params, d_x=x, d_carry=carry)
     return compare_trees(names, manual, reference, rtol, atol, "step_backward vs jax.vjp")
 
@@ -256,7 +264,8 @@ def _parallel_stage(cell, params, xs, carry, lengths, rng, rtol, atol):
     data = dict(lengths=jnp.asarray(lengths), resets=jnp.asarray(resets))
     run = {mode: functools.partial(unroll, cell, mode=mode, **data, **kwargs) for mode, kwargs in
            (("parallel", {}), ("sequential", {"gradient": "autodiff"}))}  # fmt: skip
-    outputs = {mode: fn(params, xs, carry) for mode, fn in run.items()}
+    both = lambda p, x, c: {mode: fn(p, x, c) for mode, fn in run.items()}
+    outputs = jax.jit(both)(params, xs, carry)
     for got, want in zip(jax.tree.leaves(outputs["parallel"]),
                          jax.tree.leaves(outputs["sequential"]), strict=True):  # fmt: skip
         max_abs, _, ok, message = compare_leaf(got, want, rtol, atol, "parallel vs sequential")
@@ -265,8 +274,8 @@ def _parallel_stage(cell, params, xs, carry, lengths, rng, rtol, atol):
                              f"{message}")  # fmt: skip
     weights = _normal_like(rng, outputs["sequential"])
     loss = lambda fn: lambda p, x, c: _vdot_tree(weights, fn(p, x, c))
-    grads = {mode: jax.grad(loss(fn), argnums=(0, 1, 2))(params, xs, carry)
-             for mode, fn in run.items()}  # fmt: skip
+    grads = jax.jit(lambda p, x, c: {mode: jax.grad(loss(fn), argnums=(0, 1, 2))(p, x, c)
+                                     for mode, fn in run.items()})(params, xs, carry)  # fmt: skip
     names = _leaf_names(d_params=params, d_x=xs, d_carry=carry)
     return compare_trees(names, grads["parallel"], grads["sequential"], rtol, atol,
                          "parallel vs jax.grad of the steps")  # fmt: skip

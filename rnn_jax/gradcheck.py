@@ -172,8 +172,12 @@ def windowed_loss(cell, arrays, truncate, *, lengths=None, reverse=False, time_m
     config = (lengths, reverse, time_major)
     starts = None
     if truncate is not None:  # per row, the (L, ...) stacked carries before each step
-        rows = _rows(xs, d_hs, carry, d_carry, *config)
-        starts = [_run(cell, params, carry_row, xs_row)[1] for xs_row, _, carry_row, _ in rows]
+
+        def row_starts(params, xs, carry):
+            rows = _rows(xs, d_hs, carry, d_carry, *config)
+            return [_run(cell, params, carry_row, xs_row)[1] for xs_row, _, carry_row, _ in rows]
+
+        starts = jax.jit(row_starts)(params, xs, carry)  # one compile for all rows
 
     def loss(params, xs, carry):
         rows = _rows(xs, d_hs, carry, d_carry, *config)
